@@ -37,3 +37,6 @@ pub use error::{AuthError, KeyError};
 pub use keys::{generate_api_key, generate_api_secret, KeyProvider};
 pub use token::{AccessToken, DEFAULT_TTL};
 pub use verify::{TokenVerifier, LEEWAY_SECS};
+
+#[cfg(test)]
+mod tests;

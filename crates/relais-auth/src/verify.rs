@@ -89,7 +89,17 @@ impl TokenVerifier {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        let data = decode::<Value>(token, &key, &validation).map_err(map_jwt_error)?;
+        let data = decode::<Value>(token, &key, &validation).map_err(|e| {
+            match (map_jwt_error(e), unverified.get("exp")) {
+                // jsonwebtoken reports an unparsable exp as missing; the
+                // signature is already checked at that point, so say which.
+                (AuthError::MissingExpiry, Some(v)) if !v.is_null() => AuthError::InvalidClaim {
+                    claim: "exp".into(),
+                    message: "expected a number of seconds".into(),
+                },
+                (other, _) => other,
+            }
+        })?;
         Claims::from_payload(&data.claims)
     }
 }
