@@ -1,1 +1,35 @@
-//! relais-media
+//! The sans-IO media core of Relais.
+//!
+//! Everything here is a state machine in the style of str0m, on which it is
+//! built: the caller feeds in time ([`Shard::handle_timeout`]), datagrams
+//! ([`Shard::handle_datagram`]) and signal messages ([`Shard::handle_signal`]),
+//! and drains what comes out with [`Shard::poll_output`] — datagrams to send,
+//! signal messages to deliver, lifecycle events. No sockets, no threads, no
+//! clock: a test can drive a whole room deterministically.
+//!
+//! * [`Shard`] — the rooms one core owns and the UDP demultiplexer (ICE ufrag,
+//!   then remote address).
+//! * [`Room`] — participants, their publisher and subscriber peer connections,
+//!   published tracks and subscriptions; LiveKit's signaling semantics.
+//! * [`forward::TrackForwarder`] — per-subscriber simulcast layer choice and
+//!   sequence-number/timestamp/VP8 picture-id rewriting.
+
+pub mod codec;
+pub mod config;
+pub mod forward;
+mod participant;
+pub mod room;
+pub mod shard;
+pub mod stun;
+
+pub use config::{MediaConfig, RoomDefaults};
+pub use participant::{ParticipantKey, PeerRole};
+pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+pub use shard::{Shard, ShardOutput};
+
+/// Errors building the media core.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("could not generate the node's DTLS certificate")]
+    Certificate,
+}

@@ -1,0 +1,96 @@
+//! Node-wide settings every WebRTC session of a shard is built from.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::config::CryptoProvider;
+use str0m::config::DtlsCert;
+use str0m::ice::IceCreds;
+use str0m::net::Protocol;
+use str0m::{Candidate, Rtc};
+
+use crate::MediaError;
+
+/// What a shard needs to build sessions and answer joins.
+#[derive(Clone)]
+pub struct MediaConfig {
+    /// Addresses advertised as ICE host candidates (the node's UDP mux port).
+    pub candidates: Vec<SocketAddr>,
+    /// One DTLS certificate per node: generating one per session costs milliseconds.
+    pub dtls_cert: DtlsCert,
+    pub crypto: Arc<CryptoProvider>,
+    /// Reported in `ServerInfo`.
+    pub server_version: String,
+    pub node_id: String,
+    pub region: String,
+    pub room_defaults: RoomDefaults,
+    /// How long a participant may stay silent on signaling before it is removed.
+    pub ping_timeout: Duration,
+    pub ping_interval: Duration,
+}
+
+/// Room settings used when a room is created by a join.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomDefaults {
+    pub empty_timeout: Duration,
+    pub departure_timeout: Duration,
+    /// 0 means unlimited.
+    pub max_participants: u32,
+}
+
+impl Default for RoomDefaults {
+    fn default() -> Self {
+        RoomDefaults {
+            empty_timeout: Duration::from_secs(300),
+            departure_timeout: Duration::from_secs(20),
+            max_participants: 0,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// Build a config with a freshly generated node certificate.
+    pub fn new(candidates: Vec<SocketAddr>, node_id: String) -> Result<Self, MediaError> {
+        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let dtls_cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or(MediaError::Certificate)?;
+        Ok(MediaConfig {
+            candidates,
+            dtls_cert,
+            crypto,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            node_id,
+            region: String::new(),
+            room_defaults: RoomDefaults::default(),
+            ping_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(5),
+        })
+    }
+
+    /// A new ICE-lite, RTP-mode peer connection answering on our candidates.
+    pub(crate) fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_crypto_provider(self.crypto.clone())
+            .set_dtls_cert(self.dtls_cert.clone())
+            .set_local_ice_credentials(creds)
+            .set_stats_interval(None)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .build(now);
+        for addr in &self.candidates {
+            if let Ok(c) = Candidate::host(*addr, Protocol::Udp) {
+                rtc.add_local_candidate(c);
+            }
+        }
+        rtc
+    }
+}

@@ -1,0 +1,261 @@
+//! Per-subscriber rewriting of one published track.
+//!
+//! A subscriber sees one continuous RTP stream per track even though the
+//! publisher may send several simulcast layers, each with its own SSRC,
+//! sequence numbers, timestamps and VP8 picture ids. [`TrackForwarder`]
+//! decides which incoming packets reach the subscriber and rewrites their
+//! numbering so that the outgoing stream has no jumps when the layer changes.
+
+use std::time::Instant;
+
+use crate::codec::Vp8Header;
+
+/// What to do with one incoming packet for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Not for this subscriber (another layer, or stale).
+    Drop,
+    /// The wanted layer has not shown a keyframe yet: ask the publisher for one.
+    NeedKeyframe,
+    /// Send it with these rewritten fields.
+    Send(Rewrite),
+}
+
+/// Rewritten RTP fields of a forwarded packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Extended outgoing sequence number (ROC in the upper bits).
+    pub seq: u64,
+    /// Outgoing RTP timestamp.
+    pub timestamp: u32,
+    /// Rewritten VP8 picture id and TL0PICIDX, when the packet carries them.
+    pub vp8_picture_id: Option<u16>,
+    pub vp8_tl0_pic_idx: Option<u8>,
+}
+
+/// One incoming packet, as the forwarder needs to see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming {
+    /// Index of the simulcast layer it arrived on (0 when not simulcast).
+    pub layer: usize,
+    /// Extended sequence number on that layer.
+    pub seq: u64,
+    pub timestamp: u32,
+    /// Whether this packet starts a keyframe.
+    pub keyframe: bool,
+    pub vp8: Option<Vp8Header>,
+    pub arrival: Instant,
+    /// Clock rate of the codec, to carry timestamps across a layer switch.
+    pub clock_rate: u32,
+}
+
+/// The sequence/timestamp/picture-id state of one subscriber's view of a track.
+#[derive(Debug, Clone)]
+pub struct TrackForwarder {
+    target_layer: usize,
+    current_layer: Option<usize>,
+    /// Incoming sequence number at which the current layer was entered;
+    /// older packets of that layer would collide with the previous layer's.
+    switch_seq: u64,
+    seq_offset: u64,
+    ts_offset: u32,
+    pic_offset: u16,
+    tl0_offset: u8,
+    last: Option<LastSent>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LastSent {
+    seq: u64,
+    timestamp: u32,
+    picture_id: Option<u16>,
+    tl0_pic_idx: Option<u8>,
+    at: Instant,
+}
+
+impl TrackForwarder {
+    /// A forwarder that wants `target_layer` and has forwarded nothing yet.
+    pub fn new(target_layer: usize) -> Self {
+        TrackForwarder {
+            target_layer,
+            current_layer: None,
+            switch_seq: 0,
+            seq_offset: 0,
+            ts_offset: 0,
+            pic_offset: 0,
+            tl0_offset: 0,
+            last: None,
+        }
+    }
+
+    /// The layer this subscriber should receive. The switch happens on the next
+    /// keyframe of that layer; until then the current layer keeps flowing.
+    pub fn set_target_layer(&mut self, layer: usize) {
+        self.target_layer = layer;
+    }
+
+    pub fn target_layer(&self) -> usize {
+        self.target_layer
+    }
+
+    pub fn current_layer(&self) -> Option<usize> {
+        self.current_layer
+    }
+
+    /// True while the subscriber waits for a keyframe on its target layer.
+    pub fn wants_keyframe(&self) -> bool {
+        self.current_layer != Some(self.target_layer)
+    }
+
+    /// Decide about one packet and, if it goes out, compute its new numbering.
+    pub fn forward(&mut self, p: &Incoming) -> Forward {
+        if self.current_layer == Some(p.layer) {
+            if p.seq < self.switch_seq {
+                return Forward::Drop;
+            }
+            return Forward::Send(self.rewrite(p));
+        }
+        if p.layer != self.target_layer {
+            return Forward::Drop;
+        }
+        if !p.keyframe {
+            return Forward::NeedKeyframe;
+        }
+        self.enter_layer(p);
+        Forward::Send(self.rewrite(p))
+    }
+
+    fn enter_layer(&mut self, p: &Incoming) {
+        self.current_layer = Some(p.layer);
+        self.switch_seq = p.seq;
+        match self.last {
+            None => {
+                // Start below 2^16 so the receiver's SRTP rollover counter begins at 0.
+                self.seq_offset = u64::from(p.seq as u16).wrapping_sub(p.seq);
+                self.ts_offset = 0;
+                self.pic_offset = 0;
+                self.tl0_offset = 0;
+            }
+            Some(last) => {
+                self.seq_offset = (last.seq + 1).wrapping_sub(p.seq);
+                let elapsed = p.arrival.saturating_duration_since(last.at);
+                let ticks = (elapsed.as_micros() as u64 * u64::from(p.clock_rate) / 1_000_000)
+                    .max(1) as u32;
+                self.ts_offset = last.timestamp.wrapping_add(ticks).wrapping_sub(p.timestamp);
+                if let (Some(vp8), Some(last_pic)) = (p.vp8, last.picture_id) {
+                    if let Some(pic) = vp8.picture_id {
+                        self.pic_offset = last_pic.wrapping_add(1).wrapping_sub(pic);
+                    }
+                    if let (Some(tl0), Some(last_tl0)) = (vp8.tl0_pic_idx, last.tl0_pic_idx) {
+                        self.tl0_offset = last_tl0.wrapping_add(1).wrapping_sub(tl0);
+                    }
+                }
+            }
+        }
+    }
+
+    fn rewrite(&mut self, p: &Incoming) -> Rewrite {
+        let seq = p.seq.wrapping_add(self.seq_offset);
+        let timestamp = p.timestamp.wrapping_add(self.ts_offset);
+        let (vp8_picture_id, vp8_tl0_pic_idx) = match p.vp8 {
+            Some(h) => (
+                h.picture_id.map(|id| {
+                    let mask = if h.picture_id_15bit { 0x7fff } else { 0x7f };
+                    id.wrapping_add(self.pic_offset) & mask
+                }),
+                h.tl0_pic_idx.map(|t| t.wrapping_add(self.tl0_offset)),
+            ),
+            None => (None, None),
+        };
+        let newer = self.last.is_none_or(|l| seq > l.seq);
+        if newer {
+            self.last = Some(LastSent {
+                seq,
+                timestamp,
+                picture_id: vp8_picture_id.or(self.last.and_then(|l| l.picture_id)),
+                tl0_pic_idx: vp8_tl0_pic_idx.or(self.last.and_then(|l| l.tl0_pic_idx)),
+                at: p.arrival,
+            });
+        }
+        Rewrite {
+            seq,
+            timestamp,
+            vp8_picture_id,
+            vp8_tl0_pic_idx,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn pkt(layer: usize, seq: u64, ts: u32, keyframe: bool, at: Instant) -> Incoming {
+        Incoming {
+            layer,
+            seq,
+            timestamp: ts,
+            keyframe,
+            vp8: None,
+            arrival: at,
+            clock_rate: 90_000,
+        }
+    }
+
+    #[test]
+    fn waits_for_keyframe_then_keeps_numbering_continuous_across_a_switch() {
+        let t0 = Instant::now();
+        let mut f = TrackForwarder::new(0);
+        assert_eq!(f.forward(&pkt(0, 70_000, 1000, false, t0)), Forward::NeedKeyframe);
+        let Forward::Send(a) = f.forward(&pkt(0, 70_001, 1000, true, t0)) else {
+            panic!("keyframe must pass");
+        };
+        assert!(a.seq < 65_536, "first outgoing seq starts with ROC 0");
+        let Forward::Send(b) = f.forward(&pkt(0, 70_002, 4000, false, t0)) else {
+            panic!()
+        };
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(b.timestamp, 4000);
+
+        // Switch to layer 1: its packets are dropped until its keyframe.
+        f.set_target_layer(1);
+        assert_eq!(f.forward(&pkt(1, 5, 777, false, t0)), Forward::NeedKeyframe);
+        let Forward::Send(c) = f.forward(&pkt(0, 70_003, 7000, false, t0)) else {
+            panic!("old layer keeps flowing until the switch")
+        };
+        let later = t0 + Duration::from_millis(33);
+        let Forward::Send(d) = f.forward(&pkt(1, 6, 50_000, true, later)) else {
+            panic!()
+        };
+        assert_eq!(d.seq, c.seq + 1);
+        assert_eq!(d.timestamp, 7000 + 2970);
+        assert_eq!(f.forward(&pkt(0, 70_004, 10_000, true, later)), Forward::Drop);
+        // A late packet of the new layer from before the switch point is dropped.
+        assert_eq!(f.forward(&pkt(1, 5, 47_000, false, later)), Forward::Drop);
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_switch() {
+        let t0 = Instant::now();
+        let vp8 = |pic: u16, tl0: u8, key: bool| Vp8Header {
+            picture_id: Some(pic),
+            picture_id_15bit: true,
+            tl0_pic_idx: Some(tl0),
+            temporal_id: Some(0),
+            keyframe: key,
+        };
+        let mut f = TrackForwarder::new(0);
+        let mut p = pkt(0, 1, 0, true, t0);
+        p.vp8 = Some(vp8(100, 10, true));
+        f.forward(&p);
+        f.set_target_layer(1);
+        let mut q = pkt(1, 500, 0, true, t0);
+        q.vp8 = Some(vp8(32_000, 200, true));
+        let Forward::Send(r) = f.forward(&q) else {
+            panic!()
+        };
+        assert_eq!(r.vp8_picture_id, Some(101));
+        assert_eq!(r.vp8_tl0_pic_idx, Some(11));
+    }
+}

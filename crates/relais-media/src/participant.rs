@@ -1,0 +1,141 @@
+//! A participant's two peer connections and what it publishes and receives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
+use str0m::change::SdpPendingOffer;
+use str0m::channel::ChannelId;
+use str0m::media::Mid;
+use str0m::rtp::Ssrc;
+use str0m::Rtc;
+
+/// Identifies a participant within a shard; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantKey(pub u64);
+
+/// Which of a participant's two peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerRole {
+    /// Client offers; carries the participant's own media and data to us.
+    Publisher,
+    /// We offer; carries everyone else's media and data to the participant.
+    Subscriber,
+}
+
+/// One str0m peer connection and when it next wants time.
+pub(crate) struct PeerSession {
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub deadline: Instant,
+    pub connected: bool,
+}
+
+impl PeerSession {
+    pub fn new(rtc: Rtc, ufrag: String, now: Instant) -> Self {
+        PeerSession {
+            rtc,
+            ufrag,
+            deadline: now,
+            connected: false,
+        }
+    }
+}
+
+/// The reliability class of a LiveKit data channel (`_reliable` / `_lossy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DataKind {
+    Reliable,
+    Lossy,
+}
+
+impl DataKind {
+    pub fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "_reliable" => Some(DataKind::Reliable),
+            "_lossy" => Some(DataKind::Lossy),
+            _ => None,
+        }
+    }
+}
+
+/// The subscriber PC's offer/answer state: at most one offer in flight.
+#[derive(Default)]
+pub(crate) struct Negotiation {
+    pub pending: Option<SdpPendingOffer>,
+    /// Changes were made while an offer was in flight: offer again after the answer.
+    pub again: bool,
+    pub last_offer_id: u32,
+}
+
+/// A track this participant receives, on one m-line of its subscriber PC.
+pub(crate) struct Downtrack {
+    pub track_sid: String,
+    pub mid: Mid,
+    /// Known once the answer is applied.
+    pub ssrc: Option<Ssrc>,
+}
+
+pub(crate) struct Participant {
+    pub key: ParticipantKey,
+    pub info: ParticipantInfo,
+    pub permission: ParticipantPermission,
+    pub protocol: i32,
+    pub auto_subscribe: bool,
+    pub publisher: PeerSession,
+    pub subscriber: PeerSession,
+    /// Tracks announced with AddTrackRequest whose media has not arrived yet, by cid.
+    pub pending_tracks: Vec<(String, TrackInfo)>,
+    /// Published tracks by publisher-PC mid.
+    pub published_by_mid: HashMap<Mid, String>,
+    /// Incoming SSRC → (track sid, simulcast layer), learned on first packet.
+    pub ssrc_routes: HashMap<Ssrc, (Arc<str>, usize)>,
+    pub publisher_channels: HashMap<ChannelId, DataKind>,
+    pub subscriber_reliable: Option<ChannelId>,
+    pub subscriber_lossy: Option<ChannelId>,
+    pub subscriber_channels_open: u8,
+    pub negotiation: Negotiation,
+    /// Tracks received, by subscriber-PC mid.
+    pub downtracks: HashMap<Mid, Downtrack>,
+    pub last_reliable_seq: u32,
+    pub last_signal: Instant,
+}
+
+impl Participant {
+    pub fn session_mut(&mut self, role: PeerRole) -> &mut PeerSession {
+        match role {
+            PeerRole::Publisher => &mut self.publisher,
+            PeerRole::Subscriber => &mut self.subscriber,
+        }
+    }
+
+    /// The PC whose connection makes the participant ACTIVE.
+    pub fn primary(&self) -> PeerRole {
+        if self.subscriber_primary() {
+            PeerRole::Subscriber
+        } else {
+            PeerRole::Publisher
+        }
+    }
+
+    pub fn subscriber_primary(&self) -> bool {
+        self.protocol > 2 && self.permission.can_subscribe
+    }
+
+    pub fn is_hidden(&self) -> bool {
+        self.permission.hidden
+    }
+
+    /// Bump the version so clients accept the next update about this participant.
+    pub fn touch(&mut self) {
+        self.info.version += 1;
+    }
+
+    pub fn downtrack_for(&self, track_sid: &str) -> Option<Mid> {
+        self.downtracks
+            .values()
+            .find(|d| d.track_sid == track_sid)
+            .map(|d| d.mid)
+    }
+}

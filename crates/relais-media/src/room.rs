@@ -1,0 +1,1524 @@
+//! A room: its participants, their peer connections, the tracks they publish
+//! and who receives what. Sans-IO like str0m underneath it: signal messages,
+//! datagrams and time go in; signal messages, datagrams and events come out of
+//! [`Room::poll_output`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use relais_proto::ids;
+use relais_proto::livekit::{
+    self, data_packet, leave_request, participant_info, request_response, signal_request,
+    signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
+    LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
+    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, TrackInfo,
+    TrackPublishedResponse, TrackSource, TrackType, UpdateParticipantMetadata, UpdateSubscription,
+};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::channel::{ChannelConfig, Reliability};
+use str0m::format::{Codec, PayloadParams};
+use str0m::ice::IceCreds;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::{Receive, Transmit};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::{Event, Input, Output};
+use tracing::{debug, info, warn};
+
+use crate::codec::{CodecKind, Vp8Header};
+use crate::config::MediaConfig;
+use crate::forward::{Forward, Incoming, TrackForwarder};
+use crate::participant::{
+    DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
+};
+
+/// How often the publisher may be asked for a keyframe per track.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+/// A simulcast layer with no packet for this long is considered stopped.
+const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
+/// At most this many tracks announced but not yet carrying media.
+const MAX_PENDING_TRACKS: usize = 20;
+
+/// What the room asks of the world around it.
+#[derive(Debug)]
+pub enum RoomOutput {
+    /// A datagram to send.
+    Transmit(Transmit),
+    /// A signal message for one participant's WebSocket.
+    Signal(ParticipantKey, Box<SignalResponse>),
+    /// The participant is gone: send `leave` if given, then close its WebSocket.
+    Disconnect(ParticipantKey, Option<LeaveRequest>),
+    /// A peer connection was created; datagrams to this ufrag belong to it.
+    SessionOpened {
+        ufrag: String,
+        participant: ParticipantKey,
+        role: PeerRole,
+    },
+    /// A peer connection was closed.
+    SessionClosed { ufrag: String },
+    /// Something operators and webhooks care about.
+    Event(RoomEvent),
+}
+
+/// Lifecycle events (webhooks, metrics, logs).
+#[derive(Debug, Clone)]
+pub enum RoomEvent {
+    ParticipantJoined(ParticipantInfo),
+    ParticipantLeft(ParticipantInfo),
+    TrackPublished(ParticipantInfo, TrackInfo),
+    TrackUnpublished(ParticipantInfo, TrackInfo),
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("room is full: at most {0} participants")]
+    RoomFull(u32),
+    #[error("room is closed")]
+    Closed,
+}
+
+/// What the signaling edge learned from the token and the connect request.
+#[derive(Debug, Clone)]
+pub struct JoinParams {
+    pub key: ParticipantKey,
+    pub identity: String,
+    pub name: String,
+    pub metadata: String,
+    pub attributes: BTreeMap<String, String>,
+    pub permission: ParticipantPermission,
+    pub kind: i32,
+    pub auto_subscribe: bool,
+    pub protocol: i32,
+    pub client_info: Option<ClientInfo>,
+}
+
+struct Layer {
+    rid: Option<Rid>,
+    ssrc: Option<Ssrc>,
+    last_seen: Option<Instant>,
+}
+
+struct Subscription {
+    subscriber: ParticipantKey,
+    mid: Mid,
+    forwarder: TrackForwarder,
+    out_pt: Option<Pt>,
+}
+
+struct PublishedTrack {
+    info: TrackInfo,
+    publisher: ParticipantKey,
+    kind: MediaKind,
+    codec: Option<(CodecKind, PayloadParams)>,
+    layers: Vec<Layer>,
+    best_layer: usize,
+    subscribers: Vec<Subscription>,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// An event str0m produced that the room handles after the drain.
+struct PendingEvent {
+    participant: ParticipantKey,
+    role: PeerRole,
+    event: Event,
+}
+
+/// One LiveKit room. See the module docs.
+pub struct Room {
+    info: livekit::Room,
+    config: MediaConfig,
+    shard: u8,
+    participants: HashMap<ParticipantKey, Participant>,
+    by_identity: HashMap<String, ParticipantKey>,
+    tracks: HashMap<String, PublishedTrack>,
+    outputs: VecDeque<RoomOutput>,
+    events: VecDeque<PendingEvent>,
+    /// When the room became empty (or was created empty).
+    empty_since: Option<Instant>,
+    next_layer_check: Instant,
+    closed: bool,
+}
+
+impl Room {
+    /// Create a room. `shard` is encoded in every ICE ufrag the room mints so the
+    /// node's socket layer can route a STUN packet without a lookup.
+    pub fn new(name: &str, config: MediaConfig, shard: u8, now: Instant, unix_ms: i64) -> Self {
+        let defaults = config.room_defaults;
+        let info = livekit::Room {
+            sid: ids::new_id("RM_"),
+            name: name.to_string(),
+            empty_timeout: defaults.empty_timeout.as_secs() as u32,
+            departure_timeout: defaults.departure_timeout.as_secs() as u32,
+            max_participants: defaults.max_participants,
+            creation_time: unix_ms / 1000,
+            creation_time_ms: unix_ms,
+            enabled_codecs: enabled_codecs(),
+            ..Default::default()
+        };
+        Room {
+            info,
+            config,
+            shard,
+            participants: HashMap::new(),
+            by_identity: HashMap::new(),
+            tracks: HashMap::new(),
+            outputs: VecDeque::new(),
+            events: VecDeque::new(),
+            empty_since: Some(now),
+            next_layer_check: now,
+            closed: false,
+        }
+    }
+
+    pub fn info(&self) -> &livekit::Room {
+        &self.info
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn num_participants(&self) -> usize {
+        self.participants.len()
+    }
+
+    /// True once the room has closed (empty past its timeout); drop it.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Participant infos, as RoomService and `ListParticipants` show them.
+    pub fn participant_infos(&self) -> Vec<ParticipantInfo> {
+        self.participants.values().map(|p| p.info.clone()).collect()
+    }
+
+    /// Admit a participant: answers with `join`, tells the others, and makes the
+    /// first subscriber offer.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        params: JoinParams,
+    ) -> Result<ParticipantKey, JoinError> {
+        if self.closed {
+            return Err(JoinError::Closed);
+        }
+        // The same identity joining again replaces the old session.
+        if let Some(old) = self.by_identity.get(&params.identity).copied() {
+            self.remove_participant(now, old, DisconnectReason::DuplicateIdentity);
+        }
+        let max = self.info.max_participants;
+        if max > 0 && self.participants.len() as u32 >= max {
+            return Err(JoinError::RoomFull(max));
+        }
+
+        let key = params.key;
+        let publisher_ufrag = self.new_ufrag();
+        let subscriber_ufrag = self.new_ufrag();
+        let publisher = PeerSession::new(
+            self.config
+                .build_rtc(ice_creds(publisher_ufrag.clone()), now),
+            publisher_ufrag,
+            now,
+        );
+        let subscriber = PeerSession::new(
+            self.config
+                .build_rtc(ice_creds(subscriber_ufrag.clone()), now),
+            subscriber_ufrag,
+            now,
+        );
+        let info = ParticipantInfo {
+            sid: ids::new_id("PA_"),
+            identity: params.identity.clone(),
+            state: participant_info::State::Joining as i32,
+            metadata: params.metadata,
+            joined_at: unix_ms / 1000,
+            joined_at_ms: unix_ms,
+            name: params.name,
+            version: 1,
+            permission: Some(params.permission.clone()),
+            region: self.config.region.clone(),
+            kind: params.kind,
+            attributes: params.attributes,
+            client_protocol: params.client_info.as_ref().map_or(0, |c| c.client_protocol),
+            ..Default::default()
+        };
+        info!(room = %self.info.name, participant = %info.identity, sid = %info.sid, "participant joining");
+        let participant = Participant {
+            key,
+            info,
+            permission: params.permission,
+            protocol: params.protocol,
+            auto_subscribe: params.auto_subscribe,
+            publisher,
+            subscriber,
+            pending_tracks: Vec::new(),
+            published_by_mid: HashMap::new(),
+            ssrc_routes: HashMap::new(),
+            publisher_channels: HashMap::new(),
+            subscriber_reliable: None,
+            subscriber_lossy: None,
+            subscriber_channels_open: 0,
+            negotiation: Negotiation::default(),
+            downtracks: HashMap::new(),
+            last_reliable_seq: 0,
+            last_signal: now,
+        };
+        for (ufrag, role) in [
+            (&participant.publisher.ufrag, PeerRole::Publisher),
+            (&participant.subscriber.ufrag, PeerRole::Subscriber),
+        ] {
+            self.outputs.push_back(RoomOutput::SessionOpened {
+                ufrag: ufrag.clone(),
+                participant: key,
+                role,
+            });
+        }
+        self.by_identity.insert(participant.info.identity.clone(), key);
+        self.participants.insert(key, participant);
+        self.empty_since = None;
+        self.info.num_participants = self.participants.len() as u32;
+
+        let join = self.join_response(key);
+        self.signal(key, signal_response::Message::Join(join));
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.info.state = participant_info::State::Joined as i32;
+            p.touch();
+        }
+        self.broadcast_participant(key, false);
+
+        // The subscriber PC always carries the server's data channels; with fast
+        // start it also carries every existing track right away.
+        if let Some(p) = self.participants.get_mut(&key) {
+            let mut api = p.subscriber.rtc.sdp_api();
+            p.subscriber_reliable = Some(api.add_channel_with_config(ChannelConfig {
+                label: "_reliable".into(),
+                ordered: true,
+                reliability: Reliability::Reliable,
+                ..Default::default()
+            }));
+            p.subscriber_lossy = Some(api.add_channel_with_config(ChannelConfig {
+                label: "_lossy".into(),
+                ordered: false,
+                reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                ..Default::default()
+            }));
+            drop(api);
+        }
+        if self.wants_auto_subscribe(key) {
+            let sids: Vec<String> = self
+                .tracks
+                .iter()
+                .filter(|(_, t)| t.publisher != key)
+                .map(|(sid, _)| sid.clone())
+                .collect();
+            for sid in sids {
+                self.subscribe(key, &sid, false);
+            }
+        }
+        self.negotiate_subscriber(now, key);
+        Ok(key)
+    }
+
+    fn wants_auto_subscribe(&self, key: ParticipantKey) -> bool {
+        self.participants
+            .get(&key)
+            .is_some_and(|p| p.auto_subscribe && p.permission.can_subscribe)
+    }
+
+    fn new_ufrag(&self) -> String {
+        // Two hex digits of shard, then randomness: the socket layer reads the shard.
+        format!("{:02x}{}", self.shard, random_ice_chars(14))
+    }
+
+    fn join_response(&self, key: ParticipantKey) -> JoinResponse {
+        let p = &self.participants[&key];
+        let others = self
+            .participants
+            .values()
+            .filter(|o| o.key != key && !o.is_hidden())
+            .map(|o| o.info.clone())
+            .collect();
+        JoinResponse {
+            room: Some(self.info.clone()),
+            participant: Some(p.info.clone()),
+            other_participants: others,
+            server_version: self.config.server_version.clone(),
+            subscriber_primary: p.subscriber_primary(),
+            ping_timeout: self.config.ping_timeout.as_secs() as i32,
+            ping_interval: self.config.ping_interval.as_secs() as i32,
+            server_info: Some(ServerInfo {
+                edition: livekit::server_info::Edition::Standard as i32,
+                version: self.config.server_version.clone(),
+                protocol: 16,
+                region: self.config.region.clone(),
+                node_id: self.config.node_id.clone(),
+                ..Default::default()
+            }),
+            server_region: self.config.region.clone(),
+            enabled_publish_codecs: enabled_codecs(),
+            ..Default::default()
+        }
+    }
+
+    /// Handle one message from a participant's WebSocket. Pings are answered at
+    /// the edge and never reach the room.
+    pub fn handle_signal(&mut self, now: Instant, key: ParticipantKey, req: SignalRequest) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.last_signal = now;
+        let Some(message) = req.message else {
+            return;
+        };
+        use signal_request::Message as M;
+        match message {
+            M::Offer(sd) => self.on_publisher_offer(now, key, sd),
+            M::Answer(sd) => self.on_subscriber_answer(now, key, sd),
+            M::Trickle(_) => {
+                // ICE-lite: we learn the client's addresses from its checks.
+            }
+            M::AddTrack(req) => self.on_add_track(key, req),
+            M::Mute(req) => self.on_mute(key, req),
+            M::Subscription(req) => self.on_update_subscription(now, key, req),
+            M::Leave(_) => self.remove_participant(now, key, DisconnectReason::ClientInitiated),
+            M::UpdateMetadata(req) => self.on_update_metadata(key, req),
+            M::TrackSetting(_) | M::UpdateLayers(_) | M::SubscriptionPermission(_) => {}
+            M::SyncState(_) | M::Simulate(_) => {}
+            M::Ping(_) | M::PingReq(_) => {}
+            M::UpdateAudioTrack(_) | M::UpdateVideoTrack(_) => {}
+            _ => {}
+        }
+        self.process_events(now);
+    }
+
+    fn on_publisher_offer(&mut self, now: Instant, key: ParticipantKey, sd: SessionDescription) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(participant = %p.info.identity, error = %e, "unparsable publisher offer");
+                self.remove_participant(now, key, DisconnectReason::StateMismatch);
+                return;
+            }
+        };
+        match p.publisher.rtc.sdp_api().accept_offer(offer) {
+            Ok(answer) => {
+                let answer = SessionDescription {
+                    r#type: "answer".into(),
+                    sdp: answer.to_sdp_string(),
+                    id: sd.id,
+                    ..Default::default()
+                };
+                self.drain(now, key, PeerRole::Publisher);
+                self.signal(key, signal_response::Message::Answer(answer));
+            }
+            Err(e) => {
+                warn!(participant = %p.info.identity, error = %e, "rejected publisher offer");
+                self.remove_participant(now, key, DisconnectReason::StateMismatch);
+            }
+        }
+    }
+
+    fn on_subscriber_answer(&mut self, now: Instant, key: ParticipantKey, sd: SessionDescription) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(pending) = p.negotiation.pending.take() else {
+            debug!(participant = %p.info.identity, "subscriber answer without an offer");
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(participant = %p.info.identity, error = %e, "unparsable subscriber answer");
+                self.remove_participant(now, key, DisconnectReason::StateMismatch);
+                return;
+            }
+        };
+        if let Err(e) = p.subscriber.rtc.sdp_api().accept_answer(pending, answer) {
+            warn!(participant = %p.info.identity, error = %e, "rejected subscriber answer");
+            self.remove_participant(now, key, DisconnectReason::StateMismatch);
+            return;
+        }
+        // Sending streams exist now: learn their SSRCs.
+        let mids: Vec<Mid> = p.downtracks.keys().copied().collect();
+        for mid in mids {
+            let ssrc = p
+                .subscriber
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc());
+            if let Some(d) = p.downtracks.get_mut(&mid) {
+                if d.ssrc.is_none() && ssrc.is_some() {
+                    d.ssrc = ssrc;
+                }
+            }
+        }
+        let again = std::mem::take(&mut p.negotiation.again);
+        self.drain(now, key, PeerRole::Subscriber);
+        // New receivers need a keyframe to start decoding.
+        let sids: Vec<String> = self.participants[&key]
+            .downtracks
+            .values()
+            .map(|d| d.track_sid.clone())
+            .collect();
+        for sid in sids {
+            self.request_keyframe(now, &sid, true);
+        }
+        if again {
+            self.negotiate_subscriber(now, key);
+        }
+    }
+
+    fn on_add_track(&mut self, key: ParticipantKey, req: AddTrackRequest) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let source = TrackSource::try_from(req.source).unwrap_or(TrackSource::Unknown);
+        let allowed = p.permission.can_publish
+            && (p.permission.can_publish_sources.is_empty()
+                || p.permission.can_publish_sources.contains(&(source as i32)));
+        let kind = TrackType::try_from(req.r#type).ok();
+        let reject = |reason: request_response::Reason, message: &str| RequestResponse {
+            reason: reason as i32,
+            message: message.to_string(),
+            request: Some(request_response::Request::AddTrack(req.clone())),
+            ..Default::default()
+        };
+        let refusal = if !allowed {
+            Some(reject(
+                request_response::Reason::NotAllowed,
+                "not allowed to publish this source",
+            ))
+        } else if !matches!(kind, Some(TrackType::Audio | TrackType::Video)) {
+            Some(reject(
+                request_response::Reason::UnsupportedType,
+                "only audio and video tracks can be published",
+            ))
+        } else if p.pending_tracks.iter().any(|(cid, _)| *cid == req.cid) {
+            Some(reject(request_response::Reason::Queued, "track already pending"))
+        } else if p.pending_tracks.len() >= MAX_PENDING_TRACKS {
+            Some(reject(
+                request_response::Reason::LimitExceeded,
+                "too many pending tracks",
+            ))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            debug!(participant = %p.info.identity, cid = %req.cid, "add_track refused");
+            self.signal(key, signal_response::Message::RequestResponse(refusal));
+            return;
+        }
+        let kind = kind.unwrap_or(TrackType::Audio);
+        let track = TrackInfo {
+            sid: ids::track_sid(kind, source),
+            r#type: kind as i32,
+            name: req.name.clone(),
+            muted: req.muted,
+            width: req.width,
+            height: req.height,
+            simulcast: req.layers.len() > 1,
+            disable_dtx: req.disable_dtx,
+            source: source as i32,
+            layers: req.layers.clone(),
+            disable_red: req.disable_red,
+            encryption: req.encryption,
+            stream: req.stream.clone(),
+            audio_features: req.audio_features.clone(),
+            backup_codec_policy: req.backup_codec_policy,
+            ..Default::default()
+        };
+        p.pending_tracks.push((req.cid.clone(), track.clone()));
+        self.signal(
+            key,
+            signal_response::Message::TrackPublished(TrackPublishedResponse {
+                cid: req.cid,
+                track: Some(track),
+            }),
+        );
+    }
+
+    fn on_mute(&mut self, key: ParticipantKey, req: MuteTrackRequest) {
+        let Some(track) = self.tracks.get_mut(&req.sid) else {
+            debug!(track = %req.sid, "mute for an unknown track");
+            return;
+        };
+        if track.publisher != key {
+            return;
+        }
+        track.info.muted = req.muted;
+        let updated = track.info.clone();
+        if let Some(p) = self.participants.get_mut(&key) {
+            if let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == req.sid) {
+                *t = updated;
+            }
+            p.touch();
+        }
+        self.broadcast_participant(key, false);
+    }
+
+    fn on_update_metadata(&mut self, key: ParticipantKey, req: UpdateParticipantMetadata) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if !p.permission.can_update_metadata {
+            let refusal = RequestResponse {
+                request_id: req.request_id,
+                reason: request_response::Reason::NotAllowed as i32,
+                message: "does not have permission to update own metadata".into(),
+                request: Some(request_response::Request::UpdateMetadata(req)),
+            };
+            self.signal(key, signal_response::Message::RequestResponse(refusal));
+            return;
+        }
+        self.update_participant(key, Some(req.name), Some(req.metadata), req.attributes);
+        if let Some(p) = self.participants.get(&key) {
+            if p.protocol > 14 && req.request_id != 0 {
+                let ok = RequestResponse {
+                    request_id: req.request_id,
+                    reason: request_response::Reason::Ok as i32,
+                    ..Default::default()
+                };
+                self.signal(key, signal_response::Message::RequestResponse(ok));
+            }
+        }
+    }
+
+    /// Change a participant's name, metadata and attributes (an empty attribute
+    /// value deletes the key) and tell everyone, the participant included.
+    pub fn update_participant(
+        &mut self,
+        key: ParticipantKey,
+        name: Option<String>,
+        metadata: Option<String>,
+        attributes: BTreeMap<String, String>,
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        // A field left empty in the request keeps its value, as LiveKit does.
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            p.info.name = name;
+        }
+        if let Some(metadata) = metadata.filter(|m| !m.is_empty()) {
+            p.info.metadata = metadata;
+        }
+        for (k, v) in attributes {
+            if v.is_empty() {
+                p.info.attributes.remove(&k);
+            } else {
+                p.info.attributes.insert(k, v);
+            }
+        }
+        p.touch();
+        self.broadcast_participant(key, true);
+    }
+
+    fn on_update_subscription(&mut self, now: Instant, key: ParticipantKey, req: UpdateSubscription) {
+        let mut sids = req.track_sids;
+        sids.extend(req.participant_tracks.into_iter().flat_map(|pt| pt.track_sids));
+        let mut changed = false;
+        for sid in sids {
+            if !self.tracks.contains_key(&sid) {
+                debug!(track = %sid, "subscription update for an unknown track");
+                continue;
+            }
+            changed |= if req.subscribe {
+                self.subscribe(key, &sid, true)
+            } else {
+                self.unsubscribe(key, &sid)
+            };
+        }
+        if changed {
+            self.negotiate_subscriber(now, key);
+        }
+    }
+
+    /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the caller).
+    fn subscribe(&mut self, key: ParticipantKey, sid: &str, explicit: bool) -> bool {
+        let Some(track) = self.tracks.get_mut(sid) else {
+            return false;
+        };
+        let Some(p) = self.participants.get_mut(&key) else {
+            return false;
+        };
+        if track.publisher == key || !p.permission.can_subscribe || p.downtrack_for(sid).is_some()
+        {
+            return false;
+        }
+        let Some(publisher_sid) = self
+            .participants
+            .get(&track.publisher)
+            .map(|pb| pb.info.sid.clone())
+        else {
+            return false;
+        };
+        let p = self.participants.get_mut(&key).expect("checked above");
+        let stream_id = format!("{publisher_sid}|{sid}");
+        let mid = p.subscriber.rtc.sdp_api().add_media(
+            track.kind,
+            Direction::SendOnly,
+            Some(stream_id),
+            Some(sid.to_string()),
+            None,
+        );
+        p.downtracks.insert(
+            mid,
+            Downtrack {
+                track_sid: sid.to_string(),
+                mid,
+                ssrc: None,
+            },
+        );
+        track.subscribers.push(Subscription {
+            subscriber: key,
+            mid,
+            forwarder: TrackForwarder::new(track.best_layer),
+            out_pt: None,
+        });
+        debug!(participant = %p.info.identity, track = %sid, explicit, "subscribed");
+        true
+    }
+
+    fn unsubscribe(&mut self, key: ParticipantKey, sid: &str) -> bool {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return false;
+        };
+        let Some(mid) = p.downtrack_for(sid) else {
+            return false;
+        };
+        p.downtracks.remove(&mid);
+        p.subscriber.rtc.sdp_api().stop_media(mid);
+        if let Some(track) = self.tracks.get_mut(sid) {
+            track.subscribers.retain(|s| s.subscriber != key);
+        }
+        true
+    }
+
+    /// Offer the subscriber PC's pending changes, or remember to once the
+    /// answer to the offer in flight arrives.
+    fn negotiate_subscriber(&mut self, now: Instant, key: ParticipantKey) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.negotiation.pending.is_some() {
+            p.negotiation.again = true;
+            return;
+        }
+        let api = p.subscriber.rtc.sdp_api();
+        if !api.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return;
+        };
+        p.negotiation.pending = Some(pending);
+        p.negotiation.last_offer_id += 1;
+        let sd = SessionDescription {
+            r#type: "offer".into(),
+            sdp: offer.to_sdp_string(),
+            id: p.negotiation.last_offer_id,
+            ..Default::default()
+        };
+        self.drain(now, key, PeerRole::Subscriber);
+        self.signal(key, signal_response::Message::Offer(sd));
+    }
+
+    /// Remove a participant: close its PCs, unpublish its tracks, tell the others.
+    pub fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: DisconnectReason) {
+        let Some(mut p) = self.participants.remove(&key) else {
+            return;
+        };
+        info!(room = %self.info.name, participant = %p.info.identity, ?reason, "participant left");
+        if self.by_identity.get(&p.info.identity) == Some(&key) {
+            self.by_identity.remove(&p.info.identity);
+        }
+        for session in [&mut p.publisher, &mut p.subscriber] {
+            session.rtc.disconnect();
+            self.outputs.push_back(RoomOutput::SessionClosed {
+                ufrag: session.ufrag.clone(),
+            });
+        }
+        // Its subscriptions.
+        for d in p.downtracks.values() {
+            if let Some(t) = self.tracks.get_mut(&d.track_sid) {
+                t.subscribers.retain(|s| s.subscriber != key);
+            }
+        }
+        // Its tracks, from everyone who received them.
+        let own: Vec<String> = p.published_by_mid.values().cloned().collect();
+        for sid in own {
+            self.unpublish(now, &sid, &p.info);
+        }
+        let leave = match reason {
+            DisconnectReason::ClientInitiated => None,
+            _ => Some(LeaveRequest {
+                reason: reason as i32,
+                action: leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            }),
+        };
+        self.outputs.push_back(RoomOutput::Disconnect(key, leave));
+        p.info.state = participant_info::State::Disconnected as i32;
+        p.info.disconnect_reason = reason as i32;
+        p.info.tracks.clear();
+        p.touch();
+        if !p.is_hidden() {
+            let update = ParticipantUpdate {
+                participants: vec![p.info.clone()],
+            };
+            let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+            for other in keys {
+                self.signal(other, signal_response::Message::Update(update.clone()));
+            }
+        }
+        self.outputs
+            .push_back(RoomOutput::Event(RoomEvent::ParticipantLeft(p.info)));
+        self.info.num_participants = self.participants.len() as u32;
+        if self.participants.is_empty() {
+            self.empty_since = Some(now);
+        }
+    }
+
+    fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
+        let Some(track) = self.tracks.remove(sid) else {
+            return;
+        };
+        let mut renegotiate = Vec::new();
+        for sub in &track.subscribers {
+            if let Some(s) = self.participants.get_mut(&sub.subscriber) {
+                s.downtracks.remove(&sub.mid);
+                s.subscriber.rtc.sdp_api().stop_media(sub.mid);
+                renegotiate.push(sub.subscriber);
+            }
+        }
+        for key in renegotiate {
+            self.negotiate_subscriber(now, key);
+        }
+        self.outputs.push_back(RoomOutput::Event(RoomEvent::TrackUnpublished(
+            publisher.clone(),
+            track.info,
+        )));
+    }
+
+    /// Datagram for one of this room's sessions (the shard found which).
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        role: PeerRole,
+        receive: Receive<'_>,
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let session = p.session_mut(role);
+        if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
+            debug!(participant = %p.info.identity, ?role, error = %e, "bad datagram");
+        }
+        self.drain(now, key, role);
+        self.process_events(now);
+    }
+
+    /// Drive every session whose deadline has passed; check room timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<(ParticipantKey, PeerRole)> = self
+            .participants
+            .values()
+            .flat_map(|p| {
+                [
+                    (p.publisher.deadline <= now).then_some((p.key, PeerRole::Publisher)),
+                    (p.subscriber.deadline <= now).then_some((p.key, PeerRole::Subscriber)),
+                ]
+            })
+            .flatten()
+            .collect();
+        for (key, role) in due {
+            if let Some(p) = self.participants.get_mut(&key) {
+                if let Err(e) = p.session_mut(role).rtc.handle_input(Input::Timeout(now)) {
+                    debug!(participant = %p.info.identity, error = %e, "timeout input failed");
+                }
+            }
+            self.drain(now, key, role);
+        }
+        self.process_events(now);
+
+        // Signal silence and dead peer connections.
+        let silent: Vec<ParticipantKey> = self
+            .participants
+            .values()
+            .filter(|p| now.duration_since(p.last_signal) > self.config.ping_timeout)
+            .map(|p| p.key)
+            .collect();
+        for key in silent {
+            self.remove_participant(now, key, DisconnectReason::SignalClose);
+        }
+        let dead: Vec<ParticipantKey> = self
+            .participants
+            .values()
+            .filter(|p| !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive())
+            .map(|p| p.key)
+            .collect();
+        for key in dead {
+            self.remove_participant(now, key, DisconnectReason::ConnectionTimeout);
+        }
+
+        if now >= self.next_layer_check {
+            self.next_layer_check = now + Duration::from_millis(500);
+            self.update_layer_targets(now);
+        }
+        if let Some(since) = self.empty_since {
+            if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
+            {
+                info!(room = %self.info.name, "closing empty room");
+                self.closed = true;
+            }
+        }
+    }
+
+    /// The earliest time the room needs [`Room::handle_timeout`].
+    pub fn poll_timeout(&self) -> Instant {
+        let sessions = self
+            .participants
+            .values()
+            .flat_map(|p| [p.publisher.deadline, p.subscriber.deadline])
+            .min();
+        let empty = self
+            .empty_since
+            .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
+        let mut next = self.next_layer_check;
+        for t in [sessions, empty].into_iter().flatten() {
+            next = next.min(t);
+        }
+        // Signal liveness is checked at least once a second.
+        let liveness = self
+            .participants
+            .values()
+            .map(|p| p.last_signal + self.config.ping_timeout)
+            .min();
+        liveness.map_or(next, |l| next.min(l))
+    }
+
+    /// Next thing for the world to do, if any.
+    pub fn poll_output(&mut self) -> Option<RoomOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Run str0m's output loop for one session until it asks for time.
+    fn drain(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        drain_session(
+            p.session_mut(role),
+            key,
+            role,
+            now,
+            &mut self.outputs,
+            &mut self.events,
+        );
+    }
+
+    fn process_events(&mut self, now: Instant) {
+        while let Some(PendingEvent {
+            participant,
+            role,
+            event,
+        }) = self.events.pop_front()
+        {
+            self.handle_event(now, participant, role, event);
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, key: ParticipantKey, role: PeerRole, event: Event) {
+        match event {
+            Event::RtpPacket(pkt) if role == PeerRole::Publisher => self.on_rtp(now, key, pkt),
+            Event::Connected => self.on_connected(key, role),
+            Event::MediaAdded(added) if role == PeerRole::Publisher => {
+                self.on_media_added(now, key, added.mid, added.kind)
+            }
+            Event::ChannelOpen(id, label) => {
+                if let Some(p) = self.participants.get_mut(&key) {
+                    match role {
+                        PeerRole::Publisher => {
+                            if let Some(kind) = DataKind::from_label(&label) {
+                                p.publisher_channels.insert(id, kind);
+                            }
+                        }
+                        PeerRole::Subscriber => p.subscriber_channels_open += 1,
+                    }
+                }
+            }
+            Event::ChannelData(data) if role == PeerRole::Publisher => {
+                let kind = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.publisher_channels.get(&data.id).copied());
+                if let Some(kind) = kind {
+                    self.on_data(now, key, kind, &data.data);
+                }
+            }
+            Event::KeyframeRequest(req) if role == PeerRole::Subscriber => {
+                let sid = self
+                    .participants
+                    .get(&key)
+                    .and_then(|p| p.downtracks.get(&req.mid))
+                    .map(|d| d.track_sid.clone());
+                if let Some(sid) = sid {
+                    self.request_keyframe(now, &sid, false);
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                debug!(?key, ?role, ?state, "ice state");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self, key: ParticipantKey, role: PeerRole) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.session_mut(role).connected = true;
+        if role == p.primary() && p.info.state != participant_info::State::Active as i32 {
+            p.info.state = participant_info::State::Active as i32;
+            p.touch();
+            info!(participant = %p.info.identity, "participant active");
+            let info = p.info.clone();
+            self.outputs
+                .push_back(RoomOutput::Event(RoomEvent::ParticipantJoined(info)));
+            self.broadcast_participant(key, false);
+        }
+    }
+
+    /// A new m-line on a publisher PC: bind it to the pending track with the
+    /// same client track id (the SDP msid), or the first pending one of its kind.
+    fn on_media_added(&mut self, now: Instant, key: ParticipantKey, mid: Mid, kind: MediaKind) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(media) = p.publisher.rtc.media(mid) else {
+            return;
+        };
+        let msid_track = media.track_id().to_string();
+        let simulcast_rids: Vec<Rid> = match media.rids_rx() {
+            str0m::media::Rids::Specific(rids) => rids.to_vec(),
+            _ => Vec::new(),
+        };
+        let wanted = if kind == MediaKind::Audio {
+            TrackType::Audio
+        } else {
+            TrackType::Video
+        } as i32;
+        let pos = p
+            .pending_tracks
+            .iter()
+            .position(|(cid, _)| *cid == msid_track)
+            .or_else(|| p.pending_tracks.iter().position(|(_, t)| t.r#type == wanted));
+        let Some(pos) = pos else {
+            debug!(participant = %p.info.identity, %mid, "media without a pending track");
+            return;
+        };
+        let (_, mut info) = p.pending_tracks.remove(pos);
+        info.mid = mid.to_string();
+        let layers = if simulcast_rids.is_empty() {
+            vec![Layer {
+                rid: None,
+                ssrc: None,
+                last_seen: None,
+            }]
+        } else {
+            let mut by_quality: Vec<Rid> = simulcast_rids;
+            by_quality.sort_by_key(|rid| rid_quality(rid));
+            by_quality
+                .into_iter()
+                .map(|rid| Layer {
+                    rid: Some(rid),
+                    ssrc: None,
+                    last_seen: None,
+                })
+                .collect()
+        };
+        let sid = info.sid.clone();
+        p.published_by_mid.insert(mid, sid.clone());
+        p.info.tracks.push(info.clone());
+        p.info.is_publisher = true;
+        p.touch();
+        let publisher_info = p.info.clone();
+        self.tracks.insert(
+            sid.clone(),
+            PublishedTrack {
+                info: info.clone(),
+                publisher: key,
+                kind,
+                codec: None,
+                layers,
+                best_layer: 0,
+                subscribers: Vec::new(),
+                last_keyframe_request: None,
+            },
+        );
+        info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
+        self.outputs.push_back(RoomOutput::Event(RoomEvent::TrackPublished(
+            publisher_info,
+            info,
+        )));
+        self.broadcast_participant(key, false);
+        let subscribers: Vec<ParticipantKey> = self
+            .participants
+            .keys()
+            .copied()
+            .filter(|k| *k != key)
+            .collect();
+        for sub in subscribers {
+            if self.wants_auto_subscribe(sub) && self.subscribe(sub, &sid, false) {
+                self.negotiate_subscriber(now, sub);
+            }
+        }
+    }
+
+    /// The hot path: one RTP packet from a publisher, out to its subscribers.
+    fn on_rtp(&mut self, now: Instant, key: ParticipantKey, pkt: RtpPacket) {
+        let ssrc = pkt.header.ssrc;
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let (sid, layer) = match p.ssrc_routes.get(&ssrc) {
+            Some((sid, layer)) => (sid.clone(), *layer),
+            None => {
+                let Some((mid, rid)) = p
+                    .publisher
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&ssrc)
+                    .map(|s| (s.mid(), s.rid()))
+                else {
+                    return;
+                };
+                let Some(sid) = p.published_by_mid.get(&mid).cloned() else {
+                    return;
+                };
+                let Some(track) = self.tracks.get_mut(&sid) else {
+                    return;
+                };
+                let layer = track
+                    .layers
+                    .iter()
+                    .position(|l| l.rid == rid)
+                    .unwrap_or(0);
+                track.layers[layer].ssrc = Some(ssrc);
+                if track.codec.is_none() {
+                    track.codec = p
+                        .publisher
+                        .rtc
+                        .codec_config()
+                        .find(|c| c.pt() == pkt.header.payload_type)
+                        .map(|c| (CodecKind::from_str0m(c.spec().codec), *c));
+                    if let Some((codec, _)) = track.codec {
+                        track.info.mime_type = codec.mime_type().to_string();
+                        if let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == sid) {
+                            t.mime_type = track.info.mime_type.clone();
+                        }
+                    }
+                }
+                let sid: Arc<str> = sid.into();
+                p.ssrc_routes.insert(ssrc, (sid.clone(), layer));
+                (sid, layer)
+            }
+        };
+        let Some(track) = self.tracks.get_mut(&*sid) else {
+            return;
+        };
+        let Some((codec, params)) = track.codec else {
+            return;
+        };
+        let first_on_layer = track.layers[layer].last_seen.is_none();
+        track.layers[layer].last_seen = Some(now);
+        if first_on_layer && layer > track.best_layer {
+            track.best_layer = layer;
+            for s in &mut track.subscribers {
+                s.forwarder.set_target_layer(layer);
+            }
+        }
+        let vp8 = if codec == CodecKind::Vp8 {
+            Vp8Header::parse(&pkt.payload)
+        } else {
+            None
+        };
+        let incoming = Incoming {
+            layer,
+            seq: *pkt.seq_no,
+            timestamp: pkt.header.timestamp,
+            keyframe: codec.starts_keyframe(&pkt.payload),
+            vp8,
+            arrival: pkt.timestamp,
+            clock_rate: params.spec().clock_rate.get(),
+        };
+        let is_video = track.kind == MediaKind::Video;
+        let mut need_keyframe = false;
+        for sub in &mut track.subscribers {
+            let rewrite = match sub.forwarder.forward(&incoming) {
+                Forward::Drop => continue,
+                Forward::NeedKeyframe => {
+                    need_keyframe = true;
+                    continue;
+                }
+                Forward::Send(r) => r,
+            };
+            let Some(s) = self.participants.get_mut(&sub.subscriber) else {
+                continue;
+            };
+            let Some(out_ssrc) = s.downtracks.get(&sub.mid).and_then(|d| d.ssrc) else {
+                continue;
+            };
+            if sub.out_pt.is_none() {
+                sub.out_pt = matching_pt(s.subscriber.rtc.codec_config().params(), &params);
+            }
+            let Some(out_pt) = sub.out_pt else {
+                continue;
+            };
+            let mut ext = ExtensionValues::default();
+            ext.audio_level = pkt.header.ext_vals.audio_level;
+            ext.voice_activity = pkt.header.ext_vals.voice_activity;
+            ext.video_orientation = pkt.header.ext_vals.video_orientation;
+            let mut write = RtpWrite::new(
+                out_pt,
+                rewrite.seq.into(),
+                rewrite.timestamp,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext)
+            .nackable(is_video);
+            if let Some(patch) = vp8_patch(&pkt.payload, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)
+            {
+                write = write.vp8_patch(patch);
+            }
+            let mut api = s.subscriber.rtc.direct_api();
+            let Some(tx) = api.stream_tx(&out_ssrc) else {
+                continue;
+            };
+            tx.write_rtp(write);
+            drain_session(
+                &mut s.subscriber,
+                sub.subscriber,
+                PeerRole::Subscriber,
+                now,
+                &mut self.outputs,
+                &mut self.events,
+            );
+        }
+        if need_keyframe {
+            self.request_keyframe(now, &sid, false);
+        }
+    }
+
+    /// Ask the publisher of `sid` for a keyframe on each layer a subscriber waits
+    /// for, at most once per [`KEYFRAME_REQUEST_INTERVAL`] unless `force`d.
+    fn request_keyframe(&mut self, now: Instant, sid: &str, force: bool) {
+        let Some(track) = self.tracks.get_mut(sid) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            return;
+        }
+        if !force
+            && track
+                .last_keyframe_request
+                .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        track.last_keyframe_request = Some(now);
+        let Some(p) = self.participants.get_mut(&track.publisher) else {
+            return;
+        };
+        let mut wanted: Vec<usize> = track
+            .subscribers
+            .iter()
+            .map(|s| s.forwarder.target_layer())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut api = p.publisher.rtc.direct_api();
+        for layer in wanted {
+            if let Some(ssrc) = track.layers.get(layer).and_then(|l| l.ssrc) {
+                if let Some(rx) = api.stream_rx(&ssrc) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
+            }
+        }
+        drop(api);
+        let publisher = track.publisher;
+        self.drain(now, publisher, PeerRole::Publisher);
+    }
+
+    /// Point every subscriber at the best layer still flowing.
+    fn update_layer_targets(&mut self, now: Instant) {
+        let mut wants_keyframe = Vec::new();
+        for (sid, track) in &mut self.tracks {
+            if track.layers.len() < 2 {
+                continue;
+            }
+            let best = track
+                .layers
+                .iter()
+                .rposition(|l| {
+                    l.last_seen
+                        .is_some_and(|t| now.duration_since(t) < LAYER_STALE_AFTER)
+                })
+                .unwrap_or(0);
+            if best != track.best_layer {
+                track.best_layer = best;
+                for s in &mut track.subscribers {
+                    s.forwarder.set_target_layer(best);
+                }
+            }
+            if track.subscribers.iter().any(|s| s.forwarder.wants_keyframe()) {
+                wants_keyframe.push(sid.clone());
+            }
+        }
+        for sid in wants_keyframe {
+            self.request_keyframe(now, &sid, false);
+        }
+    }
+
+    /// A data packet from a publisher's `_reliable` or `_lossy` channel: stamp
+    /// the sender, then deliver on the same kind of channel to its recipients.
+    fn on_data(&mut self, now: Instant, key: ParticipantKey, kind: DataKind, bytes: &[u8]) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if !p.permission.can_publish_data {
+            debug!(participant = %p.info.identity, "data from a participant without canPublishData");
+            return;
+        }
+        let Ok(mut packet) = DataPacket::decode(bytes) else {
+            debug!(participant = %p.info.identity, "undecodable data packet");
+            return;
+        };
+        if kind == DataKind::Reliable && packet.sequence != 0 {
+            if packet.sequence <= p.last_reliable_seq {
+                return;
+            }
+            p.last_reliable_seq = packet.sequence;
+        }
+        if matches!(packet.value, Some(data_packet::Value::Metrics(_))) {
+            return;
+        }
+        packet.kind = match kind {
+            DataKind::Reliable => data_packet::Kind::Reliable,
+            DataKind::Lossy => data_packet::Kind::Lossy,
+        } as i32;
+        let (identity, psid) = if p.is_hidden() {
+            (String::new(), String::new())
+        } else {
+            (p.info.identity.clone(), p.info.sid.clone())
+        };
+        packet.participant_identity = identity.clone();
+        packet.participant_sid = psid.clone();
+        if let Some(data_packet::Value::User(user)) = &mut packet.value {
+            user.participant_identity = identity;
+            user.participant_sid = psid;
+            if packet.destination_identities.is_empty() {
+                packet.destination_identities = user.destination_identities.clone();
+            } else {
+                user.destination_identities = packet.destination_identities.clone();
+            }
+        }
+        let encoded = packet.encode_to_vec();
+        let destinations = packet.destination_identities;
+        self.deliver_data(now, Some(key), kind, &encoded, &destinations);
+    }
+
+    /// Send an encoded DataPacket to everyone but `from`, or to the named identities.
+    fn deliver_data(
+        &mut self,
+        now: Instant,
+        from: Option<ParticipantKey>,
+        kind: DataKind,
+        encoded: &[u8],
+        destinations: &[String],
+    ) {
+        let recipients: Vec<ParticipantKey> = if destinations.is_empty() {
+            self.participants
+                .keys()
+                .copied()
+                .filter(|k| Some(*k) != from)
+                .collect()
+        } else {
+            destinations
+                .iter()
+                .filter_map(|id| self.by_identity.get(id).copied())
+                .filter(|k| Some(*k) != from)
+                .collect()
+        };
+        for key in recipients {
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            let channel = match kind {
+                DataKind::Reliable => p.subscriber_reliable,
+                DataKind::Lossy => p.subscriber_lossy,
+            };
+            let Some(mut ch) = channel.and_then(|id| p.subscriber.rtc.channel(id)) else {
+                continue;
+            };
+            if let Err(e) = ch.write(true, encoded) {
+                debug!(participant = %p.info.identity, error = %e, "data channel write failed");
+            }
+            self.drain(now, key, PeerRole::Subscriber);
+        }
+    }
+
+    /// Send a server-originated data packet (RoomService SendData).
+    pub fn send_data(&mut self, now: Instant, reliable: bool, packet: DataPacket) {
+        let kind = if reliable {
+            DataKind::Reliable
+        } else {
+            DataKind::Lossy
+        };
+        let encoded = packet.encode_to_vec();
+        self.deliver_data(now, None, kind, &encoded, &packet.destination_identities);
+        self.process_events(now);
+    }
+
+    /// Tell everyone (but the participant itself, unless `include_self`) about
+    /// `key`'s current info. Hidden participants are announced to no one.
+    fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let info = p.info.clone();
+        let hidden = p.is_hidden();
+        let update = ParticipantUpdate {
+            participants: vec![info],
+        };
+        let keys: Vec<ParticipantKey> = self
+            .participants
+            .keys()
+            .copied()
+            .filter(|k| if *k == key { include_self } else { !hidden })
+            .collect();
+        for k in keys {
+            self.signal(k, signal_response::Message::Update(update.clone()));
+        }
+    }
+
+    fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
+        self.outputs.push_back(RoomOutput::Signal(
+            key,
+            Box::new(SignalResponse {
+                message: Some(message),
+            }),
+        ));
+    }
+}
+
+fn drain_session(
+    session: &mut PeerSession,
+    key: ParticipantKey,
+    role: PeerRole,
+    now: Instant,
+    outputs: &mut VecDeque<RoomOutput>,
+    events: &mut VecDeque<PendingEvent>,
+) {
+    loop {
+        match session.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                session.deadline = t;
+                break;
+            }
+            Ok(Output::Transmit(t)) => outputs.push_back(RoomOutput::Transmit(t)),
+            Ok(Output::Event(event)) => events.push_back(PendingEvent {
+                participant: key,
+                role,
+                event,
+            }),
+            Err(e) => {
+                debug!(?key, ?role, error = %e, "session failed");
+                session.rtc.disconnect();
+                session.deadline = now + Duration::from_secs(1);
+                break;
+            }
+        }
+    }
+}
+
+/// Random characters valid in ICE ufrags and passwords (RFC 8839 ice-char).
+fn random_ice_chars(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+fn ice_creds(ufrag: String) -> IceCreds {
+    IceCreds {
+        ufrag,
+        pass: random_ice_chars(24),
+    }
+}
+
+/// LiveKit's simulcast RIDs from low to high: q/h/f, or 2/1/0 in some clients.
+fn rid_quality(rid: &Rid) -> u8 {
+    match &**rid {
+        "q" | "2" => 0,
+        "h" | "1" => 1,
+        "f" | "0" => 2,
+        _ => 3,
+    }
+}
+
+/// The payload type on the subscriber PC that carries the publisher's codec.
+fn matching_pt(candidates: &[PayloadParams], publisher: &PayloadParams) -> Option<Pt> {
+    let want = publisher.spec();
+    let same_codec = |c: &&PayloadParams| c.spec().codec == want.codec;
+    let exact = candidates.iter().filter(same_codec).find(|c| {
+        want.codec != Codec::H264
+            || (c.spec().format.profile_level_id == want.format.profile_level_id
+                && c.spec().format.packetization_mode == want.format.packetization_mode)
+    });
+    exact
+        .or_else(|| candidates.iter().find(same_codec))
+        .map(|c| c.pt())
+}
+
+fn vp8_patch(
+    payload: &[u8],
+    picture_id: Option<u16>,
+    tl0: Option<u8>,
+) -> Option<str0m::rtp::Vp8Patch> {
+    if picture_id.is_none() && tl0.is_none() {
+        return None;
+    }
+    let descriptor = Vp8Descriptor::parse(payload).ok()?;
+    let mut builder = descriptor.patch();
+    if let Some(id) = picture_id {
+        builder = builder.picture_id(id);
+    }
+    if let Some(t) = tl0 {
+        builder = builder.tl0_pic_idx(t);
+    }
+    builder.build().ok()
+}
+
+fn enabled_codecs() -> Vec<livekit::Codec> {
+    ["audio/opus", "video/VP8", "video/H264", "video/VP9", "video/AV1"]
+        .into_iter()
+        .map(|mime| livekit::Codec {
+            mime: mime.to_string(),
+            fmtp_line: String::new(),
+        })
+        .collect()
+}

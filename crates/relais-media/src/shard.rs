@@ -1,0 +1,250 @@
+//! A shard: the rooms one core owns, and the demultiplexer that finds the
+//! session a datagram belongs to — first by the ICE ufrag in a STUN request
+//! (the server minted it), then by the remote address it learned from it.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use relais_proto::livekit::{DataPacket, DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
+use str0m::net::{Protocol, Receive, Transmit};
+use tracing::{debug, info};
+
+use crate::config::MediaConfig;
+use crate::participant::{ParticipantKey, PeerRole};
+use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+use crate::stun;
+
+#[derive(Debug, Clone)]
+struct Route {
+    room: Arc<str>,
+    participant: ParticipantKey,
+    role: PeerRole,
+    ufrag: Arc<str>,
+}
+
+/// What the shard asks of the I/O layer.
+#[derive(Debug)]
+pub enum ShardOutput {
+    Transmit(Transmit),
+    Signal(ParticipantKey, Box<SignalResponse>),
+    Disconnect(ParticipantKey, Option<LeaveRequest>),
+    Event { room: String, event: RoomEvent },
+    RoomClosed(String),
+}
+
+/// The rooms of one core. Sans-IO: see [`Room`].
+pub struct Shard {
+    index: u8,
+    config: MediaConfig,
+    rooms: HashMap<Arc<str>, Room>,
+    by_ufrag: HashMap<Arc<str>, Route>,
+    by_addr: HashMap<SocketAddr, Route>,
+    addrs_of_ufrag: HashMap<Arc<str>, Vec<SocketAddr>>,
+    room_of: HashMap<ParticipantKey, Arc<str>>,
+    outputs: VecDeque<ShardOutput>,
+}
+
+impl Shard {
+    pub fn new(index: u8, config: MediaConfig) -> Self {
+        Shard {
+            index,
+            config,
+            rooms: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            addrs_of_ufrag: HashMap::new(),
+            room_of: HashMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    pub fn room(&self, name: &str) -> Option<&Room> {
+        self.rooms.get(name)
+    }
+
+    pub fn rooms(&self) -> impl Iterator<Item = &Room> {
+        self.rooms.values()
+    }
+
+    /// Join `params.key` to `room`, creating the room if needed.
+    pub fn join(
+        &mut self,
+        now: Instant,
+        unix_ms: i64,
+        room: &str,
+        params: JoinParams,
+    ) -> Result<ParticipantKey, JoinError> {
+        let name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let name: Arc<str> = room.into();
+                info!(room, shard = self.index, "room created");
+                self.rooms.insert(
+                    name.clone(),
+                    Room::new(room, self.config.clone(), self.index, now, unix_ms),
+                );
+                name
+            }
+        };
+        let key = params.key;
+        let result = self
+            .rooms
+            .get_mut(&name)
+            .expect("inserted above")
+            .join(now, unix_ms, params);
+        if result.is_ok() {
+            self.room_of.insert(key, name.clone());
+        }
+        self.collect(&name);
+        result
+    }
+
+    /// A signal message from a participant's WebSocket.
+    pub fn handle_signal(&mut self, now: Instant, key: ParticipantKey, req: SignalRequest) {
+        let Some(name) = self.room_of.get(&key).cloned() else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&name) {
+            room.handle_signal(now, key, req);
+        }
+        self.collect(&name);
+    }
+
+    /// The participant's WebSocket closed or it was removed by the API.
+    pub fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: DisconnectReason) {
+        let Some(name) = self.room_of.get(&key).cloned() else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&name) {
+            room.remove_participant(now, key, reason);
+        }
+        self.collect(&name);
+    }
+
+    /// Server-originated data for a room.
+    pub fn send_data(&mut self, now: Instant, room: &str, reliable: bool, packet: DataPacket) -> bool {
+        let Some((name, r)) = self.rooms.get_key_value(room) else {
+            return false;
+        };
+        let name = name.clone();
+        let _ = r;
+        if let Some(r) = self.rooms.get_mut(&name) {
+            r.send_data(now, reliable, packet);
+        }
+        self.collect(&name);
+        true
+    }
+
+    /// One datagram from the network.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+    ) {
+        let route = match self.by_addr.get(&source) {
+            Some(r) => r.clone(),
+            None => {
+                let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
+                    return;
+                };
+                let route = route.clone();
+                debug!(%source, ufrag = %route.ufrag, "new remote address");
+                self.by_addr.insert(source, route.clone());
+                self.addrs_of_ufrag
+                    .entry(route.ufrag.clone())
+                    .or_default()
+                    .push(source);
+                route
+            }
+        };
+        let Ok(receive) = Receive::new(proto, source, destination, buf) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&route.room) {
+            room.handle_receive(now, route.participant, route.role, receive);
+        }
+        self.collect(&route.room);
+    }
+
+    /// Drive every room whose timer is due, and drop closed rooms.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<Arc<str>> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.poll_timeout() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in due {
+            if let Some(room) = self.rooms.get_mut(&name) {
+                room.handle_timeout(now);
+            }
+            self.collect(&name);
+            if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
+                self.rooms.remove(&name);
+                info!(room = %name, "room closed");
+                self.outputs.push_back(ShardOutput::RoomClosed(name.to_string()));
+            }
+        }
+    }
+
+    /// When [`Shard::handle_timeout`] is next needed.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.rooms.values().map(|r| r.poll_timeout()).min()
+    }
+
+    pub fn poll_output(&mut self) -> Option<ShardOutput> {
+        self.outputs.pop_front()
+    }
+
+    /// Move a room's outputs out, keeping the routing tables in step.
+    fn collect(&mut self, name: &Arc<str>) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        while let Some(out) = room.poll_output() {
+            match out {
+                RoomOutput::Transmit(t) => self.outputs.push_back(ShardOutput::Transmit(t)),
+                RoomOutput::Signal(k, m) => self.outputs.push_back(ShardOutput::Signal(k, m)),
+                RoomOutput::Disconnect(k, leave) => {
+                    self.room_of.remove(&k);
+                    self.outputs.push_back(ShardOutput::Disconnect(k, leave));
+                }
+                RoomOutput::SessionOpened {
+                    ufrag,
+                    participant,
+                    role,
+                } => {
+                    let ufrag: Arc<str> = ufrag.into();
+                    self.by_ufrag.insert(
+                        ufrag.clone(),
+                        Route {
+                            room: name.clone(),
+                            participant,
+                            role,
+                            ufrag,
+                        },
+                    );
+                }
+                RoomOutput::SessionClosed { ufrag } => {
+                    self.by_ufrag.remove(ufrag.as_str());
+                    for addr in self.addrs_of_ufrag.remove(ufrag.as_str()).unwrap_or_default() {
+                        self.by_addr.remove(&addr);
+                    }
+                }
+                RoomOutput::Event(event) => self.outputs.push_back(ShardOutput::Event {
+                    room: name.to_string(),
+                    event,
+                }),
+            }
+        }
+    }
+}
