@@ -1,1 +1,21 @@
-fn main() {}
+//! The `relais` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use relais_server::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(code) = cli::run_tool(&cli) {
+        return code;
+    }
+    let config = match cli::load_for_run(&cli) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    // TODO(server): hand the configuration to the server (`relais_server::run(config)`).
+    tracing::info!(port = config.port, "configuration loaded");
+    eprintln!("relais: server not wired yet (configuration OK, port {})", config.port);
+    ExitCode::SUCCESS
+}
