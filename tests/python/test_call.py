@@ -1,0 +1,322 @@
+"""First milestone: a call between two Python-SDK participants through Relais.
+
+Alice publishes a sine-wave audio track and a 640x360 video track of synthetic frames;
+Bob, auto-subscribed, receives audio whose dominant frequency matches and video frames of
+that size and picture; Alice sends reliable and lossy data with a topic and Bob receives
+them with her identity; Alice performs an RPC on Bob and gets the reply; Alice's metadata
+and attribute changes reach Bob; Alice disconnects and Bob sees participant_disconnected.
+
+Every wait is bounded (at most 20 s), so a broken server fails fast instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from conftest import EventLog, bounded, wait_for
+
+SAMPLE_RATE = 48000
+TONE_HZ = 440.0
+TONE_TOLERANCE_HZ = 20.0
+FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms
+WIDTH, HEIGHT = 640, 360
+FPS = 20
+
+ALICE, BOB = "alice", "bob"
+
+
+@pytest.fixture
+def room_name() -> str:
+    return f"call-{uuid.uuid4().hex[:8]}"
+
+
+async def join_pair(relais, rooms, room_name, **alice_grants):
+    """Bob joins first, then Alice; returns once each sees the other."""
+    bob = await rooms.join(relais, BOB, room_name)
+    alice = await rooms.join(relais, ALICE, room_name, **alice_grants)
+    await wait_for(lambda: ALICE in bob.remote_participants, "bob to see alice", 10)
+    await wait_for(lambda: BOB in alice.remote_participants, "alice to see bob", 10)
+    return alice, bob
+
+
+# --------------------------------------------------------------------------- media sources
+
+
+async def play_sine(source: rtc.AudioSource, stop: asyncio.Event) -> None:
+    """Push 10 ms frames of a TONE_HZ sine, paced to real time (≤ 200 ms ahead)."""
+    t = np.arange(FRAME_SAMPLES)
+    sent = 0
+    start = time.monotonic()
+    while not stop.is_set():
+        samples = 0.5 * 32767 * np.sin(2 * np.pi * TONE_HZ * (sent + t) / SAMPLE_RATE)
+        frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
+        await source.capture_frame(frame)
+        sent += FRAME_SAMPLES
+        ahead = start + sent / SAMPLE_RATE - 0.2 - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def synthetic_picture(index: int) -> np.ndarray:
+    """Top half solid red; bottom half black with a white bar that moves every frame."""
+    img = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    img[..., 3] = 255
+    img[: HEIGHT // 2, :, 0] = 220
+    x = (index * 16) % (WIDTH - 40)
+    img[HEIGHT // 2 :, x : x + 40, :3] = 255
+    return img
+
+
+async def play_video(source: rtc.VideoSource, stop: asyncio.Event) -> None:
+    index = 0
+    while not stop.is_set():
+        frame = rtc.VideoFrame(
+            WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, synthetic_picture(index).tobytes()
+        )
+        source.capture_frame(frame)
+        index += 1
+        await asyncio.sleep(1 / FPS)
+
+
+# --------------------------------------------------------------------------- media sinks
+
+
+async def record_tone(track: rtc.Track, seconds: float = 1.0) -> np.ndarray:
+    """`seconds` of mono samples, starting at the first frame that is not silence."""
+    stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+    chunks: list[np.ndarray] = []
+    have = 0
+    try:
+        async for event in stream:
+            frame = event.frame
+            data = np.frombuffer(frame.data, dtype=np.int16)
+            if frame.num_channels > 1:
+                data = data.reshape(-1, frame.num_channels)[:, 0]
+            data = data.astype(np.float64)
+            if not chunks and np.sqrt(np.mean(data**2)) < 300:
+                continue  # jitter-buffer warm-up / silence before the first packet
+            chunks.append(data)
+            have += len(data)
+            if have >= seconds * SAMPLE_RATE:
+                break
+    finally:
+        await stream.aclose()
+    return np.concatenate(chunks)[: int(seconds * SAMPLE_RATE)]
+
+
+def dominant_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    spectrum[0] = 0.0
+    freqs = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)
+    return float(freqs[int(np.argmax(spectrum))])
+
+
+async def record_frames(track: rtc.Track, count: int = 15) -> list[rtc.VideoFrame]:
+    stream = rtc.VideoStream(track)
+    frames: list[rtc.VideoFrame] = []
+    try:
+        async for event in stream:
+            frames.append(event.frame)
+            if len(frames) >= count:
+                break
+    finally:
+        await stream.aclose()
+    return frames
+
+
+def test_analysis_helpers_detect_the_tone():
+    """The receiving side's own arithmetic, checked on a locally made signal, so a
+    media failure is never blamed on the FFT."""
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    assert abs(dominant_frequency(np.sin(2 * np.pi * TONE_HZ * t)) - TONE_HZ) < 2
+    assert abs(dominant_frequency(np.sin(2 * np.pi * 600 * t)) - TONE_HZ) > 100
+
+
+# --------------------------------------------------------------------------- tests
+
+
+async def test_two_participants_see_each_other(relais, rooms, room_name):
+    bob = await rooms.join(relais, BOB, room_name)
+    joined = EventLog(bob, "participant_connected")
+    alice = await rooms.join(relais, ALICE, room_name)
+
+    (participant,) = await joined.wait(lambda p: p.identity == ALICE, 10, "bob: alice connected")
+    assert participant.sid.startswith("PA"), participant.sid
+    # Alice learns of Bob from her join response.
+    await wait_for(lambda: BOB in alice.remote_participants, "alice to list bob", 10)
+    assert alice.remote_participants[BOB].sid.startswith("PA")
+    assert alice.local_participant.identity == ALICE
+    assert alice.name == bob.name == room_name
+
+
+async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name)
+    subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
+
+    stop = asyncio.Event()
+    audio_source = rtc.AudioSource(SAMPLE_RATE, 1)
+    video_source = rtc.VideoSource(WIDTH, HEIGHT)
+    players = [
+        asyncio.create_task(play_sine(audio_source, stop)),
+        asyncio.create_task(play_video(video_source, stop)),
+    ]
+    try:
+        mic = rtc.LocalAudioTrack.create_audio_track("sine", audio_source)
+        cam = rtc.LocalVideoTrack.create_video_track("pattern", video_source)
+        await bounded(
+            alice.local_participant.publish_track(
+                mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            ),
+            "alice publishes audio",
+            20,
+        )
+        await bounded(
+            alice.local_participant.publish_track(
+                cam,
+                rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA,
+                    simulcast=False,
+                    video_encoding=rtc.VideoEncoding(max_bitrate=1_500_000, max_framerate=FPS),
+                    # Keep the encoder at 640x360 whatever its bandwidth estimate says: this
+                    # test is about forwarding, not about the encoder's adaptation.
+                    degradation_preference=rtc.DegradationPreference.DEGRADATION_PREFERENCE_MAINTAIN_RESOLUTION,
+                ),
+            ),
+            "alice publishes video",
+            20,
+        )
+
+        def subscribed_kind(kind):
+            return subscribed.first(
+                lambda track, pub, p: track.kind == kind and p.identity == ALICE
+            )
+
+        audio_track, audio_pub, _ = await wait_for(
+            lambda: subscribed_kind(rtc.TrackKind.KIND_AUDIO), "bob subscribed to audio", 20
+        )
+        video_track, video_pub, _ = await wait_for(
+            lambda: subscribed_kind(rtc.TrackKind.KIND_VIDEO), "bob subscribed to video", 20
+        )
+        assert audio_pub.sid.startswith("TR") and video_pub.sid.startswith("TR")
+        assert audio_pub.source == rtc.TrackSource.SOURCE_MICROPHONE
+        assert video_pub.source == rtc.TrackSource.SOURCE_CAMERA
+
+        tone, frames = await bounded(
+            asyncio.gather(record_tone(audio_track), record_frames(video_track)),
+            "bob receives 1 s of audio with signal and 15 video frames",
+            20,
+        )
+    finally:
+        stop.set()
+        for task in players:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(audio_source.aclose(), 5)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(video_source.aclose(), 5)
+
+    rms = float(np.sqrt(np.mean(tone**2)))
+    assert rms > 1000, f"received audio is nearly silent (rms {rms:.0f})"
+    freq = dominant_frequency(tone)
+    assert abs(freq - TONE_HZ) <= TONE_TOLERANCE_HZ, f"dominant frequency {freq:.1f} Hz"
+
+    sizes = [(f.width, f.height) for f in frames]
+    assert set(sizes) == {(WIDTH, HEIGHT)}, f"received frame sizes {sizes}"
+    rgba = frames[-1].convert(rtc.VideoBufferType.RGBA)
+    img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(HEIGHT, WIDTH, 4).astype(float)
+    top = img[: HEIGHT // 2, :, :3].mean(axis=(0, 1))
+    assert top[0] > 150 and top[1] < 100 and top[2] < 100, f"top half should be red, mean RGB {top}"
+
+
+async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name)
+    received = EventLog(bob, "data_received")  # (rtc.DataPacket,)
+
+    await bounded(
+        alice.local_participant.publish_data(b"reliable-hello", reliable=True, topic="chat"),
+        "alice publishes reliable data",
+    )
+    (packet,) = await received.wait(
+        lambda p: p.data == b"reliable-hello", 15, "bob receives the reliable packet"
+    )
+    assert packet.participant is not None and packet.participant.identity == ALICE
+    assert packet.topic == "chat"
+    assert packet.kind == rtc.DataPacketKind.KIND_RELIABLE
+
+    # Lossy may drop a packet: send several, require at least one.
+    for i in range(10):
+        await bounded(
+            alice.local_participant.publish_data(
+                f"lossy-{i}".encode(), reliable=False, topic="pos"
+            ),
+            "alice publishes lossy data",
+        )
+        await asyncio.sleep(0.05)
+    (packet,) = await received.wait(
+        lambda p: p.data.startswith(b"lossy-"), 15, "bob receives a lossy packet"
+    )
+    assert packet.participant is not None and packet.participant.identity == ALICE
+    assert packet.topic == "pos"
+    assert packet.kind == rtc.DataPacketKind.KIND_LOSSY
+
+
+async def test_rpc_round_trip(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name)
+    calls: list[tuple[str, str]] = []
+
+    async def echo(data: rtc.RpcInvocationData) -> str:
+        calls.append((data.caller_identity, data.payload))
+        return "echo:" + data.payload
+
+    bob.local_participant.register_rpc_method("echo", echo)
+    reply = await bounded(
+        alice.local_participant.perform_rpc(
+            destination_identity=BOB, method="echo", payload="hi", response_timeout=10
+        ),
+        "alice's RPC to bob",
+        20,
+    )
+    assert reply == "echo:hi"
+    assert calls == [(ALICE, "hi")]
+
+
+async def test_metadata_and_attributes_reach_other_participant(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name, can_update_own_metadata=True)
+    metadata = EventLog(bob, "participant_metadata_changed")  # (participant, old, new)
+    attributes = EventLog(bob, "participant_attributes_changed")  # (changed, participant)
+
+    await bounded(alice.local_participant.set_metadata("status: presenting"), "set_metadata")
+    await metadata.wait(
+        lambda p, old, new: p.identity == ALICE and new == "status: presenting",
+        10,
+        "bob sees alice's metadata",
+    )
+
+    await bounded(alice.local_participant.set_attributes({"hand": "up"}), "set_attributes")
+    await attributes.wait(
+        lambda changed, p: p.identity == ALICE and changed.get("hand") == "up",
+        10,
+        "bob sees alice's attributes",
+    )
+    seen = bob.remote_participants[ALICE]
+    assert seen.metadata == "status: presenting"
+    assert seen.attributes.get("hand") == "up"
+
+
+async def test_disconnect_is_seen_by_other_participant(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name)
+    left = EventLog(bob, "participant_disconnected")  # (participant,)
+
+    await bounded(alice.disconnect(), "alice disconnects", 10)
+    await left.wait(lambda p: p.identity == ALICE, 10, "bob sees alice leave")
+    assert ALICE not in bob.remote_participants
+    assert bob.isconnected()
