@@ -13,7 +13,7 @@
 //! handle the run case.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -435,6 +435,7 @@ pub fn init_logging(logging: &LoggingConfig) {
         .unwrap_or_else(|_| EnvFilter::new(logging.level.to_ascii_lowercase()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if logging.json {
         builder.json().try_init()

@@ -600,7 +600,8 @@ fn is_blank_yaml(text: &str) -> bool {
 /// Parser messages may quote the offending source line, which could hold a
 /// secret: keep only the first line of the message.
 fn yaml_message(msg: &str) -> String {
-    msg.lines().next().unwrap_or("").trim().to_string()
+    let first = msg.lines().next().unwrap_or("").trim();
+    first.strip_prefix("error:").unwrap_or(first).trim().to_string()
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -731,7 +732,7 @@ development: false
         assert_eq!(c.region, "eu-west");
         // Secrets are redacted in the printable form.
         let j = c.redacted_json().to_string();
-        for secret in ["secret1", "12345", "\"p\"", "mp"] {
+        for secret in ["secret1", "12345", "\"p\"", "\"mp\""] {
             assert!(!j.contains(secret), "{secret} leaked in {j}");
         }
     }
