@@ -99,7 +99,6 @@ pub(crate) struct Participant {
     /// Tracks received, by subscriber-PC mid.
     pub downtracks: HashMap<Mid, Downtrack>,
     pub last_reliable_seq: u32,
-    pub last_signal: Instant,
 }
 
 impl Participant {

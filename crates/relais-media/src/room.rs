@@ -264,7 +264,6 @@ impl Room {
             negotiation: Negotiation::default(),
             downtracks: HashMap::new(),
             last_reliable_seq: 0,
-            last_signal: now,
         };
         for (ufrag, role) in [
             (&participant.publisher.ufrag, PeerRole::Publisher),
@@ -366,10 +365,9 @@ impl Room {
     /// Handle one message from a participant's WebSocket. Pings are answered at
     /// the edge and never reach the room.
     pub fn handle_signal(&mut self, now: Instant, key: ParticipantKey, req: SignalRequest) {
-        let Some(p) = self.participants.get_mut(&key) else {
+        if !self.participants.contains_key(&key) {
             return;
-        };
-        p.last_signal = now;
+        }
         let Some(message) = req.message else {
             return;
         };
@@ -850,16 +848,7 @@ impl Room {
         }
         self.process_events(now);
 
-        // Signal silence and dead peer connections.
-        let silent: Vec<ParticipantKey> = self
-            .participants
-            .values()
-            .filter(|p| now.duration_since(p.last_signal) > self.config.ping_timeout)
-            .map(|p| p.key)
-            .collect();
-        for key in silent {
-            self.remove_participant(now, key, DisconnectReason::SignalClose);
-        }
+        // Peer connections that str0m gave up on (ICE timeout, DTLS failure).
         let dead: Vec<ParticipantKey> = self
             .participants
             .values()
@@ -897,13 +886,7 @@ impl Room {
         for t in [sessions, empty].into_iter().flatten() {
             next = next.min(t);
         }
-        // Signal liveness is checked at least once a second.
-        let liveness = self
-            .participants
-            .values()
-            .map(|p| p.last_signal + self.config.ping_timeout)
-            .min();
-        liveness.map_or(next, |l| next.min(l))
+        next
     }
 
     /// Next thing for the world to do, if any.

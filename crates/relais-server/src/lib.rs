@@ -2,3 +2,9 @@
 
 pub mod config;
 pub mod cli;
+pub mod http;
+mod server;
+mod shards;
+mod signal;
+
+pub use server::run;

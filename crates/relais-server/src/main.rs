@@ -14,8 +14,11 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    // TODO(server): hand the configuration to the server (`relais_server::run(config)`).
-    tracing::info!(port = config.port, "configuration loaded");
-    eprintln!("relais: server not wired yet (configuration OK, port {})", config.port);
-    ExitCode::SUCCESS
+    match relais_server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
