@@ -43,6 +43,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&encoded)?
         .extern_path(".google.protobuf", "::pbjson_types")
         .btree_map(["."])
+        // Servers must ignore unknown JSON fields (newer SDKs, Twirp clients).
+        .ignore_unknown_fields()
         .build(&[".livekit"])?;
 
     std::fs::write(out_dir.join("registry.rs"), registry(&fds))?;
