@@ -186,7 +186,7 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
                     video_encoding=rtc.VideoEncoding(max_bitrate=1_500_000, max_framerate=FPS),
                     # Keep the encoder at 640x360 whatever its bandwidth estimate says: this
                     # test is about forwarding, not about the encoder's adaptation.
-                    degradation_preference=rtc.DegradationPreference.DEGRADATION_PREFERENCE_MAINTAIN_RESOLUTION,
+                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
                 ),
             ),
             "alice publishes video",

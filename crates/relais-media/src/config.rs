@@ -12,6 +12,12 @@ use str0m::{Candidate, Rtc};
 
 use crate::MediaError;
 
+/// See [`MediaConfig::server_version`].
+pub const LIVEKIT_COMPATIBLE_VERSION: &str = "1.9.0";
+
+/// Relais's own version, reported in `ServerInfo.debug_info`.
+pub const RELAIS_VERSION: &str = concat!("relais ", env!("CARGO_PKG_VERSION"));
+
 /// What a shard needs to build sessions and answer joins.
 #[derive(Clone)]
 pub struct MediaConfig {
@@ -20,7 +26,8 @@ pub struct MediaConfig {
     /// One DTLS certificate per node: generating one per session costs milliseconds.
     pub dtls_cert: DtlsCert,
     pub crypto: Arc<CryptoProvider>,
-    /// Reported in `ServerInfo`.
+    /// The LiveKit server version whose behaviour Relais follows, reported as
+    /// `ServerInfo.version`: clients gate features on it (RPC needs ≥ 1.8.0).
     pub server_version: String,
     pub node_id: String,
     pub region: String,
@@ -61,7 +68,7 @@ impl MediaConfig {
             candidates,
             dtls_cert,
             crypto,
-            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            server_version: LIVEKIT_COMPATIBLE_VERSION.to_string(),
             node_id,
             region: String::new(),
             room_defaults: RoomDefaults::default(),

@@ -207,7 +207,10 @@ mod tests {
     fn waits_for_keyframe_then_keeps_numbering_continuous_across_a_switch() {
         let t0 = Instant::now();
         let mut f = TrackForwarder::new(0);
-        assert_eq!(f.forward(&pkt(0, 70_000, 1000, false, t0)), Forward::NeedKeyframe);
+        assert_eq!(
+            f.forward(&pkt(0, 70_000, 1000, false, t0)),
+            Forward::NeedKeyframe
+        );
         let Forward::Send(a) = f.forward(&pkt(0, 70_001, 1000, true, t0)) else {
             panic!("keyframe must pass");
         };
@@ -230,7 +233,10 @@ mod tests {
         };
         assert_eq!(d.seq, c.seq + 1);
         assert_eq!(d.timestamp, 7000 + 2970);
-        assert_eq!(f.forward(&pkt(0, 70_004, 10_000, true, later)), Forward::Drop);
+        assert_eq!(
+            f.forward(&pkt(0, 70_004, 10_000, true, later)),
+            Forward::Drop
+        );
         // A late packet of the new layer from before the switch point is dropped.
         assert_eq!(f.forward(&pkt(1, 5, 47_000, false, later)), Forward::Drop);
     }

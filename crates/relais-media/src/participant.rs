@@ -7,7 +7,7 @@ use std::time::Instant;
 use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
-use str0m::media::Mid;
+use str0m::media::{MediaKind, Mid};
 use str0m::rtp::Ssrc;
 use str0m::Rtc;
 
@@ -69,6 +69,18 @@ pub(crate) struct Negotiation {
     pub last_offer_id: u32,
 }
 
+/// A change to the subscriber PC waiting for the next offer. str0m's `SdpApi`
+/// keeps changes only until it is applied or dropped, so they queue here.
+pub(crate) enum SubscriberChange {
+    DataChannels,
+    AddTrack {
+        sid: String,
+        kind: MediaKind,
+        stream_id: String,
+    },
+    Stop(Mid),
+}
+
 /// A track this participant receives, on one m-line of its subscriber PC.
 pub(crate) struct Downtrack {
     pub track_sid: String,
@@ -98,6 +110,7 @@ pub(crate) struct Participant {
     pub negotiation: Negotiation,
     /// Tracks received, by subscriber-PC mid.
     pub downtracks: HashMap<Mid, Downtrack>,
+    pub subscriber_changes: Vec<SubscriberChange>,
     pub last_reliable_seq: u32,
 }
 
@@ -131,10 +144,27 @@ impl Participant {
         self.info.version += 1;
     }
 
-    pub fn downtrack_for(&self, track_sid: &str) -> Option<Mid> {
-        self.downtracks
+    /// True if `track_sid` is received or about to be (queued for the next offer).
+    pub fn receives(&self, track_sid: &str) -> bool {
+        self.downtracks.values().any(|d| d.track_sid == track_sid)
+            || self
+                .subscriber_changes
+                .iter()
+                .any(|c| matches!(c, SubscriberChange::AddTrack { sid, .. } if sid == track_sid))
+    }
+
+    /// Stop receiving `track_sid`: drop a queued add, or queue the m-line's stop.
+    pub fn stop_receiving(&mut self, track_sid: &str) {
+        self.subscriber_changes
+            .retain(|c| !matches!(c, SubscriberChange::AddTrack { sid, .. } if sid == track_sid));
+        let mid = self
+            .downtracks
             .values()
             .find(|d| d.track_sid == track_sid)
-            .map(|d| d.mid)
+            .map(|d| d.mid);
+        if let Some(mid) = mid {
+            self.downtracks.remove(&mid);
+            self.subscriber_changes.push(SubscriberChange::Stop(mid));
+        }
     }
 }

@@ -31,6 +31,7 @@ use crate::config::MediaConfig;
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
+    SubscriberChange,
 };
 
 /// How often the publisher may be asked for a keyframe per track.
@@ -102,7 +103,8 @@ struct Layer {
 
 struct Subscription {
     subscriber: ParticipantKey,
-    mid: Mid,
+    /// The subscriber-PC m-line, once negotiated.
+    mid: Option<Mid>,
     forwarder: TrackForwarder,
     out_pt: Option<Pt>,
 }
@@ -263,6 +265,7 @@ impl Room {
             subscriber_channels_open: 0,
             negotiation: Negotiation::default(),
             downtracks: HashMap::new(),
+            subscriber_changes: Vec::new(),
             last_reliable_seq: 0,
         };
         for (ufrag, role) in [
@@ -275,7 +278,8 @@ impl Room {
                 role,
             });
         }
-        self.by_identity.insert(participant.info.identity.clone(), key);
+        self.by_identity
+            .insert(participant.info.identity.clone(), key);
         self.participants.insert(key, participant);
         self.empty_since = None;
         self.info.num_participants = self.participants.len() as u32;
@@ -291,20 +295,7 @@ impl Room {
         // The subscriber PC always carries the server's data channels; with fast
         // start it also carries every existing track right away.
         if let Some(p) = self.participants.get_mut(&key) {
-            let mut api = p.subscriber.rtc.sdp_api();
-            p.subscriber_reliable = Some(api.add_channel_with_config(ChannelConfig {
-                label: "_reliable".into(),
-                ordered: true,
-                reliability: Reliability::Reliable,
-                ..Default::default()
-            }));
-            p.subscriber_lossy = Some(api.add_channel_with_config(ChannelConfig {
-                label: "_lossy".into(),
-                ordered: false,
-                reliability: Reliability::MaxRetransmits { retransmits: 0 },
-                ..Default::default()
-            }));
-            drop(api);
+            p.subscriber_changes.push(SubscriberChange::DataChannels);
         }
         if self.wants_auto_subscribe(key) {
             let sids: Vec<String> = self
@@ -354,6 +345,7 @@ impl Room {
                 protocol: 16,
                 region: self.config.region.clone(),
                 node_id: self.config.node_id.clone(),
+                debug_info: crate::config::RELAIS_VERSION.to_string(),
                 ..Default::default()
             }),
             server_region: self.config.region.clone(),
@@ -396,6 +388,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        tracing::trace!(participant = %p.info.identity, sdp = %sd.sdp, "publisher offer");
         let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -500,7 +493,10 @@ impl Room {
                 "only audio and video tracks can be published",
             ))
         } else if p.pending_tracks.iter().any(|(cid, _)| *cid == req.cid) {
-            Some(reject(request_response::Reason::Queued, "track already pending"))
+            Some(reject(
+                request_response::Reason::Queued,
+                "track already pending",
+            ))
         } else if p.pending_tracks.len() >= MAX_PENDING_TRACKS {
             Some(reject(
                 request_response::Reason::LimitExceeded,
@@ -619,9 +615,18 @@ impl Room {
         self.broadcast_participant(key, true);
     }
 
-    fn on_update_subscription(&mut self, now: Instant, key: ParticipantKey, req: UpdateSubscription) {
+    fn on_update_subscription(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        req: UpdateSubscription,
+    ) {
         let mut sids = req.track_sids;
-        sids.extend(req.participant_tracks.into_iter().flat_map(|pt| pt.track_sids));
+        sids.extend(
+            req.participant_tracks
+                .into_iter()
+                .flat_map(|pt| pt.track_sids),
+        );
         let mut changed = false;
         for sid in sids {
             if !self.tracks.contains_key(&sid) {
@@ -647,8 +652,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return false;
         };
-        if track.publisher == key || !p.permission.can_subscribe || p.downtrack_for(sid).is_some()
-        {
+        if track.publisher == key || !p.permission.can_subscribe || p.receives(sid) {
             return false;
         }
         let Some(publisher_sid) = self
@@ -659,25 +663,14 @@ impl Room {
             return false;
         };
         let p = self.participants.get_mut(&key).expect("checked above");
-        let stream_id = format!("{publisher_sid}|{sid}");
-        let mid = p.subscriber.rtc.sdp_api().add_media(
-            track.kind,
-            Direction::SendOnly,
-            Some(stream_id),
-            Some(sid.to_string()),
-            None,
-        );
-        p.downtracks.insert(
-            mid,
-            Downtrack {
-                track_sid: sid.to_string(),
-                mid,
-                ssrc: None,
-            },
-        );
+        p.subscriber_changes.push(SubscriberChange::AddTrack {
+            sid: sid.to_string(),
+            kind: track.kind,
+            stream_id: format!("{publisher_sid}|{sid}"),
+        });
         track.subscribers.push(Subscription {
             subscriber: key,
-            mid,
+            mid: None,
             forwarder: TrackForwarder::new(track.best_layer),
             out_pt: None,
         });
@@ -689,11 +682,10 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return false;
         };
-        let Some(mid) = p.downtrack_for(sid) else {
+        if !p.receives(sid) {
             return false;
-        };
-        p.downtracks.remove(&mid);
-        p.subscriber.rtc.sdp_api().stop_media(mid);
+        }
+        p.stop_receiving(sid);
         if let Some(track) = self.tracks.get_mut(sid) {
             track.subscribers.retain(|s| s.subscriber != key);
         }
@@ -710,13 +702,64 @@ impl Room {
             p.negotiation.again = true;
             return;
         }
-        let api = p.subscriber.rtc.sdp_api();
-        if !api.has_changes() {
+        if p.subscriber_changes.is_empty() {
             return;
+        }
+        let mut api = p.subscriber.rtc.sdp_api();
+        let mut added = Vec::new();
+        for change in p.subscriber_changes.drain(..) {
+            match change {
+                SubscriberChange::DataChannels => {
+                    p.subscriber_reliable = Some(api.add_channel_with_config(ChannelConfig {
+                        label: "_reliable".into(),
+                        ordered: true,
+                        reliability: Reliability::Reliable,
+                        ..Default::default()
+                    }));
+                    p.subscriber_lossy = Some(api.add_channel_with_config(ChannelConfig {
+                        label: "_lossy".into(),
+                        ordered: false,
+                        reliability: Reliability::MaxRetransmits { retransmits: 0 },
+                        ..Default::default()
+                    }));
+                }
+                SubscriberChange::AddTrack {
+                    sid,
+                    kind,
+                    stream_id,
+                } => {
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(stream_id),
+                        Some(sid.clone()),
+                        None,
+                    );
+                    added.push((sid, mid));
+                }
+                SubscriberChange::Stop(mid) => api.stop_media(mid),
+            }
         }
         let Some((offer, pending)) = api.apply() else {
             return;
         };
+        for (sid, mid) in added {
+            p.downtracks.insert(
+                mid,
+                Downtrack {
+                    track_sid: sid.clone(),
+                    mid,
+                    ssrc: None,
+                },
+            );
+            if let Some(sub) = self
+                .tracks
+                .get_mut(&sid)
+                .and_then(|t| t.subscribers.iter_mut().find(|s| s.subscriber == key))
+            {
+                sub.mid = Some(mid);
+            }
+        }
         p.negotiation.pending = Some(pending);
         p.negotiation.last_offer_id += 1;
         let sd = SessionDescription {
@@ -730,7 +773,12 @@ impl Room {
     }
 
     /// Remove a participant: close its PCs, unpublish its tracks, tell the others.
-    pub fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: DisconnectReason) {
+    pub fn remove_participant(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        reason: DisconnectReason,
+    ) {
         let Some(mut p) = self.participants.remove(&key) else {
             return;
         };
@@ -792,18 +840,18 @@ impl Room {
         let mut renegotiate = Vec::new();
         for sub in &track.subscribers {
             if let Some(s) = self.participants.get_mut(&sub.subscriber) {
-                s.downtracks.remove(&sub.mid);
-                s.subscriber.rtc.sdp_api().stop_media(sub.mid);
+                s.stop_receiving(sid);
                 renegotiate.push(sub.subscriber);
             }
         }
         for key in renegotiate {
             self.negotiate_subscriber(now, key);
         }
-        self.outputs.push_back(RoomOutput::Event(RoomEvent::TrackUnpublished(
-            publisher.clone(),
-            track.info,
-        )));
+        self.outputs
+            .push_back(RoomOutput::Event(RoomEvent::TrackUnpublished(
+                publisher.clone(),
+                track.info,
+            )));
     }
 
     /// Datagram for one of this room's sessions (the shard found which).
@@ -990,6 +1038,10 @@ impl Room {
         let Some(media) = p.publisher.rtc.media(mid) else {
             return;
         };
+        // Clients also offer receive-only m-lines on this PC; only what they send is a track.
+        if !matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv) {
+            return;
+        }
         let msid_track = media.track_id().to_string();
         let simulcast_rids: Vec<Rid> = match media.rids_rx() {
             str0m::media::Rids::Specific(rids) => rids.to_vec(),
@@ -1004,7 +1056,11 @@ impl Room {
             .pending_tracks
             .iter()
             .position(|(cid, _)| *cid == msid_track)
-            .or_else(|| p.pending_tracks.iter().position(|(_, t)| t.r#type == wanted));
+            .or_else(|| {
+                p.pending_tracks
+                    .iter()
+                    .position(|(_, t)| t.r#type == wanted)
+            });
         let Some(pos) = pos else {
             debug!(participant = %p.info.identity, %mid, "media without a pending track");
             return;
@@ -1049,10 +1105,11 @@ impl Room {
             },
         );
         info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
-        self.outputs.push_back(RoomOutput::Event(RoomEvent::TrackPublished(
-            publisher_info,
-            info,
-        )));
+        self.outputs
+            .push_back(RoomOutput::Event(RoomEvent::TrackPublished(
+                publisher_info,
+                info,
+            )));
         self.broadcast_participant(key, false);
         let subscribers: Vec<ParticipantKey> = self
             .participants
@@ -1091,11 +1148,7 @@ impl Room {
                 let Some(track) = self.tracks.get_mut(&sid) else {
                     return;
                 };
-                let layer = track
-                    .layers
-                    .iter()
-                    .position(|l| l.rid == rid)
-                    .unwrap_or(0);
+                let layer = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
                 track.layers[layer].ssrc = Some(ssrc);
                 if track.codec.is_none() {
                     track.codec = p
@@ -1158,7 +1211,11 @@ impl Room {
             let Some(s) = self.participants.get_mut(&sub.subscriber) else {
                 continue;
             };
-            let Some(out_ssrc) = s.downtracks.get(&sub.mid).and_then(|d| d.ssrc) else {
+            let Some(out_ssrc) = sub
+                .mid
+                .and_then(|mid| s.downtracks.get(&mid))
+                .and_then(|d| d.ssrc)
+            else {
                 continue;
             };
             if sub.out_pt.is_none() {
@@ -1181,8 +1238,11 @@ impl Room {
             .marker(pkt.header.marker)
             .ext_vals(ext)
             .nackable(is_video);
-            if let Some(patch) = vp8_patch(&pkt.payload, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)
-            {
+            if let Some(patch) = vp8_patch(
+                &pkt.payload,
+                rewrite.vp8_picture_id,
+                rewrite.vp8_tl0_pic_idx,
+            ) {
                 write = write.vp8_patch(patch);
             }
             let mut api = s.subscriber.rtc.direct_api();
@@ -1265,7 +1325,11 @@ impl Room {
                     s.forwarder.set_target_layer(best);
                 }
             }
-            if track.subscribers.iter().any(|s| s.forwarder.wants_keyframe()) {
+            if track
+                .subscribers
+                .iter()
+                .any(|s| s.forwarder.wants_keyframe())
+            {
                 wants_keyframe.push(sid.clone());
             }
         }
@@ -1497,11 +1561,17 @@ fn vp8_patch(
 }
 
 fn enabled_codecs() -> Vec<livekit::Codec> {
-    ["audio/opus", "video/VP8", "video/H264", "video/VP9", "video/AV1"]
-        .into_iter()
-        .map(|mime| livekit::Codec {
-            mime: mime.to_string(),
-            fmtp_line: String::new(),
-        })
-        .collect()
+    [
+        "audio/opus",
+        "video/VP8",
+        "video/H264",
+        "video/VP9",
+        "video/AV1",
+    ]
+    .into_iter()
+    .map(|mime| livekit::Codec {
+        mime: mime.to_string(),
+        fmtp_line: String::new(),
+    })
+    .collect()
 }

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use relais_proto::livekit::{DataPacket, DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
+use relais_proto::livekit::{
+    DataPacket, DisconnectReason, LeaveRequest, SignalRequest, SignalResponse,
+};
 use str0m::net::{Protocol, Receive, Transmit};
 use tracing::{debug, info};
 
@@ -117,7 +119,12 @@ impl Shard {
     }
 
     /// The participant's WebSocket closed or it was removed by the API.
-    pub fn remove_participant(&mut self, now: Instant, key: ParticipantKey, reason: DisconnectReason) {
+    pub fn remove_participant(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        reason: DisconnectReason,
+    ) {
         let Some(name) = self.room_of.get(&key).cloned() else {
             return;
         };
@@ -128,7 +135,13 @@ impl Shard {
     }
 
     /// Server-originated data for a room.
-    pub fn send_data(&mut self, now: Instant, room: &str, reliable: bool, packet: DataPacket) -> bool {
+    pub fn send_data(
+        &mut self,
+        now: Instant,
+        room: &str,
+        reliable: bool,
+        packet: DataPacket,
+    ) -> bool {
         let Some((name, r)) = self.rooms.get_key_value(room) else {
             return false;
         };
@@ -191,7 +204,8 @@ impl Shard {
             if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
                 self.rooms.remove(&name);
                 info!(room = %name, "room closed");
-                self.outputs.push_back(ShardOutput::RoomClosed(name.to_string()));
+                self.outputs
+                    .push_back(ShardOutput::RoomClosed(name.to_string()));
             }
         }
     }
@@ -236,7 +250,11 @@ impl Shard {
                 }
                 RoomOutput::SessionClosed { ufrag } => {
                     self.by_ufrag.remove(ufrag.as_str());
-                    for addr in self.addrs_of_ufrag.remove(ufrag.as_str()).unwrap_or_default() {
+                    for addr in self
+                        .addrs_of_ufrag
+                        .remove(ufrag.as_str())
+                        .unwrap_or_default()
+                    {
                         self.by_addr.remove(&addr);
                     }
                 }

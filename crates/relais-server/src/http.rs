@@ -47,7 +47,13 @@ async fn health() -> &'static str {
 /// Until the single-PC protocol exists, a 404 without "requested room does not
 /// exist" makes every SDK fall back to the two-PC `/rtc` path.
 async fn single_pc_not_implemented() -> Response {
-    with_cors((StatusCode::NOT_FOUND, "single peer connection mode is not supported").into_response())
+    with_cors(
+        (
+            StatusCode::NOT_FOUND,
+            "single peer connection mode is not supported",
+        )
+            .into_response(),
+    )
 }
 
 fn with_cors(mut response: Response) -> Response {
@@ -81,7 +87,10 @@ fn authenticate(
     let token = bearer
         .or(query.get("access_token").map(String::as_str))
         .filter(|t| !t.is_empty())
-        .ok_or((StatusCode::UNAUTHORIZED, "no authorization token".to_string()))?;
+        .ok_or((
+            StatusCode::UNAUTHORIZED,
+            "no authorization token".to_string(),
+        ))?;
     let claims = state.verifier.verify(token).map_err(|e| {
         (
             StatusCode::UNAUTHORIZED,
@@ -100,7 +109,10 @@ fn authenticate(
         return Err((StatusCode::BAD_REQUEST, "room name cannot be empty".into()));
     }
     if identity.len() > 256 || video.room.len() > 256 {
-        return Err((StatusCode::BAD_REQUEST, "room name or identity too long".into()));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "room name or identity too long".into(),
+        ));
     }
     Ok(JoinGrant {
         room: video.room,
@@ -188,7 +200,10 @@ fn client_info(query: &HashMap<String, String>) -> ClientInfo {
     ClientInfo {
         sdk: sdk as i32,
         version: text("version"),
-        protocol: query.get("protocol").and_then(|p| p.parse().ok()).unwrap_or(0),
+        protocol: query
+            .get("protocol")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
         os: text("os"),
         os_version: text("os_version"),
         device_model: text("device_model"),
@@ -241,7 +256,11 @@ async fn rtc(
                 .into_response()
         }
         Err(JoinError::Closed) => {
-            return (StatusCode::SERVICE_UNAVAILABLE, "room is closing".to_string()).into_response()
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "room is closing".to_string(),
+            )
+                .into_response()
         }
     };
     info!(room = %grant.room, identity = %grant.identity, "signal connection accepted");

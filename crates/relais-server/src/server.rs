@@ -42,7 +42,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bail!("rtc.udp_port must be set: Relais muxes all media on one UDP port");
     };
     let listen = config.listen_ips();
-    let udp_ip = listen.first().copied().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let udp_ip = listen
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let udp = UdpSocket::bind(SocketAddr::new(udp_ip, udp_port))
         .with_context(|| format!("binding the media UDP port {udp_ip}:{udp_port}"))?;
     let candidate = SocketAddr::new(node_ip(&config), udp.local_addr()?.port());
@@ -91,13 +94,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

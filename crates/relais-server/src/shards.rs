@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use relais_media::{
-    JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput,
-};
+use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
 use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
