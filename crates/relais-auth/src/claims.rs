@@ -482,12 +482,14 @@ impl Claims {
     pub fn room_configuration(&self) -> Result<Option<RoomConfiguration>, AuthError> {
         match &self.room_config {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| AuthError::InvalidClaim {
-                    claim: "roomConfig".into(),
-                    message: e.to_string(),
-                }),
+            Some(v) => {
+                serde_json::from_value(v.clone())
+                    .map(Some)
+                    .map_err(|e| AuthError::InvalidClaim {
+                        claim: "roomConfig".into(),
+                        message: e.to_string(),
+                    })
+            }
         }
     }
 

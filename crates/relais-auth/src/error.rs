@@ -12,7 +12,9 @@ pub enum KeyError {
     #[error("an API key is empty")]
     EmptyKey,
     /// The `LIVEKIT_KEYS`-style text could not be parsed.
-    #[error("invalid keys syntax: {0} (expected `key: secret` pairs, one per line or comma separated)")]
+    #[error(
+        "invalid keys syntax: {0} (expected `key: secret` pairs, one per line or comma separated)"
+    )]
     Syntax(String),
     /// The same API key was given twice with different secrets.
     #[error("API key {0:?} is given twice with different secrets")]

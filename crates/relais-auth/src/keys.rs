@@ -62,10 +62,7 @@ impl KeyProvider {
                     continue;
                 }
                 let (k, s) = entry.split_once(':').ok_or_else(|| {
-                    KeyError::Syntax(format!(
-                        "entry {:?} has no ':'",
-                        redact_entry(entry)
-                    ))
+                    KeyError::Syntax(format!("entry {:?} has no ':'", redact_entry(entry)))
                 })?;
                 insert(&mut keys, unquote(k.trim()), unquote(s.trim()))?;
             }
@@ -137,7 +134,10 @@ impl KeyProvider {
     /// The first `(api_key, secret)` pair in key order, handy for tools that
     /// need "some key" (e.g. `create-token` with a single configured key).
     pub fn first(&self) -> Option<(&str, &str)> {
-        self.keys.iter().next().map(|(k, s)| (k.as_str(), s.as_str()))
+        self.keys
+            .iter()
+            .next()
+            .map(|(k, s)| (k.as_str(), s.as_str()))
     }
 }
 

@@ -84,10 +84,18 @@ fn verifies_full_payload_exactly() {
     let v = claims.video.as_ref().unwrap();
     assert!(!v.can_publish() && !v.can_subscribe() && v.can_publish_data());
     assert!(!v.can_publish_source("camera"));
-    assert_eq!(claims.agent.as_ref().unwrap().extra["dispatchAdmin"], json!(true));
+    assert_eq!(
+        claims.agent.as_ref().unwrap().extra["dispatchAdmin"],
+        json!(true)
+    );
     let rc = claims.room_configuration().unwrap().unwrap();
     assert_eq!(
-        (rc.name.as_str(), rc.empty_timeout, rc.departure_timeout, rc.max_participants),
+        (
+            rc.name.as_str(),
+            rc.empty_timeout,
+            rc.departure_timeout,
+            rc.max_participants
+        ),
         ("r", 10, 7, 3)
     );
     assert_eq!(rc.agents[0].agent_name, "bot");
@@ -97,7 +105,10 @@ fn verifies_full_payload_exactly() {
 #[test]
 fn grant_defaults() {
     let claims = verifier()
-        .verify(&sign(&base(json!({"video": {"roomJoin": true, "room": "r"}})), SECRET))
+        .verify(&sign(
+            &base(json!({"video": {"roomJoin": true, "room": "r"}})),
+            SECRET,
+        ))
         .unwrap();
     let v = claims.video.as_ref().unwrap();
     assert!(v.can_publish() && v.can_subscribe() && v.can_publish_data());
@@ -138,14 +149,23 @@ fn identity_falls_back_to_jti() {
 #[test]
 fn malformed() {
     for t in ["", "abc", "a.b", "a.b.c.d", "!!!.e30.sig"] {
-        assert!(matches!(verifier().verify(t), Err(AuthError::Malformed(_))), "{t}");
+        assert!(
+            matches!(verifier().verify(t), Err(AuthError::Malformed(_))),
+            "{t}"
+        );
     }
     // Header not JSON.
     let t = format!("{}.e30.x", URL_SAFE_NO_PAD.encode("nope"));
-    assert!(matches!(verifier().verify(&t), Err(AuthError::Malformed(_))));
+    assert!(matches!(
+        verifier().verify(&t),
+        Err(AuthError::Malformed(_))
+    ));
     // Payload not an object.
     let t = raw(&json!({"alg": "HS256"}), &json!([1]), "x");
-    assert!(matches!(verifier().verify(&t), Err(AuthError::Malformed(_))));
+    assert!(matches!(
+        verifier().verify(&t),
+        Err(AuthError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -326,7 +346,42 @@ fn mint_and_verify_round_trip() {
 
 #[test]
 fn default_ttl_is_six_hours() {
-    let t = AccessToken::new(KEY, SECRET).with_identity("x").to_jwt().unwrap();
+    let t = AccessToken::new(KEY, SECRET)
+        .with_identity("x")
+        .to_jwt()
+        .unwrap();
     let c = verifier().verify(&t).unwrap();
     assert_eq!(c.exp.unwrap() - c.nbf.unwrap(), 6 * 3600);
+}
+
+#[test]
+fn room_config_as_node_writes_it() {
+    // protobuf-es (Node SDK) writes every member, enums as names, maps as objects.
+    let c = Claims {
+        room_config: Some(json!({"name":"n","emptyTimeout":0,"departureTimeout":0,
+            "maxParticipants":0,"minPlayoutDelay":0,"maxPlayoutDelay":0,"syncStreams":false,
+            "agents":[{"agentName":"a","metadata":"","restartPolicy":"JRP_ON_FAILURE",
+            "deployment":"","attributes":{}}],"metadata":"","tags":{}})),
+        ..Claims::default()
+    };
+    let rc = c.room_configuration().unwrap().unwrap();
+    assert_eq!(rc.name, "n");
+    assert_eq!(rc.agents[0].agent_name, "a");
+    // snake_case (Go/proto field names) is accepted too.
+    let c = Claims {
+        room_config: Some(json!({"empty_timeout": 5, "max_participants": "7",
+            "agents": [{"agent_name": "b"}]})),
+        ..Claims::default()
+    };
+    let rc = c.room_configuration().unwrap().unwrap();
+    assert_eq!((rc.empty_timeout, rc.max_participants), (5, 7));
+    assert_eq!(rc.agents[0].agent_name, "b");
+    let bad = Claims {
+        room_config: Some(json!({"emptyTimeout": -1})),
+        ..Claims::default()
+    };
+    assert!(matches!(
+        bad.room_configuration(),
+        Err(AuthError::InvalidClaim { .. })
+    ));
 }

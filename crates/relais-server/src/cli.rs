@@ -32,7 +32,11 @@ pub const EXIT_INVALID_TOKEN: u8 = 1;
 
 /// `relais`: a LiveKit-compatible SFU.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "relais", version, about = "Relais: a LiveKit-compatible media server (SFU)")]
+#[command(
+    name = "relais",
+    version,
+    about = "Relais: a LiveKit-compatible media server (SFU)"
+)]
 pub struct Cli {
     /// Development mode: keys devkey/secret unless configured, bind to
     /// localhost, UDP port 7882, debug logging.
@@ -119,7 +123,7 @@ pub enum Command {
     /// Print a new random API key and secret.
     GenerateKeys,
     /// Print an access token (JWT) signed with a configured key.
-    CreateToken(CreateTokenArgs),
+    CreateToken(Box<CreateTokenArgs>),
     /// Verify a token with the configured keys and print its claims as JSON.
     #[command(hide = true)]
     VerifyToken(VerifyTokenArgs),
@@ -235,7 +239,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "m" => n * 60.0,
             "h" => n * 3600.0,
             "d" => n * 86400.0,
-            _ => return Err(format!("unknown unit {unit:?} in duration {s:?} (use ms, s, m, h, d)")),
+            _ => {
+                return Err(format!(
+                    "unknown unit {unit:?} in duration {s:?} (use ms, s, m, h, d)"
+                ))
+            }
         };
         total += Duration::from_secs_f64(secs);
     }
@@ -350,11 +358,7 @@ pub fn create_token(cli: &Cli, args: &CreateTokenArgs) -> Result<String, CliErro
                 }
             }
         }
-        (None, Some(_)) => {
-            return Err(CliError::Usage(
-                "--api-secret needs --api-key".into(),
-            ))
-        }
+        (None, Some(_)) => return Err(CliError::Usage("--api-secret needs --api-key".into())),
     };
     let mut attributes = BTreeMap::new();
     for a in &args.attributes {

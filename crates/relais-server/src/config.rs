@@ -353,7 +353,11 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Invalid {
-                key: if key == "." { "(top level)".into() } else { key },
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
                 message: e.into_inner().to_string(),
             }
         })?;
@@ -461,11 +465,17 @@ impl Config {
         }
         if let Some(ip) = &self.rtc.node_ip {
             if ip.parse::<IpAddr>().is_err() {
-                return Err(invalid("rtc.node_ip", format!("{ip:?} is not an IP address")));
+                return Err(invalid(
+                    "rtc.node_ip",
+                    format!("{ip:?} is not an IP address"),
+                ));
             }
         }
         if self.rtc.udp_port == Some(0) {
-            return Err(invalid("rtc.udp_port", "must be between 1 and 65535".into()));
+            return Err(invalid(
+                "rtc.udp_port",
+                "must be between 1 and 65535".into(),
+            ));
         }
         if self.rtc.port_range_start > self.rtc.port_range_end {
             return Err(invalid(
@@ -507,22 +517,23 @@ impl Config {
     /// always has `devkey`), when a secret is empty, or when `webhook.api_key`
     /// is not among the keys.
     pub fn key_provider(&self) -> Result<KeyProvider, ConfigError> {
-        let mut provider = KeyProvider::from_map(self.keys.clone()).map_err(|source| {
-            ConfigError::Keys {
+        let mut provider =
+            KeyProvider::from_map(self.keys.clone()).map_err(|source| ConfigError::Keys {
                 origin: "keys".into(),
                 source,
-            }
-        })?;
+            })?;
         if let Some(path) = &self.key_file {
             let from_file =
                 KeyProvider::from_key_file(path).map_err(|source| ConfigError::Keys {
                     origin: "key_file".into(),
                     source,
                 })?;
-            provider.merge(from_file).map_err(|source| ConfigError::Keys {
-                origin: "key_file".into(),
-                source,
-            })?;
+            provider
+                .merge(from_file)
+                .map_err(|source| ConfigError::Keys {
+                    origin: "key_file".into(),
+                    source,
+                })?;
         }
         if provider.is_empty() {
             return Err(ConfigError::NoKeys);
@@ -530,7 +541,10 @@ impl Config {
         if !self.webhook.api_key.is_empty() && provider.secret(&self.webhook.api_key).is_none() {
             return Err(ConfigError::Invalid {
                 key: "webhook.api_key".into(),
-                message: format!("{:?} is not one of the configured API keys", self.webhook.api_key),
+                message: format!(
+                    "{:?} is not one of the configured API keys",
+                    self.webhook.api_key
+                ),
             });
         }
         Ok(provider)
@@ -601,7 +615,11 @@ fn is_blank_yaml(text: &str) -> bool {
 /// secret: keep only the first line of the message.
 fn yaml_message(msg: &str) -> String {
     let first = msg.lines().next().unwrap_or("").trim();
-    first.strip_prefix("error:").unwrap_or(first).trim().to_string()
+    first
+        .strip_prefix("error:")
+        .unwrap_or(first)
+        .trim()
+        .to_string()
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -627,7 +645,6 @@ fn strip_nulls(v: &mut Value) {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -655,7 +672,10 @@ mod tests {
         assert!(c.bind_addresses.is_empty());
         assert_eq!(c.rtc.udp_port, None);
         assert_eq!(c.rtc.tcp_port, 7881);
-        assert_eq!((c.rtc.port_range_start, c.rtc.port_range_end), (50000, 60000));
+        assert_eq!(
+            (c.rtc.port_range_start, c.rtc.port_range_end),
+            (50000, 60000)
+        );
         assert!(!c.rtc.use_external_ip);
         assert!(c.room.auto_create);
         assert_eq!(c.room.empty_timeout, 300);
@@ -715,16 +735,33 @@ development: false
         assert_eq!(c.bind_addresses, ["127.0.0.1", "::1"]);
         assert_eq!(c.rtc.udp_port, Some(7882));
         assert_eq!(c.rtc.tcp_port, 7883);
-        assert_eq!((c.rtc.port_range_start, c.rtc.port_range_end), (40000, 40100));
+        assert_eq!(
+            (c.rtc.port_range_start, c.rtc.port_range_end),
+            (40000, 40100)
+        );
         assert!(c.rtc.use_external_ip);
         assert_eq!(c.rtc.node_ip.as_deref(), Some("10.1.2.3"));
         assert_eq!(c.redis.address, "redis:6379");
-        assert_eq!((c.redis.username.as_str(), c.redis.password.as_str(), c.redis.db), ("u", "p", 2));
+        assert_eq!(
+            (
+                c.redis.username.as_str(),
+                c.redis.password.as_str(),
+                c.redis.db
+            ),
+            ("u", "p", 2)
+        );
         assert_eq!(c.keys["APIabc"], "secret1");
         assert_eq!(c.keys["numeric"], "12345");
         assert_eq!(c.key_file.as_deref(), Some("/etc/keys.yaml"));
         assert!(!c.room.auto_create);
-        assert_eq!((c.room.empty_timeout, c.room.departure_timeout, c.room.max_participants), (60, 5, 12));
+        assert_eq!(
+            (
+                c.room.empty_timeout,
+                c.room.departure_timeout,
+                c.room.max_participants
+            ),
+            (60, 5, 12)
+        );
         assert_eq!(c.webhook.urls.len(), 2);
         assert_eq!(c.logging.level, "warn");
         assert!(c.logging.json);
@@ -739,8 +776,9 @@ development: false
 
     #[test]
     fn unknown_keys_are_warnings_with_paths() {
-        let c = yaml("port: 7881\nrtc:\n  udpport: 9\n  tcp_port: 1\nturn:\n  enabled: true\nfoo: 1\n")
-            .unwrap();
+        let c =
+            yaml("port: 7881\nrtc:\n  udpport: 9\n  tcp_port: 1\nturn:\n  enabled: true\nfoo: 1\n")
+                .unwrap();
         assert_eq!(c.port, 7881);
         assert_eq!(c.rtc.tcp_port, 1);
         let w = c.warnings.join("\n");
@@ -759,7 +797,10 @@ development: false
             ("rtc:\n  udp_port: 0", "rtc.udp_port"),
             ("rtc:\n  use_external_ip: maybe", "rtc.use_external_ip"),
             ("rtc:\n  node_ip: not-an-ip", "rtc.node_ip"),
-            ("rtc:\n  port_range_start: 6000\n  port_range_end: 5000", "rtc.port_range_start"),
+            (
+                "rtc:\n  port_range_start: 6000\n  port_range_end: 5000",
+                "rtc.port_range_start",
+            ),
             ("room:\n  empty_timeout: -5", "room.empty_timeout"),
             ("bind_addresses: [\"nope\"]", "bind_addresses[0]"),
             ("bind_addresses: 5", "bind_addresses"),
@@ -813,7 +854,10 @@ development: false
         })
         .unwrap();
         assert!(c.development);
-        assert_eq!(c.keys.get(DEV_API_KEY).map(String::as_str), Some(DEV_API_SECRET));
+        assert_eq!(
+            c.keys.get(DEV_API_KEY).map(String::as_str),
+            Some(DEV_API_SECRET)
+        );
         assert_eq!(c.bind_addresses[0], "127.0.0.1");
         assert!(c.bind_addresses.len() <= 2);
         assert_eq!(c.rtc.udp_port, Some(DEV_UDP_PORT));
@@ -957,12 +1001,18 @@ development: false
 
     #[test]
     fn webhook_key_must_exist() {
-        let c = load(body("keys: {a: b}\nwebhook: {api_key: zzz, urls: [http://x]}\n")).unwrap();
+        let c = load(body(
+            "keys: {a: b}\nwebhook: {api_key: zzz, urls: [http://x]}\n",
+        ))
+        .unwrap();
         match c.key_provider() {
             Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "webhook.api_key"),
             other => panic!("{other:?}"),
         }
-        let c = load(body("keys: {a: b}\nwebhook: {api_key: a, urls: [http://x]}\n")).unwrap();
+        let c = load(body(
+            "keys: {a: b}\nwebhook: {api_key: a, urls: [http://x]}\n",
+        ))
+        .unwrap();
         assert!(c.key_provider().is_ok());
     }
 

@@ -1,7 +1,7 @@
 //! Relais server: configuration, command line and (later) the server itself.
 
-pub mod config;
 pub mod cli;
+pub mod config;
 pub mod http;
 mod server;
 mod shards;
