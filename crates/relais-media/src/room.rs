@@ -95,33 +95,33 @@ pub struct JoinParams {
     pub client_info: Option<ClientInfo>,
 }
 
-struct Layer {
-    rid: Option<Rid>,
-    ssrc: Option<Ssrc>,
-    last_seen: Option<Instant>,
+pub(crate) struct Layer {
+    pub(crate) rid: Option<Rid>,
+    pub(crate) ssrc: Option<Ssrc>,
+    pub(crate) last_seen: Option<Instant>,
 }
 
-struct Subscription {
-    subscriber: ParticipantKey,
+pub(crate) struct Subscription {
+    pub(crate) subscriber: ParticipantKey,
     /// The subscriber-PC m-line, once negotiated.
-    mid: Option<Mid>,
-    forwarder: TrackForwarder,
-    out_pt: Option<Pt>,
+    pub(crate) mid: Option<Mid>,
+    pub(crate) forwarder: TrackForwarder,
+    pub(crate) out_pt: Option<Pt>,
 }
 
-struct PublishedTrack {
-    info: TrackInfo,
-    publisher: ParticipantKey,
-    kind: MediaKind,
-    codec: Option<(CodecKind, PayloadParams)>,
-    layers: Vec<Layer>,
-    best_layer: usize,
-    subscribers: Vec<Subscription>,
-    last_keyframe_request: Option<Instant>,
+pub(crate) struct PublishedTrack {
+    pub(crate) info: TrackInfo,
+    pub(crate) publisher: ParticipantKey,
+    pub(crate) kind: MediaKind,
+    pub(crate) codec: Option<(CodecKind, PayloadParams)>,
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) best_layer: usize,
+    pub(crate) subscribers: Vec<Subscription>,
+    pub(crate) last_keyframe_request: Option<Instant>,
 }
 
 /// An event str0m produced that the room handles after the drain.
-struct PendingEvent {
+pub(crate) struct PendingEvent {
     participant: ParticipantKey,
     role: PeerRole,
     event: Event,
@@ -129,18 +129,18 @@ struct PendingEvent {
 
 /// One LiveKit room. See the module docs.
 pub struct Room {
-    info: livekit::Room,
-    config: MediaConfig,
-    shard: u8,
-    participants: HashMap<ParticipantKey, Participant>,
-    by_identity: HashMap<String, ParticipantKey>,
-    tracks: HashMap<String, PublishedTrack>,
-    outputs: VecDeque<RoomOutput>,
-    events: VecDeque<PendingEvent>,
+    pub(crate) info: livekit::Room,
+    pub(crate) config: MediaConfig,
+    pub(crate) shard: u8,
+    pub(crate) participants: HashMap<ParticipantKey, Participant>,
+    pub(crate) by_identity: HashMap<String, ParticipantKey>,
+    pub(crate) tracks: HashMap<String, PublishedTrack>,
+    pub(crate) outputs: VecDeque<RoomOutput>,
+    pub(crate) events: VecDeque<PendingEvent>,
     /// When the room became empty (or was created empty).
-    empty_since: Option<Instant>,
-    next_layer_check: Instant,
-    closed: bool,
+    pub(crate) empty_since: Option<Instant>,
+    pub(crate) next_layer_check: Instant,
+    pub(crate) closed: bool,
 }
 
 impl Room {
