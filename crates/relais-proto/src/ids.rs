@@ -50,14 +50,15 @@ pub fn participant_sid() -> String {
 /// A new track SID: `TR_` + `V`/`A` (video/audio) + `C`/`M`/`S`/`s`
 /// (camera, microphone, screen share, screen share audio) + 12 characters.
 ///
-/// Data tracks use `D`; an unknown source adds no source letter (as LiveKit).
+/// As in LiveKit, a `DATA` type adds no type letter and an `UNKNOWN` source
+/// adds no source letter.
 pub fn track_sid(kind: TrackType, source: TrackSource) -> String {
     let mut prefix = String::from(TRACK_PREFIX);
-    prefix.push(match kind {
-        TrackType::Audio => 'A',
-        TrackType::Video => 'V',
-        TrackType::Data => 'D',
-    });
+    match kind {
+        TrackType::Audio => prefix.push('A'),
+        TrackType::Video => prefix.push('V'),
+        TrackType::Data => {}
+    }
     match source {
         TrackSource::Camera => prefix.push('C'),
         TrackSource::Microphone => prefix.push('M'),
@@ -96,5 +97,8 @@ mod tests {
         assert!(track_sid(TrackType::Audio, TrackSource::Microphone).starts_with("TR_AM"));
         assert!(track_sid(TrackType::Video, TrackSource::ScreenShare).starts_with("TR_VS"));
         assert!(track_sid(TrackType::Audio, TrackSource::ScreenShareAudio).starts_with("TR_As"));
+        let plain = track_sid(TrackType::Data, TrackSource::Unknown);
+        assert_eq!(plain.len(), 3 + RANDOM_LEN);
+        assert!(plain.starts_with("TR_"));
     }
 }

@@ -20,6 +20,8 @@
 //! fields differently from LiveKit's Go/Python encoders. Any protobuf parser
 //! accepts either order; the decoded message is identical.
 
+#![warn(missing_docs)]
+
 pub use prost::Message;
 
 /// Generated LiveKit protocol types (package `livekit`).
