@@ -42,13 +42,25 @@ pub const VIDEO_GRANT_FIELDS: &[&str] = &[
 #[serde(rename_all = "camelCase")]
 pub struct Claims {
     /// Expiry, Unix seconds. Required by the verifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_secs"
+    )]
     pub exp: Option<u64>,
     /// Not-before, Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_secs"
+    )]
     pub nbf: Option<u64>,
     /// Issued-at, Unix seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_opt_secs"
+    )]
     pub iat: Option<u64>,
     /// Issuer: the API key that signed the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +429,31 @@ pub struct RoomAgentDispatch {
     /// Members Relais does not interpret.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// NumericDate: integer seconds; a fractional value (allowed by RFC 7519) is
+/// truncated.
+fn de_opt_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Ok(Some(u))
+            } else {
+                match n.as_f64() {
+                    Some(f) if f >= 0.0 && f.is_finite() => Ok(Some(f as u64)),
+                    _ => Err(D::Error::custom(format!(
+                        "{n} is not a non-negative number of seconds"
+                    ))),
+                }
+            }
+        }
+        other => Err(D::Error::custom(format!(
+            "expected a number of seconds, got {}",
+            json_type(&other)
+        ))),
+    }
 }
 
 fn de_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

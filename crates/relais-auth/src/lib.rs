@@ -23,6 +23,8 @@
 //! otherwise be silently ignored and the participant would get the default,
 //! which for `canPublish`/`canSubscribe` is *allow*.
 
+#![warn(missing_docs)]
+
 mod claims;
 mod error;
 mod keys;

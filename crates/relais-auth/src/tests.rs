@@ -385,3 +385,12 @@ fn room_config_as_node_writes_it() {
         Err(AuthError::InvalidClaim { .. })
     ));
 }
+
+#[test]
+fn fractional_numeric_dates_are_accepted() {
+    let p = base(json!({"exp": (now() + 600) as f64 + 0.5, "iat": 1.5}));
+    let c = verifier().verify(&sign(&p, SECRET)).unwrap();
+    let exp = c.exp.unwrap();
+    assert!(exp >= now() + 598 && exp <= now() + 601, "{exp}");
+    assert_eq!(c.iat, Some(1));
+}

@@ -30,8 +30,9 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit code for a token that fails verification (`verify-token`).
 pub const EXIT_INVALID_TOKEN: u8 = 1;
 
-/// `relais`: a LiveKit-compatible SFU.
-#[derive(Debug, Clone, Default, Parser)]
+/// `relais`: a LiveKit-compatible SFU. `Debug` hides keys, passwords and the
+/// config body.
+#[derive(Clone, Default, Parser)]
 #[command(
     name = "relais",
     version,
@@ -117,6 +118,27 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+impl std::fmt::Debug for Cli {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("Cli")
+            .field("dev", &self.dev)
+            .field("config", &self.config)
+            .field("config_body", &hidden(&self.config_body))
+            .field("keys", &hidden(&self.keys))
+            .field("key_file", &self.key_file)
+            .field("bind", &self.bind)
+            .field("port", &self.port)
+            .field("udp_port", &self.udp_port)
+            .field("node_ip", &self.node_ip)
+            .field("redis_host", &self.redis_host)
+            .field("redis_password", &hidden(&self.redis_password))
+            .field("region", &self.region)
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -132,8 +154,8 @@ pub enum Command {
     CheckConfig,
 }
 
-/// Arguments of `create-token`.
-#[derive(Debug, Clone, Default, Args)]
+/// Arguments of `create-token`. `Debug` hides the secret.
+#[derive(Clone, Default, Args)]
 pub struct CreateTokenArgs {
     /// Room name (required for the `join` grant).
     #[arg(long)]
@@ -172,6 +194,19 @@ pub struct CreateTokenArgs {
     /// API secret (default: the configured secret of --api-key).
     #[arg(long)]
     pub api_secret: Option<String>,
+}
+
+impl std::fmt::Debug for CreateTokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenArgs")
+            .field("room", &self.room)
+            .field("identity", &self.identity)
+            .field("grants", &self.grants)
+            .field("valid_for", &self.valid_for)
+            .field("api_key", &self.api_key)
+            .field("api_secret", &self.api_secret.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Arguments of `verify-token`.

@@ -15,6 +15,7 @@
 //! error naming the key ([`ConfigError::Invalid`]).
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -78,7 +79,9 @@ pub enum ConfigError {
 }
 
 /// The whole server configuration. Field names are LiveKit's YAML keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` prints the redacted form ([`Config::redacted_json`]): no secrets.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Main HTTP port: WebSocket signalling, Twirp, validate. Default 7880.
@@ -168,8 +171,8 @@ impl Default for RtcConfig {
     }
 }
 
-/// `redis:` — shared state for multi-node deployments.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `redis:` — shared state for multi-node deployments. `Debug` hides the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RedisConfig {
     /// `host:port`. Empty = Redis disabled.
@@ -243,8 +246,8 @@ impl Default for LoggingConfig {
     }
 }
 
-/// `prometheus:` — metrics endpoint.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `prometheus:` — metrics endpoint. `Debug` hides the password.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PrometheusConfig {
     /// Port of the `/metrics` listener; 0 = disabled.
@@ -253,6 +256,45 @@ pub struct PrometheusConfig {
     pub username: String,
     /// Basic-auth password (redacted in [`Config::redacted_json`]).
     pub password: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Config {}", self.redacted_json())?;
+        if !self.warnings.is_empty() {
+            write!(f, " warnings: {:?}", self.warnings)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PrometheusConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrometheusConfig")
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .finish()
+    }
+}
+
+fn redact(secret: &str) -> &'static str {
+    if secret.is_empty() {
+        ""
+    } else {
+        "***"
+    }
 }
 
 /// Accepts string, number or boolean values (an all-digit secret parses as a
@@ -768,6 +810,10 @@ development: false
         assert_eq!(c.prometheus.port, 6789);
         assert_eq!(c.region, "eu-west");
         // Secrets are redacted in the printable form.
+        let d = format!("{c:?} {:?} {:?}", c.redis, c.prometheus);
+        for secret in ["secret1", "12345", "\"p\"", "\"mp\""] {
+            assert!(!d.contains(secret), "{secret} leaked in {d}");
+        }
         let j = c.redacted_json().to_string();
         for secret in ["secret1", "12345", "\"p\"", "\"mp\""] {
             assert!(!j.contains(secret), "{secret} leaked in {j}");
