@@ -13,8 +13,9 @@ use relais_proto::livekit::{
     self, data_packet, leave_request, participant_info, request_response, signal_request,
     signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
     LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
-    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, TrackInfo,
-    TrackPublishedResponse, TrackSource, TrackType, UpdateParticipantMetadata, UpdateSubscription,
+    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse,
+    SubscriptionError, SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource,
+    TrackType, UpdateParticipantMetadata, UpdateSubscription,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -59,14 +60,23 @@ pub enum RoomOutput {
     /// A peer connection was closed.
     SessionClosed { ufrag: String },
     /// Something operators and webhooks care about.
-    Event(RoomEvent),
+    Event(Box<RoomEvent>),
 }
 
 /// Lifecycle events (webhooks, metrics, logs).
 #[derive(Debug, Clone)]
 pub enum RoomEvent {
+    /// The room was created (webhook `room_started`).
+    RoomStarted(livekit::Room),
+    /// The room closed: empty past its timeout, or deleted (`room_finished`).
+    RoomFinished(livekit::Room),
+    /// The participant became ACTIVE (`participant_joined`).
     ParticipantJoined(ParticipantInfo),
+    /// A participant that had been ACTIVE left (`participant_left`).
     ParticipantLeft(ParticipantInfo),
+    /// A participant left without ever becoming ACTIVE
+    /// (`participant_connection_aborted`).
+    ParticipantConnectionAborted(ParticipantInfo),
     TrackPublished(ParticipantInfo, TrackInfo),
     TrackUnpublished(ParticipantInfo, TrackInfo),
 }
@@ -78,6 +88,8 @@ pub enum JoinError {
     RoomFull(u32),
     #[error("room is closed")]
     Closed,
+    #[error("requested room does not exist")]
+    NoSuchRoom,
 }
 
 /// What the signaling edge learned from the token and the connect request.
@@ -159,6 +171,10 @@ impl Room {
             enabled_codecs: enabled_codecs(),
             ..Default::default()
         };
+        let mut outputs = VecDeque::new();
+        outputs.push_back(RoomOutput::Event(Box::new(RoomEvent::RoomStarted(
+            info.clone(),
+        ))));
         Room {
             info,
             config,
@@ -166,7 +182,7 @@ impl Room {
             participants: HashMap::new(),
             by_identity: HashMap::new(),
             tracks: HashMap::new(),
-            outputs: VecDeque::new(),
+            outputs,
             events: VecDeque::new(),
             empty_since: Some(now),
             next_layer_check: now,
@@ -540,13 +556,24 @@ impl Room {
     }
 
     fn on_mute(&mut self, key: ParticipantKey, req: MuteTrackRequest) {
-        let Some(track) = self.tracks.get_mut(&req.sid) else {
-            debug!(track = %req.sid, "mute for an unknown track");
-            return;
-        };
-        if track.publisher != key {
+        let owned = self
+            .tracks
+            .get(&req.sid)
+            .is_some_and(|t| t.publisher == key);
+        if !owned {
+            debug!(track = %req.sid, "mute for a track the participant does not publish");
+            let refusal = RequestResponse {
+                reason: request_response::Reason::NotFound as i32,
+                message: format!("track {} is not published by this participant", req.sid),
+                request: Some(request_response::Request::Mute(req)),
+                ..Default::default()
+            };
+            self.signal(key, signal_response::Message::RequestResponse(refusal));
             return;
         }
+        let Some(track) = self.tracks.get_mut(&req.sid) else {
+            return;
+        };
         track.info.muted = req.muted;
         let updated = track.info.clone();
         if let Some(p) = self.participants.get_mut(&key) {
@@ -631,6 +658,14 @@ impl Room {
         for sid in sids {
             if !self.tracks.contains_key(&sid) {
                 debug!(track = %sid, "subscription update for an unknown track");
+                let response = SubscriptionResponse {
+                    track_sid: sid,
+                    err: SubscriptionError::SeTrackNotfound as i32,
+                };
+                self.signal(
+                    key,
+                    signal_response::Message::SubscriptionResponse(response),
+                );
                 continue;
             }
             changed |= if req.subscribe {
@@ -812,6 +847,7 @@ impl Room {
             }),
         };
         self.outputs.push_back(RoomOutput::Disconnect(key, leave));
+        let was_active = p.info.state == participant_info::State::Active as i32;
         p.info.state = participant_info::State::Disconnected as i32;
         p.info.disconnect_reason = reason as i32;
         p.info.tracks.clear();
@@ -825,8 +861,13 @@ impl Room {
                 self.signal(other, signal_response::Message::Update(update.clone()));
             }
         }
-        self.outputs
-            .push_back(RoomOutput::Event(RoomEvent::ParticipantLeft(p.info)));
+        // LiveKit: a participant that never became ACTIVE "aborted" its connection.
+        let event = if was_active {
+            RoomEvent::ParticipantLeft(p.info)
+        } else {
+            RoomEvent::ParticipantConnectionAborted(p.info)
+        };
+        self.outputs.push_back(RoomOutput::Event(Box::new(event)));
         self.info.num_participants = self.participants.len() as u32;
         if self.participants.is_empty() {
             self.empty_since = Some(now);
@@ -848,10 +889,10 @@ impl Room {
             self.negotiate_subscriber(now, key);
         }
         self.outputs
-            .push_back(RoomOutput::Event(RoomEvent::TrackUnpublished(
+            .push_back(RoomOutput::Event(Box::new(RoomEvent::TrackUnpublished(
                 publisher.clone(),
                 track.info,
-            )));
+            ))));
     }
 
     /// Datagram for one of this room's sessions (the shard found which).
@@ -915,9 +956,23 @@ impl Room {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
             {
                 info!(room = %self.info.name, "closing empty room");
-                self.closed = true;
+                self.finish();
             }
         }
+    }
+
+    /// Close the room (once): later joins are refused, the shard drops it, and
+    /// `RoomFinished` is emitted after every event already queued.
+    pub(crate) fn finish(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.info.num_participants = self.participants.len() as u32;
+        self.outputs
+            .push_back(RoomOutput::Event(Box::new(RoomEvent::RoomFinished(
+                self.info.clone(),
+            ))));
     }
 
     /// The earliest time the room needs [`Room::handle_timeout`].
@@ -1024,7 +1079,9 @@ impl Room {
             info!(participant = %p.info.identity, "participant active");
             let info = p.info.clone();
             self.outputs
-                .push_back(RoomOutput::Event(RoomEvent::ParticipantJoined(info)));
+                .push_back(RoomOutput::Event(Box::new(RoomEvent::ParticipantJoined(
+                    info,
+                ))));
             self.broadcast_participant(key, false);
         }
     }
@@ -1075,7 +1132,7 @@ impl Room {
             }]
         } else {
             let mut by_quality: Vec<Rid> = simulcast_rids;
-            by_quality.sort_by_key(|rid| rid_quality(rid));
+            by_quality.sort_by_key(rid_quality);
             by_quality
                 .into_iter()
                 .map(|rid| Layer {
@@ -1106,10 +1163,10 @@ impl Room {
         );
         info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
         self.outputs
-            .push_back(RoomOutput::Event(RoomEvent::TrackPublished(
+            .push_back(RoomOutput::Event(Box::new(RoomEvent::TrackPublished(
                 publisher_info,
                 info,
-            )));
+            ))));
         self.broadcast_participant(key, false);
         let subscribers: Vec<ParticipantKey> = self
             .participants
@@ -1224,10 +1281,12 @@ impl Room {
             let Some(out_pt) = sub.out_pt else {
                 continue;
             };
-            let mut ext = ExtensionValues::default();
-            ext.audio_level = pkt.header.ext_vals.audio_level;
-            ext.voice_activity = pkt.header.ext_vals.voice_activity;
-            ext.video_orientation = pkt.header.ext_vals.video_orientation;
+            let ext = ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                video_orientation: pkt.header.ext_vals.video_orientation,
+                ..Default::default()
+            };
             let mut write = RtpWrite::new(
                 out_pt,
                 rewrite.seq.into(),
@@ -1299,7 +1358,6 @@ impl Room {
                 }
             }
         }
-        drop(api);
         let publisher = track.publisher;
         self.drain(now, publisher, PeerRole::Publisher);
     }

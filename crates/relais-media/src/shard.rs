@@ -32,7 +32,7 @@ pub enum ShardOutput {
     Transmit(Transmit),
     Signal(ParticipantKey, Box<SignalResponse>),
     Disconnect(ParticipantKey, Option<LeaveRequest>),
-    Event { room: String, event: RoomEvent },
+    Event { room: String, event: Box<RoomEvent> },
     RoomClosed(String),
 }
 
@@ -74,16 +74,18 @@ impl Shard {
         self.rooms.values()
     }
 
-    /// Join `params.key` to `room`, creating the room if needed.
+    /// Join `params.key` to `room`, creating the room if needed and `create` allows.
     pub fn join(
         &mut self,
         now: Instant,
         unix_ms: i64,
         room: &str,
+        create: bool,
         params: JoinParams,
     ) -> Result<ParticipantKey, JoinError> {
         let name: Arc<str> = match self.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
+            None if !create => return Err(JoinError::NoSuchRoom),
             None => {
                 let name: Arc<str> = room.into();
                 info!(room, shard = self.index, "room created");

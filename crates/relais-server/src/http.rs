@@ -246,12 +246,23 @@ async fn rtc(
         client_info: Some(client),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let handle = match state.shards.join(&grant.room, params, tx).await {
+    let handle = match state
+        .shards
+        .join(&grant.room, state.auto_create, params, tx)
+        .await
+    {
         Ok(h) => h,
         Err(JoinError::RoomFull(max)) => {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("room is full: max participants {max} reached"),
+            )
+                .into_response()
+        }
+        Err(JoinError::NoSuchRoom) => {
+            return (
+                StatusCode::NOT_FOUND,
+                "requested room does not exist".to_string(),
             )
                 .into_response()
         }

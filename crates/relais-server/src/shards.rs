@@ -36,6 +36,7 @@ enum Command {
     },
     Join {
         room: String,
+        create: bool,
         params: Box<JoinParams>,
         signal: tokio_mpsc::UnboundedSender<ToSignal>,
         reply: oneshot::Sender<Result<(), JoinError>>,
@@ -96,6 +97,7 @@ impl Shards {
     pub async fn join(
         &self,
         room: &str,
+        create: bool,
         params: JoinParams,
         signal: tokio_mpsc::UnboundedSender<ToSignal>,
     ) -> Result<ShardHandle, JoinError> {
@@ -104,6 +106,7 @@ impl Shards {
         let key = params.key;
         let command = Command::Join {
             room: room.to_string(),
+            create,
             params: Box::new(params),
             signal,
             reply,
@@ -230,13 +233,16 @@ fn handle_command(
         } => shard.handle_datagram(now, Protocol::Udp, source, destination, &data),
         Command::Join {
             room,
+            create,
             params,
             signal,
             reply,
         } => {
             let key = params.key;
             signals.insert(key, signal);
-            let result = shard.join(now, unix_ms(), &room, *params).map(|_| ());
+            let result = shard
+                .join(now, unix_ms(), &room, create, *params)
+                .map(|_| ());
             if result.is_err() {
                 signals.remove(&key);
             }
