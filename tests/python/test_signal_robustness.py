@@ -1,0 +1,349 @@
+"""Signal-connection behaviour a raw client can observe, bad input included, and the room
+rules (duplicate identity, size limit, empty timeout).
+
+A raw WebSocket client (aiohttp) speaks the protocol with the real `livekit-protocol`
+messages, so each test controls exactly what is sent. An SDK participant in the same room
+checks that a misbehaving client never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import aiohttp
+import pytest
+from livekit import rtc
+from livekit.protocol import models as proto_models
+from livekit.protocol import rtc as proto_rtc
+
+from conftest import EventLog, bounded, connect, make_token, wait_for
+
+MiB = 1024 * 1024
+
+
+def room_name() -> str:
+    return f"sig-{uuid.uuid4().hex[:8]}"
+
+
+class RawClient:
+    """A bare LiveKit signal client: no WebRTC, just the WebSocket."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse
+    ):
+        self.session = session
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, server, identity: str, room: str, **grants) -> "RawClient":
+        token = make_token(identity, room, **grants)
+        session = aiohttp.ClientSession()
+        url = f"{server.url}/rtc?access_token={token}&protocol=17&auto_subscribe=1&sdk=python"
+        ws = await session.ws_connect(url, max_msg_size=8 * MiB)
+        return cls(session, ws)
+
+    async def send(self, req: proto_rtc.SignalRequest) -> None:
+        await self.ws.send_bytes(req.SerializeToString())
+
+    async def recv(self, timeout: float = 5.0) -> aiohttp.WSMessage:
+        return await bounded(self.ws.receive(), "a signal frame", timeout)
+
+    async def recv_response(self, timeout: float = 5.0) -> proto_rtc.SignalResponse:
+        msg = await self.recv(timeout)
+        assert msg.type == aiohttp.WSMsgType.BINARY, (
+            f"expected a binary frame, got {msg.type}"
+        )
+        return proto_rtc.SignalResponse.FromString(msg.data)
+
+    async def wait_for(
+        self, field: str, timeout: float = 5.0
+    ) -> proto_rtc.SignalResponse:
+        """Skip frames until a SignalResponse whose oneof is `field`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(
+                    f"no '{field}' signal response within {timeout} s", pytrace=False
+                )
+            resp = await self.recv_response(left)
+            if resp.WhichOneof("message") == field:
+                return resp
+
+    async def expect_leave_then_close(self, reason: int | None = None) -> None:
+        leave = await self.wait_for("leave")
+        if reason is not None:
+            assert leave.leave.reason == reason, proto_models.DisconnectReason.Name(
+                leave.leave.reason
+            )
+        msg = await self.recv()
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg.type
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await self.ws.close()
+        await self.session.close()
+
+
+@pytest.fixture
+async def raw_clients():
+    clients: list[RawClient] = []
+    yield clients
+    for c in clients:
+        await c.close()
+
+
+async def observer(server, room: str, rooms) -> tuple[rtc.Room, EventLog]:
+    """An SDK participant that must stay connected while others misbehave."""
+    obs = await rooms.join(server, "observer", room)
+    return obs, EventLog(obs, "participant_disconnected")
+
+
+async def assert_room_still_works(server, room: str, obs: rtc.Room, rooms) -> None:
+    """A new participant joins and its data reaches the observer."""
+    received = EventLog(obs, "data_received")
+    talker = await rooms.join(server, f"talker-{uuid.uuid4().hex[:4]}", room)
+    await wait_for(
+        lambda: talker.remote_participants.get("observer"), "talker sees observer"
+    )
+    for _ in range(20):
+        await talker.local_participant.publish_data(
+            b"still here", reliable=True, topic="t"
+        )
+        if received.first():
+            break
+        await asyncio.sleep(0.2)
+    packet = (await received.wait(what="data from the new participant"))[0]
+    assert packet.data == b"still here"
+    assert obs.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+
+async def test_join_comes_first_and_describes_the_server(relais, raw_clients):
+    client = await RawClient.open(relais, "raw", room_name())
+    raw_clients.append(client)
+    first = await client.recv_response()
+    assert first.WhichOneof("message") == "join"
+    join = first.join
+    assert join.server_info.version, "clients reject an empty server version"
+    assert join.participant.identity == "raw"
+    assert join.participant.sid.startswith("PA_")
+    assert join.room.sid.startswith("RM_")
+    assert join.ping_interval == 5 and join.ping_timeout == 15
+    assert join.subscriber_primary
+    mimes = {c.mime.lower() for c in join.enabled_publish_codecs}
+    assert {"audio/opus", "video/vp8", "video/h264"} <= mimes
+    offer = await client.wait_for("offer")
+    assert offer.offer.type == "offer" and offer.offer.id >= 1
+    assert "a=ice-lite" in offer.offer.sdp
+    assert "webrtc-datachannel" in offer.offer.sdp
+
+
+async def test_pings_are_answered_in_the_encoding_of_the_request(relais, raw_clients):
+    client = await RawClient.open(relais, "pinger", room_name())
+    raw_clients.append(client)
+    await client.wait_for("join")
+    await client.send(
+        proto_rtc.SignalRequest(ping_req=proto_rtc.Ping(timestamp=1234, rtt=5))
+    )
+    pong = await client.wait_for("pong_resp")
+    assert pong.pong_resp.last_ping_timestamp == 1234
+    assert abs(pong.pong_resp.timestamp - time.time() * 1000) < 60_000
+
+    # proto3 JSON text frame in, text frame out.
+    await client.ws.send_str(json.dumps({"pingReq": {"timestamp": "777"}}))
+    while True:
+        msg = await client.recv()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            body = json.loads(msg.data)
+            if "pongResp" in body:
+                assert body["pongResp"]["lastPingTimestamp"] in ("777", 777)
+                break
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\xff\xfe garbage \x00\x01", id="garbage-bytes"),
+        pytest.param(
+            proto_rtc.SignalRequest(
+                offer=proto_rtc.SessionDescription(
+                    type="offer", sdp="v=0\r\n" * 50, id=1
+                )
+            ).SerializeToString()[:-20],
+            id="truncated-protobuf",
+        ),
+    ],
+)
+async def test_malformed_signal_gets_a_leave_and_others_are_undisturbed(
+    relais, raw_clients, rooms, payload
+):
+    room = room_name()
+    obs, gone = await observer(relais, room, rooms)
+    client = await RawClient.open(relais, "bad", room)
+    raw_clients.append(client)
+    await client.wait_for("join")
+    await client.ws.send_bytes(payload)
+    await client.expect_leave_then_close()
+    await gone.wait(
+        lambda p: p.identity == "bad", what="observer sees the bad client leave"
+    )
+    await assert_room_still_works(relais, room, obs, rooms)
+    assert relais.alive()
+
+
+async def test_oversized_message_is_refused_without_harm(relais, raw_clients, rooms):
+    room = room_name()
+    obs, gone = await observer(relais, room, rooms)
+    client = await RawClient.open(relais, "huge", room)
+    raw_clients.append(client)
+    await client.wait_for("join")
+    big = proto_rtc.SignalRequest(
+        update_metadata=proto_rtc.UpdateParticipantMetadata(
+            metadata="x" * (2 * MiB + 10)
+        )
+    )
+    await client.send(big)
+    # The connection ends (a leave first when the server can still write).
+    deadline = time.monotonic() + 5
+    closed = False
+    while time.monotonic() < deadline:
+        msg = await client.recv()
+        if msg.type in (
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
+            closed = True
+            break
+    assert closed, "an oversized message must end the connection"
+    await gone.wait(
+        lambda p: p.identity == "huge", what="observer sees the oversized client go"
+    )
+    await assert_room_still_works(relais, room, obs, rooms)
+    assert relais.alive()
+
+
+async def test_offer_without_ice_credentials_is_refused(relais, raw_clients, rooms):
+    room = room_name()
+    obs, gone = await observer(relais, room, rooms)
+    client = await RawClient.open(relais, "noice", room)
+    raw_clients.append(client)
+    await client.wait_for("join")
+    sdp = (
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n"
+        "a=rtpmap:111 opus/48000/2\r\na=setup:actpass\r\n"
+    )
+    await client.send(
+        proto_rtc.SignalRequest(
+            offer=proto_rtc.SessionDescription(type="offer", sdp=sdp, id=1)
+        )
+    )
+    await client.expect_leave_then_close(proto_models.DisconnectReason.STATE_MISMATCH)
+    await gone.wait(lambda p: p.identity == "noice", what="observer sees the client go")
+    assert obs.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+
+async def test_unknown_track_sids_get_clear_answers(relais, raw_clients):
+    client = await RawClient.open(relais, "confused", room_name())
+    raw_clients.append(client)
+    await client.wait_for("join")
+    await client.send(
+        proto_rtc.SignalRequest(
+            mute=proto_rtc.MuteTrackRequest(sid="TR_nope", muted=True)
+        )
+    )
+    resp = await client.wait_for("request_response")
+    assert resp.request_response.reason == proto_rtc.RequestResponse.NOT_FOUND
+    assert "TR_nope" in resp.request_response.message
+
+    await client.send(
+        proto_rtc.SignalRequest(
+            subscription=proto_rtc.UpdateSubscription(
+                track_sids=["TR_missing"], subscribe=True
+            )
+        )
+    )
+    sub = await client.wait_for("subscription_response")
+    assert sub.subscription_response.track_sid == "TR_missing"
+    assert (
+        sub.subscription_response.err
+        == proto_models.SubscriptionError.SE_TRACK_NOTFOUND
+    )
+
+
+async def test_abrupt_close_removes_the_participant(relais, raw_clients, rooms):
+    room = room_name()
+    obs, gone = await observer(relais, room, rooms)
+    client = await RawClient.open(relais, "vanishing", room)
+    raw_clients.append(client)
+    await client.wait_for("join")
+    await wait_for(
+        lambda: obs.remote_participants.get("vanishing"), "observer sees the raw client"
+    )
+    # Drop the TCP connection without a close frame or a leave.
+    client.ws._response.connection.transport.abort()
+    await gone.wait(
+        lambda p: p.identity == "vanishing", what="participant removed after abort"
+    )
+    await assert_room_still_works(relais, room, obs, rooms)
+
+
+async def test_duplicate_identity_replaces_the_first_session(relais, rooms):
+    room = room_name()
+    first = await rooms.join(relais, "twin", room)
+    reasons = EventLog(first, "disconnected")
+    second = await rooms.join(relais, "twin", room)
+    (reason,) = await reasons.wait(what="first session disconnected")
+    assert reason == rtc.DisconnectReason.DUPLICATE_IDENTITY
+    assert second.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+
+async def test_max_participants_is_enforced_with_a_clear_error(relais_factory, rooms):
+    server = relais_factory({"room": {"max_participants": 2}})
+    room = room_name()
+    await rooms.join(server, "one", room)
+    await rooms.join(server, "two", room)
+    # The SDK surfaces the refusal by status only ...
+    with pytest.raises(Exception) as refused:
+        await connect(server.url, make_token("three", room), timeout=10)
+    assert "503" in str(refused.value), str(refused.value)
+    # ... the reason is in the handshake's plain-text body.
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with aiohttp.ClientSession() as session:
+        url = f"{server.http_url}/rtc?access_token={make_token('three', room)}"
+        async with session.get(url, headers=headers) as resp:
+            assert resp.status == 503
+            assert "room is full" in await resp.text()
+
+
+async def test_empty_room_closes_after_empty_timeout(relais_factory, rooms):
+    server = relais_factory({"room": {"empty_timeout": 1}})
+    room = room_name()
+    first = await connect(server.url, make_token("early", room))
+    first_sid = await bounded(first.sid, "room sid")
+    await first.disconnect()
+    await asyncio.sleep(3)
+    again = await rooms.join(server, "late", room)
+    second_sid = await bounded(again.sid, "room sid")
+    assert second_sid != first_sid, (
+        "the empty room should have closed and a new one started"
+    )
+
+
+async def test_room_stays_while_occupied(relais_factory, rooms):
+    server = relais_factory({"room": {"empty_timeout": 1}})
+    room = room_name()
+    stay = await rooms.join(server, "stay", room)
+    sid = await bounded(stay.sid, "room sid")
+    await asyncio.sleep(2.5)
+    other = await rooms.join(server, "other", room)
+    assert await bounded(other.sid, "room sid") == sid
