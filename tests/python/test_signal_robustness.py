@@ -15,11 +15,10 @@ import uuid
 
 import aiohttp
 import pytest
+from conftest import EventLog, bounded, connect, make_token, wait_for
 from livekit import rtc
 from livekit.protocol import models as proto_models
 from livekit.protocol import rtc as proto_rtc
-
-from conftest import EventLog, bounded, connect, make_token, wait_for
 
 MiB = 1024 * 1024
 
@@ -38,7 +37,7 @@ class RawClient:
         self.ws = ws
 
     @classmethod
-    async def open(cls, server, identity: str, room: str, **grants) -> "RawClient":
+    async def open(cls, server, identity: str, room: str, **grants) -> RawClient:
         token = make_token(identity, room, **grants)
         session = aiohttp.ClientSession()
         url = f"{server.url}/rtc?access_token={token}&protocol=17&auto_subscribe=1&sdk=python"
