@@ -346,3 +346,17 @@ async def test_room_stays_while_occupied(relais_factory, rooms):
     await asyncio.sleep(2.5)
     other = await rooms.join(server, "other", room)
     assert await bounded(other.sid, "room sid") == sid
+
+
+async def test_resume_of_an_unknown_session_asks_for_a_full_rejoin(relais):
+    token = make_token("resumer", room_name())
+    url = f"{relais.url}/rtc?access_token={token}&protocol=17&reconnect=1&sid=PA_unknown"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url) as ws:
+            msg = await bounded(ws.receive(), "the only frame")
+            first = proto_rtc.SignalResponse.FromString(msg.data)
+            assert first.WhichOneof("message") == "leave"
+            assert first.leave.action == proto_rtc.LeaveRequest.RECONNECT
+            assert first.leave.reason == proto_models.DisconnectReason.STATE_MISMATCH
+            closing = await bounded(ws.receive(), "close")
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)

@@ -229,8 +229,12 @@ async fn rtc(
         Err(refusal) => return refusal.into_response(),
     };
     if flag(&query, "reconnect", false) {
-        // Sessions are not kept across signal loss yet: ask for a full rejoin.
-        debug!(identity = %grant.identity, "resume requested; not supported, asking for a full join");
+        // Sessions are not kept across signal loss yet: the only frame is a leave
+        // asking for a full rejoin, which every SDK handles (protocol.md §1.7).
+        debug!(identity = %grant.identity, "resume requested; asking for a full rejoin");
+        return ws
+            .max_message_size(MAX_SIGNAL_MESSAGE)
+            .on_upgrade(signal::refuse_resume);
     }
     let client = client_info(&query);
     let params = JoinParams {

@@ -164,6 +164,21 @@ pub async fn run(
     }
 }
 
+/// Answer a resume attempt for a session this node does not keep: a single
+/// `leave{STATE_MISMATCH, RECONNECT}` makes the SDK perform a full join.
+pub async fn refuse_resume(mut socket: WebSocket) {
+    let response = SignalResponse {
+        message: Some(signal_response::Message::Leave(LeaveRequest {
+            can_reconnect: true,
+            reason: DisconnectReason::StateMismatch as i32,
+            action: leave_request::Action::Reconnect as i32,
+            ..Default::default()
+        })),
+    };
+    let _ = socket.send(encode(&response, Encoding::Protobuf)).await;
+    let _ = socket.send(close(CLOSE_NORMAL, "")).await;
+}
+
 fn close(code: u16, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
