@@ -1,0 +1,274 @@
+"""Browser <-> Python: livekit-client in headless Chromium and the Python SDK in one room.
+
+The browser side is `tests/node/browser_client.mjs` (playwright-core driving
+/usr/bin/chromium with a fake camera). It connects the way a web app does (token in
+the query, `/rtc/v1` first, fallback to `/rtc`, adaptive stream and dynacast on),
+publishes its camera (simulcast, livekit-client's default) and reports when the
+Python participant's video is decoded.
+
+Asserted, as a user would see it:
+- the Python participant receives the browser's camera: at least 10 video frames of a
+  non-zero size;
+- the browser decodes the Python participant's video: inbound-rtp framesDecoded > 0.
+
+Every wait is bounded (30 s at most). On failure the browser console is printed (pytest
+shows it with the report). Node and Chromium run in their own process group, which is
+killed at the end whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from livekit import rtc
+
+from conftest import REPO_ROOT, EventLog, bounded, make_token, wait_for
+
+NODE_DIR = REPO_ROOT / "tests" / "node"
+SCRIPT = NODE_DIR / "browser_client.mjs"
+CHROMIUM = Path(os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium"))
+WAIT_S = 30.0
+WIDTH, HEIGHT, FPS = 640, 360, 15
+
+PY, WEB = "python-user", "browser-user"
+
+
+def _missing_prerequisite() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is not installed"
+    for pkg in ("livekit-client", "playwright-core"):
+        if not (NODE_DIR / "node_modules" / pkg).is_dir():
+            return f"tests/node/node_modules/{pkg} missing (npm ci in tests/node)"
+    return None
+
+
+class BrowserClient:
+    """`node browser_client.mjs` as a subprocess: JSON events on stdout, browser
+    console on stderr."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.events: list[dict] = []
+        self.console: list[str] = []
+        self._readers: list[asyncio.Task] = []
+
+    async def start(self, *args: str) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            "node",
+            str(SCRIPT),
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=NODE_DIR,
+            env={**os.environ, "CHROMIUM_BIN": str(CHROMIUM)},
+            start_new_session=True,  # its own process group: node and every Chromium process
+        )
+        self._readers = [
+            asyncio.create_task(self._read(self.proc.stdout, self._on_stdout)),
+            asyncio.create_task(self._read(self.proc.stderr, self.console.append)),
+        ]
+
+    @staticmethod
+    async def _read(stream: asyncio.StreamReader, sink) -> None:
+        while line := await stream.readline():
+            sink(line.decode(errors="replace").rstrip("\n"))
+
+    def _on_stdout(self, line: str) -> None:
+        try:
+            self.events.append(json.loads(line))
+        except json.JSONDecodeError:
+            self.console.append(f"[stdout] {line}")
+
+    def event(self, name: str) -> dict | None:
+        return next((e for e in self.events if e.get("event") == name), None)
+
+    async def wait_event(self, name: str, timeout: float = WAIT_S) -> dict:
+        def seen():
+            if (error := self.event("error")) is not None:
+                pytest.fail(f"browser client failed: {error['message']}", pytrace=False)
+            if self.event(name) is None and self.proc.returncode is not None:
+                pytest.fail(
+                    f"browser client exited ({self.proc.returncode}) before '{name}'",
+                    pytrace=False,
+                )
+            return self.event(name)
+
+        return await wait_for(seen, f"browser event '{name}'", timeout, 0.1)
+
+    async def close(self) -> int | None:
+        """Let the client disconnect (stdin closed), then kill its process group.
+        Returns the client's exit code (negative: killed by that signal)."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            with contextlib.suppress(BaseException):
+                self.proc.stdin.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 10)
+        # Whatever is left of the group (Chromium's helpers included) goes.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.returncode is None:
+            await self.proc.wait()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.gather(*self._readers), 5)
+        return self.proc.returncode
+
+
+def synthetic_picture(index: int) -> np.ndarray:
+    img = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
+    img[..., 3] = 255
+    img[: HEIGHT // 2, :, 1] = 200
+    x = (index * 8) % (WIDTH - 20)
+    img[HEIGHT // 2 :, x : x + 20, :3] = 255
+    return img
+
+
+async def play_video(source: rtc.VideoSource, stop: asyncio.Event) -> None:
+    index = 0
+    while not stop.is_set():
+        frame = rtc.VideoFrame(
+            WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, synthetic_picture(index).tobytes()
+        )
+        source.capture_frame(frame)
+        index += 1
+        await asyncio.sleep(1 / FPS)
+
+
+async def record_frames(track: rtc.Track, count: int) -> list[rtc.VideoFrame]:
+    stream = rtc.VideoStream(track)
+    frames: list[rtc.VideoFrame] = []
+    try:
+        async for event in stream:
+            frames.append(event.frame)
+            if len(frames) >= count:
+                break
+    finally:
+        await stream.aclose()
+    return frames
+
+
+@pytest.fixture
+async def browser():
+    missing = _missing_prerequisite()
+    if missing:
+        pytest.fail(f"browser test prerequisites: {missing}", pytrace=False)
+    client = BrowserClient()
+    try:
+        yield client
+    finally:
+        await client.close()
+        # pytest shows captured output only for failing tests: the browser console and
+        # the client's events are there when they are needed.
+        print(f"--- browser client events ---\n{json.dumps(client.events, indent=1)}")
+        print("--- browser console ---\n" + "\n".join(client.console))
+
+
+@pytest.mark.parametrize(
+    "order, python_simulcast",
+    [("python_first", True), ("browser_first", False)],
+    ids=["python_first-simulcast", "browser_first-single_layer"],
+)
+async def test_browser_and_python_exchange_video(relais, rooms, browser, order, python_simulcast):
+    """`python_first`: the browser joins a room where Python already publishes, with
+    simulcast (the browser's first subscriber offer carries the track). `browser_first`:
+    the browser is connected and publishing when Python joins and publishes a single
+    layer (the track reaches the browser by renegotiation). The browser always
+    publishes with livekit-client's defaults: simulcast, layers q/h/f."""
+    room_name = f"browser-{uuid.uuid4().hex[:8]}"
+    stop = asyncio.Event()
+    source = rtc.VideoSource(WIDTH, HEIGHT)
+    player = asyncio.create_task(play_video(source, stop))
+    py: rtc.Room | None = None
+    subscribed: EventLog | None = None
+
+    async def python_joins_and_publishes() -> rtc.LocalTrackPublication:
+        nonlocal py, subscribed
+        py = rtc.Room()
+        # Recording starts before the connection: the browser's track may come with it.
+        subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
+        rooms.rooms.append(py)  # disconnected by the fixture at the end
+        await bounded(
+            py.connect(relais.url, make_token(PY, room_name), rtc.RoomOptions()),
+            "python connects",
+            WAIT_S,
+        )
+        cam = rtc.LocalVideoTrack.create_video_track("py-pattern", source)
+        return await bounded(
+            py.local_participant.publish_track(
+                cam,
+                rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA, simulcast=python_simulcast
+                ),
+            ),
+            "python publishes video",
+            WAIT_S,
+        )
+
+    try:
+        if order == "python_first":
+            py_pub = await python_joins_and_publishes()
+        await browser.start(
+            "--url", relais.url,
+            "--token", make_token(WEB, room_name),
+            "--remote", PY,
+            "--publish-camera",
+            "--timeout", str(int(WAIT_S)),
+        )  # fmt: skip
+        connected = await browser.wait_event("connected", WAIT_S)
+        assert connected["sid"].startswith("PA"), connected
+        assert connected["identity"] == WEB
+        published = await browser.wait_event("published", WAIT_S)
+        assert published["trackSid"].startswith("TR"), published
+        if order == "browser_first":
+            py_pub = await python_joins_and_publishes()
+        started = time.monotonic()
+        await wait_for(lambda: WEB in py.remote_participants, "python sees the browser", WAIT_S)
+
+        # (a) The browser's camera reaches the Python participant.
+        track, publication, _ = await subscribed.wait(
+            lambda t, pub, p: p.identity == WEB and t.kind == rtc.TrackKind.KIND_VIDEO,
+            WAIT_S,
+            "python subscribed to the browser's camera",
+        )
+        assert publication.sid == published["trackSid"]
+        assert publication.source == rtc.TrackSource.SOURCE_CAMERA
+        frames = await bounded(
+            record_frames(track, 10), "python receives 10 frames of the browser's camera", WAIT_S
+        )
+        sizes = [(f.width, f.height) for f in frames]
+        print(f"python received browser frames of sizes {sorted(set(sizes))}")
+        assert len(frames) >= 10
+        assert all(w > 0 and h > 0 for w, h in sizes), f"frame sizes {sizes}"
+
+        # (b) The browser decodes the Python participant's video.
+        remaining = max(5.0, WAIT_S - (time.monotonic() - started))
+        decoded = await browser.wait_event("decoded", remaining)
+        assert decoded["framesDecoded"] > 0, decoded
+        assert decoded["trackSid"] == py_pub.sid, decoded
+        assert decoded["frameWidth"] > 0 and decoded["frameHeight"] > 0, decoded
+
+        # The browser leaves cleanly when told to (stdin closed): disconnect, Chromium closed.
+        code = await bounded(browser.close(), "browser client exits", WAIT_S)
+        assert code == 0, f"browser client exit code {code}"
+        assert browser.event("closed") is not None
+    finally:
+        stop.set()
+        player.cancel()
+        with contextlib.suppress(BaseException):
+            await player
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)

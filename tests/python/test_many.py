@@ -1,0 +1,215 @@
+"""Ten Python-SDK participants in one room, each publishing an audio track.
+
+Every participant publishes a sine of its own frequency (300, 400, ... 1200 Hz) and is
+auto-subscribed to the other nine. The test asserts that each of the ten receives audio
+frames carrying signal from all nine remote tracks, i.e. the server forwards 90
+subscriptions, and that the tone each one hears from a given peer is that peer's tone.
+
+Kept light for two cores and a debug build of the server: audio only, mono 48 kHz,
+frames of 20 ms, and every wait bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+
+import numpy as np
+from livekit import rtc
+
+from conftest import CONNECT_TIMEOUT_S, bounded, make_token, wait_for
+
+N = 10
+SAMPLE_RATE = 48000
+FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
+FRAMES_WANTED = 25  # 0.5 s of audio with signal from each remote track
+ANALYSIS_SAMPLES = SAMPLE_RATE // 4  # 250 ms: 4 Hz resolution, tones 100 Hz apart
+TONE_TOLERANCE_HZ = 30.0
+SILENCE_RMS = 300.0
+
+
+def identity(i: int) -> str:
+    return f"p{i:02d}"
+
+
+def tone_hz(i: int) -> float:
+    return 300.0 + 100.0 * i
+
+
+async def play_sine(source: rtc.AudioSource, hz: float, stop: asyncio.Event) -> None:
+    """20 ms frames of a sine at `hz`, paced to real time (at most 100 ms ahead)."""
+    t = np.arange(FRAME_SAMPLES)
+    sent = 0
+    start = time.monotonic()
+    while not stop.is_set():
+        samples = 0.5 * 32767 * np.sin(2 * np.pi * hz * (sent + t) / SAMPLE_RATE)
+        frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
+        await source.capture_frame(frame)
+        sent += FRAME_SAMPLES
+        ahead = start + sent / SAMPLE_RATE - 0.1 - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def dominant_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    spectrum[0] = 0.0
+    freqs = np.fft.rfftfreq(len(samples), 1 / SAMPLE_RATE)
+    return float(freqs[int(np.argmax(spectrum))])
+
+
+class Reception:
+    """What one participant received from one remote audio track."""
+
+    def __init__(self) -> None:
+        self.frames = 0  # frames with signal (RMS above SILENCE_RMS)
+        self.samples: list[np.ndarray] = []
+
+    @property
+    def done(self) -> bool:
+        return self.frames >= FRAMES_WANTED
+
+    def frequency(self) -> float:
+        data = np.concatenate(self.samples)[-ANALYSIS_SAMPLES:]
+        return dominant_frequency(data)
+
+
+async def receive(track: rtc.Track, reception: Reception) -> None:
+    stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
+    try:
+        async for event in stream:
+            frame = event.frame
+            data = np.frombuffer(frame.data, dtype=np.int16).astype(np.float64)
+            if frame.num_channels > 1:
+                data = data.reshape(-1, frame.num_channels)[:, 0]
+            if np.sqrt(np.mean(data**2)) < SILENCE_RMS:
+                continue  # jitter-buffer warm-up, concealment
+            reception.frames += 1
+            reception.samples.append(data)
+            if reception.done:
+                break
+    finally:
+        await stream.aclose()
+
+
+def test_tone_plan_is_separable():
+    """The analysis tells the ten tones apart on a locally made signal."""
+    t = np.arange(ANALYSIS_SAMPLES) / SAMPLE_RATE
+    for i in range(N):
+        found = dominant_frequency(np.sin(2 * np.pi * tone_hz(i) * t))
+        assert abs(found - tone_hz(i)) < TONE_TOLERANCE_HZ / 2
+        for j in range(N):
+            if j != i:
+                assert abs(found - tone_hz(j)) > TONE_TOLERANCE_HZ
+
+
+async def test_ten_participants_hear_each_other(relais, rooms):
+    room_name = f"many-{uuid.uuid4().hex[:8]}"
+    # received[i][j]: what participant i got from participant j's track.
+    received: list[dict[int, Reception]] = [{} for _ in range(N)]
+    receivers: list[asyncio.Task] = []
+
+    def on_subscribed(i: int):
+        def handler(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant):
+            if track.kind != rtc.TrackKind.KIND_AUDIO or not p.identity.startswith("p"):
+                return
+            j = int(p.identity[1:])
+            if j in received[i]:
+                return
+            received[i][j] = Reception()
+            receivers.append(asyncio.create_task(receive(track, received[i][j])))
+
+        return handler
+
+    stop = asyncio.Event()
+    sources: list[rtc.AudioSource] = []
+    players: list[asyncio.Task] = []
+    try:
+        participants: list[rtc.Room] = []
+        for i in range(N):
+            room = rtc.Room()
+            room.on("track_subscribed", on_subscribed(i))
+            # `rooms` connects with its own Room object; connect ours by hand, with the
+            # handler attached before any subscription can happen.
+            participants.append(room)
+        await bounded(
+            asyncio.gather(
+                *(
+                    _connect(relais, room, identity(i), room_name, rooms)
+                    for i, room in enumerate(participants)
+                )
+            ),
+            f"{N} participants connect",
+            60,
+        )
+        await wait_for(
+            lambda: all(len(r.remote_participants) == N - 1 for r in participants),
+            f"each of {N} participants to see the other {N - 1}",
+            30,
+        )
+
+        async def publish(i: int, room: rtc.Room) -> None:
+            source = rtc.AudioSource(SAMPLE_RATE, 1)
+            sources.append(source)
+            players.append(asyncio.create_task(play_sine(source, tone_hz(i), stop)))
+            track = rtc.LocalAudioTrack.create_audio_track(f"sine-{i}", source)
+            await room.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            )
+
+        await bounded(
+            asyncio.gather(*(publish(i, r) for i, r in enumerate(participants))),
+            f"{N} participants publish audio",
+            40,
+        )
+
+        def missing() -> list[str]:
+            out = []
+            for i in range(N):
+                for j in range(N):
+                    if j == i:
+                        continue
+                    r = received[i].get(j)
+                    if r is None:
+                        out.append(f"{identity(i)}<-{identity(j)}: not subscribed")
+                    elif not r.done:
+                        out.append(f"{identity(i)}<-{identity(j)}: {r.frames} frames")
+            return out
+
+        deadline = time.monotonic() + 40
+        while missing() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        gaps = missing()
+        assert not gaps, (
+            f"{len(gaps)} of {N * (N - 1)} subscriptions lack {FRAMES_WANTED} audio frames "
+            f"with signal after 40 s: {gaps}"
+        )
+
+        wrong = []
+        for i in range(N):
+            for j, r in received[i].items():
+                hz = r.frequency()
+                if abs(hz - tone_hz(j)) > TONE_TOLERANCE_HZ:
+                    wrong.append(
+                        f"{identity(i)}<-{identity(j)}: {hz:.0f} Hz, want {tone_hz(j):.0f}"
+                    )
+        assert not wrong, f"tones heard from the wrong peer: {wrong}"
+    finally:
+        stop.set()
+        for task in players + receivers:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for source in sources:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(source.aclose(), 5)
+
+
+async def _connect(relais, room: rtc.Room, ident: str, room_name: str, rooms) -> None:
+    token = make_token(ident, room_name)
+    rooms.rooms.append(room)  # disconnected by the fixture at the end
+    await asyncio.wait_for(
+        room.connect(relais.url, token, rtc.RoomOptions()), CONNECT_TIMEOUT_S * 2
+    )
