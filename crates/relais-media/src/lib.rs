@@ -19,12 +19,15 @@ pub mod config;
 pub mod forward;
 mod participant;
 pub mod room;
+mod room_admin;
 pub mod shard;
+mod shard_admin;
 pub mod stun;
 
 pub use config::{MediaConfig, RoomDefaults};
 pub use participant::{ParticipantKey, PeerRole};
 pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+pub use room_admin::{AdminError, RpcFailure, RpcReply};
 pub use shard::{Shard, ShardOutput};
 
 /// Errors building the media core.

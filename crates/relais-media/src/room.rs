@@ -153,6 +153,8 @@ pub struct Room {
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
     pub(crate) closed: bool,
+    /// Server-initiated RPCs (RoomService `PerformRpc`) awaiting their response.
+    pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
 }
 
 impl Room {
@@ -187,6 +189,7 @@ impl Room {
             empty_since: Some(now),
             next_layer_check: now,
             closed: false,
+            server_rpcs: Default::default(),
         }
     }
 
@@ -874,7 +877,7 @@ impl Room {
         }
     }
 
-    fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
+    pub(crate) fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
         let Some(track) = self.tracks.remove(sid) else {
             return;
         };
@@ -1012,7 +1015,7 @@ impl Room {
         );
     }
 
-    fn process_events(&mut self, now: Instant) {
+    pub(crate) fn process_events(&mut self, now: Instant) {
         while let Some(PendingEvent {
             participant,
             role,
@@ -1399,6 +1402,9 @@ impl Room {
     /// A data packet from a publisher's `_reliable` or `_lossy` channel: stamp
     /// the sender, then deliver on the same kind of channel to its recipients.
     fn on_data(&mut self, now: Instant, key: ParticipantKey, kind: DataKind, bytes: &[u8]) {
+        if self.take_server_rpc_reply(now, key, bytes) {
+            return;
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -1498,7 +1504,7 @@ impl Room {
 
     /// Tell everyone (but the participant itself, unless `include_self`) about
     /// `key`'s current info. Hidden participants are announced to no one.
-    fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
+    pub(crate) fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -1518,7 +1524,7 @@ impl Room {
         }
     }
 
-    fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
+    pub(crate) fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
         self.outputs.push_back(RoomOutput::Signal(
             key,
             Box::new(SignalResponse {

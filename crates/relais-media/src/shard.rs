@@ -38,14 +38,14 @@ pub enum ShardOutput {
 
 /// The rooms of one core. Sans-IO: see [`Room`].
 pub struct Shard {
-    index: u8,
-    config: MediaConfig,
-    rooms: HashMap<Arc<str>, Room>,
+    pub(crate) index: u8,
+    pub(crate) config: MediaConfig,
+    pub(crate) rooms: HashMap<Arc<str>, Room>,
     by_ufrag: HashMap<Arc<str>, Route>,
     by_addr: HashMap<SocketAddr, Route>,
     addrs_of_ufrag: HashMap<Arc<str>, Vec<SocketAddr>>,
-    room_of: HashMap<ParticipantKey, Arc<str>>,
-    outputs: VecDeque<ShardOutput>,
+    pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
+    pub(crate) outputs: VecDeque<ShardOutput>,
 }
 
 impl Shard {
@@ -222,7 +222,7 @@ impl Shard {
     }
 
     /// Move a room's outputs out, keeping the routing tables in step.
-    fn collect(&mut self, name: &Arc<str>) {
+    pub(crate) fn collect(&mut self, name: &Arc<str>) {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };

@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod config;
 pub mod http;
+mod room_api;
 mod server;
 mod shards;
 mod signal;

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use relais_auth::TokenVerifier;
+use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_media::{MediaConfig, RoomDefaults};
 use tracing::info;
 
 use crate::config::Config;
 use crate::http::{router, AppState};
+use crate::room_api::ShardsBackend;
 use crate::shards::Shards;
 
 /// Run the node until SIGINT/SIGTERM.
@@ -62,13 +64,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let shard_count = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = Shards::start(shard_count, media, udp).context("starting shard threads")?;
 
+    let verifier = TokenVerifier::new(keys);
+    let room_api = Arc::new(RoomService::new(
+        verifier.clone(),
+        ShardsBackend::new(shards.clone()),
+        ServiceOptions::default(),
+    ));
     let state = Arc::new(AppState {
-        verifier: TokenVerifier::new(keys),
+        verifier,
         shards,
         auto_create: config.room.auto_create,
         ping_timeout,
     });
-    let app = router(state);
+    // The room API (Twirp, and gRPC over h2c) shares the main port.
+    let app = router(state).merge(room_service::router(room_api));
     let mut servers = Vec::new();
     for ip in listen {
         let addr = SocketAddr::new(ip, config.port);

@@ -43,7 +43,12 @@ enum Command {
     },
     Signal(ParticipantKey, Box<SignalRequest>),
     Remove(ParticipantKey, DisconnectReason),
+    /// A room API operation, run on the shard thread; it replies on its own oneshot.
+    Admin(AdminTask),
 }
+
+/// See [`Command::Admin`]: gets the shard, the time and the Unix time in ms.
+type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
 
 /// Handle to all shards; cheap to clone.
 #[derive(Clone)]
@@ -79,7 +84,7 @@ impl Shards {
     }
 
     /// The shard that owns `room`: a stable hash, so every join meets the same room.
-    fn shard_for_room(&self, room: &str) -> usize {
+    pub(crate) fn shard_for_room(&self, room: &str) -> usize {
         // FNV-1a: stable across processes and versions, unlike the std hasher.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in room.bytes() {
@@ -91,6 +96,26 @@ impl Shards {
 
     pub fn new_participant_key(&self) -> ParticipantKey {
         ParticipantKey(self.next_key.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// How many shard threads there are.
+    pub(crate) fn count(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Run `f` on shard `index`'s thread and return its result; `None` if the
+    /// thread is gone.
+    pub(crate) async fn run_on<R: Send + 'static>(
+        &self,
+        index: usize,
+        f: impl FnOnce(&mut Shard, Instant, i64) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (reply, answer) = oneshot::channel();
+        let task: AdminTask = Box::new(move |shard, now, unix_ms| {
+            let _ = reply.send(f(shard, now, unix_ms));
+        });
+        self.senders.get(index)?.send(Command::Admin(task)).ok()?;
+        answer.await.ok()
     }
 
     /// Join a room; resolves once the JoinResponse is queued on `signal`.
@@ -250,6 +275,7 @@ fn handle_command(
         }
         Command::Signal(key, req) => shard.handle_signal(now, key, *req),
         Command::Remove(key, reason) => shard.remove_participant(now, key, reason),
+        Command::Admin(task) => task(shard, now, unix_ms()),
     }
 }
 
