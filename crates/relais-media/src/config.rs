@@ -15,6 +15,9 @@ use crate::MediaError;
 /// See [`MediaConfig::server_version`].
 pub const LIVEKIT_COMPATIBLE_VERSION: &str = "1.9.0";
 
+/// How often str0m reports per-stream statistics (NACKs, loss, jitter, RTT).
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Relais's own version, reported in `ServerInfo.debug_info`.
 pub const RELAIS_VERSION: &str = concat!("relais ", env!("CARGO_PKG_VERSION"));
 
@@ -85,7 +88,8 @@ impl MediaConfig {
             .set_crypto_provider(self.crypto.clone())
             .set_dtls_cert(self.dtls_cert.clone())
             .set_local_ice_credentials(creds)
-            .set_stats_interval(None)
+            // Coarse: str0m's per-stream stats feed NACK, loss, jitter and RTT metrics.
+            .set_stats_interval(Some(STATS_INTERVAL))
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)

@@ -22,6 +22,7 @@ pub mod room;
 mod room_admin;
 pub mod shard;
 mod shard_admin;
+pub mod stats;
 pub mod stun;
 
 pub use config::{MediaConfig, RoomDefaults};
@@ -29,6 +30,7 @@ pub use participant::{ParticipantKey, PeerRole};
 pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use room_admin::{AdminError, RpcFailure, RpcReply};
 pub use shard::{Shard, ShardOutput};
+pub use stats::{MediaStats, ShardGauges};
 
 /// Errors building the media core.
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
-use str0m::media::{MediaKind, Mid};
+use str0m::media::{MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
 use str0m::Rtc;
 
@@ -30,6 +30,16 @@ pub(crate) struct PeerSession {
     pub ufrag: String,
     pub deadline: Instant,
     pub connected: bool,
+    /// Cumulative counters of str0m's last stats event per stream, to report deltas.
+    pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
+}
+
+/// What the previous stats event of a stream said (cumulative values).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct StreamSeen {
+    pub nacks: u64,
+    pub packets: u64,
+    pub lost: u64,
 }
 
 impl PeerSession {
@@ -39,6 +49,7 @@ impl PeerSession {
             ufrag,
             deadline: now,
             connected: false,
+            stats_seen: HashMap::new(),
         }
     }
 }
@@ -91,6 +102,8 @@ pub(crate) struct Downtrack {
 
 pub(crate) struct Participant {
     pub key: ParticipantKey,
+    /// `participant{participant, participant_sid}`, a child of the room's span.
+    pub span: tracing::Span,
     pub info: ParticipantInfo,
     pub permission: ParticipantPermission,
     pub protocol: i32,

@@ -153,8 +153,6 @@ pub struct Room {
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
     pub(crate) closed: bool,
-    /// Server-initiated RPCs (RoomService `PerformRpc`) awaiting their response.
-    pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
 }
 
 impl Room {
@@ -189,7 +187,6 @@ impl Room {
             empty_since: Some(now),
             next_layer_check: now,
             closed: false,
-            server_rpcs: Default::default(),
         }
     }
 
@@ -877,7 +874,7 @@ impl Room {
         }
     }
 
-    pub(crate) fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
+    fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
         let Some(track) = self.tracks.remove(sid) else {
             return;
         };
@@ -1015,7 +1012,7 @@ impl Room {
         );
     }
 
-    pub(crate) fn process_events(&mut self, now: Instant) {
+    fn process_events(&mut self, now: Instant) {
         while let Some(PendingEvent {
             participant,
             role,
@@ -1032,6 +1029,9 @@ impl Room {
             Event::Connected => self.on_connected(key, role),
             Event::MediaAdded(added) if role == PeerRole::Publisher => {
                 self.on_media_added(now, key, added.mid, added.kind)
+            }
+            Event::MediaChanged(changed) if role == PeerRole::Publisher => {
+                self.on_media_changed(now, key, changed.mid, changed.direction)
             }
             Event::ChannelOpen(id, label) => {
                 if let Some(p) = self.participants.get_mut(&key) {
@@ -1087,6 +1087,48 @@ impl Room {
                 ))));
             self.broadcast_participant(key, false);
         }
+    }
+
+    /// A publisher m-line changed direction: the client stopped sending on it
+    /// (unpublish) or reuses it for a new track.
+    fn on_media_changed(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        mid: Mid,
+        direction: Direction,
+    ) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let published = p.published_by_mid.get(&mid).cloned();
+        match published {
+            Some(sid) if !direction.is_receiving() => self.unpublish_own(now, key, &sid),
+            None if direction.is_receiving() => {
+                let kind = p.publisher.rtc.media(mid).map(|m| m.kind());
+                if let Some(kind) = kind {
+                    self.on_media_added(now, key, mid, kind);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Remove one of `key`'s own tracks: from its info, from every subscriber,
+    /// and tell the room.
+    fn unpublish_own(&mut self, now: Instant, key: ParticipantKey, sid: &str) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        p.published_by_mid.retain(|_, s| s != sid);
+        p.ssrc_routes.retain(|_, (s, _)| &**s != sid);
+        p.info.tracks.retain(|t| t.sid != sid);
+        p.info.is_publisher = !p.info.tracks.is_empty();
+        p.touch();
+        let info = p.info.clone();
+        info!(participant = %info.identity, track = %sid, "track unpublished");
+        self.unpublish(now, sid, &info);
+        self.broadcast_participant(key, false);
     }
 
     /// A new m-line on a publisher PC: bind it to the pending track with the
@@ -1402,9 +1444,6 @@ impl Room {
     /// A data packet from a publisher's `_reliable` or `_lossy` channel: stamp
     /// the sender, then deliver on the same kind of channel to its recipients.
     fn on_data(&mut self, now: Instant, key: ParticipantKey, kind: DataKind, bytes: &[u8]) {
-        if self.take_server_rpc_reply(now, key, bytes) {
-            return;
-        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -1504,7 +1543,7 @@ impl Room {
 
     /// Tell everyone (but the participant itself, unless `include_self`) about
     /// `key`'s current info. Hidden participants are announced to no one.
-    pub(crate) fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
+    fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -1524,7 +1563,7 @@ impl Room {
         }
     }
 
-    pub(crate) fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
+    fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
         self.outputs.push_back(RoomOutput::Signal(
             key,
             Box::new(SignalResponse {

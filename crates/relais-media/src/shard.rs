@@ -16,6 +16,7 @@ use tracing::{debug, info};
 use crate::config::MediaConfig;
 use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
 
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct Shard {
     addrs_of_ufrag: HashMap<Arc<str>, Vec<SocketAddr>>,
     pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
     pub(crate) outputs: VecDeque<ShardOutput>,
+    /// Counters of the shard itself and of rooms already dropped.
+    stats: MediaStats,
 }
 
 impl Shard {
@@ -59,7 +62,34 @@ impl Shard {
             addrs_of_ufrag: HashMap::new(),
             room_of: HashMap::new(),
             outputs: VecDeque::new(),
+            stats: MediaStats::default(),
         }
+    }
+
+    /// Counters since the previous call, summed over the shard's rooms.
+    pub fn take_stats(&mut self) -> MediaStats {
+        let mut total = std::mem::take(&mut self.stats);
+        for room in self.rooms.values_mut() {
+            total.merge(&mut room.stats);
+        }
+        total
+    }
+
+    /// What the shard holds now: rooms, participants, tracks, subscriptions.
+    pub fn gauges(&self) -> ShardGauges {
+        let mut g = ShardGauges {
+            rooms: self.rooms.len() as u64,
+            ..Default::default()
+        };
+        for room in self.rooms.values() {
+            g.participants += room.participants.len() as u64;
+            for track in room.tracks.values() {
+                let kind = Kind::of(track.kind) as usize;
+                g.tracks_published[kind] += 1;
+                g.tracks_subscribed[kind] += track.subscribers.len() as u64;
+            }
+        }
+        g
     }
 
     pub fn index(&self) -> u8 {
@@ -88,11 +118,11 @@ impl Shard {
             None if !create => return Err(JoinError::NoSuchRoom),
             None => {
                 let name: Arc<str> = room.into();
-                info!(room, shard = self.index, "room created");
-                self.rooms.insert(
-                    name.clone(),
-                    Room::new(room, self.config.clone(), self.index, now, unix_ms),
-                );
+                let created = Room::new(room, self.config.clone(), self.index, now, unix_ms);
+                created
+                    .span()
+                    .in_scope(|| info!(shard = self.index, "room created"));
+                self.rooms.insert(name.clone(), created);
                 name
             }
         };
@@ -169,10 +199,15 @@ impl Shard {
             Some(r) => r.clone(),
             None => {
                 let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
+                    self.stats.drop_packet(DropReason::UnknownSession);
                     return;
                 };
                 let route = route.clone();
-                debug!(%source, ufrag = %route.ufrag, "new remote address");
+                if let Some(room) = self.rooms.get(&route.room) {
+                    room.span_for(route.participant).in_scope(
+                        || debug!(%source, ufrag = %route.ufrag, role = ?route.role, "new remote address"),
+                    );
+                }
                 self.by_addr.insert(source, route.clone());
                 self.addrs_of_ufrag
                     .entry(route.ufrag.clone())
@@ -182,6 +217,7 @@ impl Shard {
             }
         };
         let Ok(receive) = Receive::new(proto, source, destination, buf) else {
+            self.stats.drop_packet(DropReason::Malformed);
             return;
         };
         if let Some(room) = self.rooms.get_mut(&route.room) {
@@ -204,8 +240,11 @@ impl Shard {
             }
             self.collect(&name);
             if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
-                self.rooms.remove(&name);
-                info!(room = %name, "room closed");
+                if let Some(mut room) = self.rooms.remove(&name) {
+                    self.stats.merge(&mut room.stats);
+                    let _span = room.span().enter();
+                    info!("room closed");
+                }
                 self.outputs
                     .push_back(ShardOutput::RoomClosed(name.to_string()));
             }
