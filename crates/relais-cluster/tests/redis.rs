@@ -1,0 +1,294 @@
+//! The Redis coordinator against a real `redis-server` (started on a free
+//! port, stopped at the end). Skipped with a message when `redis-server` is
+//! not installed (scripts/test.sh installs it).
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use relais_cluster::{
+    ClusterConfig, ClusterError, Coordinator, LocalSnapshot, NodeInfo, Placement, RedisCoordinator,
+    RedisSettings,
+};
+
+struct Redis {
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("redis-server not installed: skipping");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("relais-cluster-test-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "yes"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let redis = Redis {
+            port,
+            _dir: TempDir(dir),
+        };
+        for _ in 0..100 {
+            if redis.cli(&["ping"]).trim() == "PONG" {
+                return Some(redis);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn settings(&self) -> RedisSettings {
+        RedisSettings {
+            address: format!("127.0.0.1:{}", self.port),
+            ..Default::default()
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.cli(&["shutdown", "nosave"]);
+    }
+}
+
+fn config(prefix: &str) -> ClusterConfig {
+    ClusterConfig {
+        key_prefix: prefix.into(),
+        heartbeat_interval_ms: 100,
+        node_ttl_ms: 600,
+        room_ttl_ms: 600,
+        ..Default::default()
+    }
+}
+
+fn node(id: &str, instance: &str) -> NodeInfo {
+    NodeInfo {
+        id: id.into(),
+        instance: instance.into(),
+        http_address: format!("127.0.0.1:{}", id.len()),
+        region: String::new(),
+        state: Default::default(),
+        started_at_ms: 0,
+        updated_at_ms: 0,
+        version: String::new(),
+        limits: Default::default(),
+        stats: Default::default(),
+    }
+}
+
+fn snapshot(rooms: &[&str]) -> LocalSnapshot {
+    LocalSnapshot {
+        rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn coordinator(redis: &Redis, prefix: &str, id: &str) -> RedisCoordinator {
+    RedisCoordinator::new(
+        &redis.settings(),
+        config(prefix),
+        node(id, &format!("inst-{id}")),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn registry_placement_claims_and_failover() {
+    let Some(redis) = Redis::start() else { return };
+    let a = coordinator(&redis, "t1:", "A");
+    let b = coordinator(&redis, "t1:", "B");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    b.heartbeat(snapshot(&[])).await.unwrap();
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    assert_eq!(a.nodes().await.unwrap().len(), 2);
+
+    // One room, placed from both sides at once: exactly one owner.
+    let (pa, pb) = tokio::join!(a.place("r1", false), b.place("r1", false));
+    let owner_a = match pa.unwrap() {
+        Placement::Local => "A".to_string(),
+        Placement::Remote(n) => n.id,
+    };
+    let owner_b = match pb.unwrap() {
+        Placement::Local => "B".to_string(),
+        Placement::Remote(n) => n.id,
+    };
+    assert_eq!(owner_a, owner_b, "both nodes must agree on the owner");
+    assert_eq!(a.locate("r1").await.unwrap().unwrap().id, owner_a);
+    assert_eq!(redis.cli(&["get", "t1:room:r1"]).trim(), owner_a);
+    assert!(
+        redis
+            .cli(&["pttl", "t1:room:r1"])
+            .trim()
+            .parse::<i64>()
+            .unwrap()
+            > 0
+    );
+
+    // The owner dies (no more heartbeats): within node_ttl the room is free
+    // and the survivor takes it.
+    let (survivor, dead) = if owner_a == "A" { (&b, "A") } else { (&a, "B") };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    survivor.heartbeat(snapshot(&[])).await.unwrap();
+    assert!(!survivor.nodes().await.unwrap().iter().any(|n| n.id == dead));
+    assert_eq!(survivor.place("r1", false).await.unwrap(), Placement::Local);
+    assert_eq!(redis.cli(&["get", "t1:room:r1"]).trim(), survivor.node_id());
+
+    // A closed room is released by the next heartbeats after the grace time.
+    survivor.heartbeat(snapshot(&["r1"])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    survivor.heartbeat(snapshot(&[])).await.unwrap();
+    assert_eq!(redis.cli(&["exists", "t1:room:r1"]).trim(), "0");
+
+    // Leaving deletes the node record.
+    survivor.leave().await;
+    assert_eq!(
+        redis
+            .cli(&["exists", &format!("t1:node:{}", survivor.node_id())])
+            .trim(),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn foreign_and_corrupt_values_are_contained() {
+    let Some(redis) = Redis::start() else { return };
+    let a = coordinator(&redis, "t2:", "A");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    // A room claimed by a node that does not exist, by garbage, by a hash.
+    redis.cli(&["set", "t2:room:ghost", "ND_nobody"]);
+    redis.cli(&["set", "t2:room:junk", "\u{1}\u{2}{not json"]);
+    redis.cli(&["hset", "t2:room:hash", "x", "y"]);
+    // A node record without TTL, a corrupt one, one with another id inside.
+    redis.cli(&[
+        "set",
+        "t2:node:NOTTL",
+        r#"{"id":"NOTTL","http_address":"1.2.3.4:1"}"#,
+    ]);
+    redis.cli(&["set", "t2:node:BAD", "{{{", "px", "60000"]);
+    redis.cli(&["set", "t2:node:LIE", r#"{"id":"OTHER"}"#, "px", "60000"]);
+    redis.cli(&[
+        "zadd",
+        "t2:nodes",
+        "99999999999999",
+        "BAD",
+        "99999999999999",
+        "LIE",
+    ]);
+    redis.cli(&["set", "t2:room:nottl", "NOTTL"]);
+    redis.cli(&["set", "t2:room:bad", "BAD"]);
+    redis.cli(&["set", "t2:room:lie", "LIE"]);
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    let nodes = a.nodes().await.unwrap();
+    assert_eq!(nodes.len(), 1, "only the real node is listed: {nodes:?}");
+    for room in ["ghost", "junk", "hash", "nottl", "bad", "lie"] {
+        assert_eq!(
+            a.place(room, false).await.unwrap(),
+            Placement::Local,
+            "{room}"
+        );
+        assert_eq!(redis.cli(&["get", &format!("t2:room:{room}")]).trim(), "A");
+    }
+    // The node record itself overwritten with garbage: the next heartbeat repairs it.
+    redis.cli(&["set", "t2:node:A", "garbage"]);
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    assert!(redis.cli(&["get", "t2:node:A"]).contains("\"id\":\"A\""));
+}
+
+#[tokio::test]
+async fn duplicate_node_id_never_takes_rooms() {
+    let Some(redis) = Redis::start() else { return };
+    let first = coordinator(&redis, "t3:", "SAME");
+    let second =
+        RedisCoordinator::new(&redis.settings(), config("t3:"), node("SAME", "other")).unwrap();
+    first.heartbeat(snapshot(&[])).await.unwrap();
+    second.heartbeat(snapshot(&[])).await.unwrap();
+    // The first registration stands.
+    assert!(redis.cli(&["get", "t3:node:SAME"]).contains("inst-SAME"));
+    assert!(matches!(
+        second.place("r", false).await,
+        Err(ClusterError::Unavailable(_))
+    ));
+    assert_eq!(first.place("r", false).await.unwrap(), Placement::Local);
+}
+
+#[tokio::test]
+async fn redis_outage_keeps_local_rooms_and_recovers() {
+    let Some(redis) = Redis::start() else { return };
+    let a = coordinator(&redis, "t4:", "A");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    assert_eq!(a.place("live", false).await.unwrap(), Placement::Local);
+    redis.cli(&["shutdown", "nosave"]);
+    // Down: the hosted room is still placed here, a new one is refused, fast.
+    let started = std::time::Instant::now();
+    assert!(a.heartbeat(snapshot(&["live"])).await.is_err());
+    assert_eq!(a.place("live", false).await.unwrap(), Placement::Local);
+    assert!(a.place("new", false).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Back (empty, as after a restart without persistence): re-registers and re-claims.
+    let port = redis.port.to_string();
+    let status = Command::new("redis-server")
+        .args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--daemonize", "yes"])
+        .arg("--dir")
+        .arg(&redis._dir.0)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut ok = false;
+    for _ in 0..50 {
+        if a.heartbeat(snapshot(&["live"])).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "did not reconnect");
+    assert_eq!(redis.cli(&["get", "t4:room:live"]).trim(), "A");
+    assert!(redis.cli(&["exists", "t4:node:A"]).trim() == "1");
+}
