@@ -120,7 +120,9 @@ def relais_bin() -> Path:
 class RelaisServer:
     """One `relais --config <file>` process on free loopback ports."""
 
-    def __init__(self, workdir: Path, extra_config: dict | None = None, name: str = "relais"):
+    def __init__(
+        self, workdir: Path, extra_config: dict | None = None, name: str = "relais"
+    ):
         self.name = name
         self.workdir = workdir
         self.port = free_tcp_port()
@@ -269,11 +271,14 @@ class RelaisServer:
             problems.append(f"{self.name} log contains 'panicked'")
         if problems:
             pytest.fail(
-                "; ".join(problems) + f"\n--- log tail ({self.log_path}) ---\n{self.tail()}",
+                "; ".join(problems)
+                + f"\n--- log tail ({self.log_path}) ---\n{self.tail()}",
                 pytrace=False,
             )
         if self.killed:
-            print(f"warning: {self.name} ignored SIGTERM for {STOP_GRACE_S:.0f} s and was killed")
+            print(
+                f"warning: {self.name} ignored SIGTERM for {STOP_GRACE_S:.0f} s and was killed"
+            )
 
 
 _LIVE_SERVERS: list[RelaisServer] = []
@@ -372,7 +377,9 @@ def make_token(
     return token.to_jwt()
 
 
-def make_raw_token(claims: dict, secret: str = API_SECRET, *, iss: str = API_KEY) -> str:
+def make_raw_token(
+    claims: dict, secret: str = API_SECRET, *, iss: str = API_KEY
+) -> str:
     """A hand-made HS256 JWT, for the malformed tokens the SDK refuses to mint.
     `iss`, `nbf` and a one-hour `exp` are added unless `claims` sets them."""
     now = int(time.time())
@@ -394,7 +401,9 @@ async def connect(
     """Connect a new `rtc.Room`, bounded by `timeout` seconds."""
     room = rtc.Room()
     try:
-        await asyncio.wait_for(room.connect(url, token, options or rtc.RoomOptions()), timeout)
+        await asyncio.wait_for(
+            room.connect(url, token, options or rtc.RoomOptions()), timeout
+        )
     except BaseException:
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(room.disconnect(), 5)
@@ -438,7 +447,10 @@ async def rooms():
 
 
 async def wait_for(
-    condition: Callable[[], Any], what: str, timeout: float = 10.0, interval: float = 0.05
+    condition: Callable[[], Any],
+    what: str,
+    timeout: float = 10.0,
+    interval: float = 0.05,
 ) -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
@@ -447,7 +459,9 @@ async def wait_for(
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
+            pytest.fail(
+                f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False
+            )
         await asyncio.sleep(interval)
 
 
@@ -470,7 +484,10 @@ class EventLog:
         return [args for args in self.events if predicate is None or predicate(*args)]
 
     async def wait(
-        self, predicate: Callable[..., bool] | None = None, timeout: float = 10.0, what: str = ""
+        self,
+        predicate: Callable[..., bool] | None = None,
+        timeout: float = 10.0,
+        what: str = "",
     ) -> tuple:
         """The arguments of the first emission that satisfies `predicate`."""
         return await wait_for(
@@ -484,3 +501,29 @@ async def bounded(awaitable: Awaitable, what: str, timeout: float = 10.0) -> Any
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         pytest.fail(f"timed out after {timeout:.0f} s: {what}", pytrace=False)
+
+
+# --------------------------------------------------------------------------- process exit
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without running native finalizers. The SDK's bundled native library can
+    abort ("panic in a function that cannot unwind") while the interpreter tears down,
+    after every test has finished and been reported; that must not turn a green run red.
+    The exit status is pytest's own."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is None:
+        return
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
