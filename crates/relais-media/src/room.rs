@@ -24,8 +24,9 @@ use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Event, Input, Output};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Span};
 
 use crate::codec::{CodecKind, Vp8Header};
 use crate::config::MediaConfig;
@@ -34,6 +35,7 @@ use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
     SubscriberChange,
 };
+use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
 
 /// How often the publisher may be asked for a keyframe per track.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
@@ -153,6 +155,13 @@ pub struct Room {
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
     pub(crate) closed: bool,
+    /// Server-initiated RPCs (RoomService `PerformRpc`) awaiting their response.
+    pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
+    /// Counters since the shard last collected them ([`Room::take_stats`]).
+    pub(crate) stats: MediaStats,
+    /// `room{room, room_sid}`: entered around everything the room does, so
+    /// every log line about it names it. Participants' spans are its children.
+    pub(crate) span: Span,
 }
 
 impl Room {
@@ -171,6 +180,10 @@ impl Room {
             enabled_codecs: enabled_codecs(),
             ..Default::default()
         };
+        // ERROR level: a span is kept whenever any event is logged, so the room's
+        // fields are on every line whatever the configured level.
+        let span =
+            tracing::error_span!(parent: None, "room", room = %info.name, room_sid = %info.sid);
         let mut outputs = VecDeque::new();
         outputs.push_back(RoomOutput::Event(Box::new(RoomEvent::RoomStarted(
             info.clone(),
@@ -187,7 +200,32 @@ impl Room {
             empty_since: Some(now),
             next_layer_check: now,
             closed: false,
+            server_rpcs: Default::default(),
+            stats: MediaStats::default(),
+            span,
         }
+    }
+
+    /// The room's span (`room{room, room_sid}`).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The span of participant `key` (a child of the room's), or the room's.
+    pub fn span_for(&self, key: ParticipantKey) -> Span {
+        self.participants
+            .get(&key)
+            .map_or_else(|| self.span.clone(), |p| p.span.clone())
+    }
+
+    /// Counters since the previous call.
+    pub fn take_stats(&mut self) -> MediaStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// A participant's info, by key.
+    pub fn participant_info(&self, key: ParticipantKey) -> Option<&ParticipantInfo> {
+        self.participants.get(&key).map(|p| &p.info)
     }
 
     pub fn info(&self) -> &livekit::Room {
@@ -220,6 +258,8 @@ impl Room {
         unix_ms: i64,
         params: JoinParams,
     ) -> Result<ParticipantKey, JoinError> {
+        let room_span = self.span.clone();
+        let _room = room_span.enter();
         if self.closed {
             return Err(JoinError::Closed);
         }
@@ -263,9 +303,17 @@ impl Room {
             client_protocol: params.client_info.as_ref().map_or(0, |c| c.client_protocol),
             ..Default::default()
         };
-        info!(room = %self.info.name, participant = %info.identity, sid = %info.sid, "participant joining");
+        let span = tracing::error_span!(
+            parent: &self.span,
+            "participant",
+            participant = %info.identity,
+            participant_sid = %info.sid
+        );
+        let _participant = span.clone().entered();
+        info!("participant joining");
         let participant = Participant {
             key,
+            span,
             info,
             permission: params.permission,
             protocol: params.protocol,
@@ -373,9 +421,10 @@ impl Room {
     /// Handle one message from a participant's WebSocket. Pings are answered at
     /// the edge and never reach the room.
     pub fn handle_signal(&mut self, now: Instant, key: ParticipantKey, req: SignalRequest) {
-        if !self.participants.contains_key(&key) {
+        let Some(span) = self.participants.get(&key).map(|p| p.span.clone()) else {
             return;
-        }
+        };
+        let _span = span.enter();
         let Some(message) = req.message else {
             return;
         };
@@ -817,7 +866,9 @@ impl Room {
         let Some(mut p) = self.participants.remove(&key) else {
             return;
         };
-        info!(room = %self.info.name, participant = %p.info.identity, ?reason, "participant left");
+        let span = p.span.clone();
+        let _span = span.enter();
+        info!(?reason, "participant left");
         if self.by_identity.get(&p.info.identity) == Some(&key) {
             self.by_identity.remove(&p.info.identity);
         }
@@ -874,7 +925,7 @@ impl Room {
         }
     }
 
-    fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
+    pub(crate) fn unpublish(&mut self, now: Instant, sid: &str, publisher: &ParticipantInfo) {
         let Some(track) = self.tracks.remove(sid) else {
             return;
         };
@@ -906,9 +957,12 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        let span = p.span.clone();
+        let _span = span.enter();
         let session = p.session_mut(role);
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
-            debug!(participant = %p.info.identity, ?role, error = %e, "bad datagram");
+            self.stats.drop_packet(DropReason::Malformed);
+            debug!(?role, error = %e, "bad datagram");
         }
         self.drain(now, key, role);
         self.process_events(now);
@@ -916,6 +970,8 @@ impl Room {
 
     /// Drive every session whose deadline has passed; check room timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let room_span = self.span.clone();
+        let _room = room_span.enter();
         let due: Vec<(ParticipantKey, PeerRole)> = self
             .participants
             .values()
@@ -955,7 +1011,7 @@ impl Room {
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
             {
-                info!(room = %self.info.name, "closing empty room");
+                info!("closing empty room");
                 self.finish();
             }
         }
@@ -1012,7 +1068,7 @@ impl Room {
         );
     }
 
-    fn process_events(&mut self, now: Instant) {
+    pub(crate) fn process_events(&mut self, now: Instant) {
         while let Some(PendingEvent {
             participant,
             role,
@@ -1024,8 +1080,22 @@ impl Room {
     }
 
     fn handle_event(&mut self, now: Instant, key: ParticipantKey, role: PeerRole, event: Event) {
+        if let Event::RtpPacket(pkt) = event {
+            // The hot path: no span of its own (the caller's is the publisher's).
+            if role == PeerRole::Publisher {
+                self.on_rtp(now, key, pkt);
+            }
+            return;
+        }
+        let span = self.span_for(key);
+        let _span = span.enter();
         match event {
-            Event::RtpPacket(pkt) if role == PeerRole::Publisher => self.on_rtp(now, key, pkt),
+            Event::MediaIngressStats(stats) if role == PeerRole::Publisher => {
+                self.on_ingress_stats(key, &stats)
+            }
+            Event::MediaEgressStats(stats) if role == PeerRole::Subscriber => {
+                self.on_egress_stats(key, &stats)
+            }
             Event::Connected => self.on_connected(key, role),
             Event::MediaAdded(added) if role == PeerRole::Publisher => {
                 self.on_media_added(now, key, added.mid, added.kind)
@@ -1055,6 +1125,11 @@ impl Room {
                 }
             }
             Event::KeyframeRequest(req) if role == PeerRole::Subscriber => {
+                let out = StatsDirection::Outgoing as usize;
+                match req.kind {
+                    KeyframeRequestKind::Pli => self.stats.plis[out] += 1,
+                    KeyframeRequestKind::Fir => self.stats.firs[out] += 1,
+                }
                 let sid = self
                     .participants
                     .get(&key)
@@ -1071,6 +1146,64 @@ impl Room {
         }
     }
 
+    /// str0m's periodic report on a stream a publisher sends us.
+    fn on_ingress_stats(&mut self, key: ParticipantKey, s: &MediaIngressStats) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(track) = p
+            .published_by_mid
+            .get(&s.mid)
+            .and_then(|sid| self.tracks.get(sid))
+        else {
+            return;
+        };
+        let seen = p.publisher.stats_seen.entry((s.mid, s.rid)).or_default();
+        let nacks = s.nacks.saturating_sub(seen.nacks);
+        let packets = s.packets.saturating_sub(seen.packets);
+        seen.nacks = s.nacks;
+        seen.packets = s.packets;
+        // str0m reports the loss fraction of our last receiver report, not a count.
+        let lost = match s.loss.map(f64::from) {
+            Some(f) if f > 0.0 && f < 1.0 => (packets as f64 * f / (1.0 - f)).round() as u64,
+            _ => 0,
+        };
+        let incoming = StatsDirection::Incoming;
+        self.stats.nacks[incoming as usize] += nacks;
+        let sample = stream_sample(track, incoming, s.jitter, s.rtt, lost);
+        self.stats.sample(sample);
+    }
+
+    /// str0m's periodic report on a stream we send a subscriber, with what the
+    /// subscriber's receiver reports said.
+    fn on_egress_stats(&mut self, key: ParticipantKey, s: &MediaEgressStats) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(track) = p
+            .downtracks
+            .get(&s.mid)
+            .and_then(|d| self.tracks.get(&d.track_sid))
+        else {
+            return;
+        };
+        let seen = p.subscriber.stats_seen.entry((s.mid, s.rid)).or_default();
+        let nacks = s.nacks.saturating_sub(seen.nacks);
+        seen.nacks = s.nacks;
+        let (jitter, lost) = match &s.remote {
+            Some(remote) => {
+                let lost = remote.packets_lost.saturating_sub(seen.lost);
+                seen.lost = remote.packets_lost;
+                (remote.jitter, lost)
+            }
+            None => (0, 0),
+        };
+        let outgoing = StatsDirection::Outgoing;
+        self.stats.nacks[outgoing as usize] += nacks;
+        let sample = stream_sample(track, outgoing, jitter, s.rtt, lost);
+        self.stats.sample(sample);
+    }
+
     fn on_connected(&mut self, key: ParticipantKey, role: PeerRole) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
@@ -1079,7 +1212,8 @@ impl Room {
         if role == p.primary() && p.info.state != participant_info::State::Active as i32 {
             p.info.state = participant_info::State::Active as i32;
             p.touch();
-            info!(participant = %p.info.identity, "participant active");
+            info!("participant active");
+            self.stats.rtc_connected += 1;
             let info = p.info.clone();
             self.outputs
                 .push_back(RoomOutput::Event(Box::new(RoomEvent::ParticipantJoined(
@@ -1169,6 +1303,10 @@ impl Room {
         };
         let (_, mut info) = p.pending_tracks.remove(pos);
         info.mid = mid.to_string();
+        // The negotiated codec, reported with the track before any media flows.
+        if let Some(codec) = negotiated_codec(&p.publisher.rtc, mid) {
+            info.mime_type = codec.mime_type().to_string();
+        }
         let layers = if simulcast_rids.is_empty() {
             vec![Layer {
                 rid: None,
@@ -1242,12 +1380,15 @@ impl Room {
                     .stream_rx(&ssrc)
                     .map(|s| (s.mid(), s.rid()))
                 else {
+                    self.stats.drop_packet(DropReason::UnknownTrack);
                     return;
                 };
                 let Some(sid) = p.published_by_mid.get(&mid).cloned() else {
+                    self.stats.drop_packet(DropReason::UnknownTrack);
                     return;
                 };
                 let Some(track) = self.tracks.get_mut(&sid) else {
+                    self.stats.drop_packet(DropReason::UnknownTrack);
                     return;
                 };
                 let layer = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
@@ -1272,9 +1413,15 @@ impl Room {
             }
         };
         let Some(track) = self.tracks.get_mut(&*sid) else {
+            self.stats.drop_packet(DropReason::UnknownTrack);
             return;
         };
+        let kind = Kind::of(track.kind) as usize;
+        let size = (pkt.header.header_len + pkt.payload.len()) as u64;
+        self.stats.packets_in[kind] += 1;
+        self.stats.bytes_in[kind] += size;
         let Some((codec, params)) = track.codec else {
+            self.stats.drop_packet(DropReason::NoCodec);
             return;
         };
         let first_on_layer = track.layers[layer].last_seen.is_none();
@@ -1306,6 +1453,7 @@ impl Room {
                 Forward::Drop => continue,
                 Forward::NeedKeyframe => {
                     need_keyframe = true;
+                    self.stats.drop_packet(DropReason::WaitingKeyframe);
                     continue;
                 }
                 Forward::Send(r) => r,
@@ -1318,12 +1466,14 @@ impl Room {
                 .and_then(|mid| s.downtracks.get(&mid))
                 .and_then(|d| d.ssrc)
             else {
+                self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
             if sub.out_pt.is_none() {
                 sub.out_pt = matching_pt(s.subscriber.rtc.codec_config().params(), &params);
             }
             let Some(out_pt) = sub.out_pt else {
+                self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
             let ext = ExtensionValues {
@@ -1351,9 +1501,12 @@ impl Room {
             }
             let mut api = s.subscriber.rtc.direct_api();
             let Some(tx) = api.stream_tx(&out_ssrc) else {
+                self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
             tx.write_rtp(write);
+            self.stats.packets_out[kind] += 1;
+            self.stats.bytes_out[kind] += size;
             drain_session(
                 &mut s.subscriber,
                 sub.subscriber,
@@ -1400,6 +1553,7 @@ impl Room {
             if let Some(ssrc) = track.layers.get(layer).and_then(|l| l.ssrc) {
                 if let Some(rx) = api.stream_rx(&ssrc) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
+                    self.stats.plis[StatsDirection::Incoming as usize] += 1;
                 }
             }
         }
@@ -1444,6 +1598,9 @@ impl Room {
     /// A data packet from a publisher's `_reliable` or `_lossy` channel: stamp
     /// the sender, then deliver on the same kind of channel to its recipients.
     fn on_data(&mut self, now: Instant, key: ParticipantKey, kind: DataKind, bytes: &[u8]) {
+        if self.take_server_rpc_reply(now, key, bytes) {
+            return;
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -1531,6 +1688,8 @@ impl Room {
 
     /// Send a server-originated data packet (RoomService SendData).
     pub fn send_data(&mut self, now: Instant, reliable: bool, packet: DataPacket) {
+        let room_span = self.span.clone();
+        let _room = room_span.enter();
         let kind = if reliable {
             DataKind::Reliable
         } else {
@@ -1543,7 +1702,7 @@ impl Room {
 
     /// Tell everyone (but the participant itself, unless `include_self`) about
     /// `key`'s current info. Hidden participants are announced to no one.
-    fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
+    pub(crate) fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
@@ -1563,7 +1722,7 @@ impl Room {
         }
     }
 
-    fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
+    pub(crate) fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
         self.outputs.push_back(RoomOutput::Signal(
             key,
             Box::new(SignalResponse {
@@ -1603,6 +1762,28 @@ fn drain_session(
     }
 }
 
+/// A quality sample of one of `track`'s streams; `jitter` in RTP timestamp units.
+fn stream_sample(
+    track: &PublishedTrack,
+    direction: StatsDirection,
+    jitter: u32,
+    rtt: Option<Duration>,
+    lost: u64,
+) -> StreamSample {
+    let clock_rate = track
+        .codec
+        .map_or(90_000, |(_, params)| params.spec().clock_rate.get());
+    StreamSample {
+        direction,
+        kind: Kind::of(track.kind),
+        source: TrackSource::try_from(track.info.source).unwrap_or(TrackSource::Unknown),
+        jitter_us: (jitter > 0 && clock_rate > 0)
+            .then(|| f64::from(jitter) * 1e6 / f64::from(clock_rate)),
+        rtt_ms: rtt.map(|d| d.as_secs_f64() * 1000.0),
+        lost,
+    }
+}
+
 /// Random characters valid in ICE ufrags and passwords (RFC 8839 ice-char).
 fn random_ice_chars(n: usize) -> String {
     use rand::Rng;
@@ -1628,6 +1809,18 @@ fn rid_quality(rid: &Rid) -> u8 {
         "f" | "0" => 2,
         _ => 3,
     }
+}
+
+/// The codec a publisher's m-line will most likely carry: the first payload
+/// type of the negotiated list that we know.
+fn negotiated_codec(rtc: &str0m::Rtc, mid: Mid) -> Option<CodecKind> {
+    let media = rtc.media(mid)?;
+    media.remote_pts().iter().find_map(|pt| {
+        rtc.codec_config()
+            .find(|c| c.pt() == *pt)
+            .map(|c| CodecKind::from_str0m(c.spec().codec))
+            .filter(|k| *k != CodecKind::Other)
+    })
 }
 
 /// The payload type on the subscriber PC that carries the publisher's codec.
