@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Floor / Relais / Janus side by side, in one run, with the same load.
+#
+# Everything runs inside a private network namespace this script creates
+# (Janus gathers no ICE candidates on loopback): a veth pair with 10.77.0.1
+# (servers) and 10.77.0.2 (load generator); traffic never leaves the machine.
+# Bounded: each run lasts RAMP + WARMUP + DUR seconds plus a few seconds.
+#
+#   crates/relais-loadtest/scripts/compare.sh            # defaults below
+#   VPUB=1 APUB=1 SUBS=100 DUR=15 crates/relais-loadtest/scripts/compare.sh
+#   SKIP_JANUS=1 ...                                      # Relais and the floor only
+#
+# Needs root (unshare/nsenter), iproute2, janus (apt-get install janus) and the
+# release binaries: cargo build --release -p relais-server -p relais-loadtest
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../../.." && pwd)
+BIN=${BIN:-$ROOT/target/release}
+OUT=${OUT:-$(mktemp -d /tmp/relais-compare.XXXXXX)}
+ROOMS=${ROOMS:-1}
+VPUB=${VPUB:-1}
+APUB=${APUB:-1}
+SUBS=${SUBS:-50}
+DUR=${DUR:-15}
+RAMP=${RAMP:-3}
+WARMUP=${WARMUP:-3}
+VBR=${VBR:-1000000}
+ABR=${ABR:-32000}
+EXTRA=${EXTRA:-}
+SRV=10.77.0.1
+CLI=10.77.0.2
+mkdir -p "$OUT"
+
+unshare --net sleep 7200 &
+NS=$!
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  kill "$NS" 2>/dev/null || true
+}
+trap cleanup EXIT
+sleep 0.2
+in_ns() { nsenter -t "$NS" -n "$@"; }
+in_ns ip link set lo up
+in_ns ip link add v0 type veth peer name v1
+in_ns ip addr add $SRV/24 dev v0
+in_ns ip addr add $CLI/24 dev v1
+in_ns ip link set v0 up
+in_ns ip link set v1 up
+
+wait_http() { # url
+  for _ in $(seq 1 100); do
+    if in_ns curl -fsS -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "server at $1 did not come up" >&2
+  return 1
+}
+
+LOAD=(--rooms "$ROOMS" --video-publishers "$VPUB" --audio-publishers "$APUB" --subscribers "$SUBS"
+      --duration "$DUR" --ramp "$RAMP" --warmup "$WARMUP" --video-bitrate "$VBR" --audio-bitrate "$ABR"
+      --local-ip $CLI --json)
+# shellcheck disable=SC2206
+LOAD+=($EXTRA)
+
+echo "== floor" >&2
+PKT_PER_S=$(( (VPUB * 4 * 30 / 1 + APUB * 50) ))  # rough input rate, packets/s
+"$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --json > "$OUT/floor.json"
+
+echo "== relais" >&2
+cat > "$OUT/relais.yaml" <<EOF
+port: 7880
+bind_addresses: ["$SRV"]
+rtc:
+  udp_port: 7882
+  tcp_port: 7881
+  node_ip: "$SRV"
+keys:
+  devkey: secret
+logging:
+  level: warn
+room:
+  empty_timeout: 5
+EOF
+in_ns "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
+RPID=$!
+PIDS+=("$RPID")
+wait_http "http://$SRV:7880/"
+in_ns "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
+  > "$OUT/relais.json"
+kill "$RPID" 2>/dev/null || true
+
+if [ -z "${SKIP_JANUS:-}" ]; then
+  echo "== janus" >&2
+  JCFG="$OUT/janus-cfg"
+  mkdir -p "$JCFG"
+  cp "$HERE/../janus/"*.jcfg "$JCFG/"
+  sed -i "s|configs_folder = \".\"|configs_folder = \"$JCFG\"|" "$JCFG/janus.jcfg"
+  in_ns janus -C "$JCFG/janus.jcfg" -F "$JCFG" > "$OUT/janus.log" 2>&1 &
+  JPID=$!
+  PIDS+=("$JPID")
+  wait_http "http://$SRV:8088/janus/info"
+  in_ns "$BIN/relais-loadtest" --mode janus --url "http://$SRV:8088/janus" --server-pid "$JPID" \
+    --label janus "${LOAD[@]}" > "$OUT/janus.json"
+  kill "$JPID" 2>/dev/null || true
+fi
+
+python3 - "$OUT" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+def load(n):
+    p = os.path.join(out, n + ".json")
+    return json.load(open(p)) if os.path.exists(p) else None
+floor, relais, janus = load("floor"), load("relais"), load("janus")
+print(f"results in {out}")
+print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9}")
+fl = floor["forwarded_packets_per_cpu_second"] if floor else None
+if floor:
+    print(f"{'floor':<10} {'':>10} {floor['forwarder_cpu_percent']:>7.1f} {fl:>10.0f} {1.0:>8.2f}")
+for name, r in (("relais", relais), ("janus", janus)):
+    if not r:
+        continue
+    f = lambda k, p=1: "-" if r.get(k) is None else f"{r[k]:.{p}f}"
+    ppc = r.get("forwarded_packets_per_cpu_second")
+    ratio = f"{fl / ppc:.2f}" if (fl and ppc) else "-"
+    print(f"{name:<10} {r['forwarded_pps']:>10.0f} {f('server_cpu_percent'):>7} {f('forwarded_packets_per_cpu_second',0):>10} {ratio:>8} "
+          f"{f('loss_percent',3):>7} {f('latency_ms_p50',2):>8} {f('latency_ms_p99',2):>8} {f('join_ms_p99',1):>8} "
+          f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9}")
+EOF

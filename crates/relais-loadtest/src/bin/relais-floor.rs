@@ -1,0 +1,341 @@
+//! `relais-floor`: the least work an SFU must do per forwarded packet on this
+//! machine, measured — receive SRTP packets (`recvmmsg`), decrypt each once,
+//! re-encrypt it per subscriber with that subscriber's key (new SSRC/seq), and
+//! send the copies to loopback with `sendmmsg`. Nothing else: no ICE, no RTCP,
+//! no rewriting logic, no allocation on the path.
+//!
+//! Same crypto as str0m's default backend (aws-lc-rs AEAD AES-GCM, RFC 7714
+//! IV/AAD layout; str0m prefers AEAD_AES_256_GCM). The forwarder runs on one
+//! thread; its CPU time (`getrusage(RUSAGE_THREAD)`) is the denominator, so
+//! the feeder and the sink threads are not counted. Report: forwarded packets
+//! per CPU-second.
+
+use std::mem::{size_of, zeroed};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "relais-floor")]
+struct Args {
+    /// Subscribers per incoming packet (fan-out).
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Incoming packets per second (paced by the feeder); 0 = as fast as possible.
+    #[arg(long, default_value_t = 2000)]
+    input_pps: u64,
+    /// RTP payload size in bytes (before the 16-byte GCM tag).
+    #[arg(long, default_value_t = 1000)]
+    payload: usize,
+    /// AES key size: 256 (str0m's first choice) or 128.
+    #[arg(long, default_value_t = 256)]
+    aes: u32,
+    /// Packets per sendmmsg call.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+const HDR: usize = 12;
+const TAG: usize = 16;
+
+struct SrtpKey {
+    key: LessSafeKey,
+    salt: [u8; 12],
+}
+
+impl SrtpKey {
+    fn new(aes: u32, seed: u8) -> Self {
+        let (alg, len) = if aes == 128 {
+            (&AES_128_GCM, 16)
+        } else {
+            (&AES_256_GCM, 32)
+        };
+        let bytes: Vec<u8> = (0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect();
+        let key = LessSafeKey::new(UnboundKey::new(alg, &bytes).expect("key"));
+        let mut salt = [0u8; 12];
+        for (i, s) in salt.iter_mut().enumerate() {
+            *s = seed ^ (i as u8 * 7);
+        }
+        SrtpKey { key, salt }
+    }
+
+    /// RFC 7714 §8.1: IV = (0x0000 || SSRC || ROC || SEQ) XOR salt.
+    fn nonce(&self, ssrc: u32, roc: u32, seq: u16) -> Nonce {
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&roc.to_be_bytes());
+        iv[10..12].copy_from_slice(&seq.to_be_bytes());
+        for (a, b) in iv.iter_mut().zip(self.salt) {
+            *a ^= b;
+        }
+        Nonce::assume_unique_for_key(iv)
+    }
+
+    /// Encrypt `buf[HDR..len]` in place, append the tag; returns the new length.
+    fn seal(&self, buf: &mut [u8], len: usize, roc: u32) -> usize {
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let (hdr, rest) = buf.split_at_mut(HDR);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(self.nonce(ssrc, roc, seq), Aad::from(&hdr[..]), &mut rest[..len - HDR])
+            .expect("seal");
+        rest[len - HDR..len - HDR + TAG].copy_from_slice(tag.as_ref());
+        len + TAG
+    }
+
+    /// Decrypt in place; returns the plaintext length (header included).
+    fn open(&self, buf: &mut [u8], len: usize, roc: u32) -> Option<usize> {
+        let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        let seq = u16::from_be_bytes([buf[2], buf[3]]);
+        let (hdr, rest) = buf.split_at_mut(HDR);
+        let plain = self
+            .key
+            .open_in_place(self.nonce(ssrc, roc, seq), Aad::from(&hdr[..]), &mut rest[..len - HDR])
+            .ok()?;
+        Some(HDR + plain.len())
+    }
+}
+
+fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data.
+    let mut sa: libc::sockaddr_in = unsafe { zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = addr.port().to_be();
+    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+    sa
+}
+
+fn thread_cpu() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+fn set_buf(sock: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: a valid fd and a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            &bytes as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
+    set_buf(&sink, libc::SO_RCVBUF, 8 << 20);
+    sink.set_read_timeout(Some(Duration::from_millis(100))).ok();
+    let sink_addr = v4(sink.local_addr().unwrap());
+    let input = UdpSocket::bind("127.0.0.1:0").expect("input");
+    set_buf(&input, libc::SO_RCVBUF, 8 << 20);
+    input.set_read_timeout(Some(Duration::from_millis(50))).ok();
+    let input_addr = input.local_addr().unwrap();
+    let out_sock = UdpSocket::bind("127.0.0.1:0").expect("out");
+    set_buf(&out_sock, libc::SO_SNDBUF, 4 << 20);
+
+    // Sink: drain what the forwarder sends (its CPU is not counted).
+    let sunk = Arc::new(AtomicU64::new(0));
+    let sink_thread = {
+        let (stop, sunk) = (stop.clone(), sunk.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if sink.recv(&mut buf).is_ok() {
+                    sunk.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    // Feeder: a publisher's SRTP packets, paced.
+    let fed = Arc::new(AtomicU64::new(0));
+    let feeder = {
+        let (stop, fed) = (stop.clone(), fed.clone());
+        let (aes, payload, pps) = (args.aes, args.payload, args.input_pps);
+        std::thread::spawn(move || {
+            let key = SrtpKey::new(aes, 1);
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("feeder");
+            let mut buf = vec![0u8; HDR + payload + TAG];
+            let start = Instant::now();
+            let mut seq: u16 = 0;
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if pps > 0 {
+                    let due = start + Duration::from_secs_f64(n as f64 / pps as f64);
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
+                    }
+                }
+                buf[0] = 0x80;
+                buf[1] = 96;
+                buf[2..4].copy_from_slice(&seq.to_be_bytes());
+                buf[4..8].copy_from_slice(&(n as u32 * 3000).to_be_bytes());
+                buf[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+                buf[HDR..HDR + payload].fill(0x55);
+                let len = key.seal(&mut buf, HDR + payload, 0);
+                let _ = sock.send_to(&buf[..len], input_addr);
+                seq = seq.wrapping_add(1);
+                n += 1;
+                fed.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    // The forwarder.
+    let subs = args.subscribers.max(1);
+    let batch = args.batch.clamp(1, 1024);
+    let in_key = SrtpKey::new(args.aes, 1);
+    let sub_keys: Vec<SrtpKey> = (0..subs).map(|i| SrtpKey::new(args.aes, 2 + i as u8)).collect();
+    let mut sub_seq: Vec<u16> = vec![0; subs];
+    let dest = sockaddr(sink_addr);
+    let mut bufs: Vec<[u8; 1500]> = vec![[0u8; 1500]; batch];
+    let mut lens: Vec<usize> = vec![0; batch];
+    let mut inbuf = [0u8; 1500];
+    let end = Instant::now() + Duration::from_secs_f64(args.duration);
+    let cpu0 = thread_cpu();
+    let t0 = Instant::now();
+    let (mut received, mut sent, mut calls, mut send_errors) = (0u64, 0u64, 0u64, 0u64);
+    let fd = out_sock.as_raw_fd();
+    let mut flush = |bufs: &mut [[u8; 1500]], lens: &[usize], n: usize, sent: &mut u64| {
+        let mut iov: Vec<libc::iovec> = (0..n)
+            .map(|i| libc::iovec {
+                iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
+                iov_len: lens[i],
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain old data; pointers below outlive the call.
+        let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
+        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+            m.msg_hdr.msg_name = &dest as *const _ as *mut libc::c_void;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = v;
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        let mut off = 0;
+        while off < n {
+            // SAFETY: msgs[off..n] are initialised and point at live buffers.
+            let r = unsafe { libc::sendmmsg(fd, msgs[off..].as_mut_ptr(), (n - off) as u32, 0) };
+            calls += 1;
+            if r <= 0 {
+                send_errors += 1;
+                break;
+            }
+            off += r as usize;
+        }
+        *sent += off as u64;
+    };
+    let mut pending = 0usize;
+    while Instant::now() < end {
+        let len = match input.recv(&mut inbuf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        received += 1;
+        let Some(plain) = in_key.open(&mut inbuf, len, 0) else {
+            continue;
+        };
+        for (i, key) in sub_keys.iter().enumerate() {
+            let b = &mut bufs[pending];
+            b[..plain].copy_from_slice(&inbuf[..plain]);
+            b[2..4].copy_from_slice(&sub_seq[i].to_be_bytes());
+            b[8..12].copy_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
+            sub_seq[i] = sub_seq[i].wrapping_add(1);
+            lens[pending] = key.seal(b, plain, 0);
+            pending += 1;
+            if pending == batch {
+                flush(&mut bufs, &lens, pending, &mut sent);
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            flush(&mut bufs, &lens, pending, &mut sent);
+            pending = 0;
+        }
+    }
+    let cpu = thread_cpu() - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+    let _ = sink_thread.join();
+    let per_cpu_s = sent as f64 / cpu.max(1e-9);
+    let result = serde_json::json!({
+        "subscribers": subs,
+        "aes_bits": args.aes,
+        "payload_bytes": args.payload,
+        "batch": batch,
+        "duration_s": wall,
+        "input_fed": fed.load(Ordering::Relaxed),
+        "input_received": received,
+        "packets_out": sent,
+        "sink_received": sunk.load(Ordering::Relaxed),
+        "sendmmsg_calls": calls,
+        "send_errors": send_errors,
+        "forwarder_cpu_seconds": cpu,
+        "forwarder_cpu_percent": 100.0 * cpu / wall,
+        "forwarded_packets_per_cpu_second": per_cpu_s,
+        "ns_per_forwarded_packet": 1e9 / per_cpu_s,
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result).unwrap());
+    } else {
+        println!(
+            "floor: {subs} subscribers, AES-{}-GCM, {} B payload, batch {batch}: {sent} packets out in {cpu:.3} CPU-s \
+             ({:.0}% of {wall:.1} s) = {per_cpu_s:.0} forwarded packets per CPU-second ({:.0} ns/packet); \
+             in {received}/{} fed, sink got {}",
+            args.aes,
+            args.payload,
+            100.0 * cpu / wall,
+            1e9 / per_cpu_s,
+            fed.load(Ordering::Relaxed),
+            sunk.load(Ordering::Relaxed)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_round_trip() {
+        for aes in [128, 256] {
+            let k = SrtpKey::new(aes, 9);
+            let mut buf = [0u8; 200];
+            buf[0] = 0x80;
+            buf[2] = 1;
+            buf[8] = 7;
+            buf[HDR..100].fill(0xab);
+            let n = k.seal(&mut buf, 100, 0);
+            assert_eq!(n, 116);
+            assert_ne!(buf[HDR], 0xab);
+            assert_eq!(k.open(&mut buf, n, 0), Some(100));
+            assert!(buf[HDR..100].iter().all(|b| *b == 0xab));
+        }
+    }
+}

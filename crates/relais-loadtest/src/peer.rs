@@ -1,0 +1,303 @@
+//! One simulated peer connection: a str0m `Rtc` (RTP mode) on its own UDP socket.
+//! Driven by its owner's event loop: datagrams in, a timer at `deadline`, and
+//! after every mutation `drain` until str0m asks for time (str0m's contract).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+use crate::media::{read_trailer, unix_micros, Encoder};
+use crate::stats::{Report, Shared};
+
+pub struct Peer {
+    pub rtc: Rtc,
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
+    pub deadline: Instant,
+    pub connected: bool,
+    pub events: Vec<Event>,
+}
+
+/// A published stream: encoder, where it goes, when its next frame is due.
+pub struct Outgoing {
+    pub mid: Mid,
+    pub rid: Option<Rid>,
+    pub encoder: Encoder,
+    pub ssrc: Option<Ssrc>,
+    pub pt: Option<Pt>,
+    pub next: Instant,
+    seq: u64,
+}
+
+impl Outgoing {
+    pub fn new(mid: Mid, rid: Option<&str>, encoder: Encoder, now: Instant) -> Self {
+        Outgoing {
+            mid,
+            rid: rid.map(Rid::from),
+            encoder,
+            ssrc: None,
+            pt: None,
+            next: now,
+            seq: u64::from(crate::media::rand_u32() & 0x3fff),
+        }
+    }
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr, now: Instant) -> std::io::Result<Self> {
+        let std_sock = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        std_sock.set_nonblocking(true)?;
+        let local = std_sock.local_addr()?;
+        let socket = UdpSocket::from_std(std_sock)?;
+        let mut rtc = Rtc::builder()
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .set_stats_interval(None)
+            .build(now);
+        let cand = Candidate::host(local, Protocol::Udp)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        rtc.add_local_candidate(cand);
+        Ok(Peer {
+            rtc,
+            socket,
+            local,
+            deadline: now,
+            connected: false,
+            events: Vec::new(),
+        })
+    }
+
+    /// Poll str0m until it asks for time; send what it transmits, keep its events.
+    pub fn drain(&mut self, shared: &Shared) -> Result<(), str0m::RtcError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.deadline = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => {
+                    if self.socket.try_send_to(&t.contents, t.destination).is_err() {
+                        Shared::add(&shared.send_dropped, 1);
+                    }
+                }
+                Output::Event(e) => {
+                    if matches!(e, Event::Connected) {
+                        self.connected = true;
+                    }
+                    self.events.push(e);
+                }
+            }
+        }
+    }
+
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        buf: &[u8],
+        shared: &Shared,
+    ) -> Result<(), str0m::RtcError> {
+        let Ok(r) = Receive::new(Protocol::Udp, from, self.local, buf) else {
+            return Ok(());
+        };
+        self.rtc.handle_input(Input::Receive(now, r))?;
+        self.drain(shared)
+    }
+
+    pub fn timeout(&mut self, now: Instant, shared: &Shared) -> Result<(), str0m::RtcError> {
+        if self.deadline <= now {
+            self.rtc.handle_input(Input::Timeout(now))?;
+            self.drain(shared)?;
+        }
+        Ok(())
+    }
+
+    /// Receive every datagram already queued on the socket (non-blocking).
+    pub fn receive_ready(
+        &mut self,
+        buf: &mut [u8],
+        shared: &Shared,
+    ) -> Result<(), str0m::RtcError> {
+        for _ in 0..64 {
+            match self.socket.try_recv_from(buf) {
+                Ok((n, from)) => {
+                    let now = Instant::now();
+                    self.receive(now, from, &buf[..n], shared)?;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn add_remote_candidate(&mut self, sdp_candidate: &str) {
+        let line = sdp_candidate.trim().trim_start_matches("a=");
+        if let Ok(c) = Candidate::from_sdp_string(line) {
+            self.rtc.add_remote_candidate(c);
+        }
+    }
+
+    /// Answer a remote offer; returns the answer SDP.
+    pub fn accept_offer(&mut self, sdp: &str, shared: &Shared) -> anyhow::Result<String> {
+        let offer = SdpOffer::from_sdp_string(sdp)?;
+        let answer = self.rtc.sdp_api().accept_offer(offer)?;
+        self.drain(shared)?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Add send-only media (with simulcast layers if `rids` is not empty) and
+    /// create an offer. Returns the offer SDP, the pending offer and the mids.
+    pub fn offer_media(
+        &mut self,
+        media: &[(MediaKind, String, Vec<&str>)],
+        stream_id: &str,
+        shared: &Shared,
+    ) -> anyhow::Result<Option<(String, SdpPendingOffer, Vec<Mid>)>> {
+        let mut api = self.rtc.sdp_api();
+        let mut mids = Vec::new();
+        for (kind, track_id, rids) in media {
+            let simulcast = (!rids.is_empty()).then(|| Simulcast {
+                send: rids.iter().map(|r| SimulcastLayer::new(r)).collect(),
+                recv: Vec::new(),
+            });
+            mids.push(api.add_media(
+                *kind,
+                Direction::SendOnly,
+                Some(stream_id.to_string()),
+                Some(track_id.clone()),
+                simulcast,
+            ));
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return Ok(None);
+        };
+        self.drain(shared)?;
+        Ok(Some((offer.to_sdp_string(), pending, mids)))
+    }
+
+    pub fn accept_answer(
+        &mut self,
+        pending: SdpPendingOffer,
+        sdp: &str,
+        shared: &Shared,
+    ) -> anyhow::Result<()> {
+        let answer = SdpAnswer::from_sdp_string(sdp)?;
+        self.rtc.sdp_api().accept_answer(pending, answer)?;
+        self.drain(shared)?;
+        Ok(())
+    }
+
+    /// Find the send stream and payload type of every outgoing stream (after the answer).
+    pub fn bind_outgoing(&mut self, out: &mut [Outgoing]) {
+        let vp8 = find_pt(&self.rtc, Codec::Vp8);
+        let opus = find_pt(&self.rtc, Codec::Opus);
+        for o in out.iter_mut() {
+            o.ssrc = self
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(o.mid, o.rid)
+                .map(|s| s.ssrc());
+            o.pt = if o.encoder.video { vp8 } else { opus };
+        }
+    }
+
+    /// Write every frame that is due; returns the earliest next due time.
+    pub fn send_due(
+        &mut self,
+        now: Instant,
+        out: &mut [Outgoing],
+        shared: &Shared,
+        report: &mut Report,
+    ) -> Result<Option<Instant>, str0m::RtcError> {
+        let mut wrote = false;
+        let mut next: Option<Instant> = None;
+        for o in out.iter_mut() {
+            let (Some(ssrc), Some(pt)) = (o.ssrc, o.pt) else {
+                continue;
+            };
+            if o.next <= now {
+                // Catch up at most a few frames if the loop fell behind; never burst more.
+                let mut frames = 0;
+                while o.next <= now && frames < 3 {
+                    frames += 1;
+                    o.next += o.encoder.interval;
+                    let packets = o.encoder.next_frame();
+                    let mut api = self.rtc.direct_api();
+                    let Some(tx) = api.stream_tx(&ssrc) else {
+                        break;
+                    };
+                    for p in packets {
+                        Shared::add(&shared.packets_sent, 1);
+                        Shared::add(&shared.bytes_sent, p.payload.len() as u64);
+                        report.packets_sent += 1;
+                        tx.write_rtp(
+                            RtpWrite::new(pt, o.seq.into(), p.timestamp, now, p.payload)
+                                .marker(p.marker)
+                                .nackable(o.encoder.video),
+                        );
+                        o.seq += 1;
+                    }
+                    wrote = true;
+                }
+                if o.next <= now {
+                    o.next = now + o.encoder.interval;
+                }
+            }
+            next = Some(next.map_or(o.next, |n: Instant| n.min(o.next)));
+        }
+        if wrote {
+            self.drain(shared)?;
+        }
+        Ok(next)
+    }
+
+    /// Take this PC's events, recording received media; returns (keyframe requests by mid).
+    pub fn take_events(&mut self, shared: &Shared, report: &mut Report) -> Vec<Mid> {
+        let mut keyframe_mids = Vec::new();
+        let measuring = shared.measuring.load(std::sync::atomic::Ordering::Relaxed);
+        for e in self.events.drain(..) {
+            match e {
+                Event::RtpPacket(pkt) => {
+                    let len = pkt.payload.len();
+                    Shared::add(&shared.packets_received, 1);
+                    Shared::add(&shared.bytes_received, len as u64);
+                    if let Some((tag, seq, sent_us)) = read_trailer(&pkt.payload) {
+                        report.record_rx(*pkt.header.ssrc, tag, seq, len);
+                        if measuring {
+                            report.record_latency(unix_micros().saturating_sub(sent_us));
+                        }
+                    } else {
+                        report.packets_received += 1;
+                        report.bytes_received += len as u64;
+                    }
+                }
+                Event::KeyframeRequest(req) => keyframe_mids.push(req.mid),
+                _ => {}
+            }
+        }
+        keyframe_mids
+    }
+}
+
+fn find_pt(rtc: &Rtc, codec: Codec) -> Option<Pt> {
+    rtc.codec_config()
+        .find(|p| p.spec().codec == codec)
+        .map(|p| p.pt())
+}
+
+/// A socket receive as a future for `select!`: waits until readable.
+pub async fn readable(p: &Option<Peer>) -> bool {
+    match p {
+        Some(p) => p.socket.readable().await.is_ok(),
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,198 @@
+//! Counters shared by all simulated participants, per-participant reports, and
+//! the server process's CPU and memory from /proc.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Live counters, read by the progress bar and at the measurement window's edges.
+#[derive(Default)]
+pub struct Shared {
+    pub joins_ok: AtomicU64,
+    pub joins_failed: AtomicU64,
+    pub connected: AtomicU64,
+    pub published: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub send_dropped: AtomicU64,
+    /// Inside the measurement window: latency samples are kept.
+    pub measuring: AtomicBool,
+}
+
+impl Shared {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a participant did not get in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// No answer in time (connect, handshake or first message).
+    Timeout,
+    /// The server said no (HTTP status on the upgrade, Janus error, leave before join).
+    Refused,
+    /// The connection closed or failed.
+    Dropped,
+    /// ICE/DTLS never connected in time after the join.
+    MediaTimeout,
+    /// Anything else (bad message, local error).
+    Other,
+}
+
+/// Per received stream: (min source seq, max source seq, packets).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamRx {
+    pub first: u32,
+    pub last: u32,
+    pub count: u64,
+}
+
+/// What one participant saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub subscriber: bool,
+    pub failure: Option<Failure>,
+    pub failure_detail: Option<String>,
+    /// Connect start → JoinResponse (or Janus "joined").
+    pub join_ms: Option<f64>,
+    /// Connect start → the receiving (or publishing) PC connected.
+    pub connect_ms: Option<f64>,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub packets_sent: u64,
+    /// By (subscriber SSRC, stream tag).
+    pub streams: HashMap<(u32, u16), StreamRx>,
+    /// Forwarding latency samples, µs (measurement window only, decimated).
+    pub latency_us: Vec<u32>,
+    pub latency_seen: u64,
+}
+
+const MAX_SAMPLES: usize = 20_000;
+
+impl Report {
+    pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize) {
+        self.packets_received += 1;
+        self.bytes_received += bytes as u64;
+        let s = self.streams.entry((ssrc, tag)).or_insert(StreamRx {
+            first: seq,
+            last: seq,
+            count: 0,
+        });
+        s.first = s.first.min(seq);
+        s.last = s.last.max(seq);
+        s.count += 1;
+    }
+
+    pub fn record_latency(&mut self, us: u64) {
+        self.latency_seen += 1;
+        let us = us.min(u32::MAX as u64) as u32;
+        if self.latency_us.len() < MAX_SAMPLES {
+            self.latency_us.push(us);
+        } else {
+            // Keep a uniform sample without a random generator: replace by a hash of the count.
+            let i = (self.latency_seen.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as usize
+                % self.latency_seen as usize;
+            if i < MAX_SAMPLES {
+                self.latency_us[i] = us;
+            }
+        }
+    }
+
+    /// (expected, received) over every stream, from the first to the last source seq seen.
+    pub fn expected_received(&self) -> (u64, u64) {
+        self.streams.values().fold((0, 0), |(e, r), s| {
+            (e + u64::from(s.last - s.first) + 1, r + s.count.min(u64::from(s.last - s.first) + 1))
+        })
+    }
+}
+
+/// Percentile of a sorted slice (nearest rank).
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// CPU time (user + system) and memory of a process, from /proc.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct ProcSample {
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+pub fn proc_sample(pid: u32) -> Option<ProcSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after "pid (comm) ": state is field 3; utime 14, stime 15 (1-based).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some(ProcSample {
+        cpu_seconds: (utime + stime) as f64 / tck,
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    })
+}
+
+/// This process's own CPU seconds (user + system), all threads.
+pub fn self_cpu_seconds() -> f64 {
+    proc_sample(std::process::id())
+        .map(|s| s.cpu_seconds)
+        .unwrap_or(0.0)
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50));
+        assert_eq!(percentile(&v, 99.0), Some(99));
+        assert_eq!(percentile::<u32>(&[], 50.0), None);
+    }
+
+    #[test]
+    fn own_process_sample() {
+        let s = proc_sample(std::process::id()).unwrap();
+        assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn loss_from_streams() {
+        let mut r = Report::default();
+        for seq in [10, 11, 13, 14] {
+            r.record_rx(1, 1, seq, 100);
+        }
+        assert_eq!(r.expected_received(), (5, 4));
+    }
+}
