@@ -1449,6 +1449,19 @@ impl Room {
         let is_video = track.kind == MediaKind::Video;
         let mut need_keyframe = false;
         for sub in &mut track.subscribers {
+            // Until the subscriber's m-line is negotiated nothing can be sent: leave
+            // its forwarder untouched so that what it first gets is a keyframe, not
+            // the deltas after one it never saw.
+            let negotiated = sub.mid.is_some_and(|mid| {
+                self.participants
+                    .get(&sub.subscriber)
+                    .and_then(|s| s.downtracks.get(&mid))
+                    .is_some_and(|d| d.ssrc.is_some())
+            });
+            if !negotiated {
+                self.stats.drop_packet(DropReason::NotNegotiated);
+                continue;
+            }
             let rewrite = match sub.forwarder.forward(&incoming) {
                 Forward::Drop => continue,
                 Forward::NeedKeyframe => {
