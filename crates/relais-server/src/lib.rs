@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod config;
+mod events;
 pub mod http;
 mod room_api;
 mod server;

@@ -6,14 +6,42 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use relais_auth::TokenVerifier;
+use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_media::{MediaConfig, RoomDefaults};
 use tracing::info;
 
 use crate::config::Config;
+use crate::events::EventSinks;
 use crate::http::{router, AppState};
 use crate::room_api::ShardsBackend;
 use crate::shards::Shards;
+
+/// The webhook notifier, when `webhook.urls` is set. `webhook.api_key` must be
+/// one of the configured keys (its secret signs every delivery).
+fn webhook_notifier(
+    config: &Config,
+    keys: &relais_auth::KeyProvider,
+) -> anyhow::Result<Option<WebhookNotifier>> {
+    let webhook = &config.webhook;
+    if webhook.urls.is_empty() {
+        return Ok(None);
+    }
+    let Some(secret) = keys.secret(&webhook.api_key) else {
+        bail!(
+            "webhook.api_key {:?} is not one of the configured API keys",
+            webhook.api_key
+        );
+    };
+    let settings = WebhookSettings::new(
+        webhook.urls.clone(),
+        webhook.api_key.clone(),
+        secret.to_string(),
+    );
+    let notifier = WebhookNotifier::start(settings).context("webhook")?;
+    info!(urls = webhook.urls.len(), api_key = %webhook.api_key, "webhooks enabled");
+    Ok(Some(notifier))
+}
 
 /// Run the node until SIGINT/SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
@@ -62,7 +90,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let ping_timeout = media.ping_timeout;
     let shard_count = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let shards = Shards::start(shard_count, media, udp).context("starting shard threads")?;
+    let events = EventSinks {
+        webhook: webhook_notifier(&config, &keys)?,
+    };
+    let shards =
+        Shards::start(shard_count, media, udp, events).context("starting shard threads")?;
 
     let verifier = TokenVerifier::new(keys);
     let room_api = Arc::new(RoomService::new(

@@ -19,6 +19,8 @@ use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use tracing::{debug, error, info};
 
+use crate::events::EventSinks;
+
 /// What a shard sends to a participant's WebSocket task.
 #[derive(Debug)]
 pub enum ToSignal {
@@ -59,7 +61,13 @@ pub struct Shards {
 
 impl Shards {
     /// Start `count` shard threads and the UDP receive thread on `socket`.
-    pub fn start(count: usize, config: MediaConfig, socket: UdpSocket) -> io::Result<Shards> {
+    /// Room events go to `events` (webhooks), from the shard threads.
+    pub fn start(
+        count: usize,
+        config: MediaConfig,
+        socket: UdpSocket,
+        events: EventSinks,
+    ) -> io::Result<Shards> {
         let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         let mut senders = Vec::with_capacity(count);
@@ -67,9 +75,10 @@ impl Shards {
             let (tx, rx) = mpsc::channel();
             let shard = Shard::new(index as u8, config.clone());
             let socket = socket.clone();
+            let events = events.clone();
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(shard, rx, socket))?;
+                .spawn(move || run_shard(shard, rx, socket, events))?;
             senders.push(tx);
         }
         let shards = Shards {
@@ -215,7 +224,12 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn run_shard(mut shard: Shard, commands: mpsc::Receiver<Command>, socket: Arc<UdpSocket>) {
+fn run_shard(
+    mut shard: Shard,
+    commands: mpsc::Receiver<Command>,
+    socket: Arc<UdpSocket>,
+    events: EventSinks,
+) {
     info!(shard = shard.index(), "shard started");
     let mut signals: HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>> =
         HashMap::new();
@@ -234,13 +248,13 @@ fn run_shard(mut shard: Shard, commands: mpsc::Receiver<Command>, socket: Arc<Ud
         // Drain whatever else is queued before looking at timers.
         while let Ok(command) = commands.try_recv() {
             handle_command(&mut shard, &mut signals, command);
-            flush(&mut shard, &mut signals, &socket);
+            flush(&mut shard, &mut signals, &socket, &events);
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);
         }
-        flush(&mut shard, &mut signals, &socket);
+        flush(&mut shard, &mut signals, &socket, &events);
     }
 }
 
@@ -283,6 +297,7 @@ fn flush(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
     socket: &UdpSocket,
+    events: &EventSinks,
 ) {
     while let Some(out) = shard.poll_output() {
         match out {
@@ -303,6 +318,7 @@ fn flush(
             }
             ShardOutput::Event { room, event } => {
                 debug!(%room, ?event, "room event");
+                events.room_event(shard, &room, &event);
             }
             ShardOutput::RoomClosed(room) => {
                 debug!(%room, "room closed");
