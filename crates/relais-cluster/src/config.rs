@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 /// `cluster:` — how this node takes part in a multi-node deployment. Only
-/// used when Redis is configured, except `drain_timeout` (every node drains).
+/// used when Redis is configured (the drain deadline is the top-level
+/// `drain_timeout`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterConfig {
@@ -23,9 +24,6 @@ pub struct ClusterConfig {
     pub room_ttl_ms: u64,
     /// Prefix of every Redis key. Default `relais:`.
     pub key_prefix: String,
-    /// Seconds a SIGTERM'd node waits for its rooms to empty before it exits.
-    /// Default 30.
-    pub drain_timeout: u64,
     /// Timeout of one Redis call in milliseconds. Default 1000.
     pub redis_timeout_ms: u64,
     /// How new rooms are placed.
@@ -43,7 +41,6 @@ impl Default for ClusterConfig {
             node_ttl_ms: 5000,
             room_ttl_ms: 5000,
             key_prefix: "relais:".into(),
-            drain_timeout: 30,
             redis_timeout_ms: 1000,
             node_selector: SelectorConfig::default(),
             limits: NodeLimits::default(),
@@ -66,7 +63,7 @@ impl ClusterConfig {
         if self.redis_timeout_ms == 0 {
             return Err("cluster.redis_timeout_ms must be positive".into());
         }
-        if !(self.node_selector.sysload_limit > 0.0) {
+        if self.node_selector.sysload_limit.is_nan() || self.node_selector.sysload_limit <= 0.0 {
             return Err("cluster.node_selector.sysload_limit must be positive".into());
         }
         if self.node_id.len() > 64

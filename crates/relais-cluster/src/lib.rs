@@ -45,7 +45,7 @@ pub enum Placement {
     /// On this node.
     Local,
     /// On another node; relay the participant's signal connection there.
-    Remote(NodeInfo),
+    Remote(Box<NodeInfo>),
 }
 
 /// Why the coordinator could not answer.

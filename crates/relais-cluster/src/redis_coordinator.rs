@@ -428,7 +428,7 @@ impl RedisCoordinator {
                         self.hold(room);
                         return Ok(Placement::Local);
                     }
-                    return Ok(Placement::Remote(owner));
+                    return Ok(Placement::Remote(Box::new(owner)));
                 }
                 ClaimOutcome::Nobody if candidate.is_empty() => {
                     return Err(if self.is_draining() && lock(&self.nodes).len() <= 1 {

@@ -111,6 +111,11 @@ pub struct Config {
     pub prometheus_port: Option<u16>,
     /// Region of this node (multi-node routing).
     pub region: String,
+    /// Multi-node settings (used when `redis.address` is set).
+    pub cluster: relais_cluster::ClusterConfig,
+    /// Seconds a draining node (after SIGTERM) waits for its participants to
+    /// leave before it disconnects them and exits. Default 30; 0 = exit at once.
+    pub drain_timeout: u32,
     /// Development mode (`--dev`).
     pub development: bool,
     /// Warnings gathered while loading (unknown keys, ...). Not a config key.
@@ -133,6 +138,8 @@ impl Default for Config {
             prometheus: PrometheusConfig::default(),
             prometheus_port: None,
             region: String::new(),
+            cluster: relais_cluster::ClusterConfig::default(),
+            drain_timeout: 30,
             development: false,
             warnings: Vec::new(),
         }
@@ -543,6 +550,14 @@ impl Config {
                     LOG_LEVELS.join(", ")
                 ),
             ));
+        }
+        if let Err(message) = self.cluster.check() {
+            let key = message
+                .split(' ')
+                .next()
+                .unwrap_or("cluster")
+                .trim_end_matches(':');
+            return Err(invalid(key, message.clone()));
         }
         if !self.webhook.urls.is_empty() && self.webhook.api_key.is_empty() {
             return Err(invalid(

@@ -28,6 +28,8 @@ pub struct AppState {
     pub shards: Shards,
     pub auto_create: bool,
     pub ping_timeout: Duration,
+    /// Room placement and signal relay (single node: everything is local).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -221,6 +223,7 @@ fn client_info(query: &HashMap<String, String>) -> ClientInfo {
 async fn rtc(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -235,6 +238,18 @@ async fn rtc(
         return ws
             .max_message_size(MAX_SIGNAL_MESSAGE)
             .on_upgrade(signal::refuse_resume);
+    }
+    // The room may live on another node: relay the whole signal connection there.
+    match state.cluster.route_join(&grant.room, &headers).await {
+        crate::cluster::Route::Local => {}
+        crate::cluster::Route::Relay(node) => {
+            return state
+                .cluster
+                .clone()
+                .relay(ws, node, &uri, &headers, MAX_SIGNAL_MESSAGE)
+                .await
+        }
+        crate::cluster::Route::Refuse(status, reason) => return (status, reason).into_response(),
     }
     let client = client_info(&query);
     let params = JoinParams {

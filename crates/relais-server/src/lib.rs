@@ -1,6 +1,7 @@
 //! Relais server: configuration, command line and (later) the server itself.
 
 pub mod cli;
+mod cluster;
 pub mod config;
 mod events;
 pub mod http;

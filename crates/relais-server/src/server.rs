@@ -11,6 +11,7 @@ use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_media::{MediaConfig, RoomDefaults};
 use tracing::info;
 
+use crate::cluster::{route_room_service, Cluster};
 use crate::config::Config;
 use crate::events::EventSinks;
 use crate::http::{router, AppState};
@@ -97,6 +98,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Shards::start(shard_count, media, udp, events).context("starting shard threads")?;
 
     let verifier = TokenVerifier::new(keys);
+    let cluster = Cluster::new(&config, &node_id, node_ip(&config), verifier.clone())?;
+    let backend = ShardsBackend::new(shards.clone());
+    cluster.start(backend.clone()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(drain_on_signal(
+        cluster.clone(),
+        backend,
+        Duration::from_secs(u64::from(config.drain_timeout)),
+        stop_tx,
+    ));
     let room_api = Arc::new(RoomService::new(
         verifier.clone(),
         ShardsBackend::new(shards.clone()),
@@ -107,9 +118,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         shards,
         auto_create: config.room.auto_create,
         ping_timeout,
+        cluster: cluster.clone(),
     });
     // The room API (Twirp, and gRPC over h2c) shares the main port.
-    let app = router(state).merge(room_service::router(room_api));
+    let app = router(state)
+        .merge(room_service::router(room_api))
+        .layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            route_room_service,
+        ));
     let mut servers = Vec::new();
     for ip in listen {
         let addr = SocketAddr::new(ip, config.port);
@@ -118,9 +135,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding the HTTP port {addr}"))?;
         info!(%addr, %candidate, %node_id, shards = shard_count, "relais listening");
         let app = app.clone();
+        let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
                 .await
         }));
     }
@@ -129,6 +149,65 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!("relais stopped");
     Ok(())
+}
+
+/// On SIGTERM/SIGINT: drain (no new rooms here; rooms here run until they are
+/// empty and no relayed connection is left, or until `deadline`; a second
+/// signal cuts it short), leave the cluster, then stop the HTTP servers.
+async fn drain_on_signal(
+    cluster: Arc<Cluster>,
+    backend: ShardsBackend,
+    deadline: Duration,
+    stop: tokio::sync::watch::Sender<bool>,
+) {
+    use relais_control::room_service::RoomBackend;
+    shutdown_signal().await;
+    info!(
+        deadline_s = deadline.as_secs(),
+        "draining: no new rooms; waiting for rooms to empty"
+    );
+    cluster.start_draining(&backend).await;
+    let until = tokio::time::Instant::now() + deadline;
+    let second_signal = shutdown_signal();
+    tokio::pin!(second_signal);
+    loop {
+        let participants: u32 = backend
+            .list_rooms(Vec::new())
+            .await
+            .map(|rooms| rooms.iter().map(|r| r.num_participants).sum())
+            .unwrap_or(0);
+        let relays = cluster.active_relays();
+        if participants == 0 && relays == 0 {
+            info!("drained: no participant left");
+            break;
+        }
+        if tokio::time::Instant::now() >= until {
+            info!(participants, relays, "drain deadline reached; stopping");
+            break;
+        }
+        tokio::select! {
+            _ = &mut second_signal => {
+                info!("second signal: stopping now");
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    cluster.leave().await;
+    let _ = stop.send(true);
+}
+
+/// Once a second: readiness and draining gauges, forward latency.
+async fn node_metrics(node: Arc<crate::node::NodeState>, cluster: Arc<Cluster>) {
+    let mut tick = tokio::time::interval(crate::metrics::FLUSH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if cluster.coordinator.is_draining() && node.start_draining() {
+            info!("draining: /readyz now answers 503");
+        }
+        node.publish();
+        crate::metrics::publish_forward_latency();
+    }
 }
 
 async fn shutdown_signal() {
