@@ -16,7 +16,7 @@ use relais_proto::livekit::{
 use tracing::{debug, info};
 
 use crate::participant::ParticipantKey;
-use crate::room::Room;
+use crate::room::{Room, RoomEvent, RoomOutput};
 
 /// Why an administrative operation on a room failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +84,14 @@ impl Room {
             self.info.max_participants = req.max_participants;
         }
         self.info.metadata = req.metadata.clone();
+        // `room_started`, if not collected yet, announces the configured room.
+        for out in &mut self.outputs {
+            if let RoomOutput::Event(event) = out {
+                if let RoomEvent::RoomStarted(info) = event.as_mut() {
+                    *info = self.info.clone();
+                }
+            }
+        }
     }
 
     /// The participant with this identity, if present.
