@@ -168,7 +168,7 @@ impl<B: RoomBackend> RoomService<B> {
         self.authorize(auth, Need::Admin(&req.room))?;
         check_name("room name", &req.room)?;
         let mut participants = self.backend.list_participants(req.room).await?;
-        participants.sort_by(|a, b| a.joined_at_ms.cmp(&b.joined_at_ms));
+        participants.sort_by_key(|p| p.joined_at_ms);
         Ok(ListParticipantsResponse { participants })
     }
 

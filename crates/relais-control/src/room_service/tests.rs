@@ -296,6 +296,17 @@ fn error_code(body: &[u8]) -> String {
     v["code"].as_str().unwrap().to_string()
 }
 
+/// HTTP method, path, content type, authorization, body, expected status and Twirp code.
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 #[tokio::test]
 async fn twirp_routing_encodings_and_errors() {
     let s = service(ServiceOptions::default());
@@ -356,7 +367,7 @@ async fn twirp_routing_encodings_and_errors() {
     assert_eq!(rooms.rooms.len(), 1);
     assert_eq!(rooms.rooms[0].name, "j2");
 
-    let cases: Vec<(&str, String, Option<&str>, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             format!("{base}NoSuchMethod"),
