@@ -138,6 +138,12 @@ async def test_join_comes_first_and_describes_the_server(relais, raw_clients):
     assert offer.offer.type == "offer" and offer.offer.id >= 1
     assert "a=ice-lite" in offer.offer.sdp
     assert "webrtc-datachannel" in offer.offer.sdp
+    trickle = await client.wait_for("trickle")
+    assert trickle.trickle.target == proto_rtc.SignalTarget.SUBSCRIBER
+    assert trickle.trickle.final
+    init = json.loads(trickle.trickle.candidateInit)
+    assert init["candidate"].startswith("candidate:") and " typ host" in init["candidate"]
+    assert init["candidate"].split()[4] in offer.offer.sdp
 
 
 async def test_pings_are_answered_in_the_encoding_of_the_request(relais, raw_clients):

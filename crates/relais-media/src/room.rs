@@ -13,18 +13,19 @@ use relais_proto::livekit::{
     self, data_packet, leave_request, participant_info, request_response, signal_request,
     signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
     LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
-    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse,
+    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
     SubscriptionError, SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource,
-    TrackType, UpdateParticipantMetadata, UpdateSubscription,
+    TrackType, TrickleRequest, UpdateParticipantMetadata, UpdateSubscription,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::{Receive, Transmit};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
+use str0m::Candidate;
 use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn, Span};
 
@@ -471,7 +472,9 @@ impl Room {
                     ..Default::default()
                 };
                 self.drain(now, key, PeerRole::Publisher);
+                let first_mid = first_mid(&answer.sdp);
                 self.signal(key, signal_response::Message::Answer(answer));
+                self.trickle_candidates(key, SignalTarget::Publisher, first_mid);
             }
             Err(e) => {
                 warn!(participant = %p.info.identity, error = %e, "rejected publisher offer");
@@ -853,7 +856,31 @@ impl Room {
             ..Default::default()
         };
         self.drain(now, key, PeerRole::Subscriber);
+        let first_mid = first_mid(&sd.sdp);
         self.signal(key, signal_response::Message::Offer(sd));
+        self.trickle_candidates(key, SignalTarget::Subscriber, first_mid);
+    }
+
+    /// Our ICE candidates are in every SDP we send; they are also trickled, as
+    /// LiveKit does, the last one marked `final`.
+    fn trickle_candidates(&mut self, key: ParticipantKey, target: SignalTarget, mid: String) {
+        let count = self.config.candidates.len();
+        for (i, addr) in self.config.candidates.clone().into_iter().enumerate() {
+            let Ok(candidate) = Candidate::host(addr, Protocol::Udp) else {
+                continue;
+            };
+            let init = serde_json::json!({
+                "candidate": candidate.to_sdp_string(),
+                "sdpMid": mid,
+                "sdpMLineIndex": 0,
+            });
+            let trickle = TrickleRequest {
+                candidate_init: init.to_string(),
+                target: target as i32,
+                r#final: i + 1 == count,
+            };
+            self.signal(key, signal_response::Message::Trickle(trickle));
+        }
     }
 
     /// Remove a participant: close its PCs, unpublish its tracks, tell the others.
@@ -1805,6 +1832,14 @@ fn random_ice_chars(n: usize) -> String {
     (0..n)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
+}
+
+/// The mid of the first m-line of an SDP (the one trickled candidates refer to).
+fn first_mid(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .unwrap_or("0")
+        .to_string()
 }
 
 fn ice_creds(ufrag: String) -> IceCreds {
