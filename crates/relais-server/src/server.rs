@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use relais_auth::TokenVerifier;
-use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_control::room_service::{self, RoomService, ServiceOptions};
+use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_media::{MediaConfig, RoomDefaults};
 use tracing::info;
 
