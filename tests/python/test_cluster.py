@@ -404,3 +404,29 @@ async def test_sigterm_drains_until_deadline_then_exits_0(cluster, people):
     assert "node-a" not in cluster.registered()
     if a in _LIVE_SERVERS:
         _LIVE_SERVERS.remove(a)
+
+
+def test_cluster_config_is_checked_and_redis_password_never_printed(tmp_path):
+    """`cluster:` values are validated by name; the Redis password stays out of output."""
+    from conftest import relais_bin
+
+    def check(text: str) -> subprocess.CompletedProcess:
+        path = tmp_path / "relais.yaml"
+        path.write_text(text)
+        return subprocess.run(
+            [str(relais_bin()), "--config", str(path), "check-config"],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    base = "keys: {devkey: secretsecretsecretsecretsecretsecret}\nrtc: {udp_port: 7882}\n"
+    good = check(
+        base + "redis: {address: '127.0.0.1:1', password: hunter2-secret}\n"
+        "cluster: {node_id: n1, node_selector: {sort_by: participants}, limits: {max_rooms: 5}}\n"
+    )
+    assert good.returncode == 0, good.stderr
+    assert "hunter2-secret" not in good.stdout + good.stderr
+    assert '"sort_by": "participants"' in good.stdout or '"sort_by":"participants"' in good.stdout
+    bad = check(base + "cluster: {heartbeat_interval_ms: 10}\n")
+    assert bad.returncode == 2 and "cluster.heartbeat_interval_ms" in bad.stderr, bad.stderr
+    bad = check(base + "cluster: {node_selector: {sort_by: fastest}}\n")
+    assert bad.returncode == 2 and "cluster.node_selector.sort_by" in bad.stderr, bad.stderr
