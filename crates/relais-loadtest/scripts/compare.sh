@@ -84,7 +84,8 @@ logging:
 room:
   empty_timeout: 5
 EOF
-in_ns "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
+# nsenter execs the server: $! is the server's own PID (not a subshell's).
+nsenter -t "$NS" -n "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
 RPID=$!
 PIDS+=("$RPID")
 wait_http "http://$SRV:7880/"
@@ -98,7 +99,7 @@ if [ -z "${SKIP_JANUS:-}" ]; then
   mkdir -p "$JCFG"
   cp "$HERE/../janus/"*.jcfg "$JCFG/"
   sed -i "s|configs_folder = \".\"|configs_folder = \"$JCFG\"|" "$JCFG/janus.jcfg"
-  in_ns janus -C "$JCFG/janus.jcfg" -F "$JCFG" > "$OUT/janus.log" 2>&1 &
+  nsenter -t "$NS" -n janus -C "$JCFG/janus.jcfg" -F "$JCFG" > "$OUT/janus.log" 2>&1 &
   JPID=$!
   PIDS+=("$JPID")
   wait_http "http://$SRV:8088/janus/info"

@@ -41,7 +41,12 @@ pub struct Feeds {
 
 impl Feeds {
     fn add(&self, room: u64, feed: u64) {
-        self.rooms.lock().unwrap().entry(room).or_default().push(feed);
+        self.rooms
+            .lock()
+            .unwrap()
+            .entry(room)
+            .or_default()
+            .push(feed);
     }
     fn get(&self, room: u64) -> Vec<u64> {
         self.rooms
@@ -59,7 +64,12 @@ fn tx() -> String {
     format!("t{}", TX.fetch_add(1, Ordering::Relaxed))
 }
 
-async fn request(http: &Http, method: &str, url: &str, body: Option<Value>) -> Result<Value, String> {
+async fn request(
+    http: &Http,
+    method: &str,
+    url: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
     let req = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -82,7 +92,12 @@ async fn request(http: &Http, method: &str, url: &str, body: Option<Value>) -> R
     serde_json::from_slice(&bytes).map_err(|e| format!("json: {e}"))
 }
 
-async fn post(http: &Http, url: &str, mut body: Value, limit: Duration) -> Result<Value, (Failure, String)> {
+async fn post(
+    http: &Http,
+    url: &str,
+    mut body: Value,
+    limit: Duration,
+) -> Result<Value, (Failure, String)> {
     body["transaction"] = json!(tx());
     match timeout(limit, request(http, "POST", url, Some(body))).await {
         Err(_) => Err((Failure::Timeout, format!("POST {url}"))),
@@ -158,7 +173,18 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec, room: u64, feeds: Arc<Feeds>, http: 
     let start = Instant::now();
     let mut session_url = None;
     let mut poller = None;
-    let r = run_inner(&ctx, &spec, room, &feeds, &http, &mut report, start, &mut session_url, &mut poller).await;
+    let r = run_inner(
+        &ctx,
+        &spec,
+        room,
+        &feeds,
+        &http,
+        &mut report,
+        start,
+        &mut session_url,
+        &mut poller,
+    )
+    .await;
     if let Err((f, detail)) = r {
         if report.failure.is_none() {
             report.failure = Some(f);
@@ -169,7 +195,13 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec, room: u64, feeds: Arc<Feeds>, http: 
         }
     }
     if let Some(url) = session_url {
-        let _ = post(&http, &url, json!({"janus": "destroy"}), Duration::from_secs(2)).await;
+        let _ = post(
+            &http,
+            &url,
+            json!({"janus": "destroy"}),
+            Duration::from_secs(2),
+        )
+        .await;
     }
     if let Some(p) = poller {
         p.abort();
@@ -193,7 +225,9 @@ async fn run_inner(
     let base = ctx.url.trim_end_matches('/').to_string();
     let limit = ctx.join_timeout;
     let v = post(http, &base, json!({"janus": "create"}), limit).await?;
-    let session = v["data"]["id"].as_u64().ok_or((Failure::Other, "no session id".to_string()))?;
+    let session = v["data"]["id"]
+        .as_u64()
+        .ok_or((Failure::Other, "no session id".to_string()))?;
     let surl = format!("{base}/{session}");
     *session_url = Some(surl.clone());
     let (mut events, h) = spawn_poller(http.clone(), surl.clone());
@@ -205,7 +239,9 @@ async fn run_inner(
         limit,
     )
     .await?;
-    let handle = v["data"]["id"].as_u64().ok_or((Failure::Other, "no handle id".to_string()))?;
+    let handle = v["data"]["id"]
+        .as_u64()
+        .ok_or((Failure::Other, "no handle id".to_string()))?;
     let hurl = format!("{surl}/{handle}");
     let message = |body: Value, jsep: Option<Value>| {
         let mut m = json!({"janus": "message", "body": body});
@@ -228,7 +264,10 @@ async fn run_inner(
         }
         let join = json!({"request": "join", "ptype": "publisher", "room": room, "display": spec.identity});
         post(http, &hurl, message(join, None), limit).await?;
-        let joined = wait_event(&mut events, limit, |e| e["plugindata"]["data"]["videoroom"] == "joined").await?;
+        let joined = wait_event(&mut events, limit, |e| {
+            e["plugindata"]["data"]["videoroom"] == "joined"
+        })
+        .await?;
         let feed = joined["plugindata"]["data"]["id"].as_u64().unwrap_or(0);
         report.join_ms = Some(start.elapsed().as_secs_f64() * 1e3);
         Shared::add(&shared.joins_ok, 1);
@@ -237,7 +276,11 @@ async fn run_inner(
             media.push((MediaKind::Audio, format!("a-{}", spec.identity), vec![]));
         }
         if spec.video {
-            let rids = if ctx.simulcast { vec!["q", "h", "f"] } else { vec![] };
+            let rids = if ctx.simulcast {
+                vec!["q", "h", "f"]
+            } else {
+                vec![]
+            };
             media.push((MediaKind::Video, format!("v-{}", spec.identity), rids));
         }
         let (sdp, pending, mids) = peer
@@ -246,7 +289,12 @@ async fn run_inner(
             .ok_or((Failure::Other, "nothing to offer".to_string()))?;
         for ((kind, _, rids), mid) in media.iter().zip(mids) {
             if *kind == MediaKind::Audio {
-                out.push(Outgoing::new(mid, None, Encoder::audio(ctx.next_tag(), ctx.audio_bitrate), now));
+                out.push(Outgoing::new(
+                    mid,
+                    None,
+                    Encoder::audio(ctx.next_tag(), ctx.audio_bitrate),
+                    now,
+                ));
             } else if rids.is_empty() {
                 let e = Encoder::video(ctx.next_tag(), ctx.video_bitrate, ctx.keyframe_interval);
                 out.push(Outgoing::new(mid, None, e, now));
@@ -259,13 +307,25 @@ async fn run_inner(
             }
         }
         let configure = json!({"request": "configure", "audio": spec.audio, "video": spec.video});
-        post(http, &hurl, message(configure, Some(json!({"type": "offer", "sdp": sdp}))), limit).await?;
+        post(
+            http,
+            &hurl,
+            message(configure, Some(json!({"type": "offer", "sdp": sdp}))),
+            limit,
+        )
+        .await?;
         let ev = wait_event(&mut events, limit, |e| e.get("jsep").is_some()).await?;
         let answer = ev["jsep"]["sdp"].as_str().unwrap_or_default().to_string();
         peer.accept_answer(pending, &answer, shared)
             .map_err(|e| (Failure::Other, e.to_string()))?;
         peer.bind_outgoing(&mut out);
-        post(http, &hurl, json!({"janus": "trickle", "candidate": {"completed": true}}), limit).await?;
+        post(
+            http,
+            &hurl,
+            json!({"janus": "trickle", "candidate": {"completed": true}}),
+            limit,
+        )
+        .await?;
         feeds.add(room, feed);
     } else {
         // Wait (bounded) for the room's publishers to be configured.
@@ -276,10 +336,14 @@ async fn run_inner(
             list = feeds.get(room);
         }
         if list.is_empty() {
-            return Err((Failure::Timeout, "no publisher feeds to subscribe to".into()));
+            return Err((
+                Failure::Timeout,
+                "no publisher feeds to subscribe to".into(),
+            ));
         }
         let streams: Vec<Value> = list.iter().map(|f| json!({"feed": f})).collect();
-        let join = json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams});
+        let join =
+            json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams});
         post(http, &hurl, message(join, None), limit).await?;
         let ev = wait_event(&mut events, limit, |e| e.get("jsep").is_some()).await?;
         report.join_ms = Some(start.elapsed().as_secs_f64() * 1e3);
@@ -291,11 +355,20 @@ async fn run_inner(
         post(
             http,
             &hurl,
-            message(json!({"request": "start"}), Some(json!({"type": "answer", "sdp": answer}))),
+            message(
+                json!({"request": "start"}),
+                Some(json!({"type": "answer", "sdp": answer})),
+            ),
             limit,
         )
         .await?;
-        post(http, &hurl, json!({"janus": "trickle", "candidate": {"completed": true}}), limit).await?;
+        post(
+            http,
+            &hurl,
+            json!({"janus": "trickle", "candidate": {"completed": true}}),
+            limit,
+        )
+        .await?;
     }
 
     // Media loop.
@@ -336,7 +409,8 @@ async fn run_inner(
         }
         let p = peer_opt.as_mut().expect("peer");
         let now = Instant::now();
-        p.timeout(now, shared).map_err(|e| (Failure::Other, e.to_string()))?;
+        p.timeout(now, shared)
+            .map_err(|e| (Failure::Other, e.to_string()))?;
         if !out.is_empty() {
             next_media = p
                 .send_due(now, &mut out, shared, report)

@@ -24,9 +24,8 @@ use crate::peer::{readable, Outgoing, Peer};
 use crate::stats::{Failure, Report};
 use crate::{Ctx, Spec};
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn fail(report: &mut Report, f: Failure, detail: impl Into<String>) {
     if report.failure.is_none() {
@@ -43,11 +42,13 @@ pub fn token(ctx: &Ctx, spec: &Spec) -> anyhow::Result<String> {
         can_subscribe: Some(spec.subscribe),
         ..Default::default()
     };
-    Ok(AccessToken::new(ctx.api_key.clone(), ctx.api_secret.clone())
-        .with_identity(spec.identity.clone())
-        .with_ttl(Duration::from_secs(3600))
-        .with_grant(grant)
-        .to_jwt()?)
+    Ok(
+        AccessToken::new(ctx.api_key.clone(), ctx.api_secret.clone())
+            .with_identity(spec.identity.clone())
+            .with_ttl(Duration::from_secs(3600))
+            .with_grant(grant)
+            .to_jwt()?,
+    )
 }
 
 async fn send(ws: &mut Ws, m: signal_request::Message) -> bool {
@@ -93,7 +94,11 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
             return report;
         }
         Ok(Err(tungstenite::Error::Http(resp))) => {
-            fail(&mut report, Failure::Refused, format!("HTTP {}", resp.status()));
+            fail(
+                &mut report,
+                Failure::Refused,
+                format!("HTTP {}", resp.status()),
+            );
             Shared::add(&shared.joins_failed, 1);
             return report;
         }
@@ -115,9 +120,11 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
             Some(signal_response::Message::Join(_)) => {
                 report.join_ms = Some(start.elapsed().as_secs_f64() * 1e3);
             }
-            Some(signal_response::Message::Leave(l)) => {
-                fail(&mut report, Failure::Refused, format!("leave {:?}", l.reason()))
-            }
+            Some(signal_response::Message::Leave(l)) => fail(
+                &mut report,
+                Failure::Refused,
+                format!("leave {:?}", l.reason()),
+            ),
             other => {
                 first = other;
                 fail(&mut report, Failure::Other, "first frame is not a join");
@@ -154,7 +161,12 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
                     tracks.push((format!("v-{}", spec.identity), MediaKind::Video, rids, None));
                 }
                 if spec.audio {
-                    tracks.push((format!("a-{}", spec.identity), MediaKind::Audio, vec![], None));
+                    tracks.push((
+                        format!("a-{}", spec.identity),
+                        MediaKind::Audio,
+                        vec![],
+                        None,
+                    ));
                 }
                 for (cid, kind, rids, _) in &tracks {
                     let video = *kind == MediaKind::Video;
@@ -174,7 +186,11 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
                     let req = AddTrackRequest {
                         cid: cid.clone(),
                         name: if video { "camera" } else { "microphone" }.into(),
-                        r#type: if video { TrackType::Video } else { TrackType::Audio } as i32,
+                        r#type: if video {
+                            TrackType::Video
+                        } else {
+                            TrackType::Audio
+                        } as i32,
                         source: if video {
                             TrackSource::Camera
                         } else {
@@ -287,7 +303,11 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
                 Shared::add(&shared.connected, 1);
             } else if now >= connect_deadline {
                 connected_recorded = true;
-                fail(&mut report, Failure::MediaTimeout, "peer connection not connected");
+                fail(
+                    &mut report,
+                    Failure::MediaTimeout,
+                    "peer connection not connected",
+                );
             }
         }
         if now >= next_ping {
@@ -316,7 +336,10 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
         let _ = send(&mut ws, signal_request::Message::Leave(leave)).await;
         let _ = timeout(Duration::from_secs(1), ws.close(None)).await;
     }
-    if publishing.as_ref().is_some_and(|p| p.out.iter().any(|o| o.ssrc.is_some())) {
+    if publishing
+        .as_ref()
+        .is_some_and(|p| p.out.iter().any(|o| o.ssrc.is_some()))
+    {
         Shared::add(&shared.published, 1);
     }
     report
@@ -417,10 +440,18 @@ fn on_signal(
                     for ((_, kind, rids, _), mid) in p.tracks.iter().zip(mids) {
                         if *kind == MediaKind::Audio {
                             let tag = ctx.next_tag();
-                            p.out
-                                .push(Outgoing::new(mid, None, Encoder::audio(tag, ctx.audio_bitrate), now));
+                            p.out.push(Outgoing::new(
+                                mid,
+                                None,
+                                Encoder::audio(tag, ctx.audio_bitrate),
+                                now,
+                            ));
                         } else if rids.is_empty() {
-                            let e = Encoder::video(ctx.next_tag(), ctx.video_bitrate, ctx.keyframe_interval);
+                            let e = Encoder::video(
+                                ctx.next_tag(),
+                                ctx.video_bitrate,
+                                ctx.keyframe_interval,
+                            );
                             p.out.push(Outgoing::new(mid, None, e, now));
                         } else {
                             for (i, rid) in rids.iter().enumerate() {

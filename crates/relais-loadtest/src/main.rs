@@ -48,7 +48,12 @@ struct Args {
     url: Option<String>,
     #[arg(long, default_value = "devkey", env = "LIVEKIT_API_KEY")]
     api_key: String,
-    #[arg(long, default_value = "secret", env = "LIVEKIT_API_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        default_value = "secret",
+        env = "LIVEKIT_API_SECRET",
+        hide_env_values = true
+    )]
     api_secret: String,
     /// Number of rooms; each gets the publishers and subscribers below.
     #[arg(long, default_value_t = 1)]
@@ -297,8 +302,10 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
 
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} joined {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} joined {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let ticker = {
         let pb = pb.clone();
@@ -317,7 +324,11 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
                     Shared::get(&shared.joins_failed),
                     Shared::get(&shared.connected),
                     pps,
-                    if shared.measuring.load(Ordering::Relaxed) { " [measuring]" } else { "" }
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        " [measuring]"
+                    } else {
+                        ""
+                    }
                 ));
             }
         })
@@ -422,7 +433,11 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
     }
     let ms = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
-        (percentile(&v, 50.0), percentile(&v, 99.0), v.last().copied())
+        (
+            percentile(&v, 50.0),
+            percentile(&v, 99.0),
+            v.last().copied(),
+        )
     };
     let (p50, p99, max) = ms(reports.iter().filter_map(|r| r.join_ms).collect());
     (sum.join_ms_p50, sum.join_ms_p99, sum.join_ms_max) = (p50, p99, max);
@@ -435,10 +450,12 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
     sum.subscribers_measured = subs.len();
     if !subs.is_empty() {
         let n = subs.len() as f64;
-        sum.per_subscriber_packets_mean = subs.iter().map(|r| r.packets_received).sum::<u64>() as f64 / n;
+        sum.per_subscriber_packets_mean =
+            subs.iter().map(|r| r.packets_received).sum::<u64>() as f64 / n;
         sum.per_subscriber_packets_min = subs.iter().map(|r| r.packets_received).min().unwrap_or(0);
         sum.per_subscriber_packets_max = subs.iter().map(|r| r.packets_received).max().unwrap_or(0);
-        sum.per_subscriber_bytes_mean = subs.iter().map(|r| r.bytes_received).sum::<u64>() as f64 / n;
+        sum.per_subscriber_bytes_mean =
+            subs.iter().map(|r| r.bytes_received).sum::<u64>() as f64 / n;
         sum.per_subscriber_pps = sum.forwarded_pps / n;
         let (e, got) = subs.iter().fold((0, 0), |(e, g), r| {
             let (e2, g2) = r.expected_received();
@@ -447,7 +464,10 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         if e > 0 {
             sum.loss_percent = Some(100.0 * (e - got) as f64 / e as f64);
         }
-        let mut lat: Vec<u32> = subs.iter().flat_map(|r| r.latency_us.iter().copied()).collect();
+        let mut lat: Vec<u32> = subs
+            .iter()
+            .flat_map(|r| r.latency_us.iter().copied())
+            .collect();
         lat.sort_unstable();
         sum.latency_ms_p50 = percentile(&lat, 50.0).map(|v| f64::from(v) / 1e3);
         sum.latency_ms_p99 = percentile(&lat, 99.0).map(|v| f64::from(v) / 1e3);

@@ -107,7 +107,10 @@ impl Report {
     /// (expected, received) over every stream, from the first to the last source seq seen.
     pub fn expected_received(&self) -> (u64, u64) {
         self.streams.values().fold((0, 0), |(e, r), s| {
-            (e + u64::from(s.last - s.first) + 1, r + s.count.min(u64::from(s.last - s.first) + 1))
+            (
+                e + u64::from(s.last - s.first) + 1,
+                r + s.count.min(u64::from(s.last - s.first) + 1),
+            )
         })
     }
 }

@@ -60,7 +60,9 @@ impl SrtpKey {
         } else {
             (&AES_256_GCM, 32)
         };
-        let bytes: Vec<u8> = (0..len).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8)).collect();
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| seed.wrapping_mul(31).wrapping_add(i as u8))
+            .collect();
         let key = LessSafeKey::new(UnboundKey::new(alg, &bytes).expect("key"));
         let mut salt = [0u8; 12];
         for (i, s) in salt.iter_mut().enumerate() {
@@ -88,7 +90,11 @@ impl SrtpKey {
         let (hdr, rest) = buf.split_at_mut(HDR);
         let tag = self
             .key
-            .seal_in_place_separate_tag(self.nonce(ssrc, roc, seq), Aad::from(&hdr[..]), &mut rest[..len - HDR])
+            .seal_in_place_separate_tag(
+                self.nonce(ssrc, roc, seq),
+                Aad::from(&hdr[..]),
+                &mut rest[..len - HDR],
+            )
             .expect("seal");
         rest[len - HDR..len - HDR + TAG].copy_from_slice(tag.as_ref());
         len + TAG
@@ -101,7 +107,11 @@ impl SrtpKey {
         let (hdr, rest) = buf.split_at_mut(HDR);
         let plain = self
             .key
-            .open_in_place(self.nonce(ssrc, roc, seq), Aad::from(&hdr[..]), &mut rest[..len - HDR])
+            .open_in_place(
+                self.nonce(ssrc, roc, seq),
+                Aad::from(&hdr[..]),
+                &mut rest[..len - HDR],
+            )
             .ok()?;
         Some(HDR + plain.len())
     }
@@ -211,7 +221,9 @@ fn main() {
     let subs = args.subscribers.max(1);
     let batch = args.batch.clamp(1, 1024);
     let in_key = SrtpKey::new(args.aes, 1);
-    let sub_keys: Vec<SrtpKey> = (0..subs).map(|i| SrtpKey::new(args.aes, 2 + i as u8)).collect();
+    let sub_keys: Vec<SrtpKey> = (0..subs)
+        .map(|i| SrtpKey::new(args.aes, 2 + i as u8))
+        .collect();
     let mut sub_seq: Vec<u16> = vec![0; subs];
     let dest = sockaddr(sink_addr);
     let mut bufs: Vec<[u8; 1500]> = vec![[0u8; 1500]; batch];

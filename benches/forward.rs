@@ -1,0 +1,402 @@
+//! The forwarding hot path of relais-media: one SRTP packet from a publisher
+//! into a [`Shard`] (SRTP decrypt, demux, per-subscriber forwarder rewrite,
+//! SRTP encrypt per subscriber) and N = 1, 10, 100 datagrams out.
+//!
+//! Setup is a small in-memory world in the spirit of the media tests' harness
+//! (own code, not shared): LiveKit-like str0m clients join through
+//! `Shard::join`, answer the server's subscriber offers, publish one VP8 track
+//! via `AddTrackRequest` + offer, and connect ICE/DTLS over a simulated
+//! network. Then the publisher's str0m encrypts packets ahead of time
+//! (untimed) and the benchmark times only `Shard::handle_datagram` + draining
+//! the shard's outputs (the subscribers' copies are counted and dropped).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use relais_media::{JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
+use relais_proto::livekit::{
+    signal_request, signal_response, AddTrackRequest, ParticipantPermission, SessionDescription,
+    SignalRequest, TrackSource, TrackType,
+};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+const SERVER: &str = "10.0.0.1:7882";
+const ROOM: &str = "bench";
+
+struct Client {
+    key: ParticipantKey,
+    addr: SocketAddr,
+    rtc: Rtc,
+    deadline: Instant,
+    connected: bool,
+    publisher: bool,
+    pending: Option<SdpPendingOffer>,
+    offer_id: u32,
+    mid: Option<Mid>,
+    ssrc: Option<Ssrc>,
+    pt: Option<Pt>,
+    rtp_in: u64,
+}
+
+struct World {
+    now: Instant,
+    shard: Shard,
+    server: SocketAddr,
+    clients: Vec<Client>,
+    net: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
+    signals: VecDeque<(ParticipantKey, signal_response::Message)>,
+}
+
+fn rtc(addr: SocketAddr, now: Instant) -> Rtc {
+    let mut rtc = Rtc::builder().set_rtp_mode(true).build(now);
+    rtc.add_local_candidate(Candidate::host(addr, Protocol::Udp).unwrap());
+    rtc
+}
+
+impl World {
+    /// One publisher (its subscriber PC is unused) and `subs` subscribers.
+    fn new(subs: usize) -> World {
+        let now = Instant::now();
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let config = MediaConfig::new(vec![server], "ND_bench".into()).unwrap();
+        let mut w = World {
+            now,
+            shard: Shard::new(0, config),
+            server,
+            clients: Vec::new(),
+            net: VecDeque::new(),
+            signals: VecDeque::new(),
+        };
+        for i in 0..=subs {
+            let publisher = i == 0;
+            let key = ParticipantKey(i as u64 + 1);
+            let addr: SocketAddr = format!("10.1.{}.{}:40000", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap();
+            // A publisher's publisher PC and a subscriber's subscriber PC: one Rtc each.
+            w.clients.push(Client {
+                key,
+                addr,
+                rtc: rtc(addr, now),
+                deadline: now,
+                connected: false,
+                publisher,
+                pending: None,
+                offer_id: 0,
+                mid: None,
+                ssrc: None,
+                pt: None,
+                rtp_in: 0,
+            });
+            let params = JoinParams {
+                key,
+                identity: format!("p{i}"),
+                name: String::new(),
+                metadata: String::new(),
+                attributes: BTreeMap::new(),
+                permission: ParticipantPermission {
+                    can_subscribe: !publisher,
+                    can_publish: publisher,
+                    can_publish_data: true,
+                    ..Default::default()
+                },
+                kind: 0,
+                auto_subscribe: !publisher,
+                protocol: 16,
+                client_info: None,
+            };
+            w.shard.join(now, 0, ROOM, true, params).expect("join");
+            w.collect();
+        }
+        let req = AddTrackRequest {
+            cid: "cam".into(),
+            name: "camera".into(),
+            r#type: TrackType::Video as i32,
+            source: TrackSource::Camera as i32,
+            width: 1280,
+            height: 720,
+            ..Default::default()
+        };
+        w.signal(0, signal_request::Message::AddTrack(req));
+        w
+    }
+
+    fn signal(&mut self, index: usize, m: signal_request::Message) {
+        let key = self.clients[index].key;
+        self.shard
+            .handle_signal(self.now, key, SignalRequest { message: Some(m) });
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(out) = self.shard.poll_output() {
+            match out {
+                ShardOutput::Transmit(t) => {
+                    self.net
+                        .push_back((t.destination, t.source, t.contents.to_vec()))
+                }
+                ShardOutput::Signal(k, m) => {
+                    if let Some(m) = m.message {
+                        self.signals.push_back((k, m));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        loop {
+            let c = &mut self.clients[i];
+            match c.rtc.poll_output().expect("client poll") {
+                Output::Timeout(t) => {
+                    c.deadline = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    self.net
+                        .push_back((t.destination, t.source, t.contents.to_vec()))
+                }
+                Output::Event(Event::Connected) => c.connected = true,
+                Output::Event(Event::RtpPacket(_)) => c.rtp_in += 1,
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn on_signal(&mut self, key: ParticipantKey, m: signal_response::Message) {
+        use signal_response::Message as M;
+        let i = (key.0 - 1) as usize;
+        match m {
+            M::Offer(sd) if !self.clients[i].publisher => {
+                let offer = SdpOffer::from_sdp_string(&sd.sdp).unwrap();
+                let answer = self.clients[i].rtc.sdp_api().accept_offer(offer).unwrap();
+                self.drain(i);
+                self.signal(
+                    i,
+                    signal_request::Message::Answer(SessionDescription {
+                        r#type: "answer".into(),
+                        sdp: answer.to_sdp_string(),
+                        id: sd.id,
+                        ..Default::default()
+                    }),
+                );
+            }
+            M::TrackPublished(_) if self.clients[i].publisher => {
+                let c = &mut self.clients[i];
+                let mut api = c.rtc.sdp_api();
+                let mid = api.add_media(
+                    MediaKind::Video,
+                    Direction::SendOnly,
+                    Some("stream".into()),
+                    Some("cam".into()),
+                    None,
+                );
+                let (offer, pending) = api.apply().unwrap();
+                c.pending = Some(pending);
+                c.mid = Some(mid);
+                c.offer_id += 1;
+                let id = c.offer_id;
+                self.drain(i);
+                self.signal(
+                    i,
+                    signal_request::Message::Offer(SessionDescription {
+                        r#type: "offer".into(),
+                        sdp: offer.to_sdp_string(),
+                        id,
+                        ..Default::default()
+                    }),
+                );
+            }
+            M::Answer(sd) if self.clients[i].publisher => {
+                let c = &mut self.clients[i];
+                let answer = SdpAnswer::from_sdp_string(&sd.sdp).unwrap();
+                c.rtc
+                    .sdp_api()
+                    .accept_answer(c.pending.take().unwrap(), answer)
+                    .unwrap();
+                let mid = c.mid.unwrap();
+                c.ssrc = c
+                    .rtc
+                    .direct_api()
+                    .stream_tx_by_mid(mid, None)
+                    .map(|s| s.ssrc());
+                c.pt = c
+                    .rtc
+                    .codec_config()
+                    .find(|p| p.spec().codec == Codec::Vp8)
+                    .map(|p| p.pt());
+                self.drain(i);
+            }
+            _ => {}
+        }
+    }
+
+    /// Run the whole world (signals, datagrams, timers) for `d` of simulated time.
+    fn run_for(&mut self, d: Duration, step: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += step;
+            let now = self.now;
+            loop {
+                while let Some((k, m)) = self.signals.pop_front() {
+                    self.on_signal(k, m);
+                }
+                let Some((dst, src, buf)) = self.net.pop_front() else {
+                    break;
+                };
+                if dst == self.server {
+                    self.shard
+                        .handle_datagram(now, Protocol::Udp, src, dst, &buf);
+                    self.collect();
+                } else if let Some(i) = self.clients.iter().position(|c| c.addr == dst) {
+                    let r = Receive::new(Protocol::Udp, src, dst, &buf).unwrap();
+                    self.clients[i]
+                        .rtc
+                        .handle_input(Input::Receive(now, r))
+                        .unwrap();
+                    self.drain(i);
+                }
+            }
+            if self.shard.poll_timeout().is_some_and(|t| t <= now) {
+                self.shard.handle_timeout(now);
+                self.collect();
+            }
+            for i in 0..self.clients.len() {
+                if self.clients[i].deadline <= now {
+                    self.clients[i]
+                        .rtc
+                        .handle_input(Input::Timeout(now))
+                        .unwrap();
+                    self.drain(i);
+                }
+            }
+        }
+    }
+
+    /// Let the publisher's str0m encrypt `n` VP8 packets (1,000-byte payloads);
+    /// returns the SRTP datagrams it would send to the server.
+    fn publisher_packets(&mut self, n: usize, seq: &mut u64) -> Vec<Vec<u8>> {
+        let c = &mut self.clients[0];
+        let (ssrc, pt) = (c.ssrc.unwrap(), c.pt.unwrap());
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            let frame = *seq / 3;
+            let first = (*seq).is_multiple_of(3);
+            let mut payload = vec![
+                if first { 0x90 } else { 0x80 },
+                0x80,
+                0x80 | ((frame >> 8) & 0x7f) as u8,
+                frame as u8,
+            ];
+            if first {
+                payload.extend_from_slice(&[0x11, 0x02, 0x00]);
+            }
+            payload.resize(1000, 0x55);
+            let now = self.now;
+            let mut api = c.rtc.direct_api();
+            let tx = api.stream_tx(&ssrc).unwrap();
+            tx.write_rtp(
+                RtpWrite::new(pt, (*seq).into(), (frame * 3000) as u32, now, payload)
+                    .marker(*seq % 3 == 2)
+                    .nackable(true),
+            );
+            *seq += 1;
+            loop {
+                match c.rtc.poll_output().unwrap() {
+                    Output::Timeout(_) => break,
+                    Output::Transmit(t)
+                        if t.destination == self.server && t.contents.len() > 900 =>
+                    {
+                        out.push(t.contents.to_vec())
+                    }
+                    _ => {}
+                }
+            }
+            let _ = k;
+        }
+        out
+    }
+}
+
+fn forward(c: &mut Criterion) {
+    let mut g = c.benchmark_group("forward");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(5));
+    for subs in [1usize, 10, 100] {
+        let mut w = World::new(subs);
+        w.run_for(Duration::from_secs(3), Duration::from_millis(2));
+        assert!(
+            w.clients.iter().all(|c| c.connected),
+            "all peer connections connect"
+        );
+        assert!(w.clients[0].ssrc.is_some(), "publisher negotiated");
+        // Media through the whole world once, so every subscriber forwarder is live.
+        let mut seq = 1000u64;
+        for _ in 0..30 {
+            let pkts = w.publisher_packets(3, &mut seq);
+            for p in pkts {
+                let src = w.clients[0].addr;
+                w.net.push_back((w.server, src, p));
+            }
+            w.run_for(Duration::from_millis(33), Duration::from_millis(1));
+        }
+        let receiving = w.clients[1..].iter().filter(|c| c.rtp_in > 0).count();
+        assert_eq!(receiving, subs, "every subscriber receives before timing");
+        let server = w.server;
+        let src = w.clients[0].addr;
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(
+            BenchmarkId::new("packet_to_subscribers", subs),
+            &subs,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    let mut left = iters as usize;
+                    let mut out = 0u64;
+                    while left > 0 {
+                        let n = left.min(500);
+                        left -= n;
+                        let pkts = w.publisher_packets(n, &mut seq);
+                        let start = Instant::now();
+                        for p in &pkts {
+                            w.now += Duration::from_millis(1);
+                            let now = w.now;
+                            w.shard
+                                .handle_datagram(now, Protocol::Udp, src, server, black_box(p));
+                            if w.shard.poll_timeout().is_some_and(|t| t <= now) {
+                                w.shard.handle_timeout(now);
+                            }
+                            while let Some(o) = w.shard.poll_output() {
+                                if let ShardOutput::Transmit(t) = o {
+                                    out += 1;
+                                    black_box(t);
+                                }
+                            }
+                        }
+                        total += start.elapsed();
+                        // Untimed: keep ICE/DTLS/RTCP alive between chunks.
+                        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
+                    }
+                    assert!(
+                        out >= (iters * subs as u64) / 2,
+                        "fan-out happened: {out} for {iters}×{subs}"
+                    );
+                    total
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);
