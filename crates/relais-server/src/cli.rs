@@ -466,18 +466,26 @@ pub fn check_config(config: &Config) -> Result<String, CliError> {
     Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
 }
 
-/// Sets up a stderr `tracing` subscriber from the logging settings
-/// (`RUST_LOG`, when set, wins). Does nothing if one is already installed.
+/// Sets up a stderr `tracing` subscriber from the logging settings: the
+/// filter is `logging.level` plus `logging.component_levels`
+/// ([`LoggingConfig::filter_directives`]); `RUST_LOG`, when set, wins.
+/// Human-readable lines by default, one JSON object per line with
+/// `logging.json` (the `room`/`participant` spans' fields under `spans`).
+/// Does nothing if a subscriber is already installed.
 pub fn init_logging(logging: &LoggingConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(logging.level.to_ascii_lowercase()));
+        .unwrap_or_else(|_| EnvFilter::new(logging.filter_directives()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if logging.json {
-        builder.json().try_init()
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init()
     } else {
         builder.try_init()
     };
@@ -514,6 +522,7 @@ pub fn run_tool(cli: &Cli) -> Option<ExitCode> {
                 init_logging(&LoggingConfig {
                     level: "warn".into(),
                     json: config.logging.json,
+                    ..Default::default()
                 });
                 config.log_warnings();
                 match check_config(&config) {

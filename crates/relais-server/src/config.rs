@@ -239,9 +239,16 @@ pub struct WebhookConfig {
 #[serde(default)]
 pub struct LoggingConfig {
     /// `trace`, `debug`, `info`, `warn` or `error`. Default `info` (`debug` in dev).
+    /// Also accepts `tracing` filter directives, e.g.
+    /// `info,relais_media::room=debug,str0m=warn`.
     pub level: String,
     /// JSON log lines.
     pub json: bool,
+    /// Level per component, as LiveKit's `logging.component_levels`: the keys
+    /// are Rust module paths (`relais_media`, `relais_media::room`, `str0m`,
+    /// `relais_server::signal`, ...), the values levels. Applied after `level`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub component_levels: BTreeMap<String, String>,
 }
 
 impl Default for LoggingConfig {
@@ -249,7 +256,25 @@ impl Default for LoggingConfig {
         Self {
             level: "info".into(),
             json: false,
+            component_levels: BTreeMap::new(),
         }
+    }
+}
+
+impl LoggingConfig {
+    /// The `tracing` filter these settings mean: `level`, then one
+    /// `component=level` directive per entry of `component_levels`.
+    pub fn filter_directives(&self) -> String {
+        let mut directives = self.level.trim().to_ascii_lowercase();
+        for (component, level) in &self.component_levels {
+            if !directives.is_empty() {
+                directives.push(',');
+            }
+            directives.push_str(component.trim());
+            directives.push('=');
+            directives.push_str(&level.trim().to_ascii_lowercase());
+        }
+        directives
     }
 }
 
@@ -541,15 +566,45 @@ impl Config {
                 "must be set (1-65535) when rtc.udp_port is not set".into(),
             ));
         }
-        if !LOG_LEVELS.contains(&self.logging.level.to_ascii_lowercase().as_str()) {
+        let level = self.logging.level.trim().to_ascii_lowercase();
+        let is_directives = level.contains('=') || level.contains(',');
+        if !is_directives && !LOG_LEVELS.contains(&level.as_str()) {
             return Err(invalid(
                 "logging.level",
                 format!(
-                    "{:?} is not one of {}",
+                    "{:?} is not one of {} (or filter directives such as \
+                     \"info,relais_media=debug\")",
                     self.logging.level,
                     LOG_LEVELS.join(", ")
                 ),
             ));
+        }
+        if is_directives {
+            if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+                return Err(invalid(
+                    "logging.level",
+                    format!("{:?} is not a valid filter: {e}", self.logging.level),
+                ));
+            }
+        }
+        for (component, level) in &self.logging.component_levels {
+            let key = format!("logging.component_levels.{component}");
+            if !LOG_LEVELS.contains(&level.trim().to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    &key,
+                    format!("{level:?} is not one of {}", LOG_LEVELS.join(", ")),
+                ));
+            }
+            let valid_target = !component.is_empty()
+                && component
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-');
+            if !valid_target {
+                return Err(invalid(
+                    &key,
+                    "a component is a module path such as relais_media::room".into(),
+                ));
+            }
         }
         if let Err(message) = self.cluster.check() {
             let key = message
@@ -866,6 +921,16 @@ development: false
             ("bind_addresses: [\"nope\"]", "bind_addresses[0]"),
             ("bind_addresses: 5", "bind_addresses"),
             ("logging:\n  level: loud", "logging.level"),
+            ("logging:\n  level: \"info,relais=loud\"", "logging.level"),
+            (
+                "logging:\n  component_levels:\n    relais_media: loud",
+                "logging.component_levels.relais_media",
+            ),
+            (
+                "logging:\n  component_levels:\n    \"a b\": info",
+                "logging.component_levels.a b",
+            ),
+            ("drain_timeout: -1", "drain_timeout"),
             ("webhook:\n  urls: [http://x]", "webhook.api_key"),
             ("keys:\n  a: [1]", "keys"),
         ];
@@ -1082,5 +1147,21 @@ development: false
         let c = yaml("prometheus_port: 6789\n").unwrap();
         assert_eq!(c.prometheus.port, 6789);
         assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn logging_directives_and_components() {
+        let c = yaml(
+            "logging:\n  level: \"info,str0m=warn\"\n  component_levels:\n    relais_media::room: debug\n    relais_server: WARN\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.logging.filter_directives(),
+            "info,str0m=warn,relais_media::room=debug,relais_server=warn"
+        );
+        assert_eq!(LoggingConfig::default().filter_directives(), "info");
+        assert_eq!(c.drain_timeout, 30);
+        let c = yaml("drain_timeout: 5\n").unwrap();
+        assert_eq!(c.drain_timeout, 5);
     }
 }

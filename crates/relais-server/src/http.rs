@@ -14,8 +14,9 @@ use axum::Router;
 use relais_auth::{Claims, TokenVerifier};
 use relais_media::{JoinError, JoinParams};
 use relais_proto::livekit::{client_info, ClientInfo, ParticipantPermission, TrackSource};
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument};
 
+use crate::metrics;
 use crate::shards::Shards;
 use crate::signal;
 
@@ -35,6 +36,8 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(health))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/rtc", get(rtc))
         .route("/rtc/validate", get(validate))
         .route("/rtc/v1", get(single_pc_not_implemented))
@@ -42,8 +45,41 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn health() -> &'static str {
-    "OK"
+/// LiveKit's health check: 200 `OK` while the node serves (every shard thread
+/// runs), 406 `Not Ready` otherwise. It stays 200 while draining: existing
+/// sessions are still served, and LiveKit's Helm chart uses `/` as its liveness
+/// probe. Orchestrators that must stop sending joins use `/readyz`.
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    if state.shards.node().is_serving() {
+        (StatusCode::OK, "OK").into_response()
+    } else {
+        (StatusCode::NOT_ACCEPTABLE, "Not Ready").into_response()
+    }
+}
+
+/// Liveness: 200 unless a shard thread is stuck.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    if state.shards.node().is_alive() {
+        (StatusCode::OK, "alive").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "a shard thread is stuck").into_response()
+    }
+}
+
+/// Readiness: 200 while the node takes new rooms and joins; 503 while it
+/// drains (after SIGTERM) or cannot place rooms (a shard thread not running).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let node = state.shards.node();
+    if state.cluster.coordinator.is_draining() {
+        node.start_draining();
+    }
+    if node.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else if !node.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shards not running").into_response()
+    } else {
+        (StatusCode::OK, "ready").into_response()
+    }
 }
 
 /// Until the single-PC protocol exists, a 404 without "requested room does not
@@ -227,9 +263,17 @@ async fn rtc(
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let started = std::time::Instant::now();
     let grant = match authenticate(&state, &headers, &query) {
         Ok(g) => g,
-        Err(refusal) => return refusal.into_response(),
+        Err(refusal) => {
+            metrics::join_refused(if refusal.0 == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else {
+                "bad_request"
+            });
+            return refusal.into_response();
+        }
     };
     if flag(&query, "reconnect", false) {
         // Sessions are not kept across signal loss yet: the only frame is a leave
@@ -249,7 +293,14 @@ async fn rtc(
                 .relay(ws, node, &uri, &headers, MAX_SIGNAL_MESSAGE)
                 .await
         }
-        crate::cluster::Route::Refuse(status, reason) => return (status, reason).into_response(),
+        crate::cluster::Route::Refuse(status, reason) => {
+            metrics::join_refused(if state.cluster.coordinator.is_draining() {
+                "draining"
+            } else {
+                "placement"
+            });
+            return (status, reason).into_response();
+        }
     }
     let client = client_info(&query);
     let params = JoinParams {
@@ -270,35 +321,42 @@ async fn rtc(
         .join(&grant.room, state.auto_create, params, tx)
         .await
     {
-        Ok(h) => h,
+        Ok(h) => {
+            metrics::join_admitted(started);
+            h
+        }
         Err(JoinError::RoomFull(max)) => {
+            metrics::join_refused("room_full");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("room is full: max participants {max} reached"),
             )
-                .into_response()
+                .into_response();
         }
         Err(JoinError::NoSuchRoom) => {
+            metrics::join_refused("no_such_room");
             return (
                 StatusCode::NOT_FOUND,
                 "requested room does not exist".to_string(),
             )
-                .into_response()
+                .into_response();
         }
         Err(JoinError::Closed) => {
+            metrics::join_refused("room_closed");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "room is closing".to_string(),
             )
-                .into_response()
+                .into_response();
         }
     };
-    info!(room = %grant.room, identity = %grant.identity, "signal connection accepted");
+    let span = handle.span().clone();
+    span.in_scope(|| info!("signal connection accepted"));
     let on_fail = handle.clone();
     let ping_timeout = state.ping_timeout;
     ws.max_message_size(MAX_SIGNAL_MESSAGE)
         .on_failed_upgrade(move |_| {
             on_fail.remove(relais_proto::livekit::DisconnectReason::JoinFailure)
         })
-        .on_upgrade(move |socket| signal::run(socket, handle, rx, ping_timeout))
+        .on_upgrade(move |socket| signal::run(socket, handle, rx, ping_timeout).instrument(span))
 }

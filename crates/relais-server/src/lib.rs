@@ -5,6 +5,8 @@ mod cluster;
 pub mod config;
 mod events;
 pub mod http;
+pub mod metrics;
+pub mod node;
 mod room_api;
 mod server;
 mod shards;

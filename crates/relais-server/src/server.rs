@@ -82,6 +82,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let candidate = SocketAddr::new(node_ip(&config), udp.local_addr()?.port());
 
     let node_id = relais_proto::ids::new_id("ND_");
+    // Before the shards start, so every metric they touch is described.
+    let prometheus = if config.prometheus.port != 0 {
+        Some(crate::metrics::install(&node_id)?)
+    } else {
+        None
+    };
     let mut media = MediaConfig::new(vec![candidate], node_id.clone())?;
     media.region = config.region.clone();
     media.room_defaults = RoomDefaults {
@@ -113,6 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ShardsBackend::new(shards.clone()),
         ServiceOptions::default(),
     ));
+    let state_node = shards.node().clone();
     let state = Arc::new(AppState {
         verifier,
         shards,
@@ -126,7 +133,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .layer(axum::middleware::from_fn_with_state(
             cluster.clone(),
             route_room_service,
-        ));
+        ))
+        .layer(axum::middleware::from_fn(crate::metrics::twirp_status));
+    tokio::spawn(node_metrics(state_node.clone(), cluster.clone()));
+    if let Some(handle) = prometheus {
+        for ip in &listen {
+            let addr = SocketAddr::new(*ip, config.prometheus.port);
+            crate::metrics::serve(
+                addr,
+                handle.clone(),
+                &config.prometheus,
+                std::future::pending(),
+            )
+            .await?;
+        }
+    }
     let mut servers = Vec::new();
     for ip in listen {
         let addr = SocketAddr::new(ip, config.port);

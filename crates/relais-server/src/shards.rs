@@ -17,9 +17,11 @@ use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, Sh
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
 use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, Span};
 
 use crate::events::EventSinks;
+use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
+use crate::node::NodeState;
 
 /// What a shard sends to a participant's WebSocket task.
 #[derive(Debug)]
@@ -35,13 +37,16 @@ enum Command {
         source: SocketAddr,
         destination: SocketAddr,
         data: Vec<u8>,
+        /// When the receive thread got it (forward latency).
+        received: Instant,
     },
     Join {
         room: String,
         create: bool,
         params: Box<JoinParams>,
         signal: tokio_mpsc::UnboundedSender<ToSignal>,
-        reply: oneshot::Sender<Result<(), JoinError>>,
+        /// The participant's span (`room{..}:participant{..}`) once admitted.
+        reply: oneshot::Sender<Result<Span, JoinError>>,
     },
     Signal(ParticipantKey, Box<SignalRequest>),
     Remove(ParticipantKey, DisconnectReason),
@@ -57,6 +62,8 @@ type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
 pub struct Shards {
     senders: Arc<Vec<mpsc::Sender<Command>>>,
     next_key: Arc<AtomicU64>,
+    /// Liveness, readiness and draining, fed by the shard threads' heartbeats.
+    node: Arc<NodeState>,
 }
 
 impl Shards {
@@ -71,19 +78,22 @@ impl Shards {
         let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         let mut senders = Vec::with_capacity(count);
+        let node = Arc::new(NodeState::new(count));
         for index in 0..count {
             let (tx, rx) = mpsc::channel();
             let shard = Shard::new(index as u8, config.clone());
             let socket = socket.clone();
             let events = events.clone();
+            let node = node.clone();
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(shard, rx, socket, events))?;
+                .spawn(move || run_shard(shard, rx, socket, events, node))?;
             senders.push(tx);
         }
         let shards = Shards {
             senders: Arc::new(senders),
             next_key: Arc::new(AtomicU64::new(1)),
+            node,
         };
         let receiver = shards.clone();
         std::thread::Builder::new()
@@ -101,6 +111,11 @@ impl Shards {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         (h % self.senders.len() as u64) as usize
+    }
+
+    /// The node's health as the shard threads report it.
+    pub fn node(&self) -> &Arc<NodeState> {
+        &self.node
     }
 
     pub fn new_participant_key(&self) -> ParticipantKey {
@@ -148,20 +163,37 @@ impl Shards {
         if self.senders[shard].send(command).is_err() {
             return Err(JoinError::Closed);
         }
-        answer.await.map_err(|_| JoinError::Closed)??;
+        let span = answer.await.map_err(|_| JoinError::Closed)??;
         Ok(ShardHandle {
             sender: self.senders[shard].clone(),
             key,
+            span,
         })
     }
 
     fn receive_loop(&self, socket: &UdpSocket, local: SocketAddr) {
         let mut shard_of_addr: HashMap<SocketAddr, usize> = HashMap::new();
         let mut buf = vec![0u8; 2048];
+        let mut metrics = ReceiveMetrics::new(Instant::now());
+        // Wake up now and then to hand over the counters even when idle.
+        let _ = socket.set_read_timeout(Some(metrics::FLUSH_INTERVAL));
         loop {
-            let (len, source) = match socket.recv_from(&mut buf) {
+            let result = socket.recv_from(&mut buf);
+            let received = Instant::now();
+            metrics.syscalls += 1;
+            metrics.flush_if_due(received);
+            let (len, source) = match result {
                 Ok(v) => v,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
                 Err(e) => {
                     // ICMP errors (port unreachable) surface here on Linux; keep going.
                     debug!(error = %e, "udp receive error");
@@ -169,6 +201,8 @@ impl Shards {
                 }
             };
             let datagram = &buf[..len];
+            metrics.datagrams += 1;
+            metrics.bytes += len as u64;
             let shard = match relais_media::stun::local_ufrag(datagram)
                 .and_then(|u| u.get(..2))
                 .and_then(|hex| usize::from_str_radix(hex, 16).ok())
@@ -180,13 +214,17 @@ impl Shards {
                 }
                 None => match shard_of_addr.get(&source) {
                     Some(s) => *s,
-                    None => continue,
+                    None => {
+                        metrics.unroutable += 1;
+                        continue;
+                    }
                 },
             };
             let command = Command::Datagram {
                 source,
                 destination: local,
                 data: datagram.to_vec(),
+                received,
             };
             if self.senders[shard].send(command).is_err() {
                 error!(shard, "shard thread is gone");
@@ -201,9 +239,16 @@ impl Shards {
 pub struct ShardHandle {
     sender: mpsc::Sender<Command>,
     key: ParticipantKey,
+    span: Span,
 }
 
 impl ShardHandle {
+    /// The participant's span in the media core: `room{room, room_sid}:
+    /// participant{participant, participant_sid}`.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
     pub fn key(&self) -> ParticipantKey {
         self.key
     }
@@ -229,32 +274,53 @@ fn run_shard(
     commands: mpsc::Receiver<Command>,
     socket: Arc<UdpSocket>,
     events: EventSinks,
+    node: Arc<NodeState>,
 ) {
-    info!(shard = shard.index(), "shard started");
+    let index = usize::from(shard.index());
+    info!(shard = index, "shard started");
     let mut signals: HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>> =
         HashMap::new();
+    let mut metrics = ShardMetrics::new(index, Instant::now());
     loop {
         let now = Instant::now();
+        node.heartbeat(index, now);
+        if metrics.due(now) {
+            let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
+            node.set_participants(index, gauges.participants);
+        }
         let wait = shard
             .poll_timeout()
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
-        match commands.recv_timeout(wait) {
-            Ok(command) => handle_command(&mut shard, &mut signals, command),
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        let first = match commands.recv_timeout(wait) {
+            Ok(command) => Some(command),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        // Drain whatever else is queued before looking at timers.
-        while let Ok(command) = commands.try_recv() {
+        };
+        let busy_since = Instant::now();
+        // Handle it and whatever else is queued, then look at timers.
+        for command in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| commands.try_recv().ok()))
+        {
+            let received = match &command {
+                Command::Datagram { received, .. } => Some(*received),
+                _ => None,
+            };
             handle_command(&mut shard, &mut signals, command);
-            flush(&mut shard, &mut signals, &socket, &events);
+            let sent = flush(&mut shard, &mut signals, &socket, &events, &mut metrics);
+            if let (Some(received), true) = (received, sent > 0) {
+                metrics.latency_sum_ns += received.elapsed().as_nanos() as u64;
+                metrics.latency_count += 1;
+            }
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);
         }
-        flush(&mut shard, &mut signals, &socket, &events);
+        flush(&mut shard, &mut signals, &socket, &events, &mut metrics);
+        metrics.busy += busy_since.elapsed();
     }
 }
 
@@ -269,6 +335,7 @@ fn handle_command(
             source,
             destination,
             data,
+            ..
         } => shard.handle_datagram(now, Protocol::Udp, source, destination, &data),
         Command::Join {
             room,
@@ -281,7 +348,11 @@ fn handle_command(
             signals.insert(key, signal);
             let result = shard
                 .join(now, unix_ms(), &room, create, *params)
-                .map(|_| ());
+                .map(|key| {
+                    shard
+                        .room(&room)
+                        .map_or_else(Span::none, |r| r.span_for(key))
+                });
             if result.is_err() {
                 signals.remove(&key);
             }
@@ -298,12 +369,23 @@ fn flush(
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
     socket: &UdpSocket,
     events: &EventSinks,
-) {
+    metrics: &mut ShardMetrics,
+) -> usize {
+    let mut sent = 0;
     while let Some(out) = shard.poll_output() {
         match out {
             ShardOutput::Transmit(t) => {
-                if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                    debug!(destination = %t.destination, error = %e, "udp send failed");
+                metrics.send_syscalls += 1;
+                match socket.send_to(&t.contents, t.destination) {
+                    Ok(n) => {
+                        sent += 1;
+                        metrics.datagrams_sent += 1;
+                        metrics.bytes_sent += n as u64;
+                    }
+                    Err(e) => {
+                        metrics.send_errors += 1;
+                        debug!(destination = %t.destination, error = %e, "udp send failed");
+                    }
                 }
             }
             ShardOutput::Signal(key, message) => {
@@ -318,6 +400,7 @@ fn flush(
             }
             ShardOutput::Event { room, event } => {
                 debug!(%room, ?event, "room event");
+                crate::metrics::room_event(&event);
                 events.room_event(shard, &room, &event);
             }
             ShardOutput::RoomClosed(room) => {
@@ -325,4 +408,5 @@ fn flush(
             }
         }
     }
+    sent
 }

@@ -1,0 +1,706 @@
+//! Metrics: the names Relais exports (LiveKit's where a LiveKit dashboard looks
+//! for them, `relais_*` for its own), the Prometheus exporter behind
+//! `prometheus.port`, and the per-shard collector that turns the media core's
+//! plain counters into metrics once a second.
+//!
+//! Everything goes through the `metrics` facade. The media path never calls it:
+//! rooms count into `u64` fields ([`relais_media::MediaStats`]) and each shard
+//! thread hands the deltas over in [`ShardMetrics::flush`]. The list of names
+//! with their meaning is in `docs/operations.md`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use relais_media::stats::{Direction, DropReason, Kind};
+use relais_media::{MediaStats, ShardGauges};
+use tracing::{info, warn};
+
+use crate::config::PrometheusConfig;
+
+// ---------------------------------------------------------------- LiveKit's names
+
+/// Gauge: rooms open on this node.
+pub const ROOM_TOTAL: &str = "livekit_room_total";
+/// Histogram (seconds): how long rooms lived, observed when they close.
+pub const ROOM_DURATION_SECONDS: &str = "livekit_room_duration_seconds";
+/// Gauge: participants in the rooms of this node.
+pub const PARTICIPANT_TOTAL: &str = "livekit_participant_total";
+/// Counter `{state}`: join attempts by outcome: `signal_connected` (admitted
+/// to a room), `signal_failed` (refused), `rtc_connected` (media connected,
+/// participant ACTIVE).
+pub const PARTICIPANT_JOIN_TOTAL: &str = "livekit_participant_join_total";
+/// Gauge `{kind}`: published tracks (`AUDIO`, `VIDEO`).
+pub const TRACK_PUBLISHED_TOTAL: &str = "livekit_track_published_total";
+/// Gauge `{kind}`: subscriptions, one per subscriber and track.
+pub const TRACK_SUBSCRIBED_TOTAL: &str = "livekit_track_subscribed_total";
+/// Counter `{direction, transmission, kind}`: RTP packets.
+pub const PACKET_TOTAL: &str = "livekit_packet_total";
+/// Counter `{direction, transmission, kind}`: RTP bytes (header and payload).
+pub const PACKET_BYTES: &str = "livekit_packet_bytes";
+/// Counter `{direction}`: NACKs sent to publishers (`incoming`) and received
+/// from subscribers (`outgoing`).
+pub const NACK_TOTAL: &str = "livekit_nack_total";
+/// Counter `{direction}`: PLIs, as [`NACK_TOTAL`].
+pub const PLI_TOTAL: &str = "livekit_pli_total";
+/// Counter `{direction}`: FIRs, as [`NACK_TOTAL`].
+pub const FIR_TOTAL: &str = "livekit_fir_total";
+/// Counter `{direction, source, type}`: RTP packets lost.
+pub const PACKET_LOSS_TOTAL: &str = "livekit_packet_loss_total";
+/// Histogram `{direction, source, type}` (µs): interarrival jitter per stream.
+pub const JITTER_US: &str = "livekit_jitter_us";
+/// Histogram `{direction, source, type}` (ms): round-trip time per stream.
+pub const RTT_MS: &str = "livekit_rtt_ms";
+/// Gauge (ns): mean time from receiving a datagram to sending what it caused,
+/// over the last second.
+pub const FORWARD_LATENCY_NS: &str = "livekit_forward_latency_ns";
+/// Histogram (ms): from the `/rtc` request to the join response queued.
+pub const SESSION_JOIN_LATENCY_MS: &str = "livekit_session_join_latency_ms";
+/// Counter `{service, method, status, code}`: Twirp requests by status family
+/// (`200`, `4xx`, `5xx`) and Twirp error code.
+pub const TWIRP_REQUEST_STATUS: &str = "livekit_node_twirp_request_status";
+
+// ---------------------------------------------------------------- Relais's own
+
+/// Counter `{shard}` (µs): time a shard thread spent working (not waiting).
+/// `rate(...[1m]) / 1e6` is the thread's utilisation, 0 to 1.
+pub const SHARD_BUSY_MICROSECONDS: &str = "relais_shard_busy_microseconds_total";
+/// Counter: `recv` system calls on the media UDP socket.
+pub const UDP_RECEIVE_SYSCALLS: &str = "relais_udp_receive_syscalls_total";
+/// Counter: datagrams those calls returned (÷ syscalls = datagrams per syscall).
+pub const UDP_DATAGRAMS_RECEIVED: &str = "relais_udp_datagrams_received_total";
+/// Counter: bytes of received datagrams.
+pub const UDP_BYTES_RECEIVED: &str = "relais_udp_bytes_received_total";
+/// Counter: `send` system calls on the media UDP socket.
+pub const UDP_SEND_SYSCALLS: &str = "relais_udp_send_syscalls_total";
+/// Counter: datagrams those calls sent.
+pub const UDP_DATAGRAMS_SENT: &str = "relais_udp_datagrams_sent_total";
+/// Counter: bytes of sent datagrams.
+pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
+/// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
+pub const PACKETS_DROPPED: &str = "relais_packets_dropped_total";
+/// Counter `{reason}`: joins refused before reaching a room or by it.
+pub const JOIN_REFUSED: &str = "relais_join_refused_total";
+/// Gauge: 1 while the node is ready (`/readyz` 200), else 0.
+pub const NODE_READY: &str = "relais_node_ready";
+/// Gauge: 1 once the node drains (SIGTERM received), else 0.
+pub const NODE_DRAINING: &str = "relais_node_draining";
+
+/// Drop reasons counted outside the media core.
+pub const DROP_UDP_UNROUTABLE: &str = "udp_unroutable";
+pub const DROP_UDP_SEND_ERROR: &str = "udp_send_error";
+
+/// LiveKit's `node_type` for a media server.
+pub const NODE_TYPE: &str = "SERVER";
+
+/// `transmission` label of what Relais forwards itself (str0m resends NACKed
+/// packets from its own buffer; those are not counted here).
+const TRANSMISSION_INITIAL: &str = "initial";
+
+/// Buckets as LiveKit's (`pkg/telemetry/prometheus`), so dashboards' quantiles match.
+const ROOM_DURATION_BUCKETS: &[f64] = &[
+    5.0, 10.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 18000.0, 36000.0,
+];
+const JITTER_BUCKETS: &[f64] = &[
+    1000.0, 10000.0, 30000.0, 50000.0, 70000.0, 100000.0, 300000.0, 600000.0, 1000000.0,
+];
+const RTT_BUCKETS: &[f64] = &[
+    50.0, 100.0, 150.0, 200.0, 250.0, 500.0, 750.0, 1000.0, 5000.0, 10000.0,
+];
+const JOIN_LATENCY_BUCKETS: &[f64] = &[
+    10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// Install the global recorder with `node_id`/`node_type` on every series and
+/// describe every metric. Call once, before the shards start.
+pub fn install(node_id: &str) -> anyhow::Result<PrometheusHandle> {
+    let mut builder = PrometheusBuilder::new()
+        .add_global_label("node_id", node_id)
+        .add_global_label("node_type", NODE_TYPE);
+    for (name, buckets) in [
+        (ROOM_DURATION_SECONDS, ROOM_DURATION_BUCKETS),
+        (JITTER_US, JITTER_BUCKETS),
+        (RTT_MS, RTT_BUCKETS),
+        (SESSION_JOIN_LATENCY_MS, JOIN_LATENCY_BUCKETS),
+    ] {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
+    }
+    let handle = builder
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    describe_gauge!(ROOM_TOTAL, "Rooms open on this node");
+    describe_histogram!(
+        ROOM_DURATION_SECONDS,
+        Unit::Seconds,
+        "How long closed rooms lived"
+    );
+    describe_gauge!(PARTICIPANT_TOTAL, "Participants in this node's rooms");
+    describe_counter!(
+        PARTICIPANT_JOIN_TOTAL,
+        "Join attempts by state: signal_connected, signal_failed, rtc_connected"
+    );
+    describe_gauge!(TRACK_PUBLISHED_TOTAL, "Published tracks by kind");
+    describe_gauge!(
+        TRACK_SUBSCRIBED_TOTAL,
+        "Track subscriptions (subscriber x track) by kind"
+    );
+    describe_counter!(
+        PACKET_TOTAL,
+        "RTP packets by direction (incoming from publishers, outgoing to subscribers) and kind"
+    );
+    describe_counter!(
+        PACKET_BYTES,
+        Unit::Bytes,
+        "RTP bytes (header + payload) by direction and kind"
+    );
+    describe_counter!(
+        NACK_TOTAL,
+        "NACKs sent to publishers (incoming) or received from subscribers (outgoing)"
+    );
+    describe_counter!(
+        PLI_TOTAL,
+        "PLIs sent to publishers (incoming) or received from subscribers (outgoing)"
+    );
+    describe_counter!(
+        FIR_TOTAL,
+        "FIRs sent to publishers (incoming) or received from subscribers (outgoing)"
+    );
+    describe_counter!(PACKET_LOSS_TOTAL, "RTP packets lost, per stream direction");
+    describe_histogram!(JITTER_US, "Interarrival jitter per stream, microseconds");
+    describe_histogram!(RTT_MS, "Round-trip time per stream, milliseconds");
+    describe_gauge!(
+        FORWARD_LATENCY_NS,
+        "Mean time from a datagram's arrival to sending what it caused, last second, ns"
+    );
+    describe_histogram!(
+        SESSION_JOIN_LATENCY_MS,
+        "Time from the /rtc request to the join response, milliseconds"
+    );
+    describe_counter!(
+        TWIRP_REQUEST_STATUS,
+        "Twirp requests by service, method, status family and error code"
+    );
+    describe_counter!(
+        SHARD_BUSY_MICROSECONDS,
+        Unit::Microseconds,
+        "Time each shard thread spent working rather than waiting"
+    );
+    describe_counter!(
+        UDP_RECEIVE_SYSCALLS,
+        "recv system calls on the media socket"
+    );
+    describe_counter!(
+        UDP_DATAGRAMS_RECEIVED,
+        "Datagrams received on the media socket"
+    );
+    describe_counter!(
+        UDP_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Bytes received on the media socket"
+    );
+    describe_counter!(UDP_SEND_SYSCALLS, "send system calls on the media socket");
+    describe_counter!(UDP_DATAGRAMS_SENT, "Datagrams sent on the media socket");
+    describe_counter!(
+        UDP_BYTES_SENT,
+        Unit::Bytes,
+        "Bytes sent on the media socket"
+    );
+    describe_counter!(PACKETS_DROPPED, "Packets dropped, by reason");
+    describe_counter!(JOIN_REFUSED, "Joins refused, by reason");
+    describe_gauge!(NODE_READY, "1 while the node accepts new rooms and joins");
+    describe_gauge!(NODE_DRAINING, "1 once the node is draining");
+    // Pre-create the series dashboards expect even before the first call.
+    for g in [ROOM_TOTAL, PARTICIPANT_TOTAL, FORWARD_LATENCY_NS] {
+        gauge!(g).set(0.0);
+    }
+    for kind in Kind::ALL {
+        gauge!(TRACK_PUBLISHED_TOTAL, "kind" => kind.track_type()).increment(0.0);
+        gauge!(TRACK_SUBSCRIBED_TOTAL, "kind" => kind.track_type()).increment(0.0);
+    }
+    for state in ["signal_connected", "signal_failed", "rtc_connected"] {
+        counter!(PARTICIPANT_JOIN_TOTAL, "state" => state).absolute(0);
+    }
+}
+
+/// Serve `/metrics` (Prometheus text format) on `addr`, behind basic auth when
+/// `prometheus.username`/`password` are set. Returns once bound.
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    config: &PrometheusConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let auth = BasicAuth::new(&config.username, &config.password);
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .with_state((handle, auth));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the prometheus port {addr}"))?;
+    info!(%addr, "prometheus metrics on /metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            warn!(error = %e, "prometheus listener failed");
+        }
+    }))
+}
+
+/// Expected `Authorization` header value, if any. `Debug` never shows it.
+#[derive(Clone)]
+struct BasicAuth(Option<String>);
+
+impl BasicAuth {
+    fn new(username: &str, password: &str) -> Self {
+        if username.is_empty() && password.is_empty() {
+            return BasicAuth(None);
+        }
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        BasicAuth(Some(format!("Basic {token}")))
+    }
+
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        let Some(expected) = &self.0 else {
+            return true;
+        };
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        constant_time_eq(given, expected.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn render(
+    State((handle, auth)): State<(PrometheusHandle, BasicAuth)>,
+    headers: HeaderMap,
+) -> Response {
+    if !auth.allows(&headers) {
+        let mut response = (StatusCode::UNAUTHORIZED, "unauthorized").into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"metrics\""),
+        );
+        return response;
+    }
+    let mut response = handle.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+// ---------------------------------------------------------------- Twirp
+
+/// Middleware counting `/twirp/<package>.<Service>/<Method>` requests in
+/// [`TWIRP_REQUEST_STATUS`], as LiveKit does: status `200`, `4xx` or `5xx`,
+/// and the Twirp error code of an error body.
+pub async fn twirp_status(request: Request, next: Next) -> Response {
+    let Some((service, method)) = twirp_route(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let response = next.run(request).await;
+    let status = response.status();
+    let family = match status.as_u16() {
+        400..=499 => "4xx".to_string(),
+        500..=599 => "5xx".to_string(),
+        s => s.to_string(),
+    };
+    if status.is_success() {
+        counter!(TWIRP_REQUEST_STATUS, "service" => service, "method" => method,
+            "status" => family, "code" => "")
+        .increment(1);
+        return response;
+    }
+    // Error bodies are small JSON objects: read the code, then pass the body on.
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(twirp_code))
+        .unwrap_or("");
+    counter!(TWIRP_REQUEST_STATUS, "service" => service, "method" => method,
+        "status" => family, "code" => code)
+    .increment(1);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// `("RoomService", "ListRooms")` from `/twirp/livekit.RoomService/ListRooms`.
+/// Unknown names are folded into `other` so clients cannot mint series.
+fn twirp_route(path: &str) -> Option<(&'static str, &'static str)> {
+    let rest = path.strip_prefix("/twirp/")?;
+    let (service, method) = rest.split_once('/')?;
+    let service = service.rsplit('.').next().unwrap_or(service);
+    const SERVICES: &[&str] = &[
+        "RoomService",
+        "Egress",
+        "Ingress",
+        "SIP",
+        "AgentDispatchService",
+    ];
+    const METHODS: &[&str] = &[
+        "CreateRoom",
+        "ListRooms",
+        "DeleteRoom",
+        "ListParticipants",
+        "GetParticipant",
+        "RemoveParticipant",
+        "MutePublishedTrack",
+        "UpdateParticipant",
+        "UpdateSubscriptions",
+        "SendData",
+        "UpdateRoomMetadata",
+        "ForwardParticipant",
+        "MoveParticipant",
+        "PerformRpc",
+    ];
+    let service = SERVICES
+        .iter()
+        .find(|s| **s == service)
+        .copied()
+        .unwrap_or("other");
+    let method = METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other");
+    Some((service, method))
+}
+
+fn twirp_code(code: &str) -> &'static str {
+    const CODES: &[&str] = &[
+        "canceled",
+        "unknown",
+        "invalid_argument",
+        "malformed",
+        "deadline_exceeded",
+        "not_found",
+        "bad_route",
+        "already_exists",
+        "permission_denied",
+        "unauthenticated",
+        "resource_exhausted",
+        "failed_precondition",
+        "aborted",
+        "out_of_range",
+        "unimplemented",
+        "internal",
+        "unavailable",
+        "dataloss",
+    ];
+    CODES
+        .iter()
+        .find(|c| **c == code)
+        .copied()
+        .unwrap_or("other")
+}
+
+// ---------------------------------------------------------------- joins
+
+/// A join admitted to a room, and how long it took from the `/rtc` request.
+pub fn join_admitted(started: Instant) {
+    counter!(PARTICIPANT_JOIN_TOTAL, "state" => "signal_connected").increment(1);
+    metrics::histogram!(SESSION_JOIN_LATENCY_MS).record(started.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// A join refused; `reason` is a fixed label value.
+pub fn join_refused(reason: &'static str) {
+    counter!(PARTICIPANT_JOIN_TOTAL, "state" => "signal_failed").increment(1);
+    counter!(JOIN_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Room lifecycle metrics that come with room events.
+pub fn room_event(event: &relais_media::RoomEvent) {
+    if let relais_media::RoomEvent::RoomFinished(room) = event {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let lived = (now_ms - room.creation_time_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!(ROOM_DURATION_SECONDS).record(lived);
+    }
+}
+
+// ---------------------------------------------------------------- forward latency
+
+/// Sums the shards add their forward-latency samples to, once a second each;
+/// [`publish_forward_latency`] turns them into the node's gauge.
+static FORWARD_LATENCY_SUM_NS: AtomicU64 = AtomicU64::new(0);
+static FORWARD_LATENCY_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// Set [`FORWARD_LATENCY_NS`] to the mean since the previous call (kept when
+/// nothing was forwarded). Called once a second.
+pub fn publish_forward_latency() {
+    let sum = FORWARD_LATENCY_SUM_NS.swap(0, Ordering::Relaxed);
+    let count = FORWARD_LATENCY_COUNT.swap(0, Ordering::Relaxed);
+    if count > 0 {
+        gauge!(FORWARD_LATENCY_NS).set(sum as f64 / count as f64);
+    }
+}
+
+// ---------------------------------------------------------------- shard collector
+
+/// One shard thread's counters that are not the media core's, and what it
+/// last reported of its gauges. Owned by the thread: no sharing, no atomics.
+pub struct ShardMetrics {
+    shard: String,
+    last_flush: Instant,
+    gauges: ShardGauges,
+    /// Time spent working since the last flush.
+    pub busy: Duration,
+    pub send_syscalls: u64,
+    pub datagrams_sent: u64,
+    pub bytes_sent: u64,
+    pub send_errors: u64,
+    /// Sum and count of forward latencies since the last flush.
+    pub latency_sum_ns: u64,
+    pub latency_count: u64,
+}
+
+/// How often shard threads hand their counters to the recorder.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+impl ShardMetrics {
+    pub fn new(shard: usize, now: Instant) -> Self {
+        ShardMetrics {
+            shard: shard.to_string(),
+            last_flush: now,
+            gauges: ShardGauges::default(),
+            busy: Duration::ZERO,
+            send_syscalls: 0,
+            datagrams_sent: 0,
+            bytes_sent: 0,
+            send_errors: 0,
+            latency_sum_ns: 0,
+            latency_count: 0,
+        }
+    }
+
+    /// True once a second: time to call [`ShardMetrics::flush`].
+    pub fn due(&self, now: Instant) -> bool {
+        now.duration_since(self.last_flush) >= FLUSH_INTERVAL
+    }
+
+    /// Hand everything counted since the last flush to the recorder. Returns
+    /// the shard's gauges (for readiness and drain).
+    pub fn flush(&mut self, now: Instant, stats: MediaStats, gauges: ShardGauges) -> ShardGauges {
+        self.last_flush = now;
+        self.flush_gauges(gauges);
+        flush_media(&stats);
+        let busy = std::mem::take(&mut self.busy);
+        counter!(SHARD_BUSY_MICROSECONDS, "shard" => self.shard.clone())
+            .increment(busy.as_micros() as u64);
+        add_if(UDP_SEND_SYSCALLS, std::mem::take(&mut self.send_syscalls));
+        add_if(UDP_DATAGRAMS_SENT, std::mem::take(&mut self.datagrams_sent));
+        add_if(UDP_BYTES_SENT, std::mem::take(&mut self.bytes_sent));
+        let errors = std::mem::take(&mut self.send_errors);
+        if errors > 0 {
+            counter!(PACKETS_DROPPED, "reason" => DROP_UDP_SEND_ERROR).increment(errors);
+        }
+        FORWARD_LATENCY_SUM_NS
+            .fetch_add(std::mem::take(&mut self.latency_sum_ns), Ordering::Relaxed);
+        FORWARD_LATENCY_COUNT.fetch_add(std::mem::take(&mut self.latency_count), Ordering::Relaxed);
+        gauges
+    }
+
+    /// Node-wide gauges are sums over shards: each shard adds its change.
+    fn flush_gauges(&mut self, new: ShardGauges) {
+        let old = std::mem::replace(&mut self.gauges, new);
+        let delta = |a: u64, b: u64| b as f64 - a as f64;
+        if new.rooms != old.rooms {
+            gauge!(ROOM_TOTAL).increment(delta(old.rooms, new.rooms));
+        }
+        if new.participants != old.participants {
+            gauge!(PARTICIPANT_TOTAL).increment(delta(old.participants, new.participants));
+        }
+        for kind in Kind::ALL {
+            let k = kind as usize;
+            if new.tracks_published[k] != old.tracks_published[k] {
+                gauge!(TRACK_PUBLISHED_TOTAL, "kind" => kind.track_type())
+                    .increment(delta(old.tracks_published[k], new.tracks_published[k]));
+            }
+            if new.tracks_subscribed[k] != old.tracks_subscribed[k] {
+                gauge!(TRACK_SUBSCRIBED_TOTAL, "kind" => kind.track_type())
+                    .increment(delta(old.tracks_subscribed[k], new.tracks_subscribed[k]));
+            }
+        }
+    }
+}
+
+fn add_if(name: &'static str, n: u64) {
+    if n > 0 {
+        counter!(name).increment(n);
+    }
+}
+
+fn flush_media(stats: &MediaStats) {
+    for kind in Kind::ALL {
+        let k = kind as usize;
+        let t = kind.track_type();
+        for (direction, packets, bytes) in [
+            (Direction::Incoming, stats.packets_in[k], stats.bytes_in[k]),
+            (
+                Direction::Outgoing,
+                stats.packets_out[k],
+                stats.bytes_out[k],
+            ),
+        ] {
+            if packets > 0 {
+                let labels = [
+                    ("direction", direction.label()),
+                    ("transmission", TRANSMISSION_INITIAL),
+                    ("kind", t),
+                ];
+                counter!(PACKET_TOTAL, &labels).increment(packets);
+                counter!(PACKET_BYTES, &labels).increment(bytes);
+            }
+        }
+    }
+    for direction in Direction::ALL {
+        let d = direction as usize;
+        for (name, n) in [
+            (NACK_TOTAL, stats.nacks[d]),
+            (PLI_TOTAL, stats.plis[d]),
+            (FIR_TOTAL, stats.firs[d]),
+        ] {
+            if n > 0 {
+                counter!(name, "direction" => direction.label()).increment(n);
+            }
+        }
+    }
+    for reason in DropReason::ALL {
+        let n = stats.dropped[reason as usize];
+        if n > 0 {
+            counter!(PACKETS_DROPPED, "reason" => reason.label()).increment(n);
+        }
+    }
+    if stats.rtc_connected > 0 {
+        counter!(PARTICIPANT_JOIN_TOTAL, "state" => "rtc_connected").increment(stats.rtc_connected);
+    }
+    for s in &stats.samples {
+        let labels = [
+            ("direction", s.direction.label()),
+            ("source", s.source_label()),
+            ("type", s.kind.track_type()),
+        ];
+        if s.lost > 0 {
+            counter!(PACKET_LOSS_TOTAL, &labels).increment(s.lost);
+        }
+        if let Some(j) = s.jitter_us {
+            metrics::histogram!(JITTER_US, &labels).record(j);
+        }
+        if let Some(r) = s.rtt_ms.filter(|r| *r > 0.0) {
+            metrics::histogram!(RTT_MS, &labels).record(r);
+        }
+    }
+}
+
+/// The UDP receive thread's counters, flushed once a second.
+pub struct ReceiveMetrics {
+    last_flush: Instant,
+    pub syscalls: u64,
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub unroutable: u64,
+}
+
+impl ReceiveMetrics {
+    pub fn new(now: Instant) -> Self {
+        ReceiveMetrics {
+            last_flush: now,
+            syscalls: 0,
+            datagrams: 0,
+            bytes: 0,
+            unroutable: 0,
+        }
+    }
+
+    pub fn flush_if_due(&mut self, now: Instant) {
+        if now.duration_since(self.last_flush) < FLUSH_INTERVAL {
+            return;
+        }
+        self.last_flush = now;
+        add_if(UDP_RECEIVE_SYSCALLS, std::mem::take(&mut self.syscalls));
+        add_if(UDP_DATAGRAMS_RECEIVED, std::mem::take(&mut self.datagrams));
+        add_if(UDP_BYTES_RECEIVED, std::mem::take(&mut self.bytes));
+        let n = std::mem::take(&mut self.unroutable);
+        if n > 0 {
+            counter!(PACKETS_DROPPED, "reason" => DROP_UDP_UNROUTABLE).increment(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twirp_labels_are_closed() {
+        assert_eq!(
+            twirp_route("/twirp/livekit.RoomService/ListRooms"),
+            Some(("RoomService", "ListRooms"))
+        );
+        assert_eq!(
+            twirp_route("/twirp/livekit.RoomService/Evil<script>"),
+            Some(("RoomService", "other"))
+        );
+        assert_eq!(twirp_route("/twirp/x.Y/Z"), Some(("other", "other")));
+        assert_eq!(twirp_route("/rtc"), None);
+        assert_eq!(twirp_code("not_found"), "not_found");
+        assert_eq!(twirp_code("made_up"), "other");
+    }
+
+    #[test]
+    fn basic_auth() {
+        let mut h = HeaderMap::new();
+        assert!(BasicAuth::new("", "").allows(&h));
+        let auth = BasicAuth::new("prom", "s3cret");
+        assert!(!auth.allows(&h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cHJvbTpzM2NyZXQ="),
+        );
+        assert!(auth.allows(&h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cHJvbTpzM2NyZXR="),
+        );
+        assert!(!auth.allows(&h));
+    }
+}
