@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -278,6 +280,18 @@ async def call(people, via_a, via_b, room_name, alice="alice", bob="bob"):
     return a, b, ear
 
 
+def twirp_json(server: RelaisServer, method: str, body: dict, token: str) -> dict:
+    req = urllib.request.Request(
+        f"{server.http_url}/twirp/livekit.RoomService/{method}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        return json.loads(resp.read())
+
+
 def other_than(nodes, *names):
     return [n for n in nodes if n.name not in names]
 
@@ -305,6 +319,12 @@ async def test_participants_on_different_nodes_meet_and_hear_each_other(cluster,
         assert names[room].num_participants == 2
         parts = await lk.room.list_participants(api.ListParticipantsRequest(room=room))
         assert {p.identity for p in parts.participants} == {"alice", "bob"}
+        # The JSON face (what the Node server SDK speaks) is merged and forwarded too.
+        token = make_token("admin", room, room_list=True, room_admin=True)
+        rooms_json = twirp_json(c, "ListRooms", {}, token)
+        assert room in {r["name"] for r in rooms_json.get("rooms", [])}, rooms_json
+        parts_json = twirp_json(c, "ListParticipants", {"room": room}, token)
+        assert {p["identity"] for p in parts_json["participants"]} == {"alice", "bob"}
         gone = EventLog(alice, "participant_disconnected")
         await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
         await gone.wait(lambda p: p.identity == "bob", 10, "alice sees bob removed")
