@@ -17,12 +17,15 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import _LIVE_SERVERS, bounded, free_tcp_port, make_token, wait_for
 from livekit import rtc
 from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, play_sine, play_video
 
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+METRIC_NAME = re.compile(r"\b((?:livekit|relais)_[a-z0-9_]+)")
 LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -216,6 +219,24 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
     await m.wait("room closed", "livekit_room_total", lambda v: v == 0, timeout=20)
     await m.wait("room duration observed", "livekit_room_duration_seconds_count",
                  lambda v: v == 1)
+
+    # Every family served is documented in docs/operations.md.
+    documented = documented_metrics()
+    served = {re.sub(r"_(bucket|sum|count)$", "", n) for n, _, _ in m.scrape()}
+    missing = {n for n in served if n.startswith(("livekit_", "relais_"))} - documented
+    assert not missing, f"served but not in docs/operations.md: {sorted(missing)}"
+
+
+def documented_metrics() -> set[str]:
+    return set(METRIC_NAME.findall((DOCS / "operations.md").read_text()))
+
+
+def test_dashboard_uses_documented_metrics():
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in METRIC_NAME.findall(e)}
+    assert len(used) > 20
+    assert used <= documented_metrics(), sorted(used - documented_metrics())
 
 
 async def test_join_refusals_are_counted(relais_factory):
