@@ -66,8 +66,13 @@ LOAD=(--rooms "$ROOMS" --video-publishers "$VPUB" --audio-publishers "$APUB" --s
 LOAD+=($EXTRA)
 
 echo "== floor" >&2
-PKT_PER_S=$(( (VPUB * 4 * 30 / 1 + APUB * 50) ))  # rough input rate, packets/s
-"$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --json > "$OUT/floor.json"
+# Same fan-out and roughly the same input rate (video ~4 packets x 30 fps, audio 50/s)
+# and payload size (video ~1,000 B, audio ~80 B) as the SFU runs below.
+PKT_PER_S=$(( ROOMS * (VPUB * 4 * 30 + APUB * 50) ))
+[ "$PKT_PER_S" -ge 50 ] || PKT_PER_S=50
+if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 50)); fi
+"$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
+  --json > "$OUT/floor.json"
 
 echo "== relais" >&2
 cat > "$OUT/relais.yaml" <<EOF
