@@ -450,3 +450,30 @@ def test_cluster_config_is_checked_and_redis_password_never_printed(tmp_path):
     assert bad.returncode == 2 and "cluster.heartbeat_interval_ms" in bad.stderr, bad.stderr
     bad = check(base + "cluster: {node_selector: {sort_by: fastest}}\n")
     assert bad.returncode == 2 and "cluster.node_selector.sort_by" in bad.stderr, bad.stderr
+
+
+async def test_redis_round_trips_and_errors_are_measured(cluster):
+    from conftest import free_tcp_port
+    from test_observability import Scraper
+
+    port = free_tcp_port()
+    node = cluster.start("metered", prometheus={"port": port})
+    scraper = Scraper(port)
+    await scraper.wait(
+        "heartbeat round trips recorded",
+        "relais_redis_rtt_ms_count",
+        lambda v: v >= 2,
+        op="heartbeat",
+    )
+    assert scraper.value("relais_redis_errors_total") == 0
+    cluster.redis.stop()
+    try:
+        await scraper.wait(
+            "failed heartbeats counted while Redis is down",
+            "relais_redis_errors_total",
+            lambda v: v >= 1,
+            op="heartbeat",
+        )
+        assert node.alive()
+    finally:
+        cluster.redis.start()

@@ -23,6 +23,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Script};
 use tracing::{debug, error, info, warn};
 
+/// Round-trip time of coordinator calls to Redis, by `op`.
+pub const REDIS_RTT_MS: &str = "relais_redis_rtt_ms";
+/// Failed coordinator calls to Redis, by `op` and `kind` (`timeout`, `io`, `redis`).
+pub const REDIS_ERRORS: &str = "relais_redis_errors_total";
+
 use crate::{
     select_node, BoxFuture, ClusterConfig, ClusterError, Coordinator, LocalSnapshot, NodeInfo,
     NodeState, Placement,
@@ -283,22 +288,36 @@ impl RedisCoordinator {
         format!("{}nodes", self.config.key_prefix)
     }
 
-    /// Run one script invocation with the configured timeout.
+    /// Run one script invocation with the configured timeout. `op` names the
+    /// call in `relais_redis_rtt_ms` / `relais_redis_errors_total`.
     async fn run(
         &self,
+        op: &'static str,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<Vec<Vec<u8>>, ClusterError> {
         let mut conn = self.conn.clone();
         let timeout = Duration::from_millis(self.config.redis_timeout_ms);
+        let started = Instant::now();
         let result =
             tokio::time::timeout(timeout, invocation.invoke_async::<Vec<Vec<u8>>>(&mut conn)).await;
         let result = match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(ClusterError::Unavailable(format!("redis: {e}"))),
-            Err(_) => Err(ClusterError::Unavailable(format!(
-                "redis: no answer within {} ms",
-                self.config.redis_timeout_ms
-            ))),
+            Ok(Ok(v)) => {
+                metrics::histogram!(REDIS_RTT_MS, "op" => op)
+                    .record(started.elapsed().as_secs_f64() * 1000.0);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_io_error() { "io" } else { "redis" };
+                metrics::counter!(REDIS_ERRORS, "op" => op, "kind" => kind).increment(1);
+                Err(ClusterError::Unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                metrics::counter!(REDIS_ERRORS, "op" => op, "kind" => "timeout").increment(1);
+                Err(ClusterError::Unavailable(format!(
+                    "redis: no answer within {} ms",
+                    self.config.redis_timeout_ms
+                )))
+            }
         };
         self.note_reachability(&result);
         result
@@ -327,7 +346,7 @@ impl RedisCoordinator {
     async fn claim(&self, room: &str, candidate: &str) -> Result<ClaimOutcome, ClusterError> {
         let mut inv = self.claim.key(self.room_key(room));
         inv.arg(candidate).arg(self.config.room_ttl_ms);
-        let reply = self.run(inv).await?;
+        let reply = self.run("place", inv).await?;
         let text = |i: usize| {
             reply
                 .get(i)
@@ -492,7 +511,7 @@ impl RedisCoordinator {
             .arg(refresh.len())
             .arg(self.config.node_ttl_ms.saturating_mul(20));
         let sent_at = unix_ms();
-        let reply = self.run(inv).await?;
+        let reply = self.run("heartbeat", inv).await?;
         let text = |i: usize| {
             reply
                 .get(i)
@@ -638,7 +657,7 @@ impl Coordinator for RedisCoordinator {
                 inv.key(self.room_key(room));
             }
             inv.arg(&self.id).arg(&instance);
-            match self.run(inv).await {
+            match self.run("leave", inv).await {
                 Ok(_) => info!(rooms = rooms.len(), "left the cluster"),
                 Err(e) => {
                     warn!(error = %e, "could not deregister; the records expire on their own")

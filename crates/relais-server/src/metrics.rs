@@ -100,6 +100,8 @@ pub const NODE_DRAINING: &str = "relais_node_draining";
 /// Drop reasons counted outside the media core.
 pub const DROP_UDP_UNROUTABLE: &str = "udp_unroutable";
 pub const DROP_UDP_SEND_ERROR: &str = "udp_send_error";
+/// The owning shard's datagram queue was full (the shard is not keeping up).
+pub const DROP_SHARD_QUEUE_FULL: &str = "shard_queue_full";
 
 /// LiveKit's `node_type` for a media server.
 pub const NODE_TYPE: &str = "SERVER";
@@ -638,6 +640,7 @@ pub struct ReceiveMetrics {
     pub datagrams: u64,
     pub bytes: u64,
     pub unroutable: u64,
+    pub shard_queue_full: u64,
 }
 
 impl ReceiveMetrics {
@@ -648,6 +651,7 @@ impl ReceiveMetrics {
             datagrams: 0,
             bytes: 0,
             unroutable: 0,
+            shard_queue_full: 0,
         }
     }
 
@@ -662,6 +666,10 @@ impl ReceiveMetrics {
         let n = std::mem::take(&mut self.unroutable);
         if n > 0 {
             counter!(PACKETS_DROPPED, "reason" => DROP_UDP_UNROUTABLE).increment(n);
+        }
+        let n = std::mem::take(&mut self.shard_queue_full);
+        if n > 0 {
+            counter!(PACKETS_DROPPED, "reason" => DROP_SHARD_QUEUE_FULL).increment(n);
         }
     }
 }

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
+
+use crossbeam_channel as channel;
+use crossbeam_queue::ArrayQueue;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
@@ -33,13 +36,6 @@ pub enum ToSignal {
 
 /// Work for a shard thread.
 enum Command {
-    Datagram {
-        source: SocketAddr,
-        destination: SocketAddr,
-        data: Vec<u8>,
-        /// When the receive thread got it (forward latency).
-        received: Instant,
-    },
     Join {
         room: String,
         create: bool,
@@ -54,13 +50,33 @@ enum Command {
     Admin(AdminTask),
 }
 
+/// One received datagram on its way to a shard. `data` comes from, and goes
+/// back to, the node's buffer pool: the media path allocates nothing per packet.
+struct Datagram {
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+    /// When the receive thread got it (forward latency).
+    received: Instant,
+}
+
+/// Datagrams a shard may have queued before the receive thread drops more for
+/// it: a stalled shard loses its own packets instead of stalling the others.
+const SHARD_DATAGRAM_QUEUE: usize = 8192;
+/// Receive buffers kept for reuse.
+const BUFFER_POOL: usize = 16384;
+/// Larger than any datagram WebRTC sends (str0m keeps to ~1200 bytes).
+const RECEIVE_BUFFER: usize = 2048;
+
 /// See [`Command::Admin`]: gets the shard, the time and the Unix time in ms.
 type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
 
 /// Handle to all shards; cheap to clone.
 #[derive(Clone)]
 pub struct Shards {
-    senders: Arc<Vec<mpsc::Sender<Command>>>,
+    senders: Arc<Vec<channel::Sender<Command>>>,
+    datagrams: Arc<Vec<channel::Sender<Datagram>>>,
+    buffers: Arc<ArrayQueue<Vec<u8>>>,
     next_key: Arc<AtomicU64>,
     /// Liveness, readiness and draining, fed by the shard threads' heartbeats.
     node: Arc<NodeState>,
@@ -78,20 +94,34 @@ impl Shards {
         let socket = Arc::new(socket);
         let local = socket.local_addr()?;
         let mut senders = Vec::with_capacity(count);
+        let mut datagrams = Vec::with_capacity(count);
+        let buffers = Arc::new(ArrayQueue::new(BUFFER_POOL));
         let node = Arc::new(NodeState::new(count));
         for index in 0..count {
-            let (tx, rx) = mpsc::channel();
+            let (tx, rx) = channel::unbounded();
+            let (datagram_tx, datagram_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
+            let pool = buffers.clone();
             let shard = Shard::new(index as u8, config.clone());
             let socket = socket.clone();
             let events = events.clone();
             let node = node.clone();
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
-                .spawn(move || run_shard(shard, rx, socket, events, node))?;
+                .spawn(move || {
+                    let inbox = Inbox {
+                        commands: rx,
+                        datagrams: datagram_rx,
+                        buffers: pool,
+                    };
+                    run_shard(shard, inbox, socket, events, node)
+                })?;
             senders.push(tx);
+            datagrams.push(datagram_tx);
         }
         let shards = Shards {
             senders: Arc::new(senders),
+            datagrams: Arc::new(datagrams),
+            buffers,
             next_key: Arc::new(AtomicU64::new(1)),
             node,
         };
@@ -173,11 +203,13 @@ impl Shards {
 
     fn receive_loop(&self, socket: &UdpSocket, local: SocketAddr) {
         let mut shard_of_addr: HashMap<SocketAddr, usize> = HashMap::new();
-        let mut buf = vec![0u8; 2048];
         let mut metrics = ReceiveMetrics::new(Instant::now());
         // Wake up now and then to hand over the counters even when idle.
         let _ = socket.set_read_timeout(Some(metrics::FLUSH_INTERVAL));
+        let mut buf = vec![0; RECEIVE_BUFFER];
         loop {
+            // A recycled buffer comes back empty; its capacity is kept.
+            buf.resize(RECEIVE_BUFFER, 0);
             let result = socket.recv_from(&mut buf);
             let received = Instant::now();
             metrics.syscalls += 1;
@@ -220,15 +252,27 @@ impl Shards {
                     }
                 },
             };
-            let command = Command::Datagram {
+            buf.truncate(len);
+            let fresh = self
+                .buffers
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(RECEIVE_BUFFER));
+            let datagram = Datagram {
                 source,
                 destination: local,
-                data: datagram.to_vec(),
+                data: std::mem::replace(&mut buf, fresh),
                 received,
             };
-            if self.senders[shard].send(command).is_err() {
-                error!(shard, "shard thread is gone");
-                return;
+            match self.datagrams[shard].try_send(datagram) {
+                Ok(()) => {}
+                Err(channel::TrySendError::Full(d)) => {
+                    metrics.shard_queue_full += 1;
+                    buf = d.data;
+                }
+                Err(channel::TrySendError::Disconnected(_)) => {
+                    error!(shard, "shard thread is gone");
+                    return;
+                }
             }
         }
     }
@@ -237,7 +281,7 @@ impl Shards {
 /// A joined participant's way to its shard.
 #[derive(Clone)]
 pub struct ShardHandle {
-    sender: mpsc::Sender<Command>,
+    sender: channel::Sender<Command>,
     key: ParticipantKey,
     span: Span,
 }
@@ -269,9 +313,48 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// What a shard thread reads: control commands, and datagrams whose buffers it
+/// returns to the pool once handled.
+struct Inbox {
+    commands: channel::Receiver<Command>,
+    datagrams: channel::Receiver<Datagram>,
+    buffers: Arc<ArrayQueue<Vec<u8>>>,
+}
+
+enum Work {
+    Command(Command),
+    Datagram(Datagram),
+}
+
+impl Inbox {
+    /// The next piece of work, waiting at most `wait`; `Err` once every sender is gone.
+    fn next(&self, wait: Duration) -> Result<Option<Work>, ()> {
+        channel::select! {
+            recv(self.datagrams) -> d => Ok(d.ok().map(Work::Datagram)),
+            recv(self.commands) -> c => c.map(|c| Some(Work::Command(c))).map_err(|_| ()),
+            default(wait) => Ok(None),
+        }
+    }
+
+    /// Work already queued, without waiting.
+    fn try_next(&self) -> Option<Work> {
+        self.datagrams
+            .try_recv()
+            .map(Work::Datagram)
+            .or_else(|_| self.commands.try_recv().map(Work::Command))
+            .ok()
+    }
+
+    fn recycle(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        // A full pool drops the buffer: the pool only bounds allocation, not memory.
+        let _ = self.buffers.push(buffer);
+    }
+}
+
 fn run_shard(
     mut shard: Shard,
-    commands: mpsc::Receiver<Command>,
+    inbox: Inbox,
     socket: Arc<UdpSocket>,
     events: EventSinks,
     node: Arc<NodeState>,
@@ -293,22 +376,32 @@ fn run_shard(
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
-        let first = match commands.recv_timeout(wait) {
-            Ok(command) => Some(command),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        let Ok(first) = inbox.next(wait) else {
+            return;
         };
         let busy_since = Instant::now();
         // Handle it and whatever else is queued, then look at timers.
-        for command in first
+        for work in first
             .into_iter()
-            .chain(std::iter::from_fn(|| commands.try_recv().ok()))
+            .chain(std::iter::from_fn(|| inbox.try_next()))
         {
-            let received = match &command {
-                Command::Datagram { received, .. } => Some(*received),
-                _ => None,
+            let received = match work {
+                Work::Datagram(d) => {
+                    shard.handle_datagram(
+                        Instant::now(),
+                        Protocol::Udp,
+                        d.source,
+                        d.destination,
+                        &d.data,
+                    );
+                    inbox.recycle(d.data);
+                    Some(d.received)
+                }
+                Work::Command(command) => {
+                    handle_command(&mut shard, &mut signals, command);
+                    None
+                }
             };
-            handle_command(&mut shard, &mut signals, command);
             let sent = flush(&mut shard, &mut signals, &socket, &events, &mut metrics);
             if let (Some(received), true) = (received, sent > 0) {
                 metrics.latency_sum_ns += received.elapsed().as_nanos() as u64;
@@ -331,12 +424,6 @@ fn handle_command(
 ) {
     let now = Instant::now();
     match command {
-        Command::Datagram {
-            source,
-            destination,
-            data,
-            ..
-        } => shard.handle_datagram(now, Protocol::Udp, source, destination, &data),
         Command::Join {
             room,
             create,
