@@ -298,7 +298,14 @@ impl World {
                 frame as u8,
             ];
             if first {
-                payload.extend_from_slice(&[0x11, 0x02, 0x00]);
+                // A keyframe every 60 frames (the forwarder starts a subscriber on one).
+                if frame.is_multiple_of(60) {
+                    payload.extend_from_slice(&[
+                        0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+                    ]);
+                } else {
+                    payload.extend_from_slice(&[0x11, 0x02, 0x00]);
+                }
             }
             payload.resize(1000, 0x55);
             let now = self.now;
@@ -310,6 +317,8 @@ impl World {
                     .nackable(true),
             );
             *seq += 1;
+            // str0m queues the packet; a timeout at `now` lets its pacer release it.
+            c.rtc.handle_input(Input::Timeout(now)).unwrap();
             loop {
                 match c.rtc.poll_output().unwrap() {
                     Output::Timeout(_) => break,
