@@ -377,22 +377,7 @@ fn twirp_route(path: &str) -> Option<(&'static str, &'static str)> {
         "SIP",
         "AgentDispatchService",
     ];
-    const METHODS: &[&str] = &[
-        "CreateRoom",
-        "ListRooms",
-        "DeleteRoom",
-        "ListParticipants",
-        "GetParticipant",
-        "RemoveParticipant",
-        "MutePublishedTrack",
-        "UpdateParticipant",
-        "UpdateSubscriptions",
-        "SendData",
-        "UpdateRoomMetadata",
-        "ForwardParticipant",
-        "MoveParticipant",
-        "PerformRpc",
-    ];
+    use relais_control::room_service::twirp::METHODS;
     let service = SERVICES
         .iter()
         .find(|s| **s == service)

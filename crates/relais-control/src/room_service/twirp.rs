@@ -86,7 +86,8 @@ async fn bad_route_handler(request: Request) -> Response {
     )))
 }
 
-const METHODS: &[&str] = &[
+/// Every method of `livekit.RoomService`, as named in Twirp paths.
+pub const METHODS: &[&str] = &[
     "CreateRoom",
     "ListRooms",
     "DeleteRoom",
