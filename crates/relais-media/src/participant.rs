@@ -30,6 +30,8 @@ pub(crate) struct PeerSession {
     pub ufrag: String,
     pub deadline: Instant,
     pub connected: bool,
+    /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
+    pub failed: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
 }
@@ -49,6 +51,7 @@ impl PeerSession {
             ufrag,
             deadline: now,
             connected: false,
+            failed: false,
             stats_seen: HashMap::new(),
         }
     }

@@ -1021,14 +1021,21 @@ impl Room {
         self.process_events(now);
 
         // Peer connections that str0m gave up on (ICE timeout, DTLS failure).
-        let dead: Vec<ParticipantKey> = self
+        let dead: Vec<(ParticipantKey, DisconnectReason)> = self
             .participants
             .values()
-            .filter(|p| !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive())
-            .map(|p| p.key)
+            .filter_map(|p| {
+                if p.publisher.failed || p.subscriber.failed {
+                    Some((p.key, DisconnectReason::MediaFailure))
+                } else if !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive() {
+                    Some((p.key, DisconnectReason::ConnectionTimeout))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for key in dead {
-            self.remove_participant(now, key, DisconnectReason::ConnectionTimeout);
+        for (key, reason) in dead {
+            self.remove_participant(now, key, reason);
         }
 
         if now >= self.next_layer_check {
@@ -1793,7 +1800,8 @@ fn drain_session(
                 event,
             }),
             Err(e) => {
-                debug!(?key, ?role, error = %e, "session failed");
+                warn!(?key, ?role, error = %e, "peer connection failed");
+                session.failed = true;
                 session.rtc.disconnect();
                 session.deadline = now + Duration::from_secs(1);
                 break;

@@ -198,6 +198,9 @@ impl LocalTrack {
     }
 }
 
+/// Rewrites an SDP before a simulated client sends it.
+pub type SdpFilter = Box<dyn Fn(&str) -> String>;
+
 pub struct Client {
     pub identity: String,
     pub key: ParticipantKey,
@@ -237,6 +240,10 @@ pub struct Client {
     pub connected_pub: bool,
     pub connected_sub: bool,
     pub disconnected: bool,
+    /// The leave the server sent with its disconnect, if any.
+    pub leave: Option<relais_proto::livekit::LeaveRequest>,
+    /// Rewrites this client's subscriber answers before they are sent (bad-input tests).
+    pub answer_filter: Option<SdpFilter>,
     /// Added to [`Sim::latency`] for this client's datagrams, both ways.
     pub extra_latency: Duration,
     /// Replaces [`Sim::signal_latency`] for this client's WebSocket, both ways.
@@ -293,6 +300,8 @@ impl Client {
             connected_pub: false,
             connected_sub: false,
             disconnected: false,
+            leave: None,
+            answer_filter: None,
             extra_latency: Duration::ZERO,
             signal_latency: None,
         }
@@ -706,9 +715,10 @@ impl Sim {
                     let at = self.now + self.signal_latency_of(key);
                     insert_by_time(&mut self.to_clients, (at, key, *msg), |e| e.0);
                 }
-                ShardOutput::Disconnect(key, _) => {
+                ShardOutput::Disconnect(key, leave) => {
                     if let Some(c) = self.clients.iter_mut().find(|c| c.key == key) {
                         c.disconnected = true;
+                        c.leave = leave;
                     }
                 }
                 ShardOutput::Event { event, .. } => self.room_events.push((self.now, *event)),
@@ -882,11 +892,15 @@ impl Sim {
                     .accept_offer(offer)
                     .expect("server offer accepted");
                 self.drain_client(index, false, now);
+                let mut sdp = answer.to_sdp_string();
+                if let Some(filter) = &self.clients[index].answer_filter {
+                    sdp = filter(&sdp);
+                }
                 self.send_signal(
                     index,
                     signal_request::Message::Answer(SessionDescription {
                         r#type: "answer".into(),
-                        sdp: answer.to_sdp_string(),
+                        sdp,
                         id: sd.id,
                         ..Default::default()
                     }),
