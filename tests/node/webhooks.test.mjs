@@ -14,44 +14,12 @@
 // The binary is $RELAIS_BIN, default target/debug/relais under the repo root.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createSocket } from 'node:dgram';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
 import { AccessToken, RoomServiceClient, WebhookReceiver } from 'livekit-server-sdk';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const RELAIS = process.env.RELAIS_BIN || resolve(ROOT, 'target', 'debug', 'relais');
-const API_KEY = 'devkey';
-const API_SECRET = 'secret';
-
-function freeTcpPort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once('error', fail);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
-
-function freeUdpPort() {
-  return new Promise((ok, fail) => {
-    const s = createSocket('udp4');
-    s.once('error', fail);
-    s.bind(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
-}
+import { API_KEY, API_SECRET, startRelais } from './relais_process.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -103,75 +71,27 @@ const namesOf = (room) => eventsOf(room).map((e) => e.event);
 
 // ------------------------------------------------------------------ relais
 
-let proc;
-let dir;
+let relais;
 let url;
 let wsUrl;
-let logPath;
 
 before(async () => {
-  assert.ok(existsSync(RELAIS), `relais binary not found at ${RELAIS}: build it first`);
   await startSink();
-  dir = mkdtempSync(join(tmpdir(), 'relais-node-hooks-'));
-  const port = await freeTcpPort();
-  const udp = await freeUdpPort();
-  const config = [
-    `port: ${port}`,
-    'bind_addresses: ["127.0.0.1"]',
-    'rtc:',
-    `  udp_port: ${udp}`,
-    '  node_ip: "127.0.0.1"',
-    'keys:',
-    `  ${API_KEY}: ${API_SECRET}`,
+  relais = await startRelais([
     'room:',
     '  empty_timeout: 1',
     'webhook:',
     `  api_key: ${API_KEY}`,
     '  urls:',
     `    - "${sinkUrl}"`,
-    'logging:',
-    '  level: info',
-  ].join('\n');
-  const configPath = join(dir, 'relais.yaml');
-  writeFileSync(configPath, config + '\n');
-  logPath = join(dir, 'relais.log');
-  const env = { ...process.env, NO_COLOR: '1' };
-  for (const k of Object.keys(env)) {
-    if (k.startsWith('LIVEKIT_')) delete env[k];
-  }
-  proc = spawn(RELAIS, ['--config', configPath], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const chunks = [];
-  proc.stdout.on('data', (d) => chunks.push(d));
-  proc.stderr.on('data', (d) => chunks.push(d));
-  proc.on('exit', () => writeFileSync(logPath, Buffer.concat(chunks)));
-  url = `http://127.0.0.1:${port}`;
-  wsUrl = `127.0.0.1:${port}`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    try {
-      const r = await fetch(url + '/');
-      if (r.ok) break;
-    } catch {
-      // not listening yet
-    }
-    assert.ok(proc.exitCode === null, 'relais exited during start-up');
-    assert.ok(Date.now() < deadline, 'relais did not answer GET / within 20 s');
-    await sleep(100);
-  }
+  ]);
+  url = relais.url;
+  wsUrl = `127.0.0.1:${relais.port}`;
 });
 
 after(async () => {
-  if (proc && proc.exitCode === null) {
-    const exited = new Promise((r) => proc.once('exit', r));
-    proc.kill('SIGTERM');
-    await Promise.race([exited, sleep(5000)]);
-    if (proc.exitCode === null) proc.kill('SIGKILL');
-  }
+  if (relais) await relais.stop();
   if (sink) await new Promise((r) => sink.close(r));
-  if (logPath && existsSync(logPath)) {
-    assert.ok(!readFileSync(logPath, 'utf8').includes('panicked'), 'relais panicked');
-  }
-  if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
 const unique = (p) => `${p}-${Math.random().toString(36).slice(2, 10)}`;
