@@ -63,6 +63,8 @@ struct Datagram {
 /// Datagrams a shard may have queued before the receive thread drops more for
 /// it: a stalled shard loses its own packets instead of stalling the others.
 const SHARD_DATAGRAM_QUEUE: usize = 8192;
+/// Work items a shard handles before it looks at its timers again.
+const MAX_BATCH: usize = 256;
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
 /// Larger than any datagram WebRTC sends (str0m keeps to ~1200 bytes).
@@ -336,12 +338,14 @@ impl Inbox {
         }
     }
 
-    /// Work already queued, without waiting.
+    /// Work already queued, without waiting. Commands (signal messages, joins,
+    /// API calls) go first: they are rare, and a shard busy with media must not
+    /// leave a participant's offer waiting behind a stream of datagrams.
     fn try_next(&self) -> Option<Work> {
-        self.datagrams
+        self.commands
             .try_recv()
-            .map(Work::Datagram)
-            .or_else(|_| self.commands.try_recv().map(Work::Command))
+            .map(Work::Command)
+            .or_else(|_| self.datagrams.try_recv().map(Work::Datagram))
             .ok()
     }
 
@@ -381,9 +385,12 @@ fn run_shard(
         };
         let busy_since = Instant::now();
         // Handle it and whatever else is queued, then look at timers.
+        // A bounded batch, so that timers (retransmissions, keyframe requests,
+        // liveness) still run when the queue never empties.
         for work in first
             .into_iter()
             .chain(std::iter::from_fn(|| inbox.try_next()))
+            .take(MAX_BATCH)
         {
             let received = match work {
                 Work::Datagram(d) => {
