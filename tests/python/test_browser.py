@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from media import play_video
 from conftest import REPO_ROOT, EventLog, bounded, make_token, wait_for
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
@@ -137,17 +138,6 @@ def synthetic_picture(index: int) -> np.ndarray:
     return img
 
 
-async def play_video(source: rtc.VideoSource, stop: asyncio.Event) -> None:
-    index = 0
-    while not stop.is_set():
-        frame = rtc.VideoFrame(
-            WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, synthetic_picture(index).tobytes()
-        )
-        source.capture_frame(frame)
-        index += 1
-        await asyncio.sleep(1 / FPS)
-
-
 async def record_frames(track: rtc.Track, count: int) -> list[rtc.VideoFrame]:
     stream = rtc.VideoStream(track)
     frames: list[rtc.VideoFrame] = []
@@ -182,7 +172,9 @@ async def browser():
     [("python_first", True), ("browser_first", False)],
     ids=["python_first-simulcast", "browser_first-single_layer"],
 )
-async def test_browser_and_python_exchange_video(relais, rooms, browser, order, python_simulcast):
+async def test_browser_and_python_exchange_video(
+    relais, rooms, browser, order, python_simulcast
+):
     """`python_first`: the browser joins a room where Python already publishes, with
     simulcast (the browser's first subscriber offer carries the track). `browser_first`:
     the browser is connected and publishing when Python joins and publishes a single
@@ -191,7 +183,9 @@ async def test_browser_and_python_exchange_video(relais, rooms, browser, order, 
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
     source = rtc.VideoSource(WIDTH, HEIGHT)
-    player = asyncio.create_task(play_video(source, stop))
+    player = asyncio.create_task(
+        play_video(source, stop, WIDTH, HEIGHT, FPS, synthetic_picture)
+    )
     py: rtc.Room | None = None
     subscribed: EventLog | None = None
 
@@ -199,7 +193,9 @@ async def test_browser_and_python_exchange_video(relais, rooms, browser, order, 
         nonlocal py, subscribed
         py = rtc.Room()
         # Recording starts before the connection: the browser's track may come with it.
-        subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
+        subscribed = EventLog(
+            py, "track_subscribed"
+        )  # (track, publication, participant)
         rooms.rooms.append(py)  # disconnected by the fixture at the end
         await bounded(
             py.connect(relais.url, make_token(PY, room_name), rtc.RoomOptions()),
@@ -236,7 +232,9 @@ async def test_browser_and_python_exchange_video(relais, rooms, browser, order, 
         if order == "browser_first":
             py_pub = await python_joins_and_publishes()
         started = time.monotonic()
-        await wait_for(lambda: WEB in py.remote_participants, "python sees the browser", WAIT_S)
+        await wait_for(
+            lambda: WEB in py.remote_participants, "python sees the browser", WAIT_S
+        )
 
         # (a) The browser's camera reaches the Python participant.
         track, publication, _ = await subscribed.wait(
@@ -247,7 +245,9 @@ async def test_browser_and_python_exchange_video(relais, rooms, browser, order, 
         assert publication.sid == published["trackSid"]
         assert publication.source == rtc.TrackSource.SOURCE_CAMERA
         frames = await bounded(
-            record_frames(track, 10), "python receives 10 frames of the browser's camera", WAIT_S
+            record_frames(track, 10),
+            "python receives 10 frames of the browser's camera",
+            WAIT_S,
         )
         sizes = [(f.width, f.height) for f in frames]
         print(f"python received browser frames of sizes {sorted(set(sizes))}")

@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 
 import numpy as np
 import pytest
 from livekit import rtc
 
+from media import play_sine, play_video
 from conftest import EventLog, bounded, wait_for
 
 SAMPLE_RATE = 48000
 TONE_HZ = 440.0
 TONE_TOLERANCE_HZ = 20.0
-FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms
 WIDTH, HEIGHT = 640, 360
 FPS = 20
 
@@ -49,21 +48,6 @@ async def join_pair(relais, rooms, room_name, **alice_grants):
 # --------------------------------------------------------------------------- media sources
 
 
-async def play_sine(source: rtc.AudioSource, stop: asyncio.Event) -> None:
-    """Push 10 ms frames of a TONE_HZ sine, paced to real time (≤ 200 ms ahead)."""
-    t = np.arange(FRAME_SAMPLES)
-    sent = 0
-    start = time.monotonic()
-    while not stop.is_set():
-        samples = 0.5 * 32767 * np.sin(2 * np.pi * TONE_HZ * (sent + t) / SAMPLE_RATE)
-        frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
-        await source.capture_frame(frame)
-        sent += FRAME_SAMPLES
-        ahead = start + sent / SAMPLE_RATE - 0.2 - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-
-
 def synthetic_picture(index: int) -> np.ndarray:
     """Top half solid red; bottom half black with a white bar that moves every frame."""
     img = np.zeros((HEIGHT, WIDTH, 4), np.uint8)
@@ -72,17 +56,6 @@ def synthetic_picture(index: int) -> np.ndarray:
     x = (index * 16) % (WIDTH - 40)
     img[HEIGHT // 2 :, x : x + 40, :3] = 255
     return img
-
-
-async def play_video(source: rtc.VideoSource, stop: asyncio.Event) -> None:
-    index = 0
-    while not stop.is_set():
-        frame = rtc.VideoFrame(
-            WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, synthetic_picture(index).tobytes()
-        )
-        source.capture_frame(frame)
-        index += 1
-        await asyncio.sleep(1 / FPS)
 
 
 # --------------------------------------------------------------------------- media sinks
@@ -147,7 +120,9 @@ async def test_two_participants_see_each_other(relais, rooms, room_name):
     joined = EventLog(bob, "participant_connected")
     alice = await rooms.join(relais, ALICE, room_name)
 
-    (participant,) = await joined.wait(lambda p: p.identity == ALICE, 10, "bob: alice connected")
+    (participant,) = await joined.wait(
+        lambda p: p.identity == ALICE, 10, "bob: alice connected"
+    )
     assert participant.sid.startswith("PA"), participant.sid
     # Alice learns of Bob from her join response.
     await wait_for(lambda: BOB in alice.remote_participants, "alice to list bob", 10)
@@ -164,8 +139,10 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     audio_source = rtc.AudioSource(SAMPLE_RATE, 1)
     video_source = rtc.VideoSource(WIDTH, HEIGHT)
     players = [
-        asyncio.create_task(play_sine(audio_source, stop)),
-        asyncio.create_task(play_video(video_source, stop)),
+        asyncio.create_task(play_sine(audio_source, stop, hz=TONE_HZ)),
+        asyncio.create_task(
+            play_video(video_source, stop, WIDTH, HEIGHT, FPS, synthetic_picture)
+        ),
     ]
     try:
         mic = rtc.LocalAudioTrack.create_audio_track("sine", audio_source)
@@ -183,7 +160,9 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
                 rtc.TrackPublishOptions(
                     source=rtc.TrackSource.SOURCE_CAMERA,
                     simulcast=False,
-                    video_encoding=rtc.VideoEncoding(max_bitrate=1_500_000, max_framerate=FPS),
+                    video_encoding=rtc.VideoEncoding(
+                        max_bitrate=1_500_000, max_framerate=FPS
+                    ),
                     # Keep the encoder at 640x360 whatever its bandwidth estimate says: this
                     # test is about forwarding, not about the encoder's adaptation.
                     degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
@@ -199,10 +178,14 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
             )
 
         audio_track, audio_pub, _ = await wait_for(
-            lambda: subscribed_kind(rtc.TrackKind.KIND_AUDIO), "bob subscribed to audio", 20
+            lambda: subscribed_kind(rtc.TrackKind.KIND_AUDIO),
+            "bob subscribed to audio",
+            20,
         )
         video_track, video_pub, _ = await wait_for(
-            lambda: subscribed_kind(rtc.TrackKind.KIND_VIDEO), "bob subscribed to video", 20
+            lambda: subscribed_kind(rtc.TrackKind.KIND_VIDEO),
+            "bob subscribed to video",
+            20,
         )
         assert audio_pub.sid.startswith("TR") and video_pub.sid.startswith("TR")
         assert audio_pub.source == rtc.TrackSource.SOURCE_MICROPHONE
@@ -232,9 +215,13 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     sizes = [(f.width, f.height) for f in frames]
     assert set(sizes) == {(WIDTH, HEIGHT)}, f"received frame sizes {sizes}"
     rgba = frames[-1].convert(rtc.VideoBufferType.RGBA)
-    img = np.frombuffer(rgba.data, dtype=np.uint8).reshape(HEIGHT, WIDTH, 4).astype(float)
+    img = (
+        np.frombuffer(rgba.data, dtype=np.uint8).reshape(HEIGHT, WIDTH, 4).astype(float)
+    )
     top = img[: HEIGHT // 2, :, :3].mean(axis=(0, 1))
-    assert top[0] > 150 and top[1] < 100 and top[2] < 100, f"top half should be red, mean RGB {top}"
+    assert top[0] > 150 and top[1] < 100 and top[2] < 100, (
+        f"top half should be red, mean RGB {top}"
+    )
 
 
 async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):
@@ -242,7 +229,9 @@ async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):
     received = EventLog(bob, "data_received")  # (rtc.DataPacket,)
 
     await bounded(
-        alice.local_participant.publish_data(b"reliable-hello", reliable=True, topic="chat"),
+        alice.local_participant.publish_data(
+            b"reliable-hello", reliable=True, topic="chat"
+        ),
         "alice publishes reliable data",
     )
     (packet,) = await received.wait(
@@ -289,19 +278,27 @@ async def test_rpc_round_trip(relais, rooms, room_name):
     assert calls == [(ALICE, "hi")]
 
 
-async def test_metadata_and_attributes_reach_other_participant(relais, rooms, room_name):
+async def test_metadata_and_attributes_reach_other_participant(
+    relais, rooms, room_name
+):
     alice, bob = await join_pair(relais, rooms, room_name, can_update_own_metadata=True)
     metadata = EventLog(bob, "participant_metadata_changed")  # (participant, old, new)
-    attributes = EventLog(bob, "participant_attributes_changed")  # (changed, participant)
+    attributes = EventLog(
+        bob, "participant_attributes_changed"
+    )  # (changed, participant)
 
-    await bounded(alice.local_participant.set_metadata("status: presenting"), "set_metadata")
+    await bounded(
+        alice.local_participant.set_metadata("status: presenting"), "set_metadata"
+    )
     await metadata.wait(
         lambda p, old, new: p.identity == ALICE and new == "status: presenting",
         10,
         "bob sees alice's metadata",
     )
 
-    await bounded(alice.local_participant.set_attributes({"hand": "up"}), "set_attributes")
+    await bounded(
+        alice.local_participant.set_attributes({"hand": "up"}), "set_attributes"
+    )
     await attributes.wait(
         lambda changed, p: p.identity == ALICE and changed.get("hand") == "up",
         10,

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
+from media import play_sine
 from conftest import (
     API_KEY,
     API_SECRET,
@@ -45,7 +46,6 @@ from conftest import (
 )
 
 SAMPLE_RATE = 48000
-FRAME_SAMPLES = SAMPLE_RATE // 100
 HEARTBEAT_MS = 500
 TTL_MS = 3000
 
@@ -65,9 +65,21 @@ class RedisServer:
     def start(self) -> "RedisServer":
         subprocess.run(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--daemonize", "yes",
-                "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log"),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
             ],
             check=True,
         )
@@ -87,7 +99,9 @@ class RedisServer:
     def cli(self, *args: str) -> str:
         p = subprocess.run(
             ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return p.stdout.strip()
 
@@ -147,8 +161,11 @@ class Cluster:
     def teardown(self) -> None:
         problems = []
         for server in self.nodes:
-            if server in self.killed or (server.proc and server.proc.poll() is not None
-                                         and getattr(server, "drained", False)):
+            if server in self.killed or (
+                server.proc
+                and server.proc.poll() is not None
+                and getattr(server, "drained", False)
+            ):
                 if "panicked" in server.log_text():
                     problems.append(f"{server.name} log contains 'panicked'")
                 continue
@@ -184,7 +201,9 @@ class Participants:
         self.rooms: list[rtc.Room] = []
         self.tasks: list[asyncio.Task] = []
 
-    async def join(self, server: RelaisServer, identity: str, room: str, timeout=15) -> rtc.Room:
+    async def join(
+        self, server: RelaisServer, identity: str, room: str, timeout=15
+    ) -> rtc.Room:
         r = await connect(server.url, make_token(identity, room), timeout=timeout)
         self.rooms.append(r)
         return r
@@ -207,20 +226,6 @@ async def people():
 # --------------------------------------------------------------------------- media
 
 
-async def play_tone(source: rtc.AudioSource, stop: asyncio.Event) -> None:
-    t = np.arange(FRAME_SAMPLES)
-    sent = 0
-    start = time.monotonic()
-    while not stop.is_set():
-        samples = 0.5 * 32767 * np.sin(2 * np.pi * 440.0 * (sent + t) / SAMPLE_RATE)
-        frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
-        await source.capture_frame(frame)
-        sent += FRAME_SAMPLES
-        ahead = start + sent / SAMPLE_RATE - 0.2 - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-
-
 class Ear:
     """Counts audible audio frames of every audio track a room subscribes to."""
 
@@ -241,7 +246,9 @@ class Ear:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
         try:
             async for event in stream:
-                data = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                data = np.frombuffer(event.frame.data, dtype=np.int16).astype(
+                    np.float64
+                )
                 if data.size and np.sqrt(np.mean(data**2)) > 300:
                     self.audible += 1
         finally:
@@ -256,7 +263,7 @@ class Ear:
 async def publish_tone(room: rtc.Room, people: Participants) -> asyncio.Event:
     stop = asyncio.Event()
     source = rtc.AudioSource(SAMPLE_RATE, 1)
-    people.tasks.append(asyncio.create_task(play_tone(source, stop)))
+    people.tasks.append(asyncio.create_task(play_sine(source, stop)))
     track = rtc.LocalAudioTrack.create_audio_track("tone", source)
     await bounded(
         room.local_participant.publish_track(
@@ -284,7 +291,10 @@ def twirp_json(server: RelaisServer, method: str, body: dict, token: str) -> dic
     req = urllib.request.Request(
         f"{server.http_url}/twirp/livekit.RoomService/{method}",
         data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {token}",
+        },
         method="POST",
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -299,7 +309,9 @@ def other_than(nodes, *names):
 # --------------------------------------------------------------------------- tests
 
 
-async def test_participants_on_different_nodes_meet_and_hear_each_other(cluster, three, people):
+async def test_participants_on_different_nodes_meet_and_hear_each_other(
+    cluster, three, people
+):
     a, b, c = three
     room = f"meet-{uuid.uuid4().hex[:6]}"
     alice, bob, ear = await call(people, a, b, room)
@@ -326,7 +338,9 @@ async def test_participants_on_different_nodes_meet_and_hear_each_other(cluster,
         parts_json = twirp_json(c, "ListParticipants", {"room": room}, token)
         assert {p["identity"] for p in parts_json["participants"]} == {"alice", "bob"}
         gone = EventLog(alice, "participant_disconnected")
-        await lk.room.remove_participant(api.RoomParticipantIdentity(room=room, identity="bob"))
+        await lk.room.remove_participant(
+            api.RoomParticipantIdentity(room=room, identity="bob")
+        )
         await gone.wait(lambda p: p.identity == "bob", 10, "alice sees bob removed")
 
 
@@ -342,7 +356,9 @@ async def test_owner_killed_room_moves_to_a_live_node(cluster, three, people):
     # Rejoin through the survivors until the room is placed on a live node.
     joined = None
     while joined is None:
-        assert time.monotonic() - killed_at < 10, "no live node took the room within 10 s"
+        assert time.monotonic() - killed_at < 10, (
+            "no live node took the room within 10 s"
+        )
         try:
             joined = await people.join(survivors[0], "alice2", room, timeout=5)
         except Exception:  # noqa: BLE001 - refused while the owner's record lives
@@ -372,7 +388,9 @@ async def test_redis_restart_mid_call_keeps_media_and_recovers(cluster, three, p
         await ear.hears(150, "audio keeps flowing with Redis down", 10)
         # The owner keeps taking participants into its own room.
         carol = await people.join(owner_node, "carol", room)
-        await wait_for(lambda: "alice" in carol.remote_participants, "carol sees alice", 10)
+        await wait_for(
+            lambda: "alice" in carol.remote_participants, "carol sees alice", 10
+        )
         # A node that does not host the room cannot place it: refused, fast.
         started = time.monotonic()
         with pytest.raises(Exception):
@@ -384,12 +402,16 @@ async def test_redis_restart_mid_call_keeps_media_and_recovers(cluster, three, p
         cluster.redis.start()
     # Every node re-registers and the owner re-claims its room, on their own.
     await wait_for(
-        lambda: cluster.registered() == {"node-a", "node-b", "node-c"}, "re-registration", 10
+        lambda: cluster.registered() == {"node-a", "node-b", "node-c"},
+        "re-registration",
+        10,
     )
     await wait_for(lambda: cluster.owner(room) == owner, "owner re-claims its room", 10)
     await ear.hears(50, "audio flows after Redis returned")
     erin = await people.join(non_owner, "erin", room)
-    await wait_for(lambda: "alice" in erin.remote_participants, "erin lands in the same room", 10)
+    await wait_for(
+        lambda: "alice" in erin.remote_participants, "erin lands in the same room", 10
+    )
     for n in three:
         assert "Redis reachable again" in n.log_text(), n.name
 
@@ -402,7 +424,9 @@ async def test_sigterm_drains_until_deadline_then_exits_0(cluster, people):
     alice, bob, ear = await call(people, a, a, room)
     assert cluster.owner(room) == "node-a"
     cluster.start("node-b")
-    await wait_for(lambda: cluster.registered() == {"node-a", "node-b"}, "node-b registers", 10)
+    await wait_for(
+        lambda: cluster.registered() == {"node-a", "node-b"}, "node-b registers", 10
+    )
     await asyncio.sleep(2 * HEARTBEAT_MS / 1000)
 
     a.proc.send_signal(signal.SIGTERM)
@@ -435,21 +459,32 @@ def test_cluster_config_is_checked_and_redis_password_never_printed(tmp_path):
         path.write_text(text)
         return subprocess.run(
             [str(relais_bin()), "--config", str(path), "check-config"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
-    base = "keys: {devkey: secretsecretsecretsecretsecretsecret}\nrtc: {udp_port: 7882}\n"
+    base = (
+        "keys: {devkey: secretsecretsecretsecretsecretsecret}\nrtc: {udp_port: 7882}\n"
+    )
     good = check(
         base + "redis: {address: '127.0.0.1:1', password: hunter2-secret}\n"
         "cluster: {node_id: n1, node_selector: {sort_by: participants}, limits: {max_rooms: 5}}\n"
     )
     assert good.returncode == 0, good.stderr
     assert "hunter2-secret" not in good.stdout + good.stderr
-    assert '"sort_by": "participants"' in good.stdout or '"sort_by":"participants"' in good.stdout
+    assert (
+        '"sort_by": "participants"' in good.stdout
+        or '"sort_by":"participants"' in good.stdout
+    )
     bad = check(base + "cluster: {heartbeat_interval_ms: 10}\n")
-    assert bad.returncode == 2 and "cluster.heartbeat_interval_ms" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "cluster.heartbeat_interval_ms" in bad.stderr, (
+        bad.stderr
+    )
     bad = check(base + "cluster: {node_selector: {sort_by: fastest}}\n")
-    assert bad.returncode == 2 and "cluster.node_selector.sort_by" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "cluster.node_selector.sort_by" in bad.stderr, (
+        bad.stderr
+    )
 
 
 async def test_redis_round_trips_and_errors_are_measured(cluster):

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 from livekit import rtc
 
+from media import play_sine
 from conftest import CONNECT_TIMEOUT_S, bounded, make_token, wait_for
 
 N = 10
 SAMPLE_RATE = 48000
-FRAME_SAMPLES = SAMPLE_RATE // 50  # 20 ms
 # Receiving: 90 streams in one Python process, so few and small frames (the SDK
 # resamples and re-frames natively): 16 kHz mono in 100 ms frames.
 RECV_RATE = 16000
@@ -45,21 +45,6 @@ def identity(i: int) -> str:
 
 def tone_hz(i: int) -> float:
     return 300.0 + 100.0 * i
-
-
-async def play_sine(source: rtc.AudioSource, hz: float, stop: asyncio.Event) -> None:
-    """20 ms frames of a sine at `hz`, paced to real time (at most 100 ms ahead)."""
-    t = np.arange(FRAME_SAMPLES)
-    sent = 0
-    start = time.monotonic()
-    while not stop.is_set():
-        samples = 0.5 * 32767 * np.sin(2 * np.pi * hz * (sent + t) / SAMPLE_RATE)
-        frame = rtc.AudioFrame(samples.astype(np.int16).tobytes(), SAMPLE_RATE, 1, FRAME_SAMPLES)
-        await source.capture_frame(frame)
-        sent += FRAME_SAMPLES
-        ahead = start + sent / SAMPLE_RATE - 0.1 - time.monotonic()
-        if ahead > 0:
-            await asyncio.sleep(ahead)
 
 
 def dominant_frequency(samples: np.ndarray, rate: int = RECV_RATE) -> float:
@@ -123,7 +108,9 @@ async def test_ten_participants_hear_each_other(relais, rooms):
     receivers: list[asyncio.Task] = []
 
     def on_subscribed(i: int):
-        def handler(track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant):
+        def handler(
+            track: rtc.Track, pub: rtc.RemoteTrackPublication, p: rtc.RemoteParticipant
+        ):
             if track.kind != rtc.TrackKind.KIND_AUDIO or not p.identity.startswith("p"):
                 return
             j = int(p.identity[1:])
@@ -164,7 +151,11 @@ async def test_ten_participants_hear_each_other(relais, rooms):
         async def publish(i: int, room: rtc.Room) -> None:
             source = rtc.AudioSource(SAMPLE_RATE, 1)
             sources.append(source)
-            players.append(asyncio.create_task(play_sine(source, tone_hz(i), stop)))
+            players.append(
+                asyncio.create_task(
+                    play_sine(source, stop, hz=tone_hz(i), frame_ms=20, lead=0.1)
+                )
+            )
             track = rtc.LocalAudioTrack.create_audio_track(f"sine-{i}", source)
             await room.local_participant.publish_track(
                 track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import _LIVE_SERVERS, bounded, free_tcp_port, make_token, wait_for
 from livekit import rtc
-from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, play_sine, play_video
+from media import play_sine, play_video
+from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, synthetic_picture
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 METRIC_NAME = re.compile(r"\b((?:livekit|relais)_[a-z0-9_]+)")
@@ -33,7 +34,9 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 # --------------------------------------------------------------------------- helpers
 
 
-def http_get(url: str, headers: dict | None = None, timeout: float = 5) -> tuple[int, str]:
+def http_get(
+    url: str, headers: dict | None = None, timeout: float = 5
+) -> tuple[int, str]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -94,7 +97,9 @@ class Scraper:
             if n == name and all(ls.get(k) == want for k, want in labels.items())
         )
 
-    async def wait(self, what: str, name: str, predicate, timeout: float = 15, **labels):
+    async def wait(
+        self, what: str, name: str, predicate, timeout: float = 15, **labels
+    ):
         value = None
 
         def check():
@@ -136,10 +141,18 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
     room = "metrics-room"
     bob = await rooms.join(server, "bob", room)
     alice = await rooms.join(server, "alice", room)
-    await m.wait("two signal joins", "livekit_participant_join_total", lambda v: v == 2,
-                 state="signal_connected")
-    await m.wait("two ACTIVE participants", "livekit_participant_join_total", lambda v: v >= 2,
-                 state="rtc_connected")
+    await m.wait(
+        "two signal joins",
+        "livekit_participant_join_total",
+        lambda v: v == 2,
+        state="signal_connected",
+    )
+    await m.wait(
+        "two ACTIVE participants",
+        "livekit_participant_join_total",
+        lambda v: v >= 2,
+        state="rtc_connected",
+    )
     await m.wait("one room", "livekit_room_total", lambda v: v == 1)
     await m.wait("two participants", "livekit_participant_total", lambda v: v == 2)
     assert m.value("livekit_session_join_latency_ms_count") == 2
@@ -149,7 +162,9 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
     video = rtc.VideoSource(WIDTH, HEIGHT)
     players = [
         asyncio.create_task(play_sine(audio, stop)),
-        asyncio.create_task(play_video(video, stop)),
+        asyncio.create_task(
+            play_video(video, stop, WIDTH, HEIGHT, FPS, synthetic_picture)
+        ),
     ]
     try:
         await bounded(
@@ -166,26 +181,46 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
                 rtc.TrackPublishOptions(
                     source=rtc.TrackSource.SOURCE_CAMERA,
                     simulcast=False,
-                    video_encoding=rtc.VideoEncoding(max_bitrate=500_000, max_framerate=FPS),
+                    video_encoding=rtc.VideoEncoding(
+                        max_bitrate=500_000, max_framerate=FPS
+                    ),
                 ),
             ),
             "alice publishes video",
             20,
         )
         for kind in ("AUDIO", "VIDEO"):
-            await m.wait(f"one {kind} track published", "livekit_track_published_total",
-                         lambda v: v == 1, kind=kind)
-            await m.wait(f"bob subscribed to {kind}", "livekit_track_subscribed_total",
-                         lambda v: v == 1, kind=kind)
+            await m.wait(
+                f"one {kind} track published",
+                "livekit_track_published_total",
+                lambda v: v == 1,
+                kind=kind,
+            )
+            await m.wait(
+                f"bob subscribed to {kind}",
+                "livekit_track_subscribed_total",
+                lambda v: v == 1,
+                kind=kind,
+            )
 
         # Packets and bytes flow both ways, for both kinds.
         for direction in ("incoming", "outgoing"):
             for kind in ("AUDIO", "VIDEO"):
-                await m.wait(f"{direction} {kind} packets", "livekit_packet_total",
-                             lambda v: v > 20, direction=direction, kind=kind)
+                await m.wait(
+                    f"{direction} {kind} packets",
+                    "livekit_packet_total",
+                    lambda v: v > 20,
+                    direction=direction,
+                    kind=kind,
+                )
         first = m.value("livekit_packet_total", direction="outgoing", kind="VIDEO")
-        await m.wait("outgoing video keeps flowing", "livekit_packet_total",
-                     lambda v: v > first, direction="outgoing", kind="VIDEO")
+        await m.wait(
+            "outgoing video keeps flowing",
+            "livekit_packet_total",
+            lambda v: v > first,
+            direction="outgoing",
+            kind="VIDEO",
+        )
         packets_in = m.value("livekit_packet_total", direction="incoming")
         bytes_in = m.value("livekit_packet_bytes", direction="incoming")
         assert bytes_in > 12 * packets_in, (bytes_in, packets_in)
@@ -198,13 +233,25 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
         # A subscriber joining makes the node ask the publisher for a keyframe (PLI).
         plis = m.value("livekit_pli_total", direction="incoming")
         carol = await rooms.join(server, "carol", room)
-        await wait_for(lambda: "alice" in carol.remote_participants, "carol sees alice", 10)
-        await m.wait("a PLI towards the publisher", "livekit_pli_total",
-                     lambda v: v > plis, direction="incoming")
-        await m.wait("carol subscribed to the video", "livekit_track_subscribed_total",
-                     lambda v: v == 2, kind="VIDEO")
+        await wait_for(
+            lambda: "alice" in carol.remote_participants, "carol sees alice", 10
+        )
+        await m.wait(
+            "a PLI towards the publisher",
+            "livekit_pli_total",
+            lambda v: v > plis,
+            direction="incoming",
+        )
+        await m.wait(
+            "carol subscribed to the video",
+            "livekit_track_subscribed_total",
+            lambda v: v == 2,
+            kind="VIDEO",
+        )
         # str0m's stats (every 5 s) feed jitter/RTT histograms per stream.
-        await m.wait("jitter samples", "livekit_jitter_us_count", lambda v: v > 0, timeout=20)
+        await m.wait(
+            "jitter samples", "livekit_jitter_us_count", lambda v: v > 0, timeout=20
+        )
     finally:
         stop.set()
         for p in players:
@@ -217,8 +264,11 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
     await m.wait("no track left", "livekit_track_published_total", lambda v: v == 0)
     # The room closes after its empty timeout (5 s in tests) and reports its lifetime.
     await m.wait("room closed", "livekit_room_total", lambda v: v == 0, timeout=20)
-    await m.wait("room duration observed", "livekit_room_duration_seconds_count",
-                 lambda v: v == 1)
+    await m.wait(
+        "room duration observed",
+        "livekit_room_duration_seconds_count",
+        lambda v: v == 1,
+    )
 
     # Every family served is documented in docs/operations.md.
     documented = documented_metrics()
@@ -234,7 +284,11 @@ def documented_metrics() -> set[str]:
 def test_dashboard_uses_documented_metrics():
     dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    used = {re.sub(r"_(bucket|sum|count)$", "", n) for e in exprs for n in METRIC_NAME.findall(e)}
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", n)
+        for e in exprs
+        for n in METRIC_NAME.findall(e)
+    }
     assert len(used) > 20
     assert used <= documented_metrics(), sorted(used - documented_metrics())
 
@@ -244,8 +298,12 @@ async def test_join_refusals_are_counted(relais_factory):
     m = Scraper(port)
     assert rtc_status(server, "not-a-token") == 401
     assert rtc_status(server, make_token("dave", "nowhere")) == 404
-    await m.wait("refusals counted", "livekit_participant_join_total", lambda v: v == 2,
-                 state="signal_failed")
+    await m.wait(
+        "refusals counted",
+        "livekit_participant_join_total",
+        lambda v: v == 2,
+        state="signal_failed",
+    )
     assert m.value("relais_join_refused_total", reason="unauthorized") == 1
     assert m.value("relais_join_refused_total", reason="no_such_room") == 1
 
@@ -285,8 +343,11 @@ async def test_readiness_flips_during_drain(relais_factory, rooms):
     await wait_for(lambda: m.value("relais_node_ready") == 1, "ready gauge", 5)
 
     server.proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: http_get(server.http_url + "/readyz")[0] == 503,
-                   "/readyz 503 after SIGTERM", 5)
+    await wait_for(
+        lambda: http_get(server.http_url + "/readyz")[0] == 503,
+        "/readyz 503 after SIGTERM",
+        5,
+    )
     assert http_get(server.http_url + "/readyz")[1] == "draining"
     # Still serving the participant: liveness and LiveKit's health check stay 200.
     assert http_get(server.http_url + "/")[0] == 200
@@ -296,15 +357,21 @@ async def test_readiness_flips_during_drain(relais_factory, rooms):
     assert m.value("relais_node_ready") == 0
     # No new room while draining (the room already here stays open to its participants).
     assert rtc_status(server, make_token("late", "another-room")) == 503
-    await m.wait("draining refusal counted", "relais_join_refused_total", lambda v: v == 1,
-                 reason="draining")
+    await m.wait(
+        "draining refusal counted",
+        "relais_join_refused_total",
+        lambda v: v == 1,
+        reason="draining",
+    )
 
     # The last participant leaves: the node exits on its own, cleanly.
     await bounded(room.disconnect(), "participant leaves")
     deadline = time.monotonic() + 10
     while server.proc.poll() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    assert server.proc.poll() == 0, "relais did not exit after its last participant left"
+    assert server.proc.poll() == 0, (
+        "relais did not exit after its last participant left"
+    )
     # It stopped as asked: the teardown must not count that as a crash.
     assert "panicked" not in server.log_text()
     server.proc = None
@@ -338,7 +405,9 @@ async def test_json_logs_carry_room_and_participant(relais_factory, rooms):
     def spans(r):
         return {s["name"]: s for s in r.get("spans", [])}
 
-    joining = [r for r in records if r["fields"].get("message") == "participant joining"]
+    joining = [
+        r for r in records if r["fields"].get("message") == "participant joining"
+    ]
     assert joining, "no 'participant joining' line"
     s = spans(joining[0])
     assert s["room"]["room"] == "json-room"
@@ -352,7 +421,9 @@ async def test_json_logs_carry_room_and_participant(relais_factory, rooms):
         assert spans(r)["participant"]["participant_sid"] == sid, r
         assert spans(r)["room"]["room_sid"] == room_sid, r
     # The signal task's lines too.
-    accepted = [r for r in records if r["fields"].get("message") == "signal connection accepted"]
+    accepted = [
+        r for r in records if r["fields"].get("message") == "signal connection accepted"
+    ]
     assert accepted and spans(accepted[0])["participant"]["participant"] == "json-alice"
     text = server.log_text()
     # The token (or its signature) is never logged.
@@ -364,7 +435,9 @@ async def test_human_logs_and_component_levels(relais_factory, rooms):
         {"logging": {"level": "warn", "component_levels": {"relais_media": "debug"}}}
     )
     await rooms.join(server, "plain", "plain-room")
-    await wait_for(lambda: "participant joining" in server.log_text(), "join logged", 10)
+    await wait_for(
+        lambda: "participant joining" in server.log_text(), "join logged", 10
+    )
     text = server.log_text()
     line = next(ln for ln in text.splitlines() if "participant joining" in ln)
     assert "room{room=plain-room room_sid=RM_" in line, line

@@ -1,0 +1,57 @@
+"""Synthetic media for the SDK participants of the end-to-end tests: a sine tone and a
+moving picture, pushed at real-time pace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+from livekit import rtc
+
+
+async def play_sine(
+    source: rtc.AudioSource,
+    stop: asyncio.Event,
+    *,
+    hz: float = 440.0,
+    sample_rate: int = 48000,
+    frame_ms: int = 10,
+    lead: float = 0.2,
+) -> None:
+    """Push mono frames of a sine at `hz` until `stop`, at most `lead` seconds ahead of
+    real time (the SDK buffers what is ahead)."""
+    frame_samples = sample_rate * frame_ms // 1000
+    t = np.arange(frame_samples)
+    sent = 0
+    start = time.monotonic()
+    while not stop.is_set():
+        samples = 0.5 * 32767 * np.sin(2 * np.pi * hz * (sent + t) / sample_rate)
+        frame = rtc.AudioFrame(
+            samples.astype(np.int16).tobytes(), sample_rate, 1, frame_samples
+        )
+        await source.capture_frame(frame)
+        sent += frame_samples
+        ahead = start + sent / sample_rate - lead - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+async def play_video(
+    source: rtc.VideoSource,
+    stop: asyncio.Event,
+    width: int,
+    height: int,
+    fps: int,
+    picture: Callable[[int], np.ndarray],
+) -> None:
+    """Push RGBA frames `picture(0), picture(1), …` at `fps` until `stop`."""
+    index = 0
+    while not stop.is_set():
+        frame = rtc.VideoFrame(
+            width, height, rtc.VideoBufferType.RGBA, picture(index).tobytes()
+        )
+        source.capture_frame(frame)
+        index += 1
+        await asyncio.sleep(1 / fps)
