@@ -4,6 +4,8 @@
   hear each other's audio (the non-owner node relays the signal connection; media goes
   straight to the owner). RoomService through the third node lists the room and reaches
   the owner (ListParticipants, RemoveParticipant).
+- The gRPC face (a real `grpcio` client with LiveKit's own protobuf classes) acts on the
+  whole cluster too, through a node that does not host the room.
 - kill -9 of the room's owner: within 10 s new joins land on a live node and media flows.
 - Redis stopped and restarted mid-call: audio keeps flowing, the owner keeps serving its
   room, and every node re-registers and re-claims its rooms on its own.
@@ -146,6 +148,10 @@ class Cluster:
 
     def owner(self, room: str) -> str:
         return self.redis.cli("get", f"{self.prefix}room:{room}")
+
+    def record(self, node_id: str) -> dict:
+        raw = self.redis.cli("get", f"{self.prefix}node:{node_id}")
+        return json.loads(raw) if raw else {}
 
     def registered(self) -> set[str]:
         return set(self.redis.cli("zrange", f"{self.prefix}nodes", "0", "-1").split())
@@ -302,6 +308,19 @@ def twirp_json(server: RelaisServer, method: str, body: dict, token: str) -> dic
         return json.loads(resp.read())
 
 
+def grpc_call(server: RelaisServer, method: str, request, reply_type, token: str):
+    """One unary call of `livekit.RoomService` over gRPC (h2c) on the node's main port."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary(
+            f"/livekit.RoomService/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=reply_type.FromString,
+        )
+        return call(request, metadata=[("authorization", f"Bearer {token}")], timeout=10)
+
+
 def other_than(nodes, *names):
     return [n for n in nodes if n.name not in names]
 
@@ -323,6 +342,27 @@ async def test_participants_on_different_nodes_meet_and_hear_each_other(
     for n in relayed:
         assert "relaying signal connection" in n.log_text(), n.name
 
+    # The owner's registry record carries its load: rooms, participants, the
+    # published audio track, and the media bytes/s flowing through it.
+    seen = {}
+
+    def loaded():
+        stats = seen["stats"] = cluster.record(owner).get("stats", {})
+        return (
+            stats.get("rooms", 0) >= 1
+            and stats.get("participants", 0) >= 2
+            and stats.get("tracks", 0) >= 1
+            and stats.get("bytes_in_per_sec", 0) > 1000
+            and stats.get("bytes_out_per_sec", 0) > 1000
+        ) and stats
+
+    try:
+        stats = await wait_for(loaded, "owner's record shows its load", 15)
+    except BaseException:
+        print(f"owner {owner}: last record seen {seen}")
+        raise
+    print(f"owner {owner} stats: {stats}")
+
     # RoomService through the third node acts on the whole cluster.
     async with api.LiveKitAPI(c.http_url, API_KEY, API_SECRET) as lk:
         listed = await lk.room.list_rooms(api.ListRoomsRequest())
@@ -342,6 +382,84 @@ async def test_participants_on_different_nodes_meet_and_hear_each_other(
             api.RoomParticipantIdentity(room=room, identity="bob")
         )
         await gone.wait(lambda p: p.identity == "bob", 10, "alice sees bob removed")
+
+
+async def test_grpc_room_service_through_a_node_without_the_room(
+    cluster, three, people
+):
+    import grpc
+    from livekit.protocol import models as proto_models
+    from livekit.protocol import room as proto_room
+
+    a, b, c = three
+    room = f"grpc-{uuid.uuid4().hex[:6]}"
+    alice, bob, ear = await call(people, a, a, room)
+    owner = cluster.owner(room)
+    via = other_than(three, owner)[0]
+    token = make_token("admin", room, room_list=True, room_admin=True)
+
+    def over_grpc(method, request, reply_type):
+        return asyncio.to_thread(grpc_call, via, method, request, reply_type, token)
+
+    listed = await over_grpc("ListRooms", proto_room.ListRoomsRequest(), proto_room.ListRoomsResponse)
+    rooms = {r.name: r for r in listed.rooms}
+    assert room in rooms and rooms[room].num_participants == 2, (via.name, list(rooms))
+    parts = await over_grpc(
+        "ListParticipants",
+        proto_room.ListParticipantsRequest(room=room),
+        proto_room.ListParticipantsResponse,
+    )
+    assert {p.identity for p in parts.participants} == {"alice", "bob"}
+
+    # Effects reach the owner's participants: data, metadata, removal.
+    at_bob = EventLog(bob, "data_received")
+    for i in range(20):
+        await over_grpc(
+            "SendData",
+            proto_room.SendDataRequest(
+                room=room, data=f"via grpc {i}".encode(), topic="grpc",
+                kind=proto_models.DataPacket.Kind.RELIABLE, destination_identities=["bob"],
+            ),
+            proto_room.SendDataResponse,
+        )
+        if at_bob.first(lambda p: p.data.startswith(b"via grpc")):
+            break
+        await asyncio.sleep(0.25)
+    (packet,) = await at_bob.wait(lambda p: p.data.startswith(b"via grpc"), 5, "bob gets data")
+    assert packet.topic == "grpc"
+    updated = await over_grpc(
+        "UpdateRoomMetadata",
+        proto_room.UpdateRoomMetadataRequest(room=room, metadata="set over grpc"),
+        proto_models.Room,
+    )
+    assert updated.metadata == "set over grpc"
+    await wait_for(lambda: alice.metadata == "set over grpc", "alice sees the metadata", 10)
+
+    # Errors keep their gRPC codes across nodes.
+    with pytest.raises(grpc.RpcError) as missing:
+        await over_grpc(
+            "GetParticipant",
+            proto_room.RoomParticipantIdentity(room=room, identity="nobody"),
+            proto_models.ParticipantInfo,
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
+    list_only = make_token("lister", room, room_list=True)
+    with pytest.raises(grpc.RpcError) as denied:
+        await asyncio.to_thread(
+            grpc_call, via, "RemoveParticipant",
+            proto_room.RoomParticipantIdentity(room=room, identity="bob"),
+            proto_room.RemoveParticipantResponse, list_only,
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED, denied.value
+
+    gone = EventLog(alice, "participant_disconnected")
+    await over_grpc(
+        "RemoveParticipant",
+        proto_room.RoomParticipantIdentity(room=room, identity="bob"),
+        proto_room.RemoveParticipantResponse,
+    )
+    await gone.wait(lambda p: p.identity == "bob", 10, "alice sees bob removed over grpc")
+    assert "forwarding RoomService call to the room's node" in via.log_text()
 
 
 async def test_owner_killed_room_moves_to_a_live_node(cluster, three, people):

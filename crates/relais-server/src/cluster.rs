@@ -1,5 +1,5 @@
-//! This node in a cluster: the heartbeat task, signal relay to the node that
-//! hosts a room, and cluster-wide RoomService (Twirp) routing.
+//! This node in a cluster: the heartbeat task and the signal relay to the
+//! node that hosts a room (RoomService routing is in `room_routing`).
 //!
 //! The coordinator ([`relais_cluster::Coordinator`]) is asked once per new
 //! participant and per RoomService call; once a participant has joined, its
@@ -11,33 +11,26 @@
 //!   [`FORWARDED_BY`]. B's refusal (401, 404, 503…) is passed through as is;
 //!   otherwise A upgrades the client and copies frames both ways. B's answer
 //!   SDP carries B's ICE candidates, so media flows to B directly.
-//! * **RoomService.** `ListRooms` is asked of every node and merged; calls on
-//!   one room are forwarded to the room's owner (same body, same
-//!   `Authorization`) and its answer is returned unchanged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{to_bytes, Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
-use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use prost::Message as _;
 use relais_auth::TokenVerifier;
 use relais_cluster::{
     ClusterError, Coordinator, InProcess, LocalSnapshot, NodeInfo, NodeStats, Placement,
     RedisCoordinator, RedisSettings,
 };
 use relais_control::room_service::RoomBackend;
-use relais_proto::livekit::{ListRoomsRequest, ListRoomsResponse, Room};
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing::{debug, info, warn};
@@ -49,22 +42,79 @@ use crate::room_api::ShardsBackend;
 /// its value is the sender's node id. The receiver serves the request itself.
 pub const FORWARDED_BY: &str = "x-relais-forwarded-by";
 
-/// Largest RoomService body routed (the service's own limit).
-const MAX_ROUTED_BODY: usize = relais_control::room_service::MAX_REQUEST_BYTES;
 /// Time to open the relay WebSocket to the room's node.
 const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time for a forwarded RoomService call (PerformRpc may wait up to 60 s).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(75);
-/// Time for one node's part of a fanned-out ListRooms.
-const FANOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// This node's part in the cluster (or the single-node stand-in).
 pub struct Cluster {
     pub coordinator: Arc<dyn Coordinator>,
     relays: AtomicUsize,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP client for calls to other nodes.
+    pub(crate) client: Client<HttpConnector, Full<Bytes>>,
     heartbeat_interval: Duration,
-    verifier: TokenVerifier,
+    /// The traffic rates the heartbeat publishes.
+    traffic: std::sync::Mutex<TrafficRates>,
+    /// Checks callers before this node talks to others on their behalf.
+    pub(crate) verifier: TokenVerifier,
+}
+
+/// UDP byte totals at one instant.
+#[derive(Clone, Copy)]
+struct TrafficSample {
+    at: std::time::Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl TrafficSample {
+    fn now() -> Self {
+        let (bytes_in, bytes_out) = crate::metrics::udp_bytes_totals();
+        TrafficSample {
+            at: std::time::Instant::now(),
+            bytes_in,
+            bytes_out,
+        }
+    }
+
+    /// Bytes per second (in, out) from `earlier` to `self`.
+    fn rates_since(&self, earlier: &TrafficSample) -> (u64, u64) {
+        let secs = self.at.duration_since(earlier.at).as_secs_f64();
+        if secs < 0.001 {
+            return (0, 0);
+        }
+        let rate = |now: u64, then: u64| (now.saturating_sub(then) as f64 / secs) as u64;
+        (
+            rate(self.bytes_in, earlier.bytes_in),
+            rate(self.bytes_out, earlier.bytes_out),
+        )
+    }
+}
+
+/// Bytes per second in and out, averaged over at least [`RATE_WINDOW`]: the
+/// byte totals move once a second (when the shards flush), so a heartbeat-long
+/// window would read 0 or double the rate.
+#[derive(Default)]
+struct TrafficRates {
+    since: Option<TrafficSample>,
+    per_sec: (u64, u64),
+}
+
+/// The shortest window [`TrafficRates`] averages over.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl TrafficRates {
+    /// The rates as of `now` (recomputed once the window has passed).
+    fn update(&mut self, now: TrafficSample) -> (u64, u64) {
+        match self.since {
+            None => self.since = Some(now),
+            Some(since) if now.at.duration_since(since.at) >= RATE_WINDOW => {
+                self.per_sec = now.rates_since(&since);
+                self.since = Some(now);
+            }
+            Some(_) => {}
+        }
+        self.per_sec
+    }
 }
 
 /// Where a join goes.
@@ -149,6 +199,7 @@ impl Cluster {
             relays: AtomicUsize::new(0),
             client,
             heartbeat_interval,
+            traffic: std::sync::Mutex::new(TrafficRates::default()),
             verifier,
         }))
     }
@@ -202,6 +253,11 @@ impl Cluster {
                 return false;
             }
         };
+        let (bytes_in_per_sec, bytes_out_per_sec) = self
+            .traffic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(TrafficSample::now());
         let num_cpus = relais_cluster::sysload::num_cpus();
         let load = relais_cluster::sysload::load_avg_1m();
         let stats = NodeStats {
@@ -210,9 +266,9 @@ impl Cluster {
             sysload: load / f64::from(num_cpus.max(1)),
             rooms: rooms.len() as u32,
             participants: rooms.iter().map(|r| r.num_participants).sum(),
-            tracks: rooms.iter().map(|r| r.num_publishers).sum(),
-            bytes_in_per_sec: 0,
-            bytes_out_per_sec: 0,
+            tracks: backend.node().published_tracks() as u32,
+            bytes_in_per_sec,
+            bytes_out_per_sec,
             relayed: self.active_relays() as u32,
         };
         let snapshot = LocalSnapshot {
@@ -407,309 +463,25 @@ async fn pump(client: WebSocket, upstream: Upstream) {
     debug!("relay closed");
 }
 
-// ----------------------------------------------------------------- RoomService
-
-/// Field 1 of every room-scoped RoomService request is the room name
-/// (`room`, or `name` for CreateRoom).
-#[derive(Clone, PartialEq, prost::Message)]
-struct RoomField {
-    #[prost(string, tag = "1")]
-    room: String,
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().starts_with("application/json"))
-}
-
-fn room_of(method: &str, json: bool, body: &[u8]) -> Option<String> {
-    let room = if json {
-        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-        let key = if method == "CreateRoom" {
-            "name"
-        } else {
-            "room"
-        };
-        v.get(key)?.as_str()?.to_string()
-    } else {
-        RoomField::decode(body).ok()?.room
-    };
-    (!room.is_empty()).then_some(room)
-}
-
-/// Axum middleware: RoomService (Twirp) calls act on the whole cluster.
-/// Calls that are not for another node run here unchanged.
-pub async fn route_room_service(
-    State(cluster): State<Arc<Cluster>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(method) = request
-        .uri()
-        .path()
-        .strip_prefix("/twirp/livekit.RoomService/")
-        .map(str::to_string)
-    else {
-        return next.run(request).await;
-    };
-    if !cluster.coordinator.is_clustered() || request.headers().contains_key(FORWARDED_BY) {
-        return next.run(request).await;
-    }
-    // Only authenticated callers make this node talk to others; the service
-    // itself answers everyone else (with the proper Twirp error).
-    let authorized = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.get(7..)
-                .filter(|_| v[..7].eq_ignore_ascii_case("bearer "))
-        })
-        .is_some_and(|token| cluster.verifier.verify(token.trim()).is_ok());
-    if !authorized {
-        return next.run(request).await;
-    }
-    let (parts, body) = request.into_parts();
-    let body = match to_bytes(body, MAX_ROUTED_BODY).await {
-        Ok(b) => b,
-        Err(_) => return next.run(Request::from_parts(parts, Body::empty())).await,
-    };
-    let json = is_json(&parts.headers);
-    if method == "ListRooms" {
-        return list_rooms_everywhere(&cluster, &parts.headers, json, &body).await;
-    }
-    let Some(room) = room_of(&method, json, &body) else {
-        return next.run(Request::from_parts(parts, Body::from(body))).await;
-    };
-    let owner = if method == "CreateRoom" {
-        match cluster.coordinator.place(&room, false).await {
-            Ok(Placement::Remote(node)) => Some(*node),
-            Ok(Placement::Local) => None,
-            Err(e) => {
-                warn!(%room, error = %e, "CreateRoom: no placement; creating here");
-                None
-            }
-        }
-    } else {
-        match cluster.coordinator.locate(&room).await {
-            Ok(owner) => owner,
-            Err(e) => {
-                debug!(%room, error = %e, "RoomService: owner unknown; answering here");
-                None
-            }
-        }
-    };
-    match owner {
-        Some(node) if node.id != cluster.coordinator.node_id() => {
-            debug!(%room, %method, node = %node.id, "forwarding RoomService call to the room's node");
-            forward(&cluster, &node, &parts.uri, &parts.headers, body).await
-        }
-        _ => next.run(Request::from_parts(parts, Body::from(body))).await,
-    }
-}
-
-async fn post(
-    cluster: &Cluster,
-    node: &NodeInfo,
-    path: &str,
-    headers: &HeaderMap,
-    content_type: Option<&HeaderValue>,
-    body: Bytes,
-    timeout: Duration,
-) -> Result<(StatusCode, Option<HeaderValue>, Bytes), String> {
-    let uri = format!("http://{}{}", node.http_address, path);
-    let mut builder = hyper::Request::post(uri);
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        builder = builder.header(header::AUTHORIZATION, auth);
-    }
-    if let Some(ct) = content_type {
-        builder = builder.header(header::CONTENT_TYPE, ct);
-    }
-    builder = builder.header(FORWARDED_BY, cluster.coordinator.node_id());
-    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(timeout, cluster.client.request(request))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let ct = response.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = tokio::time::timeout(timeout, response.into_body().collect())
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, ct, bytes))
-}
-
-async fn forward(
-    cluster: &Cluster,
-    node: &NodeInfo,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Response {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    match post(
-        cluster,
-        node,
-        path,
-        headers,
-        headers.get(header::CONTENT_TYPE),
-        body,
-        FORWARD_TIMEOUT,
-    )
-    .await
-    {
-        Ok((status, ct, bytes)) => {
-            let mut response = (status, bytes).into_response();
-            if let Some(ct) = ct {
-                response.headers_mut().insert(header::CONTENT_TYPE, ct);
-            }
-            response
-        }
-        Err(e) => {
-            warn!(node = %node.id, error = %e, "forwarding a RoomService call failed");
-            twirp_unavailable("the node hosting this room is unreachable")
-        }
-    }
-}
-
-fn twirp_unavailable(msg: &str) -> Response {
-    let body = serde_json::json!({"code": "unavailable", "msg": msg}).to_string();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
-}
-
-/// ListRooms on every live node, merged. A node that does not answer is left
-/// out (and logged); an error from a node (e.g. 401) is returned as is.
-async fn list_rooms_everywhere(
-    cluster: &Cluster,
-    headers: &HeaderMap,
-    json: bool,
-    body: &[u8],
-) -> Response {
-    let request = if json {
-        serde_json::from_slice::<ListRoomsRequest>(body).ok()
-    } else {
-        ListRoomsRequest::decode(body).ok()
-    };
-    let Some(request) = request else {
-        return (
-            StatusCode::BAD_REQUEST,
-            [(header::CONTENT_TYPE, "application/json")],
-            serde_json::json!({"code": "malformed", "msg": "the body is not a ListRoomsRequest"})
-                .to_string(),
-        )
-            .into_response();
-    };
-    let nodes = cluster.coordinator.nodes().await.unwrap_or_default();
-    let proto = HeaderValue::from_static("application/protobuf");
-    let encoded = Bytes::from(request.encode_to_vec());
-    let calls = nodes.iter().map(|node| {
-        let encoded = encoded.clone();
-        let proto = proto.clone();
-        async move {
-            let result = post(
-                cluster,
-                node,
-                "/twirp/livekit.RoomService/ListRooms",
-                headers,
-                Some(&proto),
-                encoded,
-                FANOUT_TIMEOUT,
-            )
-            .await;
-            (node, result)
-        }
-    });
-    let mut rooms: Vec<Room> = Vec::new();
-    for (node, result) in futures_util::future::join_all(calls).await {
-        match result {
-            Ok((StatusCode::OK, _, bytes)) => match ListRoomsResponse::decode(bytes) {
-                Ok(part) => {
-                    for room in part.rooms {
-                        if rooms.iter().any(|r| r.name == room.name) {
-                            warn!(room = %room.name, node = %node.id, "room listed by two nodes");
-                        } else {
-                            rooms.push(room);
-                        }
-                    }
-                }
-                Err(e) => warn!(node = %node.id, error = %e, "ListRooms: bad answer"),
-            },
-            Ok((status, ct, bytes)) => {
-                let mut response = (status, bytes).into_response();
-                if let Some(ct) = ct {
-                    response.headers_mut().insert(header::CONTENT_TYPE, ct);
-                }
-                return response;
-            }
-            Err(e) => {
-                warn!(node = %node.id, error = %e, "ListRooms: node did not answer; left out")
-            }
-        }
-    }
-    rooms.sort_by(|a, b| a.name.cmp(&b.name));
-    let response = ListRoomsResponse { rooms };
-    if json {
-        match serde_json::to_vec(&response) {
-            Ok(body) => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                body,
-            )
-                .into_response(),
-            Err(_) => twirp_unavailable("cannot encode the answer"),
-        }
-    } else {
-        (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/protobuf")],
-            response.encode_to_vec(),
-        )
-            .into_response()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use relais_proto::livekit::{CreateRoomRequest, RoomParticipantIdentity};
 
     #[test]
-    fn finds_the_room_in_protobuf_and_json_bodies() {
-        let pb = RoomParticipantIdentity {
-            room: "r1".into(),
-            identity: "alice".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        assert_eq!(
-            room_of("RemoveParticipant", false, &pb).as_deref(),
-            Some("r1")
-        );
-        let pb = CreateRoomRequest {
-            name: "r2".into(),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        assert_eq!(room_of("CreateRoom", false, &pb).as_deref(), Some("r2"));
-        assert_eq!(
-            room_of("SendData", true, br#"{"room":"r3","data":"AA=="}"#).as_deref(),
-            Some("r3")
-        );
-        assert_eq!(
-            room_of("CreateRoom", true, br#"{"name":"r4"}"#).as_deref(),
-            Some("r4")
-        );
-        assert_eq!(room_of("SendData", true, b"not json"), None);
-        assert_eq!(room_of("SendData", false, b"\xff\xff"), None);
-        assert_eq!(room_of("SendData", true, br#"{"room":""}"#), None);
+    fn traffic_rates_average_over_the_window() {
+        let t0 = std::time::Instant::now();
+        let at = |secs: u64, bytes_in: u64, bytes_out: u64| TrafficSample {
+            at: t0 + Duration::from_secs(secs),
+            bytes_in,
+            bytes_out,
+        };
+        let mut rates = TrafficRates::default();
+        assert_eq!(rates.update(at(0, 1_000, 0)), (0, 0));
+        // Within the window: nothing new yet, even though the totals moved.
+        assert_eq!(rates.update(at(1, 9_000, 4_000)), (0, 0));
+        assert_eq!(rates.update(at(5, 51_000, 20_000)), (10_000, 4_000));
+        // Kept until the next window ends; totals never going back is not trusted.
+        assert_eq!(rates.update(at(7, 0, 0)), (10_000, 4_000));
+        assert_eq!(rates.update(at(10, 0, 20_000)), (0, 0));
     }
 }

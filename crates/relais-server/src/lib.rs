@@ -8,6 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 mod room_api;
+mod room_routing;
 mod server;
 mod shards;
 mod signal;

@@ -461,6 +461,21 @@ pub fn publish_forward_latency() {
     }
 }
 
+// ---------------------------------------------------------------- node traffic
+
+/// UDP bytes received and sent since start, added once a second by the
+/// receive thread and the shards; the cluster heartbeat turns them into rates.
+static UDP_BYTES_IN_TOTAL: AtomicU64 = AtomicU64::new(0);
+static UDP_BYTES_OUT_TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// UDP bytes (received, sent) since start, as of the last flushes.
+pub fn udp_bytes_totals() -> (u64, u64) {
+    (
+        UDP_BYTES_IN_TOTAL.load(Ordering::Relaxed),
+        UDP_BYTES_OUT_TOTAL.load(Ordering::Relaxed),
+    )
+}
+
 // ---------------------------------------------------------------- shard collector
 
 /// One shard thread's counters that are not the media core's, and what it
@@ -515,7 +530,9 @@ impl ShardMetrics {
             .increment(busy.as_micros() as u64);
         add_if(UDP_SEND_SYSCALLS, std::mem::take(&mut self.send_syscalls));
         add_if(UDP_DATAGRAMS_SENT, std::mem::take(&mut self.datagrams_sent));
-        add_if(UDP_BYTES_SENT, std::mem::take(&mut self.bytes_sent));
+        let bytes_sent = std::mem::take(&mut self.bytes_sent);
+        UDP_BYTES_OUT_TOTAL.fetch_add(bytes_sent, Ordering::Relaxed);
+        add_if(UDP_BYTES_SENT, bytes_sent);
         let errors = std::mem::take(&mut self.send_errors);
         if errors > 0 {
             counter!(PACKETS_DROPPED, "reason" => DROP_UDP_SEND_ERROR).increment(errors);
@@ -647,7 +664,9 @@ impl ReceiveMetrics {
         self.last_flush = now;
         add_if(UDP_RECEIVE_SYSCALLS, std::mem::take(&mut self.syscalls));
         add_if(UDP_DATAGRAMS_RECEIVED, std::mem::take(&mut self.datagrams));
-        add_if(UDP_BYTES_RECEIVED, std::mem::take(&mut self.bytes));
+        let bytes = std::mem::take(&mut self.bytes);
+        UDP_BYTES_IN_TOTAL.fetch_add(bytes, Ordering::Relaxed);
+        add_if(UDP_BYTES_RECEIVED, bytes);
         let n = std::mem::take(&mut self.unroutable);
         if n > 0 {
             counter!(PACKETS_DROPPED, "reason" => DROP_UDP_UNROUTABLE).increment(n);

@@ -11,6 +11,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use relais_media::ShardGauges;
+
 /// A shard silent this long makes the node not ready (LiveKit's health check
 /// also fails after 4 s without a stats update).
 pub const READINESS_STALE_AFTER: Duration = Duration::from_secs(4);
@@ -23,8 +25,16 @@ pub struct NodeState {
     draining: AtomicBool,
     /// Per shard: milliseconds since `started` of its last loop; `u64::MAX` before the first.
     heartbeats: Vec<AtomicU64>,
-    /// Per shard: participants at its last metrics flush (about once a second).
-    participants: Vec<AtomicU64>,
+    /// Per shard: its load at its last metrics flush (about once a second).
+    loads: Vec<ShardLoad>,
+}
+
+/// What one shard last reported of its load, for the drain and the cluster
+/// heartbeat.
+#[derive(Default)]
+struct ShardLoad {
+    participants: AtomicU64,
+    published_tracks: AtomicU64,
 }
 
 impl NodeState {
@@ -33,7 +43,7 @@ impl NodeState {
             started: Instant::now(),
             draining: AtomicBool::new(false),
             heartbeats: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            participants: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            loads: (0..shards).map(|_| ShardLoad::default()).collect(),
         }
     }
 
@@ -45,18 +55,29 @@ impl NodeState {
         }
     }
 
-    /// A shard's participant count, for the drain.
-    pub fn set_participants(&self, shard: usize, n: u64) {
-        if let Some(p) = self.participants.get(shard) {
-            p.store(n, Ordering::Relaxed);
+    /// A shard's load as its metrics flush reports it.
+    pub fn set_load(&self, shard: usize, gauges: &ShardGauges) {
+        if let Some(load) = self.loads.get(shard) {
+            load.participants
+                .store(gauges.participants, Ordering::Relaxed);
+            load.published_tracks
+                .store(gauges.tracks_published.iter().sum(), Ordering::Relaxed);
         }
     }
 
     /// Participants on the node (as of the shards' last flush).
     pub fn participants(&self) -> u64 {
-        self.participants
+        self.loads
             .iter()
-            .map(|p| p.load(Ordering::Relaxed))
+            .map(|l| l.participants.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Published tracks on the node (as of the shards' last flush).
+    pub fn published_tracks(&self) -> u64 {
+        self.loads
+            .iter()
+            .map(|l| l.published_tracks.load(Ordering::Relaxed))
             .sum()
     }
 
@@ -127,10 +148,16 @@ mod tests {
         assert!(!node.start_draining());
         assert!(!node.is_ready());
         assert!(node.is_alive() && node.is_serving());
-        node.set_participants(0, 2);
-        node.set_participants(1, 3);
-        node.set_participants(7, 100);
+        let load = |participants, audio, video| ShardGauges {
+            participants,
+            tracks_published: [audio, video],
+            ..Default::default()
+        };
+        node.set_load(0, &load(2, 1, 1));
+        node.set_load(1, &load(3, 2, 0));
+        node.set_load(7, &load(100, 9, 9));
         assert_eq!(node.participants(), 5);
+        assert_eq!(node.published_tracks(), 4);
     }
 
     #[test]

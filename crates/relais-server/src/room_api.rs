@@ -30,6 +30,11 @@ impl ShardsBackend {
         ShardsBackend { shards }
     }
 
+    /// The node state the shards report their load to.
+    pub fn node(&self) -> &std::sync::Arc<crate::node::NodeState> {
+        self.shards.node()
+    }
+
     /// Run `f` on the shard owning `room`.
     async fn on_room<R: Send + 'static>(
         &self,

@@ -11,11 +11,12 @@ use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_media::{MediaConfig, RoomDefaults};
 use tracing::info;
 
-use crate::cluster::{route_room_service, Cluster};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::EventSinks;
 use crate::http::{router, AppState};
 use crate::room_api::ShardsBackend;
+use crate::room_routing::route_room_service;
 use crate::shards::Shards;
 
 /// The webhook notifier, when `webhook.urls` is set. `webhook.api_key` must be

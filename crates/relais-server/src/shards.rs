@@ -373,7 +373,7 @@ fn run_shard(
         node.heartbeat(index, now);
         if metrics.due(now) {
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
-            node.set_participants(index, gauges.participants);
+            node.set_load(index, &gauges);
         }
         let wait = shard
             .poll_timeout()

@@ -117,19 +117,7 @@ impl ApiError {
 
     /// The gRPC status code for the tonic face.
     pub fn grpc_code(&self) -> tonic::Code {
-        match self.twirp_code() {
-            "unauthenticated" => tonic::Code::Unauthenticated,
-            "permission_denied" => tonic::Code::PermissionDenied,
-            "invalid_argument" | "malformed" => tonic::Code::InvalidArgument,
-            "not_found" => tonic::Code::NotFound,
-            "bad_route" | "unimplemented" => tonic::Code::Unimplemented,
-            "failed_precondition" => tonic::Code::FailedPrecondition,
-            "deadline_exceeded" => tonic::Code::DeadlineExceeded,
-            "resource_exhausted" => tonic::Code::ResourceExhausted,
-            "unavailable" => tonic::Code::Unavailable,
-            "internal" => tonic::Code::Internal,
-            _ => tonic::Code::Unknown,
-        }
+        grpc_code_for(self.twirp_code())
     }
 
     /// Twirp `meta`: for an RPC error, its code, message and data.
@@ -179,6 +167,28 @@ impl ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         e.to_status()
+    }
+}
+
+/// Twirp's code → gRPC status code (the two share names).
+pub fn grpc_code_for(twirp_code: &str) -> tonic::Code {
+    match twirp_code {
+        "unauthenticated" => tonic::Code::Unauthenticated,
+        "permission_denied" => tonic::Code::PermissionDenied,
+        "invalid_argument" | "malformed" => tonic::Code::InvalidArgument,
+        "not_found" => tonic::Code::NotFound,
+        "bad_route" | "unimplemented" => tonic::Code::Unimplemented,
+        "failed_precondition" => tonic::Code::FailedPrecondition,
+        "deadline_exceeded" => tonic::Code::DeadlineExceeded,
+        "resource_exhausted" => tonic::Code::ResourceExhausted,
+        "unavailable" => tonic::Code::Unavailable,
+        "internal" => tonic::Code::Internal,
+        "canceled" => tonic::Code::Cancelled,
+        "already_exists" => tonic::Code::AlreadyExists,
+        "aborted" => tonic::Code::Aborted,
+        "out_of_range" => tonic::Code::OutOfRange,
+        "data_loss" => tonic::Code::DataLoss,
+        _ => tonic::Code::Unknown,
     }
 }
 

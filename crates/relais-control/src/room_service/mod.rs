@@ -23,7 +23,7 @@ pub mod twirp;
 use std::sync::Arc;
 
 pub use backend::RoomBackend;
-pub use error::{rpc_codes, twirp_status, ApiError};
+pub use error::{grpc_code_for, rpc_codes, twirp_status, ApiError};
 
 use relais_auth::{Claims, TokenVerifier};
 use relais_proto::livekit::{
