@@ -9,6 +9,10 @@
 - kill -9 of the room's owner: within 10 s new joins land on a live node and media flows.
 - Redis stopped and restarted mid-call: audio keeps flowing, the owner keeps serving its
   room, and every node re-registers and re-claims its rooms on its own.
+- One node cut off from Redis alone (through a TCP proxy the test cuts): its room is
+  placed again elsewhere for a newcomer; when the node reaches Redis again it sees the
+  room owned by a live node and moves its participants there (`leave{MIGRATION,
+  RECONNECT}`), so the room ends up on one node with everyone in it.
 - SIGTERM drains: no new rooms on the draining node, its room runs until the deadline,
   then the process exits 0.
 
@@ -23,7 +27,9 @@ import contextlib
 import json
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -106,6 +112,68 @@ class RedisServer:
             timeout=10,
         )
         return p.stdout.strip()
+
+
+class TcpProxy:
+    """Forwards a local port to Redis; `cut()` drops every connection and refuses new
+    ones (one node losing Redis alone), `restore()` accepts again on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_tcp_port()
+        self.listener: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def restore(self) -> "TcpProxy":
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture(scope="module")
@@ -532,6 +600,51 @@ async def test_redis_restart_mid_call_keeps_media_and_recovers(cluster, three, p
     )
     for n in three:
         assert "Redis reachable again" in n.log_text(), n.name
+
+
+async def test_node_partitioned_from_redis_hands_its_room_to_the_new_owner(
+    cluster, people
+):
+    proxy = TcpProxy(cluster.redis.port).restore()
+    try:
+        # node-b reaches Redis through the proxy; alone when the room is placed, it hosts it.
+        b = cluster.start("node-b", redis={"address": f"127.0.0.1:{proxy.port}"})
+        room = f"split-{uuid.uuid4().hex[:6]}"
+        alice, bob, ear = await call(people, b, b, room)
+        assert cluster.owner(room) == "node-b"
+        a = cluster.start("node-a")
+        await wait_for(
+            lambda: cluster.registered() == {"node-a", "node-b"}, "node-a registers", 10
+        )
+
+        proxy.cut()
+        # node-b's record and claim run out; the call on node-b goes on meanwhile.
+        await wait_for(
+            lambda: cluster.registered() == {"node-a"}, "node-b expires", 3 * TTL_MS / 1000
+        )
+        await wait_for(lambda: cluster.owner(room) == "", "node-b's claim expires", 10)
+        await ear.hears(50, "audio keeps flowing on the cut-off node")
+        # A newcomer through node-a: the room is placed again, on node-a (a split).
+        carol = await people.join(a, "carol", room)
+        assert cluster.owner(room) == "node-a"
+        assert "alice" not in carol.remote_participants
+
+        proxy.restore()
+        # node-b is back, finds its room owned by node-a and moves alice and bob there.
+        await wait_for(
+            lambda: {"alice", "bob"} <= set(carol.remote_participants),
+            "carol sees alice and bob after the merge",
+            20,
+        )
+        assert "participants moved there" in b.log_text()
+        assert cluster.owner(room) == "node-a"
+        carol_ear = Ear(carol, people)
+        await carol_ear.hears(50, "carol hears alice's tone after the merge", 20)
+        async with api.LiveKitAPI(a.http_url, API_KEY, API_SECRET) as lk:
+            listed = await lk.room.list_rooms(api.ListRoomsRequest(names=[room]))
+            assert [r.num_participants for r in listed.rooms] == [3], listed
+    finally:
+        proxy.cut()
 
 
 async def test_sigterm_drains_until_deadline_then_exits_0(cluster, people):

@@ -91,7 +91,15 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// One heartbeat: publish stats, refresh the claims of the rooms this node
     /// hosts, release those it no longer hosts, and reload the node list.
-    fn heartbeat(&self, snapshot: LocalSnapshot) -> BoxFuture<'_, Result<(), ClusterError>>;
+    ///
+    /// Returns the rooms hosted here that another live node has claimed in the
+    /// meantime (possible only after this node alone lost Redis for longer
+    /// than the room TTL): their participants belong on the owner, and the
+    /// caller should move them there so the room lives on one node again.
+    fn heartbeat(
+        &self,
+        snapshot: LocalSnapshot,
+    ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>>;
 
     /// Stop taking new rooms (rooms already here keep running).
     fn set_draining(&self);

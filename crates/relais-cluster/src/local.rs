@@ -66,13 +66,16 @@ impl Coordinator for InProcess {
         Box::pin(async move { Ok(vec![info]) })
     }
 
-    fn heartbeat(&self, snapshot: LocalSnapshot) -> BoxFuture<'_, Result<(), ClusterError>> {
+    fn heartbeat(
+        &self,
+        snapshot: LocalSnapshot,
+    ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>> {
         {
             let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
             info.stats = snapshot.stats;
         }
         *self.rooms() = snapshot.rooms.into_iter().collect();
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn set_draining(&self) {

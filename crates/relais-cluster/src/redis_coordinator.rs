@@ -466,7 +466,7 @@ impl RedisCoordinator {
         Err(ClusterError::NoNodeAvailable)
     }
 
-    async fn heartbeat_inner(&self, snapshot: LocalSnapshot) -> Result<(), ClusterError> {
+    async fn heartbeat_inner(&self, snapshot: LocalSnapshot) -> Result<Vec<String>, ClusterError> {
         let now = Instant::now();
         let grace = Duration::from_millis(self.config.room_ttl_ms);
         let local: HashSet<String> = snapshot.rooms.into_iter().collect();
@@ -528,7 +528,7 @@ impl RedisCoordinator {
                      and stays out of the registry until that record expires (set a unique cluster.node_id)"
                 );
             }
-            return Ok(());
+            return Ok(Vec::new());
         }
         if self.duplicate.swap(false, Ordering::SeqCst) {
             info!(node_id = %self.id, "node id is free again; registered");
@@ -552,8 +552,8 @@ impl RedisCoordinator {
                 if conflicts.insert(room.clone()) {
                     warn!(
                         %room, %owner,
-                        "room is hosted here but claimed by another live node: new participants go there; \
-                         participants already here stay until they leave"
+                        "room is hosted here but claimed by another live node: its participants \
+                         are moved there"
                     );
                 }
             }
@@ -567,7 +567,13 @@ impl RedisCoordinator {
             }
         }
         *lock(&self.nodes) = nodes;
-        Ok(())
+        // Only rooms still open here need moving (closed ones are claimed a
+        // little longer, see `held`).
+        Ok(lost
+            .into_iter()
+            .map(|(room, _)| room)
+            .filter(|room| local.contains(room))
+            .collect())
     }
 
     fn check_clock(&self, local_ms: i64, redis_ms: i64) {
@@ -634,7 +640,10 @@ impl Coordinator for RedisCoordinator {
         })
     }
 
-    fn heartbeat(&self, snapshot: LocalSnapshot) -> BoxFuture<'_, Result<(), ClusterError>> {
+    fn heartbeat(
+        &self,
+        snapshot: LocalSnapshot,
+    ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>> {
         Box::pin(self.heartbeat_inner(snapshot))
     }
 

@@ -292,3 +292,30 @@ async fn redis_outage_keeps_local_rooms_and_recovers() {
     assert_eq!(redis.cli(&["get", "t4:room:live"]).trim(), "A");
     assert!(redis.cli(&["exists", "t4:node:A"]).trim() == "1");
 }
+
+#[tokio::test]
+async fn a_room_claimed_elsewhere_while_partitioned_is_reported_for_moving() {
+    let Some(redis) = Redis::start() else { return };
+    let a = coordinator(&redis, "t6:", "A");
+    let b = coordinator(&redis, "t6:", "B");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    b.heartbeat(snapshot(&[])).await.unwrap();
+    // A hosts r1 and r2 and holds their claims.
+    assert!(a
+        .heartbeat(snapshot(&["r1", "r2"]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(redis.cli(&["get", "t6:room:r1"]).trim(), "A");
+    // A loses Redis alone: its claims run out and r1 is placed on B for a new
+    // joiner (as B's `place` would claim it once A's claim is gone).
+    redis.cli(&["set", "t6:room:r1", "B", "px", "60000"]);
+    // A is back: its heartbeat keeps r2, reports r1 as claimed by a live node,
+    // and does not take the claim back.
+    let lost = a.heartbeat(snapshot(&["r1", "r2"])).await.unwrap();
+    assert_eq!(lost, vec!["r1".to_string()]);
+    assert_eq!(redis.cli(&["get", "t6:room:r1"]).trim(), "B");
+    assert_eq!(redis.cli(&["get", "t6:room:r2"]).trim(), "A");
+    // Once A has closed its copy, nothing is reported any more.
+    assert!(a.heartbeat(snapshot(&["r2"])).await.unwrap().is_empty());
+}

@@ -916,11 +916,16 @@ impl Room {
         for sid in own {
             self.unpublish(now, &sid, &p.info);
         }
+        // Only a participant moved to another node is asked to come back.
+        let action = match reason {
+            DisconnectReason::Migration => leave_request::Action::Reconnect,
+            _ => leave_request::Action::Disconnect,
+        };
         let leave = match reason {
             DisconnectReason::ClientInitiated => None,
             _ => Some(LeaveRequest {
                 reason: reason as i32,
-                action: leave_request::Action::Disconnect as i32,
+                action: action as i32,
                 ..Default::default()
             }),
         };

@@ -106,14 +106,17 @@ impl Room {
             .map(|p| &p.info)
     }
 
-    /// Disconnect everyone with `leave{ROOM_DELETED}` and close the room.
-    pub fn delete(&mut self, now: Instant) {
+    /// Disconnect everyone with `leave{reason}` and close the room:
+    /// `ROOM_DELETED` for `DeleteRoom`, `MIGRATION` (with the `RECONNECT`
+    /// action, so SDKs rejoin through their URL) when the room lives on
+    /// another node.
+    pub fn close(&mut self, now: Instant, reason: DisconnectReason) {
         let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
         for key in keys {
-            self.remove_participant(now, key, DisconnectReason::RoomDeleted);
+            self.remove_participant(now, key, reason);
         }
         self.fail_server_rpcs(now, true);
-        info!(room = %self.info.name, "room deleted");
+        info!(room = %self.info.name, ?reason, "room closed by the server");
         self.finish();
     }
 

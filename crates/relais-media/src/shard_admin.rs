@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use relais_proto::livekit::{self, CreateRoomRequest};
+use relais_proto::livekit::{self, CreateRoomRequest, DisconnectReason};
 use tracing::info;
 
 use crate::room::Room;
@@ -55,10 +55,13 @@ impl Shard {
         Some(result)
     }
 
-    /// `DeleteRoom`: everyone gets `leave{ROOM_DELETED}`, then the room is
-    /// dropped. False if there is no such room.
-    pub fn delete_room(&mut self, now: Instant, name: &str) -> bool {
-        if self.with_room(name, |room| room.delete(now)).is_none() {
+    /// Close a room: everyone gets `leave{reason}` (see [`Room::close`]),
+    /// then the room is dropped. False if there is no such room.
+    pub fn close_room(&mut self, now: Instant, name: &str, reason: DisconnectReason) -> bool {
+        if self
+            .with_room(name, |room| room.close(now, reason))
+            .is_none()
+        {
             return false;
         }
         if self.rooms.remove(name).is_some() {

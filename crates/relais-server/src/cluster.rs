@@ -276,7 +276,18 @@ impl Cluster {
             rooms: rooms.into_iter().map(|r| r.name).collect(),
         };
         match self.coordinator.heartbeat(snapshot).await {
-            Ok(()) => true,
+            Ok(lost) => {
+                for room in lost {
+                    match backend.move_room_away(&room).await {
+                        Ok(true) => {
+                            info!(%room, "room lives on another node: participants moved there")
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!(%room, error = %e, "cannot move the room's participants"),
+                    }
+                }
+                true
+            }
             Err(e) => {
                 debug!(error = %e, "heartbeat failed");
                 false

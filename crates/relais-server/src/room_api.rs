@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use relais_control::room_service::{ApiError, RoomBackend};
 use relais_media::{AdminError, RpcFailure, Shard};
 use relais_proto::livekit::{
-    CreateRoomRequest, MuteRoomTrackRequest, ParticipantInfo, PerformRpcRequest, Room,
-    SendDataRequest, TrackInfo, UpdateParticipantRequest, UpdateSubscription,
+    CreateRoomRequest, DisconnectReason, MuteRoomTrackRequest, ParticipantInfo, PerformRpcRequest,
+    Room, SendDataRequest, TrackInfo, UpdateParticipantRequest, UpdateSubscription,
     UpdateSubscriptionsRequest,
 };
 use tokio::sync::oneshot;
@@ -60,6 +60,17 @@ impl ShardsBackend {
         .await?
         .ok_or_else(ApiError::room_not_found)
     }
+
+    /// The room lives on another node now: send its participants there
+    /// (`leave{MIGRATION, RECONNECT}`: SDKs rejoin through their URL, and the
+    /// entry node routes them to the owner) and close it here.
+    pub async fn move_room_away(&self, room: &str) -> Result<bool, ApiError> {
+        let name = room.to_string();
+        self.on_room(room, move |shard, now, _| {
+            shard.close_room(now, &name, DisconnectReason::Migration)
+        })
+        .await
+    }
 }
 
 fn shard_gone() -> ApiError {
@@ -109,7 +120,9 @@ impl RoomBackend for ShardsBackend {
     async fn delete_room(&self, room: String) -> Result<(), ApiError> {
         let name = room.clone();
         let deleted = self
-            .on_room(&room, move |shard, now, _| shard.delete_room(now, &name))
+            .on_room(&room, move |shard, now, _| {
+                shard.close_room(now, &name, DisconnectReason::RoomDeleted)
+            })
             .await?;
         if deleted {
             Ok(())
