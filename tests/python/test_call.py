@@ -3,7 +3,8 @@
 Alice publishes a sine-wave audio track and a 640x360 video track of synthetic frames;
 Bob, auto-subscribed, receives audio whose dominant frequency matches and video frames of
 that size and picture; Alice sends reliable and lossy data with a topic and Bob receives
-them with her identity; Alice performs an RPC on Bob and gets the reply; Alice's metadata
+them with her identity; while Alice's tone plays both see her as the active speaker, and
+when it stops she is no longer one; Alice performs an RPC on Bob and gets the reply; Alice's metadata
 and attribute changes reach Bob; Alice disconnects and Bob sees participant_disconnected.
 
 Every wait is bounded (at most 20 s), so a broken server fails fast instead of hanging.
@@ -222,6 +223,44 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     assert top[0] > 150 and top[1] < 100 and top[2] < 100, (
         f"top half should be red, mean RGB {top}"
     )
+
+
+async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
+    alice, bob = await join_pair(relais, rooms, room_name)
+    seen_by = {
+        who: [] for who in (ALICE, BOB)
+    }  # every active_speakers_changed, as lists of identities
+    for who, room in ((ALICE, alice), (BOB, bob)):
+        room.on(
+            "active_speakers_changed",
+            lambda speakers, who=who: seen_by[who].append([s.identity for s in speakers]),
+        )
+    stop = asyncio.Event()
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    player = asyncio.create_task(play_sine(source, stop))
+    try:
+        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+        await bounded(
+            alice.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            ),
+            "publish audio",
+            20,
+        )
+        for who in (BOB, ALICE):
+            await wait_for(
+                lambda who=who: [ALICE] in seen_by[who], f"{who} sees alice speaking", 10
+            )
+        assert all(BOB not in speakers for speakers in seen_by[BOB]), seen_by[BOB]
+    finally:
+        stop.set()
+        await player
+    # Silence: within a few intervals alice is no longer an active speaker.
+    before = len(seen_by[BOB])
+    await wait_for(
+        lambda: [] in seen_by[BOB][before:], "bob sees alice stop speaking", 10
+    )
+    assert ALICE in bob.remote_participants  # she stopped talking, she did not leave
 
 
 async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):

@@ -22,6 +22,7 @@ pub mod room;
 mod room_admin;
 pub mod shard;
 mod shard_admin;
+mod speakers;
 pub mod stats;
 pub mod stun;
 

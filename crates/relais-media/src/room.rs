@@ -14,8 +14,9 @@ use relais_proto::livekit::{
     signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
     LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
     RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
-    SubscriptionError, SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource,
-    TrackType, TrickleRequest, UpdateParticipantMetadata, UpdateSubscription,
+    SpeakerInfo, SpeakersChanged, SubscriptionError, SubscriptionResponse, TrackInfo,
+    TrackPublishedResponse, TrackSource, TrackType, TrickleRequest, UpdateParticipantMetadata,
+    UpdateSubscription,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -36,6 +37,7 @@ use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
     SubscriberChange,
 };
+use crate::speakers::{ActiveSpeakers, AudioLevelMeter};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
 
 /// How often the publisher may be asked for a keyframe per track.
@@ -133,6 +135,8 @@ pub(crate) struct PublishedTrack {
     pub(crate) best_layer: usize,
     pub(crate) subscribers: Vec<Subscription>,
     pub(crate) last_keyframe_request: Option<Instant>,
+    /// Audio tracks: voice level over the current speaker interval.
+    pub(crate) audio_level: AudioLevelMeter,
 }
 
 /// An event str0m produced that the room handles after the drain.
@@ -155,6 +159,9 @@ pub struct Room {
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
+    /// Who speaks, updated with the layer check; and when it last was.
+    pub(crate) speakers: ActiveSpeakers<ParticipantKey>,
+    pub(crate) last_speaker_update: Instant,
     pub(crate) closed: bool,
     /// Server-initiated RPCs (RoomService `PerformRpc`) awaiting their response.
     pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
@@ -200,6 +207,8 @@ impl Room {
             events: VecDeque::new(),
             empty_since: Some(now),
             next_layer_check: now,
+            speakers: ActiveSpeakers::default(),
+            last_speaker_update: now,
             closed: false,
             server_rpcs: Default::default(),
             stats: MediaStats::default(),
@@ -1046,6 +1055,7 @@ impl Room {
         if now >= self.next_layer_check {
             self.next_layer_check = now + Duration::from_millis(500);
             self.update_layer_targets(now);
+            self.update_speakers(now);
         }
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
@@ -1381,6 +1391,7 @@ impl Room {
                 best_layer: 0,
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
+                audio_level: AudioLevelMeter::default(),
             },
         );
         info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
@@ -1459,6 +1470,9 @@ impl Room {
         let size = (pkt.header.header_len + pkt.payload.len()) as u64;
         self.stats.packets_in[kind] += 1;
         self.stats.bytes_in[kind] += size;
+        if let Some(level) = pkt.header.ext_vals.audio_level {
+            track.audio_level.observe(level);
+        }
         let Some((codec, params)) = track.codec else {
             self.stats.drop_packet(DropReason::NoCodec);
             return;
@@ -1644,6 +1658,50 @@ impl Room {
         }
         for sid in wants_keyframe {
             self.request_keyframe(now, &sid, false);
+        }
+    }
+
+    /// Tell everyone who started or stopped speaking (`SpeakersChanged`).
+    fn update_speakers(&mut self, now: Instant) {
+        let interval = now.duration_since(self.last_speaker_update);
+        self.last_speaker_update = now;
+        let mut levels: Vec<(ParticipantKey, f32)> = Vec::new();
+        for track in self.tracks.values_mut() {
+            let level = track.audio_level.take(interval);
+            if level <= 0.0 {
+                continue;
+            }
+            match levels.iter_mut().find(|(k, _)| *k == track.publisher) {
+                Some((_, loudest)) => *loudest = loudest.max(level),
+                None => levels.push((track.publisher, level)),
+            }
+        }
+        let participants = &self.participants;
+        let changes = self.speakers.update(&levels, |key| {
+            participants.get(key).is_some_and(|p| !p.is_hidden())
+        });
+        if changes.is_empty() {
+            return;
+        }
+        let speakers: Vec<SpeakerInfo> = changes
+            .iter()
+            .filter_map(|c| {
+                let p = self.participants.get(&c.who)?;
+                Some(SpeakerInfo {
+                    sid: p.info.sid.clone(),
+                    level: c.level,
+                    active: c.active,
+                })
+            })
+            .collect();
+        let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+        for key in keys {
+            self.signal(
+                key,
+                signal_response::Message::SpeakersChanged(SpeakersChanged {
+                    speakers: speakers.clone(),
+                }),
+            );
         }
     }
 
