@@ -225,6 +225,78 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     )
 
 
+async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
+    """Bob asks for the low quality of Alice's simulcast video (UpdateTrackSettings, what
+    adaptive stream and quality pickers send) and then for the high one again: the
+    frames he decodes change size accordingly. At 1280x720 the SDK sends three layers,
+    320x180 (q), 640x360 (h) and 1280x720 (f)."""
+    width, height = 1280, 720
+    big_picture = np.zeros((height, width, 4), dtype=np.uint8)
+    big_picture[: height // 2, :, 0] = 255
+    big_picture[:, :, 3] = 255
+    alice, bob = await join_pair(relais, rooms, room_name)
+    subscribed = EventLog(bob, "track_subscribed")
+    stop = asyncio.Event()
+    source = rtc.VideoSource(width, height)
+    player = asyncio.create_task(
+        play_video(source, stop, width, height, FPS, lambda i: big_picture)
+    )
+    try:
+        cam = rtc.LocalVideoTrack.create_video_track("layers", source)
+        await bounded(
+            alice.local_participant.publish_track(
+                cam,
+                rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA,
+                    simulcast=True,
+                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+                ),
+            ),
+            "alice publishes simulcast video",
+            20,
+        )
+        track, publication, _ = await subscribed.wait(
+            lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
+        )
+        assert publication.simulcasted
+        widths: list[int] = []
+
+        async def watch() -> None:
+            stream = rtc.VideoStream(track)
+            try:
+                async for event in stream:
+                    widths.append(event.frame.width)
+            finally:
+                await stream.aclose()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await wait_for(lambda: widths, "bob decodes video", 20)
+            publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+            mark = len(widths)
+            await wait_for(
+                lambda: 320 in widths[mark:], "bob decodes the 320x180 layer after LOW", 15
+            )
+            publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+            mark = len(widths)
+            await wait_for(
+                lambda: any(w > 320 for w in widths[mark:]),
+                "bob decodes a larger layer after HIGH",
+                20,
+            )
+            print(f"layer widths seen: {sorted(set(widths))}")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await player
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)
+
+
 async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
     seen_by = {

@@ -53,6 +53,8 @@ pub struct Incoming {
 #[derive(Debug, Clone)]
 pub struct TrackForwarder {
     target_layer: usize,
+    /// The subscriber disabled the track (e.g. its video is not on screen).
+    paused: bool,
     current_layer: Option<usize>,
     /// Incoming sequence number at which the current layer was entered;
     /// older packets of that layer would collide with the previous layer's.
@@ -78,6 +80,7 @@ impl TrackForwarder {
     pub fn new(target_layer: usize) -> Self {
         TrackForwarder {
             target_layer,
+            paused: false,
             current_layer: None,
             switch_seq: 0,
             seq_offset: 0,
@@ -94,6 +97,20 @@ impl TrackForwarder {
         self.target_layer = layer;
     }
 
+    /// Stop or resume forwarding. A resumed stream restarts on a keyframe of
+    /// the target layer and its numbering continues where it stopped, so the
+    /// subscriber sees a pause, not loss.
+    pub fn set_paused(&mut self, paused: bool) {
+        if paused {
+            self.current_layer = None;
+        }
+        self.paused = paused;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
     pub fn target_layer(&self) -> usize {
         self.target_layer
     }
@@ -104,11 +121,14 @@ impl TrackForwarder {
 
     /// True while the subscriber waits for a keyframe on its target layer.
     pub fn wants_keyframe(&self) -> bool {
-        self.current_layer != Some(self.target_layer)
+        !self.paused && self.current_layer != Some(self.target_layer)
     }
 
     /// Decide about one packet and, if it goes out, compute its new numbering.
     pub fn forward(&mut self, p: &Incoming) -> Forward {
+        if self.paused {
+            return Forward::Drop;
+        }
         if self.current_layer == Some(p.layer) {
             if p.seq < self.switch_seq {
                 return Forward::Drop;
@@ -239,6 +259,35 @@ mod tests {
         );
         // A late packet of the new layer from before the switch point is dropped.
         assert_eq!(f.forward(&pkt(1, 5, 47_000, false, later)), Forward::Drop);
+    }
+
+    #[test]
+    fn a_paused_stream_resumes_on_a_keyframe_without_a_gap() {
+        let t0 = Instant::now();
+        let mut f = TrackForwarder::new(0);
+        let Forward::Send(a) = f.forward(&pkt(0, 100, 1000, true, t0)) else {
+            panic!("keyframe must pass");
+        };
+        f.set_paused(true);
+        assert!(!f.wants_keyframe(), "a paused stream asks for nothing");
+        assert_eq!(f.forward(&pkt(0, 101, 4000, true, t0)), Forward::Drop);
+        assert_eq!(f.forward(&pkt(0, 150, 9000, false, t0)), Forward::Drop);
+        f.set_paused(false);
+        assert!(f.wants_keyframe());
+        assert_eq!(
+            f.forward(&pkt(0, 151, 12_000, false, t0)),
+            Forward::NeedKeyframe
+        );
+        let later = t0 + Duration::from_millis(500);
+        let Forward::Send(b) = f.forward(&pkt(0, 152, 15_000, true, later)) else {
+            panic!("keyframe after resume must pass");
+        };
+        assert_eq!(b.seq, a.seq + 1, "numbering continues: no loss seen");
+        assert_eq!(
+            b.timestamp,
+            1000 + 45_000,
+            "timestamps follow the pause's length"
+        );
     }
 
     #[test]

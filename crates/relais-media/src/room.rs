@@ -16,7 +16,7 @@ use relais_proto::livekit::{
     RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
     SpeakerInfo, SpeakersChanged, SubscriptionError, SubscriptionResponse, TrackInfo,
     TrackPublishedResponse, TrackSource, TrackType, TrickleRequest, UpdateParticipantMetadata,
-    UpdateSubscription,
+    UpdateSubscription, UpdateTrackSettings, VideoQuality,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -124,6 +124,17 @@ pub(crate) struct Subscription {
     pub(crate) mid: Option<Mid>,
     pub(crate) forwarder: TrackForwarder,
     pub(crate) out_pt: Option<Pt>,
+    /// The highest layer the subscriber asked for (`UpdateTrackSettings`:
+    /// adaptive stream, a chosen quality); `usize::MAX` until it says.
+    pub(crate) max_layer: usize,
+}
+
+impl Subscription {
+    /// Aim at the best layer the publisher sends, within what the subscriber wants.
+    fn aim(&mut self, best_layer: usize) {
+        self.forwarder
+            .set_target_layer(best_layer.min(self.max_layer));
+    }
 }
 
 pub(crate) struct PublishedTrack {
@@ -137,6 +148,32 @@ pub(crate) struct PublishedTrack {
     pub(crate) last_keyframe_request: Option<Instant>,
     /// Audio tracks: voice level over the current speaker interval.
     pub(crate) audio_level: AudioLevelMeter,
+}
+
+impl PublishedTrack {
+    /// The highest layer a subscriber's settings allow: the smallest layer at
+    /// least as large as the size it shows the video at, or else the layer of
+    /// the quality it asked for.
+    fn layer_cap(&self, settings: &UpdateTrackSettings) -> usize {
+        if self.layers.len() < 2 {
+            return usize::MAX;
+        }
+        let quality = if settings.width > 0 || settings.height > 0 {
+            self.info
+                .layers
+                .iter()
+                .filter(|l| l.width >= settings.width && l.height >= settings.height)
+                .map(|l| l.quality)
+                .min()
+                .unwrap_or(VideoQuality::High as i32)
+        } else {
+            settings.quality
+        };
+        self.layers
+            .iter()
+            .rposition(|l| l.rid.as_ref().map_or(0, |r| i32::from(rid_quality(r))) <= quality)
+            .unwrap_or(0)
+    }
 }
 
 /// An event str0m produced that the room handles after the drain.
@@ -450,7 +487,8 @@ impl Room {
             M::Subscription(req) => self.on_update_subscription(now, key, req),
             M::Leave(_) => self.remove_participant(now, key, DisconnectReason::ClientInitiated),
             M::UpdateMetadata(req) => self.on_update_metadata(key, req),
-            M::TrackSetting(_) | M::UpdateLayers(_) | M::SubscriptionPermission(_) => {}
+            M::TrackSetting(settings) => self.on_track_settings(now, key, settings),
+            M::UpdateLayers(_) | M::SubscriptionPermission(_) => {}
             M::SyncState(_) | M::Simulate(_) => {}
             M::Ping(_) | M::PingReq(_) => {}
             M::UpdateAudioTrack(_) | M::UpdateVideoTrack(_) => {}
@@ -740,6 +778,39 @@ impl Room {
         }
     }
 
+    /// A subscriber's wishes for tracks it receives: pause them (`disabled`,
+    /// e.g. video not on screen) or cap their simulcast layer by the size it
+    /// shows them at or by quality. Unknown or unsubscribed tracks are ignored.
+    fn on_track_settings(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        settings: UpdateTrackSettings,
+    ) {
+        let pause = settings.disabled || settings.quality == VideoQuality::Off as i32;
+        let mut wants_keyframe = Vec::new();
+        for sid in &settings.track_sids {
+            let Some(track) = self.tracks.get_mut(sid) else {
+                continue;
+            };
+            let cap = track.layer_cap(&settings);
+            let best = track.best_layer;
+            let Some(sub) = track.subscribers.iter_mut().find(|s| s.subscriber == key) else {
+                continue;
+            };
+            sub.max_layer = cap;
+            sub.aim(best);
+            sub.forwarder.set_paused(pause);
+            debug!(track = %sid, ?settings, paused = pause, target_layer = sub.forwarder.target_layer(), "track settings");
+            if sub.forwarder.wants_keyframe() {
+                wants_keyframe.push(sid.clone());
+            }
+        }
+        for sid in wants_keyframe {
+            self.request_keyframe(now, &sid, false);
+        }
+    }
+
     /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the caller).
     fn subscribe(&mut self, key: ParticipantKey, sid: &str, explicit: bool) -> bool {
         let Some(track) = self.tracks.get_mut(sid) else {
@@ -768,6 +839,7 @@ impl Room {
             subscriber: key,
             mid: None,
             forwarder: TrackForwarder::new(track.best_layer),
+            max_layer: usize::MAX,
             out_pt: None,
         });
         debug!(participant = %p.info.identity, track = %sid, explicit, "subscribed");
@@ -1482,7 +1554,7 @@ impl Room {
         if first_on_layer && layer > track.best_layer {
             track.best_layer = layer;
             for s in &mut track.subscribers {
-                s.forwarder.set_target_layer(layer);
+                s.aim(layer);
             }
         }
         let vp8 = if codec == CodecKind::Vp8 {
@@ -1645,7 +1717,7 @@ impl Room {
             if best != track.best_layer {
                 track.best_layer = best;
                 for s in &mut track.subscribers {
-                    s.forwarder.set_target_layer(best);
+                    s.aim(best);
                 }
             }
             if track
