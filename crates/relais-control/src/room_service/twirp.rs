@@ -150,6 +150,7 @@ async fn serve<B: RoomBackend>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REQUEST_BYTES as u64) {
+        discard(request.into_body()).await;
         return Err(too_large());
     }
     let auth = request
@@ -182,6 +183,28 @@ async fn serve<B: RoomBackend>(
         ))),
     }
 }
+
+/// Read and drop what a refused oversized request still sends (up to
+/// [`DISCARD_LIMIT`], within [`DISCARD_TIMEOUT`]). A client that writes its
+/// whole body before reading (most HTTP clients) would otherwise get a reset
+/// connection instead of the 413, when the socket closes with unread data.
+async fn discard(mut body: Body) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DISCARD_LIMIT {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIMEOUT, drain).await;
+}
+
+/// At most this much of a refused body is read (then the connection closes).
+const DISCARD_LIMIT: usize = 8 * MAX_REQUEST_BYTES;
+/// At most this long is spent reading a refused body.
+const DISCARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn too_large() -> ApiError {
     ApiError::ResourceExhausted(format!(
