@@ -297,6 +297,74 @@ async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
             await asyncio.wait_for(source.aclose(), 5)
 
 
+async def test_dynacast_stops_layers_nobody_receives(relais, rooms, room_name):
+    """Alice publishes with dynacast on. When Bob, her only subscriber, asks for the low
+    quality, the server tells her (SubscribedQualityUpdate) and her encoder stops the two
+    upper layers; when he asks for high again they come back."""
+    width, height = 1280, 720
+    picture = np.zeros((height, width, 4), dtype=np.uint8)
+    picture[:, : width // 2, 1] = 255
+    picture[:, :, 3] = 255
+    bob = await rooms.join(relais, BOB, room_name)
+    alice = await rooms.join(
+        relais, ALICE, room_name, options=rtc.RoomOptions(dynacast=True)
+    )
+    await wait_for(lambda: ALICE in bob.remote_participants, "bob to see alice", 10)
+    subscribed = EventLog(bob, "track_subscribed")
+    stop = asyncio.Event()
+    source = rtc.VideoSource(width, height)
+    player = asyncio.create_task(
+        play_video(source, stop, width, height, FPS, lambda i: picture)
+    )
+
+    async def active_layers(cam) -> set[str]:
+        stats = await cam.get_stats()
+        return {
+            s.outbound_rtp.outbound.rid
+            for s in stats
+            if s.HasField("outbound_rtp") and s.outbound_rtp.outbound.active
+        }
+
+    async def until_layers(cam, want: set[str], what: str, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen: set[str] = set()
+        while asyncio.get_running_loop().time() < deadline:
+            seen = await active_layers(cam)
+            if seen == want:
+                return
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"{what}: alice's active layers are {seen}, want {want}")
+
+    try:
+        cam = rtc.LocalVideoTrack.create_video_track("dynacast", source)
+        await bounded(
+            alice.local_participant.publish_track(
+                cam,
+                rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA,
+                    simulcast=True,
+                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+                ),
+            ),
+            "alice publishes simulcast video",
+            20,
+        )
+        _, publication, _ = await subscribed.wait(
+            lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
+        )
+        await until_layers(cam, {"q", "h", "f"}, "bob receives the top layer", 15)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+        await until_layers(cam, {"q"}, "bob asked for LOW", 15)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+        await until_layers(cam, {"q", "h", "f"}, "bob asked for HIGH again", 10)
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await player
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)
+
+
 async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
     seen_by = {

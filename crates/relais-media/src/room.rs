@@ -14,9 +14,10 @@ use relais_proto::livekit::{
     signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
     LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
     RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
-    SpeakerInfo, SpeakersChanged, SubscriptionError, SubscriptionResponse, TrackInfo,
-    TrackPublishedResponse, TrackSource, TrackType, TrickleRequest, UpdateParticipantMetadata,
-    UpdateSubscription, UpdateTrackSettings, VideoQuality,
+    SpeakerInfo, SpeakersChanged, SubscribedCodec, SubscribedQuality, SubscribedQualityUpdate,
+    SubscriptionError, SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource,
+    TrackType, TrickleRequest, UpdateParticipantMetadata, UpdateSubscription, UpdateTrackSettings,
+    VideoQuality,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -32,6 +33,7 @@ use tracing::{debug, info, warn, Span};
 
 use crate::codec::{CodecKind, Vp8Header};
 use crate::config::MediaConfig;
+use crate::dynacast::{self, LayerDemand};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
@@ -148,6 +150,8 @@ pub(crate) struct PublishedTrack {
     pub(crate) last_keyframe_request: Option<Instant>,
     /// Audio tracks: voice level over the current speaker interval.
     pub(crate) audio_level: AudioLevelMeter,
+    /// Simulcast tracks: the layers subscribers want, for dynacast.
+    pub(crate) demand: LayerDemand,
 }
 
 impl PublishedTrack {
@@ -1128,6 +1132,7 @@ impl Room {
             self.next_layer_check = now + Duration::from_millis(500);
             self.update_layer_targets(now);
             self.update_speakers(now);
+            self.update_dynacast(now);
         }
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
@@ -1446,6 +1451,7 @@ impl Room {
                 })
                 .collect()
         };
+        let layers_len = layers.len();
         let sid = info.sid.clone();
         p.published_by_mid.insert(mid, sid.clone());
         p.info.tracks.push(info.clone());
@@ -1464,6 +1470,7 @@ impl Room {
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
                 audio_level: AudioLevelMeter::default(),
+                demand: LayerDemand::new(layers_len),
             },
         );
         info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
@@ -1730,6 +1737,61 @@ impl Room {
         }
         for sid in wants_keyframe {
             self.request_keyframe(now, &sid, false);
+        }
+    }
+
+    /// Tell publishers which simulcast layers anyone receives
+    /// (`SubscribedQualityUpdate`, see `dynacast.rs`).
+    fn update_dynacast(&mut self, now: Instant) {
+        let mut updates = Vec::new();
+        for (sid, track) in &mut self.tracks {
+            let n = track.layers.len();
+            if n < 2 {
+                continue;
+            }
+            let top = track
+                .subscribers
+                .iter()
+                .filter(|s| !s.forwarder.is_paused())
+                .map(|s| s.max_layer.min(n - 1))
+                .max();
+            let Some(mask) = track.demand.update(now, dynacast::up_to(top, n)) else {
+                continue;
+            };
+            let qualities: Vec<SubscribedQuality> = track
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| SubscribedQuality {
+                    quality: l
+                        .rid
+                        .as_ref()
+                        .map_or(VideoQuality::High as i32, |r| i32::from(rid_quality(r))),
+                    enabled: mask & (1 << i) != 0,
+                })
+                .collect();
+            let codec = track
+                .info
+                .mime_type
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            debug!(track = %sid, layers = format!("{mask:0n$b}"), "dynacast: layers wanted");
+            updates.push((
+                track.publisher,
+                SubscribedQualityUpdate {
+                    track_sid: sid.clone(),
+                    subscribed_qualities: qualities.clone(),
+                    subscribed_codecs: vec![SubscribedCodec { codec, qualities }],
+                },
+            ));
+        }
+        for (publisher, update) in updates {
+            self.signal(
+                publisher,
+                signal_response::Message::SubscribedQualityUpdate(update),
+            );
         }
     }
 
