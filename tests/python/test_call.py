@@ -225,6 +225,53 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     )
 
 
+@pytest.mark.parametrize(
+    "codec, mime",
+    [
+        (rtc.VideoCodec.H264, "video/H264"),
+        (rtc.VideoCodec.VP9, "video/VP9"),
+        (rtc.VideoCodec.AV1, "video/AV1"),
+    ],
+)
+async def test_other_video_codecs_are_forwarded(relais, rooms, room_name, codec, mime):
+    """VP8 is covered above; a publisher choosing H.264, VP9 or AV1 (no simulcast) is
+    forwarded too: Bob decodes frames of the published size and sees the codec."""
+    alice, bob = await join_pair(relais, rooms, room_name)
+    subscribed = EventLog(bob, "track_subscribed")
+    stop = asyncio.Event()
+    source = rtc.VideoSource(WIDTH, HEIGHT)
+    player = asyncio.create_task(
+        play_video(source, stop, WIDTH, HEIGHT, FPS, synthetic_picture)
+    )
+    try:
+        cam = rtc.LocalVideoTrack.create_video_track("codec", source)
+        await bounded(
+            alice.local_participant.publish_track(
+                cam,
+                rtc.TrackPublishOptions(
+                    source=rtc.TrackSource.SOURCE_CAMERA,
+                    video_codec=codec,
+                    simulcast=False,
+                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+                ),
+            ),
+            f"alice publishes {mime}",
+            20,
+        )
+        track, publication, _ = await subscribed.wait(
+            lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
+        )
+        frames = await bounded(record_frames(track, 10), f"bob decodes {mime}", 20)
+        assert {(f.width, f.height) for f in frames} == {(WIDTH, HEIGHT)}
+        assert publication.mime_type.lower() == mime.lower(), publication.mime_type
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await player
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)
+
+
 async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
     """Bob asks for the low quality of Alice's simulcast video (UpdateTrackSettings, what
     adaptive stream and quality pickers send) and then for the high one again: the
