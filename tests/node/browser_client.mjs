@@ -2,17 +2,18 @@
 // Chromium, driven with playwright-core. Used by tests/python/test_browser.py.
 //
 //   node browser_client.mjs --url ws://127.0.0.1:PORT --token JWT --remote IDENTITY
-//       [--publish-camera] [--timeout SECONDS] [--hold SECONDS]
+//       [--publish-camera] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
 //
 // Steps: serve a tiny page (and the livekit-client bundle) from an HTTP server on a free
 // loopback port; open it in Chromium with a fake camera; connect to the room; with
 // --publish-camera, publish the camera; wait for a video track of participant
 // IDENTITY, attach it to a <video> element and poll the receiver's getStats() until
-// inbound-rtp framesDecoded > 0. Then stay connected until stdin closes (or --hold
+// inbound-rtp framesDecoded > 0; with --expect-speaker, wait until livekit-client's
+// room.activeSpeakers lists IDENTITY. Then stay connected until stdin closes (or --hold
 // seconds pass) so the other side can go on receiving, disconnect and exit.
 //
 // Protocol: stdout carries one JSON object per line, {"event": ...}: "connected",
-// "published", "decoded", "error", "closed". stderr carries the browser console and
+// "published", "decoded", "speaker", "error", "closed". stderr carries the browser console and
 // page errors as they happen, prefixed with "[browser]". Exit code 0 when every step
 // succeeded. Every wait is bounded by --timeout (default 30 s). Chromium is always
 // closed (playwright kills it at exit if closing takes more than 5 s).
@@ -49,6 +50,7 @@ const { values: opts } = parseArgs({
     token: { type: 'string' },
     remote: { type: 'string' },
     'publish-camera': { type: 'boolean', default: false },
+    'expect-speaker': { type: 'string' },
     timeout: { type: 'string', default: '30' },
     hold: { type: 'string', default: '60' },
   },
@@ -68,7 +70,7 @@ const PAGE = `<!doctype html>
 <script>
 const LK = window.LivekitClient;
 LK.setLogLevel('info');
-const state = { room: null, tracks: [] };
+const state = { room: null, tracks: [], speakers: [] };
 
 function withTimeout(promise, ms, what) {
   let timer;
@@ -85,6 +87,9 @@ window.relaisTest = {
     room.on(LK.RoomEvent.TrackSubscribed, (track, pub, participant) => {
       console.log('track subscribed: ' + track.kind + ' ' + pub.trackSid + ' from ' + participant.identity);
       state.tracks.push({ track, participant: participant.identity });
+    });
+    room.on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) => {
+      state.speakers.push(speakers.map((p) => p.identity));
     });
     room.on(LK.RoomEvent.Disconnected, (reason) => console.log('room disconnected, reason ' + reason));
     await withTimeout(room.connect(url, token), timeoutMs, 'room.connect');
@@ -137,6 +142,20 @@ window.relaisTest = {
     throw new Error('timed out after ' + timeoutMs + ' ms waiting for framesDecoded > 0 (' + last + ')');
   },
 
+  // Wait until the room lists \`identity\` among its active speakers.
+  async waitSpeaker(identity, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      // Room.activeSpeakers is the state apps read; the event may have fired
+      // before the room counted as connected (livekit-client then skips it).
+      const now = state.room.activeSpeakers.map((p) => p.identity);
+      if (now.includes(identity)) return { speakers: now, events: state.speakers };
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error('timed out after ' + timeoutMs + ' ms waiting for ' + identity +
+      ' among the active speakers (seen: ' + JSON.stringify(state.speakers) + ')');
+  },
+
   // Per-layer outbound-rtp stats of the published camera (for diagnosis).
   async senderStats() {
     const out = [];
@@ -164,7 +183,7 @@ window.relaisTest = {
 </script></body></html>`;
 
 function emit(event, fields = {}) {
-  process.stdout.write(JSON.stringify({ event, ...fields }) + '\n');
+  process.stdout.write(JSON.stringify({ event, t: Date.now(), ...fields }) + "\n");
 }
 
 function serve() {
@@ -271,6 +290,14 @@ async function main() {
         TIMEOUT_MS,
       ]);
       emit('decoded', stats);
+    }
+
+    if (opts['expect-speaker']) {
+      const seen = await page.evaluate(([id, ms]) => window.relaisTest.waitSpeaker(id, ms), [
+        opts['expect-speaker'],
+        TIMEOUT_MS,
+      ]);
+      emit('speaker', seen);
     }
 
     await stdinClosedOr(HOLD_MS);

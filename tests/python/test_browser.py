@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_video
+from media import play_sine, play_video
 from conftest import REPO_ROOT, EventLog, bounded, make_token, wait_for
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
@@ -268,6 +268,41 @@ async def test_browser_and_python_exchange_video(
     finally:
         stop.set()
         player.cancel()
+        with contextlib.suppress(BaseException):
+            await player
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)
+
+
+async def test_browser_sees_the_python_speaker(relais, rooms, browser):
+    """Python plays a tone; livekit-client in Chromium lists it among the active speakers
+    (SpeakersChanged → ActiveSpeakersChanged)."""
+    room_name = f"speaker-{uuid.uuid4().hex[:8]}"
+    stop = asyncio.Event()
+    source = rtc.AudioSource(48000, 1)
+    player = asyncio.create_task(play_sine(source, stop))
+    try:
+        py = await rooms.join(relais, PY, room_name)
+        mic = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
+        await bounded(
+            py.local_participant.publish_track(
+                mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            ),
+            "python publishes audio",
+            WAIT_S,
+        )
+        await browser.start(
+            "--url", relais.url,
+            "--token", make_token(WEB, room_name),
+            "--expect-speaker", PY,
+            "--timeout", str(int(WAIT_S)),
+        )  # fmt: skip
+        seen = await browser.wait_event("speaker", WAIT_S)
+        assert seen["speakers"] == [PY], seen
+        code = await bounded(browser.close(), "browser client exits", WAIT_S)
+        assert code == 0, f"browser client exit code {code}"
+    finally:
+        stop.set()
         with contextlib.suppress(BaseException):
             await player
         with contextlib.suppress(BaseException):

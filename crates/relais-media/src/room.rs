@@ -39,7 +39,7 @@ use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
     SubscriberChange,
 };
-use crate::speakers::{ActiveSpeakers, AudioLevelMeter};
+use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
 
 /// How often the publisher may be asked for a keyframe per track.
@@ -1346,6 +1346,17 @@ impl Room {
                     info,
                 ))));
             self.broadcast_participant(key, false);
+            // Speakers are sent as changes: a newcomer learns who speaks now once
+            // it is connected (SDKs drop updates that come before their join is done).
+            let speaking = self.speaker_infos(&self.speakers.current());
+            if !speaking.is_empty() {
+                self.signal(
+                    key,
+                    signal_response::Message::SpeakersChanged(SpeakersChanged {
+                        speakers: speaking,
+                    }),
+                );
+            }
         }
     }
 
@@ -1795,6 +1806,20 @@ impl Room {
         }
     }
 
+    fn speaker_infos(&self, changes: &[SpeakerChange<ParticipantKey>]) -> Vec<SpeakerInfo> {
+        changes
+            .iter()
+            .filter_map(|c| {
+                let p = self.participants.get(&c.who)?;
+                Some(SpeakerInfo {
+                    sid: p.info.sid.clone(),
+                    level: c.level,
+                    active: c.active,
+                })
+            })
+            .collect()
+    }
+
     /// Tell everyone who started or stopped speaking (`SpeakersChanged`).
     fn update_speakers(&mut self, now: Instant) {
         let interval = now.duration_since(self.last_speaker_update);
@@ -1817,17 +1842,7 @@ impl Room {
         if changes.is_empty() {
             return;
         }
-        let speakers: Vec<SpeakerInfo> = changes
-            .iter()
-            .filter_map(|c| {
-                let p = self.participants.get(&c.who)?;
-                Some(SpeakerInfo {
-                    sid: p.info.sid.clone(),
-                    level: c.level,
-                    active: c.active,
-                })
-            })
-            .collect();
+        let speakers = self.speaker_infos(&changes);
         let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
         for key in keys {
             self.signal(

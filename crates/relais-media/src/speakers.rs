@@ -93,6 +93,20 @@ impl<K> Default for ActiveSpeakers<K> {
 }
 
 impl<K: Copy + Eq + Hash> ActiveSpeakers<K> {
+    /// Who speaks now, as last reported (for a participant who just joined).
+    pub(crate) fn current(&self) -> Vec<SpeakerChange<K>> {
+        self.speakers
+            .iter()
+            .filter_map(|(who, s)| {
+                s.reported.map(|level| SpeakerChange {
+                    who: *who,
+                    level,
+                    active: true,
+                })
+            })
+            .collect()
+    }
+
     /// One interval's levels (participants not listed were silent); returns
     /// what clients must be told. `present` filters out who has left.
     pub(crate) fn update(
@@ -206,6 +220,19 @@ mod tests {
             s.update(&[], all).is_empty(),
             "stopped speakers are told once"
         );
+    }
+
+    #[test]
+    fn current_lists_who_speaks_as_reported() {
+        let mut s = ActiveSpeakers::default();
+        assert!(s.current().is_empty());
+        s.update(&[(1u32, 0.2), (2, 0.4)], |_| true);
+        let mut now: Vec<(u32, f32)> = s.current().iter().map(|c| (c.who, c.level)).collect();
+        now.sort_by_key(|(k, _)| *k);
+        assert_eq!(now, vec![(1, 0.2), (2, 0.4)]);
+        s.update(&[(2, 0.4)], |_| true);
+        s.update(&[(2, 0.4)], |_| true);
+        assert_eq!(s.current().len(), 1, "1 stopped after two quiet intervals");
     }
 
     #[test]
