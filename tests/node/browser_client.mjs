@@ -2,7 +2,7 @@
 // Chromium, driven with playwright-core. Used by tests/python/test_browser.py.
 //
 //   node browser_client.mjs --url ws://127.0.0.1:PORT --token JWT --remote IDENTITY
-//       [--publish-camera] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
+//       [--publish-camera [--codec vp8|vp9|h264|av1]] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
 //
 // Steps: serve a tiny page (and the livekit-client bundle) from an HTTP server on a free
 // loopback port; open it in Chromium with a fake camera; connect to the room; with
@@ -50,6 +50,7 @@ const { values: opts } = parseArgs({
     token: { type: 'string' },
     remote: { type: 'string' },
     'publish-camera': { type: 'boolean', default: false },
+    codec: { type: 'string', default: 'vp8' },
     'expect-speaker': { type: 'string' },
     timeout: { type: 'string', default: '30' },
     hold: { type: 'string', default: '60' },
@@ -97,8 +98,10 @@ window.relaisTest = {
              room: room.name, version: LK.version, protocol: LK.protocolVersion };
   },
 
-  async publishCamera(timeoutMs) {
-    const pub = await withTimeout(state.room.localParticipant.setCameraEnabled(true), timeoutMs, 'publish camera');
+  async publishCamera(codec, timeoutMs) {
+    const pub = await withTimeout(
+      state.room.localParticipant.setCameraEnabled(true, undefined, { videoCodec: codec }),
+      timeoutMs, 'publish camera');
     if (!pub) throw new Error('setCameraEnabled returned no publication');
     return { trackSid: pub.trackSid, simulcasted: !!pub.simulcasted,
              width: pub.dimensions ? pub.dimensions.width : 0, height: pub.dimensions ? pub.dimensions.height : 0 };
@@ -280,7 +283,10 @@ async function main() {
     emit('connected', info);
 
     if (opts['publish-camera']) {
-      const pub = await page.evaluate((ms) => window.relaisTest.publishCamera(ms), TIMEOUT_MS);
+      const pub = await page.evaluate(([codec, ms]) => window.relaisTest.publishCamera(codec, ms), [
+        opts.codec,
+        TIMEOUT_MS,
+      ]);
       emit('published', pub);
     }
 

@@ -168,18 +168,20 @@ async def browser():
 
 
 @pytest.mark.parametrize(
-    "order, python_simulcast",
-    [("python_first", True), ("browser_first", False)],
-    ids=["python_first-simulcast", "browser_first-single_layer"],
+    "order, python_simulcast, browser_codec",
+    [("python_first", True, "vp8"), ("browser_first", False, "vp8"), ("python_first", True, "vp9")],
+    ids=["python_first-simulcast", "browser_first-single_layer", "browser_vp9_svc"],
 )
 async def test_browser_and_python_exchange_video(
-    relais, rooms, browser, order, python_simulcast
+    relais, rooms, browser, order, python_simulcast, browser_codec
 ):
     """`python_first`: the browser joins a room where Python already publishes, with
     simulcast (the browser's first subscriber offer carries the track). `browser_first`:
     the browser is connected and publishing when Python joins and publishes a single
-    layer (the track reaches the browser by renegotiation). The browser always
-    publishes with livekit-client's defaults: simulcast, layers q/h/f."""
+    layer (the track reaches the browser by renegotiation). The browser publishes with
+    livekit-client's defaults (VP8, simulcast, layers q/h/f) or, in `browser_vp9_svc`,
+    VP9 — which livekit-client sends as one SVC stream (L3T3_KEY), as the web client of
+    our first users does by default."""
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
     source = rtc.VideoSource(WIDTH, HEIGHT)
@@ -222,6 +224,7 @@ async def test_browser_and_python_exchange_video(
             "--token", make_token(WEB, room_name),
             "--remote", PY,
             "--publish-camera",
+            "--codec", browser_codec,
             "--timeout", str(int(WAIT_S)),
         )  # fmt: skip
         connected = await browser.wait_event("connected", WAIT_S)
@@ -243,6 +246,7 @@ async def test_browser_and_python_exchange_video(
             "python subscribed to the browser's camera",
         )
         assert publication.sid == published["trackSid"]
+        assert publication.mime_type.lower() == f"video/{browser_codec}", publication.mime_type
         assert publication.source == rtc.TrackSource.SOURCE_CAMERA
         frames = await bounded(
             record_frames(track, 10),

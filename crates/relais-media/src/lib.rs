@@ -21,6 +21,7 @@ pub mod forward;
 mod participant;
 pub mod room;
 mod room_admin;
+mod sdp_order;
 pub mod shard;
 mod shard_admin;
 mod speakers;

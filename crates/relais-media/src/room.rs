@@ -14,10 +14,10 @@ use relais_proto::livekit::{
     signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
     LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
     RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
-    SpeakerInfo, SpeakersChanged, SubscribedCodec, SubscribedQuality, SubscribedQualityUpdate,
-    SubscriptionError, SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource,
-    TrackType, TrickleRequest, UpdateParticipantMetadata, UpdateSubscription, UpdateTrackSettings,
-    VideoQuality,
+    SimulcastCodecInfo, SpeakerInfo, SpeakersChanged, SubscribedCodec, SubscribedQuality,
+    SubscribedQualityUpdate, SubscriptionError, SubscriptionResponse, TrackInfo,
+    TrackPublishedResponse, TrackSource, TrackType, TrickleRequest, UpdateParticipantMetadata,
+    UpdateSubscription, UpdateTrackSettings, VideoQuality,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -39,6 +39,7 @@ use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
     SubscriberChange,
 };
+use crate::sdp_order;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
 
@@ -516,9 +517,17 @@ impl Room {
         };
         match p.publisher.rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => {
+                // The codec each new track asked for goes first in its m-line.
+                let pending = &p.pending_tracks;
+                let wanted = |track: &str| {
+                    let (_, info) = pending.iter().find(|(cid, _)| cid == track)?;
+                    let codec = info.codecs.first()?.mime_type.as_str();
+                    Some(codec.rsplit('/').next().unwrap_or(codec).to_string())
+                };
+                let sdp = sdp_order::order_answer(&sd.sdp, &answer.to_sdp_string(), wanted);
                 let answer = SessionDescription {
                     r#type: "answer".into(),
-                    sdp: answer.to_sdp_string(),
+                    sdp,
                     id: sd.id,
                     ..Default::default()
                 };
@@ -646,6 +655,18 @@ impl Room {
             stream: req.stream.clone(),
             audio_features: req.audio_features.clone(),
             backup_codec_policy: req.backup_codec_policy,
+            // The codecs the client asked for, first the one to publish with.
+            codecs: req
+                .simulcast_codecs
+                .iter()
+                .filter(|c| !c.codec.is_empty())
+                .map(|c| SimulcastCodecInfo {
+                    mime_type: c.codec.clone(),
+                    cid: c.cid.clone(),
+                    layers: c.layers.clone(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         p.pending_tracks.push((req.cid.clone(), track.clone()));
@@ -1441,7 +1462,8 @@ impl Room {
         let (_, mut info) = p.pending_tracks.remove(pos);
         info.mid = mid.to_string();
         // The negotiated codec, reported with the track before any media flows.
-        if let Some(codec) = negotiated_codec(&p.publisher.rtc, mid) {
+        let wanted = info.codecs.first().map(|c| c.mime_type.as_str());
+        if let Some(codec) = negotiated_codec(&p.publisher.rtc, mid, wanted) {
             info.mime_type = codec.mime_type().to_string();
         }
         let layers = if simulcast_rids.is_empty() {
@@ -2081,14 +2103,34 @@ fn rid_quality(rid: &Rid) -> u8 {
 
 /// The codec a publisher's m-line will most likely carry: the first payload
 /// type of the negotiated list that we know.
-fn negotiated_codec(rtc: &str0m::Rtc, mid: Mid) -> Option<CodecKind> {
+/// The codec a publisher's m-line will carry: the one its track asked for
+/// (`wanted`, e.g. `"vp9"`, which the answer put first), else the first
+/// negotiated one.
+fn negotiated_codec(rtc: &str0m::Rtc, mid: Mid, wanted: Option<&str>) -> Option<CodecKind> {
     let media = rtc.media(mid)?;
-    media.remote_pts().iter().find_map(|pt| {
-        rtc.codec_config()
-            .find(|c| c.pt() == *pt)
-            .map(|c| CodecKind::from_str0m(c.spec().codec))
-            .filter(|k| *k != CodecKind::Other)
-    })
+    let negotiated: Vec<CodecKind> = media
+        .remote_pts()
+        .iter()
+        .filter_map(|pt| {
+            rtc.codec_config()
+                .find(|c| c.pt() == *pt)
+                .map(|c| CodecKind::from_str0m(c.spec().codec))
+                .filter(|k| *k != CodecKind::Other)
+        })
+        .collect();
+    let wanted = wanted.map(|w| w.rsplit('/').next().unwrap_or(w).to_ascii_lowercase());
+    negotiated
+        .iter()
+        .find(|k| {
+            wanted.as_deref().is_some_and(|w| {
+                k.mime_type()
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|name| name.eq_ignore_ascii_case(w))
+            })
+        })
+        .or(negotiated.first())
+        .copied()
 }
 
 /// The payload type on the subscriber PC that carries the publisher's codec.
