@@ -450,6 +450,25 @@ async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
     assert ALICE in bob.remote_participants  # she stopped talking, she did not leave
 
 
+async def test_connection_quality_is_reported(relais, rooms, room_name):
+    """Every participant learns its own and the others' connection quality
+    (ConnectionQualityUpdate): on loopback, excellent."""
+    alice, bob = await join_pair(relais, rooms, room_name)
+    excellent = rtc.ConnectionQuality.QUALITY_EXCELLENT
+
+    def qualities(room: rtc.Room) -> list:
+        return [room.local_participant.connection_quality] + [
+            p.connection_quality for p in room.remote_participants.values()
+        ]
+
+    for who, room in ((ALICE, alice), (BOB, bob)):
+        await wait_for(
+            lambda room=room: qualities(room) == [excellent, excellent],
+            f"{who} learns both qualities",
+            15,
+        )
+
+
 async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
     received = EventLog(bob, "data_received")  # (rtc.DataPacket,)

@@ -19,6 +19,7 @@ pub mod config;
 mod dynacast;
 pub mod forward;
 mod participant;
+mod quality;
 pub mod room;
 mod room_admin;
 mod sdp_order;

@@ -11,13 +11,14 @@ use prost::Message;
 use relais_proto::ids;
 use relais_proto::livekit::{
     self, data_packet, leave_request, participant_info, request_response, signal_request,
-    signal_response, AddTrackRequest, ClientInfo, DataPacket, DisconnectReason, JoinResponse,
-    LeaveRequest, MuteTrackRequest, ParticipantInfo, ParticipantPermission, ParticipantUpdate,
-    RequestResponse, ServerInfo, SessionDescription, SignalRequest, SignalResponse, SignalTarget,
-    SimulcastCodecInfo, SpeakerInfo, SpeakersChanged, SubscribedCodec, SubscribedQuality,
-    SubscribedQualityUpdate, SubscriptionError, SubscriptionResponse, TrackInfo,
-    TrackPublishedResponse, TrackSource, TrackType, TrickleRequest, UpdateParticipantMetadata,
-    UpdateSubscription, UpdateTrackSettings, VideoQuality,
+    signal_response, AddTrackRequest, ClientInfo, ConnectionQualityInfo, ConnectionQualityUpdate,
+    DataPacket, DisconnectReason, JoinResponse, LeaveRequest, MuteTrackRequest, ParticipantInfo,
+    ParticipantPermission, ParticipantUpdate, RequestResponse, ServerInfo, SessionDescription,
+    SignalRequest, SignalResponse, SignalTarget, SimulcastCodecInfo, SpeakerInfo, SpeakersChanged,
+    SubscribedCodec, SubscribedQuality, SubscribedQualityUpdate, SubscriptionError,
+    SubscriptionResponse, TrackInfo, TrackPublishedResponse, TrackSource, TrackType,
+    TrickleRequest, UpdateParticipantMetadata, UpdateSubscription, UpdateTrackSettings,
+    VideoQuality,
 };
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::channel::{ChannelConfig, Reliability};
@@ -39,6 +40,7 @@ use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
     SubscriberChange,
 };
+use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
@@ -203,6 +205,8 @@ pub struct Room {
     pub(crate) next_layer_check: Instant,
     /// Who speaks, updated with the layer check; and when it last was.
     pub(crate) speakers: ActiveSpeakers<ParticipantKey>,
+    /// Everyone's connection quality, from the streams' stats.
+    pub(crate) qualities: ConnectionQualities<ParticipantKey>,
     pub(crate) last_speaker_update: Instant,
     pub(crate) closed: bool,
     /// Server-initiated RPCs (RoomService `PerformRpc`) awaiting their response.
@@ -250,6 +254,7 @@ impl Room {
             empty_since: Some(now),
             next_layer_check: now,
             speakers: ActiveSpeakers::default(),
+            qualities: ConnectionQualities::default(),
             last_speaker_update: now,
             closed: false,
             server_rpcs: Default::default(),
@@ -1154,6 +1159,7 @@ impl Room {
             self.update_layer_targets(now);
             self.update_speakers(now);
             self.update_dynacast(now);
+            self.update_qualities(now);
         }
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
@@ -1319,6 +1325,7 @@ impl Room {
         self.stats.nacks[incoming as usize] += nacks;
         let sample = stream_sample(track, incoming, s.jitter, s.rtt, lost);
         self.stats.sample(sample);
+        self.qualities.observe(key, packets, lost, s.rtt);
     }
 
     /// str0m's periodic report on a stream we send a subscriber, with what the
@@ -1336,7 +1343,9 @@ impl Room {
         };
         let seen = p.subscriber.stats_seen.entry((s.mid, s.rid)).or_default();
         let nacks = s.nacks.saturating_sub(seen.nacks);
+        let packets = s.packets.saturating_sub(seen.packets);
         seen.nacks = s.nacks;
+        seen.packets = s.packets;
         let (jitter, lost) = match &s.remote {
             Some(remote) => {
                 let lost = remote.packets_lost.saturating_sub(seen.lost);
@@ -1349,6 +1358,7 @@ impl Room {
         self.stats.nacks[outgoing as usize] += nacks;
         let sample = stream_sample(track, outgoing, jitter, s.rtt, lost);
         self.stats.sample(sample);
+        self.qualities.observe(key, packets, lost, s.rtt);
     }
 
     fn on_connected(&mut self, key: ParticipantKey, role: PeerRole) {
@@ -1367,6 +1377,22 @@ impl Room {
                     info,
                 ))));
             self.broadcast_participant(key, false);
+            // Qualities too: a newcomer learns everyone's once connected, and
+            // everyone learns the newcomer's.
+            let everyone: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+            let all = self.quality_infos(&self.qualities.current(everyone.iter().copied()));
+            let newcomer = self.quality_infos(&self.qualities.current(std::iter::once(key)));
+            for other in everyone {
+                let updates = if other == key { &all } else { &newcomer };
+                if !updates.is_empty() {
+                    self.signal(
+                        other,
+                        signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
+                            updates: updates.clone(),
+                        }),
+                    );
+                }
+            }
             // Speakers are sent as changes: a newcomer learns who speaks now once
             // it is connected (SDKs drop updates that come before their join is done).
             let speaking = self.speaker_infos(&self.speakers.current());
@@ -1826,6 +1852,44 @@ impl Room {
                 signal_response::Message::SubscribedQualityUpdate(update),
             );
         }
+    }
+
+    /// Tell everyone whose connection quality changed (`ConnectionQualityUpdate`).
+    fn update_qualities(&mut self, now: Instant) {
+        let participants = &self.participants;
+        let changes = self
+            .qualities
+            .update(now, |key| participants.contains_key(key));
+        let updates = self.quality_infos(&changes);
+        if updates.is_empty() {
+            return;
+        }
+        let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
+        for key in keys {
+            self.signal(
+                key,
+                signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
+                    updates: updates.clone(),
+                }),
+            );
+        }
+    }
+
+    fn quality_infos(
+        &self,
+        changes: &[QualityChange<ParticipantKey>],
+    ) -> Vec<ConnectionQualityInfo> {
+        changes
+            .iter()
+            .filter_map(|c| {
+                let p = self.participants.get(&c.who).filter(|p| !p.is_hidden())?;
+                Some(ConnectionQualityInfo {
+                    participant_sid: p.info.sid.clone(),
+                    quality: c.quality as i32,
+                    score: c.score,
+                })
+            })
+            .collect()
     }
 
     fn speaker_infos(&self, changes: &[SpeakerChange<ParticipantKey>]) -> Vec<SpeakerInfo> {
