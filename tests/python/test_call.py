@@ -503,6 +503,33 @@ async def test_reliable_and_lossy_data_with_topic(relais, rooms, room_name):
     assert packet.kind == rtc.DataPacketKind.KIND_LOSSY
 
 
+async def test_chat_text_streams(relais, rooms, room_name):
+    """Chat as current SDKs send it: text streams (DataPacket stream header, chunks and
+    trailer) on topic `lk.chat`, short and long enough to be split into many chunks."""
+    alice, bob = await join_pair(relais, rooms, room_name)
+    received: list[tuple[str, str]] = []
+
+    def on_text(reader, sender: str) -> None:
+        async def read() -> None:
+            received.append((sender, await reader.read_all()))
+
+        asyncio.ensure_future(read())
+
+    bob.register_text_stream_handler("lk.chat", on_text)
+    # The first message is repeated until it arrives: the data channels may still be
+    # opening right after the join.
+    hello = "hello from alice"
+    for _ in range(20):
+        await alice.local_participant.send_text(hello, topic="lk.chat")
+        await asyncio.sleep(0.5)
+        if (ALICE, hello) in received:
+            break
+    assert (ALICE, hello) in received, received
+    long_text = "".join(f"line {i}: relais carries chat\n" for i in range(4000))  # ~120 kB
+    await alice.local_participant.send_text(long_text, topic="lk.chat")
+    await wait_for(lambda: (ALICE, long_text) in received, "bob reads the long text", 10)
+
+
 async def test_rpc_round_trip(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
     calls: list[tuple[str, str]] = []
