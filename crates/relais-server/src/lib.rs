@@ -11,5 +11,6 @@ mod room_api;
 mod server;
 mod shards;
 mod signal;
+mod udp;
 
 pub use server::run;
