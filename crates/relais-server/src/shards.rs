@@ -642,3 +642,74 @@ fn flush(
     }
     queued
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pool: &Pool, len: usize, first: u8) -> Batch {
+        let mut batch = pool.batch();
+        for i in 0..len {
+            batch.push_back(Datagram {
+                source: "192.0.2.1:5000".parse().unwrap(),
+                destination: "192.0.2.2:7882".parse().unwrap(),
+                data: vec![first + i as u8],
+                received: Instant::now(),
+            });
+        }
+        batch
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_datagrams_and_commands_go_first() {
+        let pool = Arc::new(Pool {
+            buffers: ArrayQueue::new(16),
+            batches: ArrayQueue::new(16),
+        });
+        let (command_tx, command_rx) = channel::unbounded();
+        let (batch_tx, batch_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = DatagramQueue {
+            batches: batch_tx,
+            queued: queued.clone(),
+        };
+        let mut inbox = Inbox {
+            commands: command_rx,
+            datagrams: batch_rx,
+            queued: queued.clone(),
+            current: Batch::new(),
+            pool: pool.clone(),
+        };
+
+        assert!(queue.offer(batch(&pool, 2, 0)).is_ok());
+        assert!(queue.offer(batch(&pool, 3, 2)).is_ok());
+        // The limit counts datagrams, however they are batched.
+        let too_many = batch(&pool, SHARD_DATAGRAM_QUEUE - 4, 0);
+        assert!(matches!(
+            queue.offer(too_many),
+            Err(channel::TrySendError::Full(b)) if b.len() == SHARD_DATAGRAM_QUEUE - 4
+        ));
+        assert_eq!(queued.load(Ordering::Relaxed), 5);
+
+        let datagram = |inbox: &mut Inbox| match inbox.try_next() {
+            Some(Work::Datagram(d)) => d.data[0],
+            _ => panic!("expected a datagram"),
+        };
+        assert_eq!(datagram(&mut inbox), 0);
+        // Taking a batch off the queue frees its room at once.
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+        // A command that arrives mid-batch goes before the rest of the batch.
+        command_tx
+            .send(Command::Remove(
+                ParticipantKey(1),
+                DisconnectReason::ClientInitiated,
+            ))
+            .unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Command(_))));
+        for expected in 1..5 {
+            assert_eq!(datagram(&mut inbox), expected);
+        }
+        assert!(inbox.try_next().is_none());
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
+}
