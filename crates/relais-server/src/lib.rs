@@ -12,5 +12,6 @@ mod room_routing;
 mod server;
 mod shards;
 mod signal;
+mod udp;
 
 pub use server::run;

@@ -80,6 +80,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let udp = UdpSocket::bind(SocketAddr::new(udp_ip, udp_port))
         .with_context(|| format!("binding the media UDP port {udp_ip}:{udp_port}"))?;
+    crate::udp::size_buffers(&udp);
     let candidate = SocketAddr::new(node_ip(&config), udp.local_addr()?.port());
 
     let node_id = relais_proto::ids::new_id("ND_");

@@ -1,15 +1,16 @@
 //! The I/O around the sans-IO media core: one OS thread per shard, each owning
 //! its [`Shard`] outright (no lock on the media path), and one UDP receive
-//! thread that hands each datagram to the shard owning its session.
+//! thread that hands datagrams, in batches, to the shards owning their sessions.
+//! Both directions use the socket in batches ([`crate::udp`]).
 //!
 //! Routing a datagram to a shard costs no lookup shared with other threads: the
 //! first STUN packet of a session carries a ufrag whose first two hex digits
 //! name the shard; the receive thread remembers the remote address from then on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel as channel;
@@ -18,13 +19,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
-use str0m::net::Protocol;
+use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use tracing::{debug, error, info, Span};
 
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
+use crate::udp;
 
 /// What a shard sends to a participant's WebSocket task.
 #[derive(Debug)]
@@ -51,7 +53,7 @@ enum Command {
 }
 
 /// One received datagram on its way to a shard. `data` comes from, and goes
-/// back to, the node's buffer pool: the media path allocates nothing per packet.
+/// back to, the node's [`Pool`]: the media path allocates nothing per packet.
 struct Datagram {
     source: SocketAddr,
     destination: SocketAddr,
@@ -60,6 +62,10 @@ struct Datagram {
     received: Instant,
 }
 
+/// The datagrams of one `recvmmsg` that belong to one shard: one channel
+/// message, and at most one wake-up, per shard per system call.
+type Batch = VecDeque<Datagram>;
+
 /// Datagrams a shard may have queued before the receive thread drops more for
 /// it: a stalled shard loses its own packets instead of stalling the others.
 const SHARD_DATAGRAM_QUEUE: usize = 8192;
@@ -67,18 +73,75 @@ const SHARD_DATAGRAM_QUEUE: usize = 8192;
 const MAX_BATCH: usize = 256;
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
+/// Empty batches kept for reuse.
+const BATCH_POOL: usize = 1024;
 /// Larger than any datagram WebRTC sends (str0m keeps to ~1200 bytes).
 const RECEIVE_BUFFER: usize = 2048;
 
 /// See [`Command::Admin`]: gets the shard, the time and the Unix time in ms.
 type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
 
+/// Receive buffers and batches, taken by the receive thread and given back by
+/// the shards. Lock-free; once warm, nothing is allocated per packet.
+struct Pool {
+    buffers: ArrayQueue<Vec<u8>>,
+    batches: ArrayQueue<Batch>,
+}
+
+impl Pool {
+    fn buffer(&self) -> Vec<u8> {
+        self.buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(RECEIVE_BUFFER))
+    }
+
+    fn batch(&self) -> Batch {
+        self.batches.pop().unwrap_or_default()
+    }
+
+    fn recycle_buffer(&self, buffer: Vec<u8>) {
+        // A full pool drops the buffer: the pool only bounds allocation, not memory.
+        let _ = self.buffers.push(buffer);
+    }
+
+    /// Give back a batch and the buffers still in it.
+    fn recycle_batch(&self, mut batch: Batch) {
+        for datagram in batch.drain(..) {
+            self.recycle_buffer(datagram.data);
+        }
+        let _ = self.batches.push(batch);
+    }
+}
+
+/// The receive thread's end of one shard's datagram queue. The queue is
+/// bounded in datagrams (not batches, whose sizes vary): `queued` is raised
+/// here and lowered by the shard as it takes batches.
+struct DatagramQueue {
+    batches: channel::Sender<Batch>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl DatagramQueue {
+    /// Hand `batch` to the shard; gives it back if the shard is too far behind.
+    fn offer(&self, batch: Batch) -> Result<(), channel::TrySendError<Batch>> {
+        let len = batch.len();
+        // Only this thread raises the count, so checking before adding is exact.
+        if self.queued.load(Ordering::Relaxed) + len > SHARD_DATAGRAM_QUEUE {
+            return Err(channel::TrySendError::Full(batch));
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.batches.try_send(batch).inspect_err(|_| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        })
+    }
+}
+
 /// Handle to all shards; cheap to clone.
 #[derive(Clone)]
 pub struct Shards {
     senders: Arc<Vec<channel::Sender<Command>>>,
-    datagrams: Arc<Vec<channel::Sender<Datagram>>>,
-    buffers: Arc<ArrayQueue<Vec<u8>>>,
+    datagrams: Arc<Vec<DatagramQueue>>,
+    pool: Arc<Pool>,
     next_key: Arc<AtomicU64>,
     /// Liveness, readiness and draining, fed by the shard threads' heartbeats.
     node: Arc<NodeState>,
@@ -97,12 +160,18 @@ impl Shards {
         let local = socket.local_addr()?;
         let mut senders = Vec::with_capacity(count);
         let mut datagrams = Vec::with_capacity(count);
-        let buffers = Arc::new(ArrayQueue::new(BUFFER_POOL));
+        let pool = Arc::new(Pool {
+            buffers: ArrayQueue::new(BUFFER_POOL),
+            batches: ArrayQueue::new(BATCH_POOL),
+        });
         let node = Arc::new(NodeState::new(count));
         for index in 0..count {
             let (tx, rx) = channel::unbounded();
+            // Every batch holds a datagram or more, so `queued` is the binding limit.
             let (datagram_tx, datagram_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
-            let pool = buffers.clone();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let shard_pool = pool.clone();
+            let shard_queued = queued.clone();
             let shard = Shard::new(index as u8, config.clone());
             let socket = socket.clone();
             let events = events.clone();
@@ -113,17 +182,27 @@ impl Shards {
                     let inbox = Inbox {
                         commands: rx,
                         datagrams: datagram_rx,
-                        buffers: pool,
+                        queued: shard_queued,
+                        current: Batch::new(),
+                        pool: shard_pool,
                     };
-                    run_shard(shard, inbox, socket, events, node)
+                    let outbox = Outbox {
+                        socket,
+                        sender: udp::Sender::new(),
+                        waiting: Vec::with_capacity(MAX_BATCH),
+                    };
+                    run_shard(shard, inbox, outbox, events, node)
                 })?;
             senders.push(tx);
-            datagrams.push(datagram_tx);
+            datagrams.push(DatagramQueue {
+                batches: datagram_tx,
+                queued,
+            });
         }
         let shards = Shards {
             senders: Arc::new(senders),
             datagrams: Arc::new(datagrams),
-            buffers,
+            pool,
             next_key: Arc::new(AtomicU64::new(1)),
             node,
         };
@@ -208,16 +287,17 @@ impl Shards {
         let mut metrics = ReceiveMetrics::new(Instant::now());
         // Wake up now and then to hand over the counters even when idle.
         let _ = socket.set_read_timeout(Some(metrics::FLUSH_INTERVAL));
-        let mut buf = vec![0; RECEIVE_BUFFER];
+        let mut receiver = udp::Receiver::new();
+        let mut buffers: Vec<Vec<u8>> = (0..udp::BATCH).map(|_| self.pool.buffer()).collect();
+        // Per shard, the datagrams of the current system call.
+        let mut batches: Vec<Batch> = (0..self.count()).map(|_| self.pool.batch()).collect();
         loop {
-            // A recycled buffer comes back empty; its capacity is kept.
-            buf.resize(RECEIVE_BUFFER, 0);
-            let result = socket.recv_from(&mut buf);
+            let result = receiver.receive(socket, &mut buffers);
             let received = Instant::now();
             metrics.syscalls += 1;
             metrics.flush_if_due(received);
-            let (len, source) = match result {
-                Ok(v) => v,
+            let count = match result {
+                Ok(count) => count,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -234,48 +314,62 @@ impl Shards {
                     continue;
                 }
             };
-            let datagram = &buf[..len];
-            metrics.datagrams += 1;
-            metrics.bytes += len as u64;
-            let shard = match relais_media::stun::local_ufrag(datagram)
-                .and_then(|u| u.get(..2))
-                .and_then(|hex| usize::from_str_radix(hex, 16).ok())
-                .filter(|s| *s < self.senders.len())
-            {
-                Some(s) => {
-                    shard_of_addr.insert(source, s);
-                    s
+            for (i, buffer) in buffers[..count].iter_mut().enumerate() {
+                metrics.datagrams += 1;
+                metrics.bytes += buffer.len() as u64;
+                let Some(source) = receiver.source(i) else {
+                    metrics.unroutable += 1;
+                    continue;
+                };
+                let Some(shard) = self.route(&mut shard_of_addr, source, buffer) else {
+                    metrics.unroutable += 1;
+                    continue;
+                };
+                batches[shard].push_back(Datagram {
+                    source,
+                    destination: local,
+                    data: std::mem::replace(buffer, self.pool.buffer()),
+                    received,
+                });
+            }
+            for (shard, batch) in batches.iter_mut().enumerate() {
+                if batch.is_empty() {
+                    continue;
                 }
-                None => match shard_of_addr.get(&source) {
-                    Some(s) => *s,
-                    None => {
-                        metrics.unroutable += 1;
-                        continue;
+                let batch = std::mem::replace(batch, self.pool.batch());
+                match self.datagrams[shard].offer(batch) {
+                    Ok(()) => {}
+                    Err(channel::TrySendError::Full(batch)) => {
+                        metrics.shard_queue_full += batch.len() as u64;
+                        self.pool.recycle_batch(batch);
                     }
-                },
-            };
-            buf.truncate(len);
-            let fresh = self
-                .buffers
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(RECEIVE_BUFFER));
-            let datagram = Datagram {
-                source,
-                destination: local,
-                data: std::mem::replace(&mut buf, fresh),
-                received,
-            };
-            match self.datagrams[shard].try_send(datagram) {
-                Ok(()) => {}
-                Err(channel::TrySendError::Full(d)) => {
-                    metrics.shard_queue_full += 1;
-                    buf = d.data;
-                }
-                Err(channel::TrySendError::Disconnected(_)) => {
-                    error!(shard, "shard thread is gone");
-                    return;
+                    Err(channel::TrySendError::Disconnected(_)) => {
+                        error!(shard, "shard thread is gone");
+                        return;
+                    }
                 }
             }
+        }
+    }
+
+    /// The shard of a datagram from `source`: named by the ufrag of a STUN
+    /// request, else the shard that `source` last sent STUN for.
+    fn route(
+        &self,
+        shard_of_addr: &mut HashMap<SocketAddr, usize>,
+        source: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<usize> {
+        match relais_media::stun::local_ufrag(datagram)
+            .and_then(|u| u.get(..2))
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .filter(|s| *s < self.senders.len())
+        {
+            Some(shard) => {
+                shard_of_addr.insert(source, shard);
+                Some(shard)
+            }
+            None => shard_of_addr.get(&source).copied(),
         }
     }
 }
@@ -315,12 +409,16 @@ fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// What a shard thread reads: control commands, and datagrams whose buffers it
-/// returns to the pool once handled.
+/// What a shard thread reads: control commands, and batches of datagrams
+/// whose buffers it returns to the pool once handled.
 struct Inbox {
     commands: channel::Receiver<Command>,
-    datagrams: channel::Receiver<Datagram>,
-    buffers: Arc<ArrayQueue<Vec<u8>>>,
+    datagrams: channel::Receiver<Batch>,
+    /// Datagrams queued for this shard (see [`DatagramQueue`]).
+    queued: Arc<AtomicUsize>,
+    /// The batch being worked through, front first.
+    current: Batch,
+    pool: Arc<Pool>,
 }
 
 enum Work {
@@ -330,9 +428,15 @@ enum Work {
 
 impl Inbox {
     /// The next piece of work, waiting at most `wait`; `Err` once every sender is gone.
-    fn next(&self, wait: Duration) -> Result<Option<Work>, ()> {
+    fn next(&mut self, wait: Duration) -> Result<Option<Work>, ()> {
+        if let Some(work) = self.try_next() {
+            return Ok(Some(work));
+        }
         channel::select! {
-            recv(self.datagrams) -> d => Ok(d.ok().map(Work::Datagram)),
+            recv(self.datagrams) -> batch => Ok(batch.ok().and_then(|b| {
+                self.start(b);
+                self.current.pop_front().map(Work::Datagram)
+            })),
             recv(self.commands) -> c => c.map(|c| Some(Work::Command(c))).map_err(|_| ()),
             default(wait) => Ok(None),
         }
@@ -341,25 +445,67 @@ impl Inbox {
     /// Work already queued, without waiting. Commands (signal messages, joins,
     /// API calls) go first: they are rare, and a shard busy with media must not
     /// leave a participant's offer waiting behind a stream of datagrams.
-    fn try_next(&self) -> Option<Work> {
-        self.commands
-            .try_recv()
-            .map(Work::Command)
-            .or_else(|_| self.datagrams.try_recv().map(Work::Datagram))
-            .ok()
+    fn try_next(&mut self) -> Option<Work> {
+        if let Ok(command) = self.commands.try_recv() {
+            return Some(Work::Command(command));
+        }
+        if self.current.is_empty() {
+            let batch = self.datagrams.try_recv().ok()?;
+            self.start(batch);
+        }
+        self.current.pop_front().map(Work::Datagram)
     }
 
-    fn recycle(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        // A full pool drops the buffer: the pool only bounds allocation, not memory.
-        let _ = self.buffers.push(buffer);
+    /// Make `batch` the current one (the current one is used up).
+    fn start(&mut self, batch: Batch) {
+        self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+        let used = std::mem::replace(&mut self.current, batch);
+        self.pool.recycle_batch(used);
+    }
+}
+
+/// What a shard sends, in batches of up to [`udp::BATCH`] datagrams: sent
+/// when a batch fills up and whenever the shard is done with a round of work.
+struct Outbox {
+    socket: Arc<UdpSocket>,
+    sender: udp::Sender,
+    /// When the datagrams whose copies are queued were received: their
+    /// forward latency is taken when the last copy is handed to the kernel.
+    waiting: Vec<Instant>,
+}
+
+impl Outbox {
+    fn push(&mut self, transmit: Transmit, metrics: &mut ShardMetrics) {
+        if self.sender.push(transmit) {
+            self.send(metrics);
+        }
+    }
+
+    /// A datagram received at `received` produced copies, all queued now.
+    fn forwarded(&mut self, received: Instant) {
+        self.waiting.push(received);
+    }
+
+    fn send(&mut self, metrics: &mut ShardMetrics) {
+        if !self.sender.is_empty() {
+            let sent = self.sender.send(&self.socket);
+            metrics.send_syscalls += sent.syscalls;
+            metrics.datagrams_sent += sent.datagrams;
+            metrics.bytes_sent += sent.bytes;
+            metrics.send_errors += sent.dropped;
+        }
+        let now = Instant::now();
+        for received in self.waiting.drain(..) {
+            metrics.latency_sum_ns += now.saturating_duration_since(received).as_nanos() as u64;
+            metrics.latency_count += 1;
+        }
     }
 }
 
 fn run_shard(
     mut shard: Shard,
-    inbox: Inbox,
-    socket: Arc<UdpSocket>,
+    mut inbox: Inbox,
+    mut outbox: Outbox,
     events: EventSinks,
     node: Arc<NodeState>,
 ) {
@@ -380,18 +526,17 @@ fn run_shard(
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
-        let Ok(first) = inbox.next(wait) else {
+        let Ok(mut first) = inbox.next(wait) else {
             return;
         };
         let busy_since = Instant::now();
         // Handle it and whatever else is queued, then look at timers.
         // A bounded batch, so that timers (retransmissions, keyframe requests,
         // liveness) still run when the queue never empties.
-        for work in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| inbox.try_next()))
-            .take(MAX_BATCH)
-        {
+        for _ in 0..MAX_BATCH {
+            let Some(work) = first.take().or_else(|| inbox.try_next()) else {
+                break;
+            };
             let received = match work {
                 Work::Datagram(d) => {
                     shard.handle_datagram(
@@ -401,7 +546,7 @@ fn run_shard(
                         d.destination,
                         &d.data,
                     );
-                    inbox.recycle(d.data);
+                    inbox.pool.recycle_buffer(d.data);
                     Some(d.received)
                 }
                 Work::Command(command) => {
@@ -409,17 +554,18 @@ fn run_shard(
                     None
                 }
             };
-            let sent = flush(&mut shard, &mut signals, &socket, &events, &mut metrics);
-            if let (Some(received), true) = (received, sent > 0) {
-                metrics.latency_sum_ns += received.elapsed().as_nanos() as u64;
-                metrics.latency_count += 1;
+            let queued = flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
+            if let (Some(received), true) = (received, queued > 0) {
+                outbox.forwarded(received);
             }
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);
         }
-        flush(&mut shard, &mut signals, &socket, &events, &mut metrics);
+        flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
+        // Nothing waits in the outbox while the shard sleeps.
+        outbox.send(&mut metrics);
         metrics.busy += busy_since.elapsed();
     }
 }
@@ -458,29 +604,21 @@ fn handle_command(
     }
 }
 
+/// Route the shard's outputs; datagrams go to the outbox. Returns how many
+/// datagrams were queued.
 fn flush(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
-    socket: &UdpSocket,
+    outbox: &mut Outbox,
     events: &EventSinks,
     metrics: &mut ShardMetrics,
 ) -> usize {
-    let mut sent = 0;
+    let mut queued = 0;
     while let Some(out) = shard.poll_output() {
         match out {
             ShardOutput::Transmit(t) => {
-                metrics.send_syscalls += 1;
-                match socket.send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        sent += 1;
-                        metrics.datagrams_sent += 1;
-                        metrics.bytes_sent += n as u64;
-                    }
-                    Err(e) => {
-                        metrics.send_errors += 1;
-                        debug!(destination = %t.destination, error = %e, "udp send failed");
-                    }
-                }
+                queued += 1;
+                outbox.push(t, metrics);
             }
             ShardOutput::Signal(key, message) => {
                 if let Some(tx) = signals.get(&key) {
@@ -502,5 +640,76 @@ fn flush(
             }
         }
     }
-    sent
+    queued
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pool: &Pool, len: usize, first: u8) -> Batch {
+        let mut batch = pool.batch();
+        for i in 0..len {
+            batch.push_back(Datagram {
+                source: "192.0.2.1:5000".parse().unwrap(),
+                destination: "192.0.2.2:7882".parse().unwrap(),
+                data: vec![first + i as u8],
+                received: Instant::now(),
+            });
+        }
+        batch
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_datagrams_and_commands_go_first() {
+        let pool = Arc::new(Pool {
+            buffers: ArrayQueue::new(16),
+            batches: ArrayQueue::new(16),
+        });
+        let (command_tx, command_rx) = channel::unbounded();
+        let (batch_tx, batch_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = DatagramQueue {
+            batches: batch_tx,
+            queued: queued.clone(),
+        };
+        let mut inbox = Inbox {
+            commands: command_rx,
+            datagrams: batch_rx,
+            queued: queued.clone(),
+            current: Batch::new(),
+            pool: pool.clone(),
+        };
+
+        assert!(queue.offer(batch(&pool, 2, 0)).is_ok());
+        assert!(queue.offer(batch(&pool, 3, 2)).is_ok());
+        // The limit counts datagrams, however they are batched.
+        let too_many = batch(&pool, SHARD_DATAGRAM_QUEUE - 4, 0);
+        assert!(matches!(
+            queue.offer(too_many),
+            Err(channel::TrySendError::Full(b)) if b.len() == SHARD_DATAGRAM_QUEUE - 4
+        ));
+        assert_eq!(queued.load(Ordering::Relaxed), 5);
+
+        let datagram = |inbox: &mut Inbox| match inbox.try_next() {
+            Some(Work::Datagram(d)) => d.data[0],
+            _ => panic!("expected a datagram"),
+        };
+        assert_eq!(datagram(&mut inbox), 0);
+        // Taking a batch off the queue frees its room at once.
+        assert_eq!(queued.load(Ordering::Relaxed), 3);
+        // A command that arrives mid-batch goes before the rest of the batch.
+        command_tx
+            .send(Command::Remove(
+                ParticipantKey(1),
+                DisconnectReason::ClientInitiated,
+            ))
+            .unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Command(_))));
+        for expected in 1..5 {
+            assert_eq!(datagram(&mut inbox), expected);
+        }
+        assert!(inbox.try_next().is_none());
+        assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
 }
