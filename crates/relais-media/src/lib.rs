@@ -24,6 +24,7 @@ pub mod shard;
 mod shard_admin;
 pub mod stats;
 pub mod stun;
+mod timers;
 
 pub use config::{MediaConfig, RoomDefaults};
 pub use participant::{ParticipantKey, PeerRole};
