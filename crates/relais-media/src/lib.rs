@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod config;
+mod dtls;
 pub mod forward;
 mod participant;
 pub mod room;
