@@ -1015,11 +1015,11 @@ impl Room {
         // Collect first: a session driven here may want time again at `now`,
         // which is the next call's business, not a loop in this one.
         let mut due = std::mem::take(&mut self.due);
-        while let Some((at, (key, role))) = self.timers.pop_due(now) {
+        while let Some((entry, (key, role))) = self.timers.pop_due(now) {
             let Some(p) = self.participants.get_mut(&key) else {
                 continue;
             };
-            if timers::fire(&mut p.session_mut(role).queued, at) {
+            if timers::fire(&mut p.session_mut(role).queued, entry) {
                 due.push((key, role));
             }
         }
@@ -1060,10 +1060,10 @@ impl Room {
         self.due = due;
         let participants = &self.participants;
         self.timers
-            .compact(2 * participants.len(), |at, (key, role)| {
+            .compact(2 * participants.len(), |entry, (key, role)| {
                 participants
                     .get(key)
-                    .is_some_and(|p| p.session(*role).queued == Some(at))
+                    .is_some_and(|p| p.session(*role).queued == Some(entry))
             });
 
         if now >= self.next_layer_check {

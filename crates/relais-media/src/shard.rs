@@ -237,9 +237,9 @@ impl Shard {
     /// Drive every room whose timer is due, and drop closed rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.due);
-        while let Some((at, name)) = self.timers.pop_due(now) {
+        while let Some((entry, name)) = self.timers.pop_due(now) {
             if let Some(room) = self.rooms.get_mut(&name) {
-                if timers::fire(&mut room.queued, at) {
+                if timers::fire(&mut room.queued, entry) {
                     due.push(name);
                 }
             }
@@ -283,8 +283,8 @@ impl Shard {
         let at = room.poll_timeout();
         self.timers.schedule(&mut room.queued, name, at);
         let rooms = &self.rooms;
-        self.timers.compact(rooms.len(), |at, name| {
-            rooms.get(name).is_some_and(|r| r.queued == Some(at))
+        self.timers.compact(rooms.len(), |entry, name| {
+            rooms.get(name).is_some_and(|r| r.queued == Some(entry))
         });
         let Some(room) = self.rooms.get_mut(name) else {
             return;
