@@ -28,7 +28,9 @@ pub enum PeerRole {
 
 /// One str0m peer connection and when it next wants time.
 pub(crate) struct PeerSession {
-    pub rtc: Rtc,
+    /// Boxed: an `Rtc` is kilobytes inline, and the room's participant map
+    /// keeps up to half its slots empty — of that size without the box.
+    pub rtc: Box<Rtc>,
     pub ufrag: String,
     /// str0m's next timeout, as of the last drain.
     pub deadline: Instant,
@@ -52,7 +54,7 @@ pub(crate) struct StreamSeen {
 impl PeerSession {
     pub fn new(rtc: Rtc, ufrag: String, now: Instant) -> Self {
         PeerSession {
-            rtc,
+            rtc: Box::new(rtc),
             ufrag,
             deadline: now,
             queued: None,
