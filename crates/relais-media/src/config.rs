@@ -62,7 +62,7 @@ impl Default for RoomDefaults {
 impl MediaConfig {
     /// Build a config with a freshly generated node certificate.
     pub fn new(candidates: Vec<SocketAddr>, node_id: String) -> Result<Self, MediaError> {
-        let crypto = Arc::new(str0m::crypto::from_feature_flags());
+        let crypto = Arc::new(crate::dtls::crypto_provider());
         let dtls_cert = crypto
             .dtls_provider
             .generate_certificate()

@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod config;
+mod dtls;
 mod dynacast;
 pub mod forward;
 mod participant;
@@ -28,6 +29,7 @@ mod shard_admin;
 mod speakers;
 pub mod stats;
 pub mod stun;
+mod timers;
 
 pub use config::{MediaConfig, RoomDefaults};
 pub use participant::{ParticipantKey, PeerRole};

@@ -11,12 +11,14 @@ use str0m::media::{MediaKind, Mid, Rid};
 use str0m::rtp::Ssrc;
 use str0m::Rtc;
 
+use crate::timers::Queued;
+
 /// Identifies a participant within a shard; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParticipantKey(pub u64);
 
 /// Which of a participant's two peer connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PeerRole {
     /// Client offers; carries the participant's own media and data to us.
     Publisher,
@@ -26,9 +28,14 @@ pub enum PeerRole {
 
 /// One str0m peer connection and when it next wants time.
 pub(crate) struct PeerSession {
-    pub rtc: Rtc,
+    /// Boxed: an `Rtc` is kilobytes inline, and the room's participant map
+    /// keeps up to half its slots empty — of that size without the box.
+    pub rtc: Box<Rtc>,
     pub ufrag: String,
+    /// str0m's next timeout, as of the last drain.
     pub deadline: Instant,
+    /// Where the room's timer queue has this session.
+    pub queued: Queued,
     pub connected: bool,
     /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
     pub failed: bool,
@@ -47,9 +54,10 @@ pub(crate) struct StreamSeen {
 impl PeerSession {
     pub fn new(rtc: Rtc, ufrag: String, now: Instant) -> Self {
         PeerSession {
-            rtc,
+            rtc: Box::new(rtc),
             ufrag,
             deadline: now,
+            queued: None,
             connected: false,
             failed: false,
             stats_seen: HashMap::new(),
@@ -131,6 +139,13 @@ pub(crate) struct Participant {
 }
 
 impl Participant {
+    pub fn session(&self, role: PeerRole) -> &PeerSession {
+        match role {
+            PeerRole::Publisher => &self.publisher,
+            PeerRole::Subscriber => &self.subscriber,
+        }
+    }
+
     pub fn session_mut(&mut self, role: PeerRole) -> &mut PeerSession {
         match role {
             PeerRole::Publisher => &mut self.publisher,

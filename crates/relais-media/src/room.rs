@@ -44,6 +44,7 @@ use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
+use crate::timers::{self, Queued, TimerQueue};
 
 /// How often the publisher may be asked for a keyframe per track.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
@@ -190,6 +191,9 @@ pub(crate) struct PendingEvent {
     event: Event,
 }
 
+/// The room's str0m sessions by deadline.
+pub(crate) type SessionTimers = TimerQueue<(ParticipantKey, PeerRole)>;
+
 /// One LiveKit room. See the module docs.
 pub struct Room {
     pub(crate) info: livekit::Room,
@@ -200,6 +204,12 @@ pub struct Room {
     pub(crate) tracks: HashMap<String, PublishedTrack>,
     pub(crate) outputs: VecDeque<RoomOutput>,
     pub(crate) events: VecDeque<PendingEvent>,
+    /// Every session's next str0m deadline: only due sessions are polled.
+    pub(crate) timers: SessionTimers,
+    /// Scratch list of the sessions due in [`Room::handle_timeout`].
+    due: Vec<(ParticipantKey, PeerRole)>,
+    /// Where the shard's timer queue has this room.
+    pub(crate) queued: Queued,
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
@@ -251,6 +261,9 @@ impl Room {
             tracks: HashMap::new(),
             outputs,
             events: VecDeque::new(),
+            timers: TimerQueue::default(),
+            due: Vec::new(),
+            queued: None,
             empty_since: Some(now),
             next_layer_check: now,
             speakers: ActiveSpeakers::default(),
@@ -368,7 +381,7 @@ impl Room {
         );
         let _participant = span.clone().entered();
         info!("participant joining");
-        let participant = Participant {
+        let mut participant = Participant {
             key,
             span,
             info,
@@ -389,12 +402,12 @@ impl Room {
             subscriber_changes: Vec::new(),
             last_reliable_seq: 0,
         };
-        for (ufrag, role) in [
-            (&participant.publisher.ufrag, PeerRole::Publisher),
-            (&participant.subscriber.ufrag, PeerRole::Subscriber),
-        ] {
+        for role in [PeerRole::Publisher, PeerRole::Subscriber] {
+            let session = participant.session_mut(role);
+            self.timers
+                .schedule(&mut session.queued, &(key, role), session.deadline);
             self.outputs.push_back(RoomOutput::SessionOpened {
-                ufrag: ufrag.clone(),
+                ufrag: session.ufrag.clone(),
                 participant: key,
                 role,
             });
@@ -1111,48 +1124,63 @@ impl Room {
         self.process_events(now);
     }
 
-    /// Drive every session whose deadline has passed; check room timers.
+    /// Drive the sessions whose deadline has passed; check room timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         let room_span = self.span.clone();
         let _room = room_span.enter();
-        let due: Vec<(ParticipantKey, PeerRole)> = self
-            .participants
-            .values()
-            .flat_map(|p| {
-                [
-                    (p.publisher.deadline <= now).then_some((p.key, PeerRole::Publisher)),
-                    (p.subscriber.deadline <= now).then_some((p.key, PeerRole::Subscriber)),
-                ]
-            })
-            .flatten()
-            .collect();
-        for (key, role) in due {
-            if let Some(p) = self.participants.get_mut(&key) {
-                if let Err(e) = p.session_mut(role).rtc.handle_input(Input::Timeout(now)) {
-                    debug!(participant = %p.info.identity, error = %e, "timeout input failed");
-                }
+        // Collect first: a session driven here may want time again at `now`,
+        // which is the next call's business, not a loop in this one.
+        let mut due = std::mem::take(&mut self.due);
+        while let Some((entry, (key, role))) = self.timers.pop_due(now) {
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            if timers::fire(&mut p.session_mut(role).queued, entry) {
+                due.push((key, role));
+            }
+        }
+        for &(key, role) in &due {
+            let Some(p) = self.participants.get_mut(&key) else {
+                continue;
+            };
+            let session = p.session_mut(role);
+            if session.deadline > now {
+                // Queued before str0m moved its deadline later: not due yet.
+                self.timers
+                    .schedule(&mut session.queued, &(key, role), session.deadline);
+                continue;
+            }
+            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+                debug!(participant = %p.info.identity, error = %e, "timeout input failed");
             }
             self.drain(now, key, role);
         }
         self.process_events(now);
 
-        // Peer connections that str0m gave up on (ICE timeout, DTLS failure).
-        let dead: Vec<(ParticipantKey, DisconnectReason)> = self
-            .participants
-            .values()
-            .filter_map(|p| {
-                if p.publisher.failed || p.subscriber.failed {
-                    Some((p.key, DisconnectReason::MediaFailure))
-                } else if !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive() {
-                    Some((p.key, DisconnectReason::ConnectionTimeout))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        for (key, reason) in dead {
+        // Peer connections that str0m gave up on (ICE timeout, DTLS failure):
+        // that only happens while str0m handles input or time, and a failed
+        // drain queues its session at once, so the due ones are all to check.
+        for (key, _) in due.drain(..) {
+            let Some(p) = self.participants.get(&key) else {
+                continue;
+            };
+            let reason = if p.publisher.failed || p.subscriber.failed {
+                DisconnectReason::MediaFailure
+            } else if !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive() {
+                DisconnectReason::ConnectionTimeout
+            } else {
+                continue;
+            };
             self.remove_participant(now, key, reason);
         }
+        self.due = due;
+        let participants = &self.participants;
+        self.timers
+            .compact(2 * participants.len(), |entry, (key, role)| {
+                participants
+                    .get(key)
+                    .is_some_and(|p| p.session(*role).queued == Some(entry))
+            });
 
         if now >= self.next_layer_check {
             self.next_layer_check = now + Duration::from_millis(500);
@@ -1186,11 +1214,7 @@ impl Room {
 
     /// The earliest time the room needs [`Room::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
-        let sessions = self
-            .participants
-            .values()
-            .flat_map(|p| [p.publisher.deadline, p.subscriber.deadline])
-            .min();
+        let sessions = self.timers.next();
         let empty = self
             .empty_since
             .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
@@ -1218,6 +1242,7 @@ impl Room {
             now,
             &mut self.outputs,
             &mut self.events,
+            &mut self.timers,
         );
     }
 
@@ -1718,6 +1743,7 @@ impl Room {
                 now,
                 &mut self.outputs,
                 &mut self.events,
+                &mut self.timers,
             );
         }
         if need_keyframe {
@@ -2084,11 +2110,13 @@ fn drain_session(
     now: Instant,
     outputs: &mut VecDeque<RoomOutput>,
     events: &mut VecDeque<PendingEvent>,
+    timers: &mut SessionTimers,
 ) {
     loop {
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
                 session.deadline = t;
+                timers.schedule(&mut session.queued, &(key, role), t);
                 break;
             }
             Ok(Output::Transmit(t)) => outputs.push_back(RoomOutput::Transmit(t)),
@@ -2102,6 +2130,8 @@ fn drain_session(
                 session.failed = true;
                 session.rtc.disconnect();
                 session.deadline = now + Duration::from_secs(1);
+                // Due at once, so the next timeout round removes the participant.
+                timers.schedule(&mut session.queued, &(key, role), now);
                 break;
             }
         }

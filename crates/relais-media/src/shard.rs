@@ -18,6 +18,7 @@ use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
+use crate::timers::{self, TimerQueue};
 
 #[derive(Debug, Clone)]
 struct Route {
@@ -47,6 +48,11 @@ pub struct Shard {
     addrs_of_ufrag: HashMap<Arc<str>, Vec<SocketAddr>>,
     pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
     pub(crate) outputs: VecDeque<ShardOutput>,
+    /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
+    /// the room's outputs are collected — after everything done to it.
+    timers: TimerQueue<Arc<str>>,
+    /// Scratch list of the rooms due in [`Shard::handle_timeout`].
+    due: Vec<Arc<str>>,
     /// Counters of the shard itself and of rooms already dropped.
     stats: MediaStats,
 }
@@ -62,6 +68,8 @@ impl Shard {
             addrs_of_ufrag: HashMap::new(),
             room_of: HashMap::new(),
             outputs: VecDeque::new(),
+            timers: TimerQueue::default(),
+            due: Vec::new(),
             stats: MediaStats::default(),
         }
     }
@@ -228,15 +236,20 @@ impl Shard {
 
     /// Drive every room whose timer is due, and drop closed rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let due: Vec<Arc<str>> = self
-            .rooms
-            .iter()
-            .filter(|(_, r)| r.poll_timeout() <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for name in due {
+        let mut due = std::mem::take(&mut self.due);
+        while let Some((entry, name)) = self.timers.pop_due(now) {
             if let Some(room) = self.rooms.get_mut(&name) {
-                room.handle_timeout(now);
+                if timers::fire(&mut room.queued, entry) {
+                    due.push(name);
+                }
+            }
+        }
+        for name in due.drain(..) {
+            if let Some(room) = self.rooms.get_mut(&name) {
+                // Queued before its deadline moved later: `collect` re-queues it.
+                if room.poll_timeout() <= now {
+                    room.handle_timeout(now);
+                }
             }
             self.collect(&name);
             if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
@@ -249,19 +262,30 @@ impl Shard {
                     .push_back(ShardOutput::RoomClosed(name.to_string()));
             }
         }
+        self.due = due;
     }
 
-    /// When [`Shard::handle_timeout`] is next needed.
+    /// When [`Shard::handle_timeout`] is next needed (maybe a little early).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.rooms.values().map(|r| r.poll_timeout()).min()
+        self.timers.next()
     }
 
     pub fn poll_output(&mut self) -> Option<ShardOutput> {
         self.outputs.pop_front()
     }
 
-    /// Move a room's outputs out, keeping the routing tables in step.
+    /// Move a room's outputs out, keeping the routing tables and the room's
+    /// place in the timer queue in step.
     pub(crate) fn collect(&mut self, name: &Arc<str>) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let at = room.poll_timeout();
+        self.timers.schedule(&mut room.queued, name, at);
+        let rooms = &self.rooms;
+        self.timers.compact(rooms.len(), |entry, name| {
+            rooms.get(name).is_some_and(|r| r.queued == Some(entry))
+        });
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };

@@ -1,0 +1,167 @@
+//! A DTLS provider for str0m that builds dimpl's configuration once per
+//! process instead of once per peer connection.
+//!
+//! str0m's aws-lc-rs provider runs `dimpl::Config::builder().build()` in every
+//! `new_dtls`, i.e. for every `Rtc` (two per participant), and `build`
+//! validates the crypto provider with a P-384 key exchange and an ECDSA
+//! signature check: about a quarter of the CPU a join cost, on the shard
+//! thread. The configuration depends only on the MTU str0m passes, so one
+//! `Arc<dimpl::Config>` serves every session; the rest is str0m's provider.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use str0m::crypto::dtls::{
+    DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+};
+use str0m::crypto::{CryptoError, CryptoProvider};
+
+/// str0m's default crypto provider with DTLS sessions built from a shared
+/// dimpl configuration.
+pub(crate) fn crypto_provider() -> CryptoProvider {
+    let base = str0m::crypto::from_feature_flags();
+    let dtls = DTLS.get_or_init(|| SharedConfigDtls {
+        base: base.dtls_provider,
+        config: OnceLock::new(),
+    });
+    CryptoProvider {
+        dtls_provider: dtls,
+        ..base
+    }
+}
+
+static DTLS: OnceLock<SharedConfigDtls> = OnceLock::new();
+
+struct SharedConfigDtls {
+    /// Generates certificates (and builds sessions for an unexpected MTU).
+    base: &'static dyn DtlsProvider,
+    /// Built for the first MTU asked for; str0m asks with the same one every
+    /// time unless `RtcConfig::set_mtu` differs between sessions.
+    config: OnceLock<(usize, Arc<dimpl::Config>)>,
+}
+
+impl fmt::Debug for SharedConfigDtls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedConfigDtls").finish_non_exhaustive()
+    }
+}
+
+impl SharedConfigDtls {
+    fn config(&self, mtu: Option<usize>) -> Result<Option<Arc<dimpl::Config>>, CryptoError> {
+        let Some(mtu) = mtu else {
+            return Ok(None);
+        };
+        if let Some((cached, config)) = self.config.get() {
+            return Ok((*cached == mtu).then(|| config.clone()));
+        }
+        // Like str0m's provider: ICE already proved return routability, so no
+        // server cookie.
+        let config = dimpl::Config::builder()
+            .use_server_cookie(false)
+            .mtu(mtu)
+            .build()
+            .map_err(|e| CryptoError::Other(format!("dimpl config creation failed: {e}")))?;
+        let (_, config) = self.config.get_or_init(|| (mtu, Arc::new(config)));
+        Ok(Some(config.clone()))
+    }
+}
+
+impl DtlsProvider for SharedConfigDtls {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        self.base.generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        dtls_version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        let Some(config) = self.config(mtu)? else {
+            return self.base.new_dtls(cert, now, dtls_version, mtu);
+        };
+        let cert = cert.clone();
+        let dtls = match dtls_version {
+            DtlsVersion::Dtls12 => dimpl::Dtls::new_12(config, cert, now),
+            DtlsVersion::Dtls13 => dimpl::Dtls::new_13(config, cert, now),
+            DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert, now),
+            _ => return self.base.new_dtls(&cert, now, dtls_version, mtu),
+        };
+        Ok(Box::new(Session(dtls)))
+    }
+}
+
+/// One peer connection's DTLS state machine, as str0m drives it.
+struct Session(dimpl::Dtls);
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl DtlsInstance for Session {
+    fn set_active(&mut self, active: bool) {
+        self.0.set_active(active);
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.0.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        self.0.poll_output(buf)
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.0.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.0.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.0.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.0.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.0.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.0.close()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_share_one_configuration() {
+        let dtls = crypto_provider().dtls_provider;
+        let cert = dtls.generate_certificate().expect("certificate");
+        let now = Instant::now();
+        let sessions: Vec<_> = (0..3)
+            .map(|_| dtls.new_dtls(&cert, now, DtlsVersion::Dtls12, Some(1150)))
+            .collect::<Result<_, _>>()
+            .expect("sessions");
+        let (mtu, config) = DTLS.get().and_then(|d| d.config.get()).expect("built");
+        assert_eq!(*mtu, 1150);
+        // Every session holds the one configuration (dimpl keeps two references).
+        assert!(Arc::strong_count(config) > sessions.len());
+        drop(sessions);
+        assert_eq!(Arc::strong_count(config), 1, "only the cache holds it");
+    }
+}

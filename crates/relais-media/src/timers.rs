@@ -1,0 +1,148 @@
+//! The deadlines of many timed things (a room's peer sessions, a shard's
+//! rooms), so the owner finds the due ones without asking every one of them:
+//! scanning all sessions after every event made a room O(N) per packet.
+//!
+//! A binary heap with lazy invalidation. Next to each timed thing its owner
+//! keeps the entry it is queued under (a [`Queued`]: instant and a unique id —
+//! a deadline often returns to the same instant, so the instant alone would
+//! let old entries pass for current ones); any other entry for it is stale and
+//! skipped when it comes up. A deadline that moves later keeps its earlier
+//! entry: that entry fires early once and the owner queues the real deadline
+//! then — cheaper than a push per poll.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+/// A heap entry: when it fires, and an id no other entry has.
+pub(crate) type Entry = (Instant, u64);
+
+/// The entry a timed thing is queued under, if any; kept by the owner next to
+/// the thing.
+pub(crate) type Queued = Option<Entry>;
+
+pub(crate) struct TimerQueue<K> {
+    heap: BinaryHeap<Reverse<(Entry, K)>>,
+    next_id: u64,
+}
+
+impl<K: Ord> Default for TimerQueue<K> {
+    fn default() -> Self {
+        TimerQueue {
+            heap: BinaryHeap::new(),
+            next_id: 0,
+        }
+    }
+}
+
+impl<K: Ord + Clone> TimerQueue<K> {
+    /// Make sure `key` fires no later than `at`.
+    pub fn schedule(&mut self, queued: &mut Queued, key: &K, at: Instant) {
+        if queued.is_some_and(|(q, _)| q <= at) {
+            return;
+        }
+        let entry = (at, self.next_id);
+        self.next_id += 1;
+        *queued = Some(entry);
+        self.heap.push(Reverse((entry, key.clone())));
+    }
+
+    /// The earliest queued instant. It may be a stale entry's: an early wake
+    /// that [`TimerQueue::pop_due`] discards.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(((at, _), _))| *at)
+    }
+
+    /// The next entry due at `now`, stale or not: pass it to [`fire`].
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Entry, K)> {
+        if self.next()? > now {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(e)| e)
+    }
+
+    /// Drop stale entries once they outnumber the `live` ones well: deadlines
+    /// that keep moving earlier leave one behind each time.
+    pub fn compact(&mut self, live: usize, is_current: impl Fn(Entry, &K) -> bool) {
+        if self.heap.len() > 2 * live + 64 {
+            self.heap
+                .retain(|Reverse((entry, k))| is_current(*entry, k));
+        }
+    }
+}
+
+/// True if the popped `entry` is the one `queued` refers to (the thing is
+/// then no longer queued and the caller handles it); false for a stale entry.
+pub(crate) fn fire(queued: &mut Queued, entry: Entry) -> bool {
+    if *queued == Some(entry) {
+        *queued = None;
+        true
+    } else {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn fires_the_earliest_and_skips_stale_entries() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = TimerQueue::default();
+        let (mut a, mut b): (Queued, Queued) = (None, None);
+        q.schedule(&mut a, &'a', ms(50));
+        q.schedule(&mut b, &'b', ms(20));
+        // a moves earlier: its 50 ms entry goes stale. Moving later keeps 10 ms.
+        q.schedule(&mut a, &'a', ms(10));
+        q.schedule(&mut a, &'a', ms(30));
+        assert_eq!(q.next(), Some(ms(10)));
+        assert_eq!(q.pop_due(ms(5)), None);
+
+        let mut fired = Vec::new();
+        while let Some((t, k)) = q.pop_due(ms(100)) {
+            let slot = if k == 'a' { &mut a } else { &mut b };
+            if fire(slot, t) {
+                fired.push((k, t));
+            }
+        }
+        let fired: Vec<_> = fired.into_iter().map(|(k, (t, _))| (k, t)).collect();
+        assert_eq!(fired, vec![('a', ms(10)), ('b', ms(20))]);
+        assert_eq!((a, b), (None, None));
+    }
+
+    #[test]
+    fn compaction_keeps_only_current_entries() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        let mut slot: Queued = None;
+        for n in (0..200u64).rev() {
+            q.schedule(&mut slot, &1u8, t0 + Duration::from_millis(n));
+        }
+        q.compact(1, |entry, _| slot == Some(entry));
+        assert_eq!(q.heap.len(), 1);
+        assert_eq!(q.next(), Some(t0));
+    }
+
+    #[test]
+    fn an_old_entry_at_the_same_instant_is_stale() {
+        let t0 = Instant::now();
+        let mut q = TimerQueue::default();
+        let mut slot: Queued = None;
+        // Queued at t0 + 1 s, pulled to t0, fired, and back at t0 + 1 s: the
+        // first t0 + 1 s entry must not count as the current one.
+        let later = t0 + Duration::from_secs(1);
+        q.schedule(&mut slot, &1u8, later);
+        q.schedule(&mut slot, &1u8, t0);
+        let (entry, _) = q.pop_due(t0).expect("due");
+        assert!(fire(&mut slot, entry));
+        q.schedule(&mut slot, &1u8, later);
+        let mut current = 0;
+        while let Some((entry, _)) = q.pop_due(later) {
+            current += usize::from(fire(&mut slot, entry));
+        }
+        assert_eq!(current, 1, "fires once");
+    }
+}
