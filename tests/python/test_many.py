@@ -34,7 +34,11 @@ SAMPLE_RATE = 48000
 RECV_RATE = 16000
 RECV_FRAME_MS = 100
 FRAMES_WANTED = 5  # 0.5 s of audio with signal from each remote track
-ANALYSIS_SAMPLES = RECV_RATE // 4  # 250 ms: 4 Hz resolution, tones 100 Hz apart
+# Each 100 ms frame is analysed on its own (10 Hz resolution, tones 100 Hz apart) and
+# the median taken: frames are not contiguous (silent ones are skipped), and a frame
+# the receiver's jitter buffer concealed or stretched under CPU starvation must not
+# decide alone.
+ANALYSIS_SAMPLES = RECV_RATE * RECV_FRAME_MS // 1000
 TONE_TOLERANCE_HZ = 30.0
 SILENCE_RMS = 300.0
 
@@ -66,8 +70,7 @@ class Reception:
         return self.frames >= FRAMES_WANTED
 
     def frequency(self) -> float:
-        data = np.concatenate(self.samples)[-ANALYSIS_SAMPLES:]
-        return dominant_frequency(data)
+        return float(np.median([dominant_frequency(frame) for frame in self.samples]))
 
 
 async def receive(track: rtc.Track, reception: Reception) -> None:
