@@ -121,9 +121,10 @@ impl Pool {
     }
 }
 
-/// The receive thread's end of one shard's datagram queue. The queue is
-/// bounded in datagrams (not batches, whose sizes vary): `queued` is raised
-/// here and lowered by the shard as it takes batches.
+/// The producers' end (the UDP receive thread, ICE-TCP connections) of one
+/// shard's datagram queue. The queue is bounded in datagrams (not batches,
+/// whose sizes vary): `queued` is raised here and lowered by the shard as it
+/// takes batches.
 struct DatagramQueue {
     batches: channel::Sender<Batch>,
     queued: Arc<AtomicUsize>,
