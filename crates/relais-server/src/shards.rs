@@ -779,4 +779,41 @@ mod tests {
         assert!(inbox.try_next().is_none());
         assert_eq!(queued.load(Ordering::Relaxed), 0);
     }
+    #[test]
+    fn tcp_packets_go_to_their_connection_and_a_full_queue_drops() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut outbox = Outbox {
+            socket,
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: Vec::new(),
+        };
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let transmit = |contents: &[u8]| Transmit {
+            proto: Protocol::Tcp,
+            source: "192.0.2.2:7881".parse().unwrap(),
+            destination: peer,
+            contents: contents.to_vec().into(),
+        };
+
+        outbox.push(transmit(b"before"), &mut metrics);
+        assert_eq!(metrics.tcp_not_connected, 1);
+
+        let (link, mut queue) = tokio_mpsc::channel(2);
+        outbox.tcp.insert(peer, link);
+        for packet in [b"one", b"two", b"six"] {
+            outbox.push(transmit(packet), &mut metrics);
+        }
+        assert_eq!(queue.try_recv().unwrap(), b"one");
+        assert_eq!(queue.try_recv().unwrap(), b"two");
+        assert!(queue.try_recv().is_err());
+        assert_eq!(metrics.tcp_write_queue_full, 1);
+        // Nothing went to the UDP socket.
+        assert!(outbox.sender.is_empty());
+
+        drop(queue);
+        outbox.forget_closed_tcp();
+        assert!(outbox.tcp.is_empty());
+    }
 }
