@@ -17,11 +17,10 @@ import uuid
 
 import pytest
 
-from conftest import wait_for
+from conftest import TCP_ONLY, wait_for
 from test_call import check_tone_and_picture, join_pair, send_tone_and_picture
 from test_observability import Scraper, start_with_metrics
 
-TCP_ONLY = {"rtc": {"tcp_only": True}}
 # The server closes a connection that sent no STUN request within 3 s.
 CLOSE_WITHIN_S = 6.0
 
