@@ -66,7 +66,11 @@ impl World {
     fn new(subs: usize) -> World {
         let now = Instant::now();
         let server: SocketAddr = SERVER.parse().unwrap();
-        let config = MediaConfig::new(vec![server], "ND_bench".into()).unwrap();
+        let config = MediaConfig::new(
+            vec![relais_media::udp_host_candidate(server).unwrap()],
+            "ND_bench".into(),
+        )
+        .unwrap();
         let mut w = World {
             now,
             shard: Shard::new(0, config),

@@ -38,6 +38,9 @@ API_KEY = "devkey"
 API_SECRET = "secret"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# RELAIS_TCP_ONLY=1: every server advertises only its ICE-TCP candidate, so any test
+# runs its media over TCP.
+TCP_ONLY = {"rtc": {"tcp_only": True}}
 STARTUP_TIMEOUT_S = 20.0
 STOP_GRACE_S = 5.0
 CONNECT_TIMEOUT_S = 15.0
@@ -128,6 +131,7 @@ class RelaisServer:
         self.port = free_tcp_port()
         self.udp_port = free_udp_port()
         self.tcp_port = free_tcp_port()
+        forced = TCP_ONLY if os.environ.get("RELAIS_TCP_ONLY") == "1" else {}
         self.config = deep_merge(
             {
                 "port": self.port,
@@ -141,7 +145,7 @@ class RelaisServer:
                 "logging": {"level": "debug"},
                 "room": {"empty_timeout": 5},
             },
-            extra_config or {},
+            deep_merge(forced, extra_config or {}),
         )
         # The config may override the port; follow it.
         self.port = int(self.config["port"])

@@ -134,8 +134,16 @@ async def test_two_participants_see_each_other(relais, rooms, room_name):
 
 async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
-    subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
+    tone, frames = await send_tone_and_picture(alice, bob)
+    check_tone_and_picture(tone, frames)
 
+
+async def send_tone_and_picture(
+    alice: rtc.Room, bob: rtc.Room
+) -> tuple[np.ndarray, list[rtc.VideoFrame]]:
+    """Alice publishes the tone and the 640x360 picture; returns what Bob receives:
+    1 s of audio and 15 video frames."""
+    subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
     stop = asyncio.Event()
     audio_source = rtc.AudioSource(SAMPLE_RATE, 1)
     video_source = rtc.VideoSource(WIDTH, HEIGHT)
@@ -207,7 +215,10 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
             await asyncio.wait_for(audio_source.aclose(), 5)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(video_source.aclose(), 5)
+    return tone, frames
 
+
+def check_tone_and_picture(tone: np.ndarray, frames: list[rtc.VideoFrame]) -> None:
     rms = float(np.sqrt(np.mean(tone**2)))
     assert rms > 1000, f"received audio is nearly silent (rms {rms:.0f})"
     freq = dominant_frequency(tone)

@@ -142,6 +142,7 @@ region: eu-1
     assert c["rtc"] == {
         "udp_port": 7992,
         "tcp_port": 7991,
+        "tcp_only": False,
         "port_range_start": 51000,
         "port_range_end": 52000,
         "use_external_ip": True,

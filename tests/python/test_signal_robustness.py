@@ -138,12 +138,18 @@ async def test_join_comes_first_and_describes_the_server(relais, raw_clients):
     assert offer.offer.type == "offer" and offer.offer.id >= 1
     assert "a=ice-lite" in offer.offer.sdp
     assert "webrtc-datachannel" in offer.offer.sdp
-    trickle = await client.wait_for("trickle")
-    assert trickle.trickle.target == proto_rtc.SignalTarget.SUBSCRIBER
-    assert trickle.trickle.final
-    init = json.loads(trickle.trickle.candidateInit)
-    assert init["candidate"].startswith("candidate:") and " typ host" in init["candidate"]
-    assert init["candidate"].split()[4] in offer.offer.sdp
+    # One trickle per candidate (UDP, then passive ICE-TCP), the last one final.
+    trickles = [(await client.wait_for("trickle")).trickle]
+    while not trickles[-1].final:
+        trickles.append((await client.wait_for("trickle")).trickle)
+    candidates = [json.loads(t.candidateInit)["candidate"] for t in trickles]
+    assert [c.split()[2].lower() for c in candidates] == ["udp", "tcp"], candidates
+    assert candidates[1].endswith(" typ host tcptype passive"), candidates[1]
+    for trickle, candidate in zip(trickles, candidates):
+        assert trickle.target == proto_rtc.SignalTarget.SUBSCRIBER
+        assert candidate.startswith("candidate:") and " typ host" in candidate
+        ip, port = candidate.split()[4:6]
+        assert f"{ip} {port}" in offer.offer.sdp
 
 
 async def test_pings_are_answered_in_the_encoding_of_the_request(relais, raw_clients):

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use str0m::config::CryptoProvider;
 use str0m::config::DtlsCert;
 use str0m::ice::IceCreds;
-use str0m::net::Protocol;
+use str0m::net::{Protocol, TcpType};
 use str0m::{Candidate, Rtc};
 
 use crate::MediaError;
@@ -24,8 +24,9 @@ pub const RELAIS_VERSION: &str = concat!("relais ", env!("CARGO_PKG_VERSION"));
 /// What a shard needs to build sessions and answer joins.
 #[derive(Clone)]
 pub struct MediaConfig {
-    /// Addresses advertised as ICE host candidates (the node's UDP mux port).
-    pub candidates: Vec<SocketAddr>,
+    /// ICE host candidates, in every SDP and trickled: the node's UDP mux port
+    /// and, with ICE over TCP, its passive TCP port.
+    pub candidates: Vec<Candidate>,
     /// One DTLS certificate per node: generating one per session costs milliseconds.
     pub dtls_cert: DtlsCert,
     pub crypto: Arc<CryptoProvider>,
@@ -61,7 +62,7 @@ impl Default for RoomDefaults {
 
 impl MediaConfig {
     /// Build a config with a freshly generated node certificate.
-    pub fn new(candidates: Vec<SocketAddr>, node_id: String) -> Result<Self, MediaError> {
+    pub fn new(candidates: Vec<Candidate>, node_id: String) -> Result<Self, MediaError> {
         let crypto = Arc::new(crate::dtls::crypto_provider());
         let dtls_cert = crypto
             .dtls_provider
@@ -97,11 +98,43 @@ impl MediaConfig {
             .enable_vp9(true)
             .enable_av1(true)
             .build(now);
-        for addr in &self.candidates {
-            if let Ok(c) = Candidate::host(*addr, Protocol::Udp) {
-                rtc.add_local_candidate(c);
-            }
+        for candidate in &self.candidates {
+            rtc.add_local_candidate(candidate.clone());
         }
         rtc
+    }
+}
+
+/// A UDP host candidate on `addr` (the mux port).
+pub fn udp_host_candidate(addr: SocketAddr) -> Result<Candidate, MediaError> {
+    Candidate::host(addr, Protocol::Udp).map_err(|e| MediaError::Candidate(e.to_string()))
+}
+
+/// A passive TCP host candidate on `addr` (RFC 6544): clients connect to it,
+/// the server never connects out.
+pub fn tcp_passive_candidate(addr: SocketAddr) -> Result<Candidate, MediaError> {
+    Candidate::builder()
+        .tcp()
+        .host(addr)
+        .tcptype(TcpType::Passive)
+        .build()
+        .map_err(|e| MediaError::Candidate(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_as_clients_read_them() {
+        let addr: SocketAddr = "192.0.2.7:7881".parse().unwrap();
+        let tcp = tcp_passive_candidate(addr).unwrap().to_sdp_string();
+        assert!(tcp.contains(" tcp "), "{tcp}");
+        assert!(
+            tcp.contains(" 192.0.2.7 7881 typ host tcptype passive"),
+            "{tcp}"
+        );
+        let udp = udp_host_candidate(addr).unwrap().to_sdp_string();
+        assert!(udp.contains(" udp ") && !udp.contains("tcptype"), "{udp}");
     }
 }

@@ -7,8 +7,8 @@
 //! signal messages to deliver, lifecycle events. No sockets, no threads, no
 //! clock: a test can drive a whole room deterministically.
 //!
-//! * [`Shard`] — the rooms one core owns and the UDP demultiplexer (ICE ufrag,
-//!   then remote address).
+//! * [`Shard`] — the rooms one core owns and the demultiplexer (ICE ufrag,
+//!   then protocol and remote address; UDP and ICE-TCP alike).
 //! * [`Room`] — participants, their publisher and subscriber peer connections,
 //!   published tracks and subscriptions; LiveKit's signaling semantics.
 //! * [`forward::TrackForwarder`] — per-subscriber simulcast layer choice and
@@ -31,7 +31,7 @@ pub mod stats;
 pub mod stun;
 mod timers;
 
-pub use config::{MediaConfig, RoomDefaults};
+pub use config::{tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults};
 pub use participant::{ParticipantKey, PeerRole};
 pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use room_admin::{AdminError, RpcFailure, RpcReply};
@@ -43,4 +43,6 @@ pub use stats::{MediaStats, ShardGauges};
 pub enum MediaError {
     #[error("could not generate the node's DTLS certificate")]
     Certificate,
+    #[error("invalid ICE candidate: {0}")]
+    Candidate(String),
 }

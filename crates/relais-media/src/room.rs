@@ -25,10 +25,9 @@ use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
-use str0m::Candidate;
 use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn, Span};
 
@@ -989,10 +988,8 @@ impl Room {
     /// LiveKit does, the last one marked `final`.
     fn trickle_candidates(&mut self, key: ParticipantKey, target: SignalTarget, mid: String) {
         let count = self.config.candidates.len();
-        for (i, addr) in self.config.candidates.clone().into_iter().enumerate() {
-            let Ok(candidate) = Candidate::host(addr, Protocol::Udp) else {
-                continue;
-            };
+        for i in 0..count {
+            let candidate = &self.config.candidates[i];
             let init = serde_json::json!({
                 "candidate": candidate.to_sdp_string(),
                 "sdpMid": mid,

@@ -44,8 +44,9 @@ pub struct Shard {
     pub(crate) config: MediaConfig,
     pub(crate) rooms: HashMap<Arc<str>, Room>,
     by_ufrag: HashMap<Arc<str>, Route>,
-    by_addr: HashMap<SocketAddr, Route>,
-    addrs_of_ufrag: HashMap<Arc<str>, Vec<SocketAddr>>,
+    /// Keyed by protocol too: a UDP and a TCP peer may share an address.
+    by_addr: HashMap<(Protocol, SocketAddr), Route>,
+    addrs_of_ufrag: HashMap<Arc<str>, Vec<(Protocol, SocketAddr)>>,
     pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
     pub(crate) outputs: VecDeque<ShardOutput>,
     /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
@@ -203,7 +204,7 @@ impl Shard {
         destination: SocketAddr,
         buf: &[u8],
     ) {
-        let route = match self.by_addr.get(&source) {
+        let route = match self.by_addr.get(&(proto, source)) {
             Some(r) => r.clone(),
             None => {
                 let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
@@ -213,14 +214,14 @@ impl Shard {
                 let route = route.clone();
                 if let Some(room) = self.rooms.get(&route.room) {
                     room.span_for(route.participant).in_scope(
-                        || debug!(%source, ufrag = %route.ufrag, role = ?route.role, "new remote address"),
+                        || debug!(%source, %proto, ufrag = %route.ufrag, role = ?route.role, "new remote address"),
                     );
                 }
-                self.by_addr.insert(source, route.clone());
+                self.by_addr.insert((proto, source), route.clone());
                 self.addrs_of_ufrag
                     .entry(route.ufrag.clone())
                     .or_default()
-                    .push(source);
+                    .push((proto, source));
                 route
             }
         };

@@ -153,8 +153,14 @@ pub struct RtcConfig {
     /// Single muxed UDP port for all media (dev: 7882). When unset, the
     /// `port_range_start..=port_range_end` range is used.
     pub udp_port: Option<u16>,
-    /// ICE over TCP port. Default 7881; 0 disables.
+    /// ICE over TCP port (passive host candidates, RFC 6544 with RFC 4571
+    /// framing), bound on the same address as the UDP port. Default 7881; 0
+    /// disables.
     pub tcp_port: u16,
+    /// Advertise only the ICE-TCP candidate, not the UDP one: for testing
+    /// ICE-TCP with real clients, and for networks where UDP never gets
+    /// through. The UDP port stays bound. Default false; needs `tcp_port`.
+    pub tcp_only: bool,
     /// First UDP port of the range. Default 50000.
     pub port_range_start: u16,
     /// Last UDP port of the range. Default 60000.
@@ -170,6 +176,7 @@ impl Default for RtcConfig {
         Self {
             udp_port: None,
             tcp_port: 7881,
+            tcp_only: false,
             port_range_start: 50000,
             port_range_end: 60000,
             use_external_ip: false,
@@ -551,6 +558,12 @@ impl Config {
                 "must be between 1 and 65535".into(),
             ));
         }
+        if self.rtc.tcp_only && self.rtc.tcp_port == 0 {
+            return Err(invalid(
+                "rtc.tcp_only",
+                "needs rtc.tcp_port (ICE over TCP is off)".into(),
+            ));
+        }
         if self.rtc.port_range_start > self.rtc.port_range_end {
             return Err(invalid(
                 "rtc.port_range_start",
@@ -913,6 +926,7 @@ development: false
             ("rtc:\n  udp_port: 0", "rtc.udp_port"),
             ("rtc:\n  use_external_ip: maybe", "rtc.use_external_ip"),
             ("rtc:\n  node_ip: not-an-ip", "rtc.node_ip"),
+            ("rtc:\n  tcp_only: true\n  tcp_port: 0", "rtc.tcp_only"),
             (
                 "rtc:\n  port_range_start: 6000\n  port_range_end: 5000",
                 "rtc.port_range_start",

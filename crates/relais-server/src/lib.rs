@@ -12,6 +12,7 @@ mod room_routing;
 mod server;
 mod shards;
 mod signal;
+mod tcp;
 mod udp;
 
 pub use server::run;

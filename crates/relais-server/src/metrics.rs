@@ -92,6 +92,12 @@ pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
 pub const PACKETS_DROPPED: &str = "relais_packets_dropped_total";
 /// Counter `{reason}`: joins refused before reaching a room or by it.
 pub const JOIN_REFUSED: &str = "relais_join_refused_total";
+/// Counter: ICE-TCP connections accepted on `rtc.tcp_port`.
+pub const ICE_TCP_CONNECTIONS: &str = "relais_ice_tcp_connections_total";
+/// Gauge: ICE-TCP connections open now.
+pub const ICE_TCP_OPEN: &str = "relais_ice_tcp_open_connections";
+/// Counter `{reason}`: ICE-TCP connections closed or refused, see [`crate::tcp`].
+pub const ICE_TCP_CLOSED: &str = "relais_ice_tcp_closed_total";
 /// Gauge: 1 while the node is ready (`/readyz` 200), else 0.
 pub const NODE_READY: &str = "relais_node_ready";
 /// Gauge: 1 once the node drains (SIGTERM received), else 0.
@@ -102,6 +108,10 @@ pub const DROP_UDP_UNROUTABLE: &str = "udp_unroutable";
 pub const DROP_UDP_SEND_ERROR: &str = "udp_send_error";
 /// The owning shard's datagram queue was full (the shard is not keeping up).
 pub const DROP_SHARD_QUEUE_FULL: &str = "shard_queue_full";
+/// An ICE-TCP connection's write queue was full (the peer reads too slowly).
+pub const DROP_TCP_WRITE_QUEUE_FULL: &str = "tcp_write_queue_full";
+/// A packet for an ICE-TCP peer whose connection is gone.
+pub const DROP_TCP_NOT_CONNECTED: &str = "tcp_not_connected";
 
 /// LiveKit's `node_type` for a media server.
 pub const NODE_TYPE: &str = "SERVER";
@@ -225,10 +235,21 @@ fn describe() {
     );
     describe_counter!(PACKETS_DROPPED, "Packets dropped, by reason");
     describe_counter!(JOIN_REFUSED, "Joins refused, by reason");
+    describe_counter!(ICE_TCP_CONNECTIONS, "ICE-TCP connections accepted");
+    describe_gauge!(ICE_TCP_OPEN, "ICE-TCP connections open");
+    describe_counter!(
+        ICE_TCP_CLOSED,
+        "ICE-TCP connections closed or refused, by reason"
+    );
     describe_gauge!(NODE_READY, "1 while the node accepts new rooms and joins");
     describe_gauge!(NODE_DRAINING, "1 once the node is draining");
     // Pre-create the series dashboards expect even before the first call.
-    for g in [ROOM_TOTAL, PARTICIPANT_TOTAL, FORWARD_LATENCY_NS] {
+    for g in [
+        ROOM_TOTAL,
+        PARTICIPANT_TOTAL,
+        FORWARD_LATENCY_NS,
+        ICE_TCP_OPEN,
+    ] {
         gauge!(g).set(0.0);
     }
     for kind in Kind::ALL {
@@ -490,6 +511,8 @@ pub struct ShardMetrics {
     pub datagrams_sent: u64,
     pub bytes_sent: u64,
     pub send_errors: u64,
+    pub tcp_write_queue_full: u64,
+    pub tcp_not_connected: u64,
     /// Sum and count of forward latencies since the last flush.
     pub latency_sum_ns: u64,
     pub latency_count: u64,
@@ -509,6 +532,8 @@ impl ShardMetrics {
             datagrams_sent: 0,
             bytes_sent: 0,
             send_errors: 0,
+            tcp_write_queue_full: 0,
+            tcp_not_connected: 0,
             latency_sum_ns: 0,
             latency_count: 0,
         }
@@ -533,9 +558,15 @@ impl ShardMetrics {
         let bytes_sent = std::mem::take(&mut self.bytes_sent);
         UDP_BYTES_OUT_TOTAL.fetch_add(bytes_sent, Ordering::Relaxed);
         add_if(UDP_BYTES_SENT, bytes_sent);
-        let errors = std::mem::take(&mut self.send_errors);
-        if errors > 0 {
-            counter!(PACKETS_DROPPED, "reason" => DROP_UDP_SEND_ERROR).increment(errors);
+        for (reason, n) in [
+            (DROP_UDP_SEND_ERROR, &mut self.send_errors),
+            (DROP_TCP_WRITE_QUEUE_FULL, &mut self.tcp_write_queue_full),
+            (DROP_TCP_NOT_CONNECTED, &mut self.tcp_not_connected),
+        ] {
+            let n = std::mem::take(n);
+            if n > 0 {
+                counter!(PACKETS_DROPPED, "reason" => reason).increment(n);
+            }
         }
         FORWARD_LATENCY_SUM_NS
             .fetch_add(std::mem::take(&mut self.latency_sum_ns), Ordering::Relaxed);

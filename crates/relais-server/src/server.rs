@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use relais_auth::TokenVerifier;
 use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_control::webhook::{WebhookNotifier, WebhookSettings};
-use relais_media::{MediaConfig, RoomDefaults};
+use relais_media::{tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults};
 use tracing::info;
 
 use crate::cluster::Cluster;
@@ -82,6 +82,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the media UDP port {udp_ip}:{udp_port}"))?;
     crate::udp::size_buffers(&udp);
     let candidate = SocketAddr::new(node_ip(&config), udp.local_addr()?.port());
+    // ICE over TCP listens where the UDP port does.
+    let ice_tcp = match config.rtc.tcp_port {
+        0 => None,
+        port => {
+            let listener = tokio::net::TcpListener::bind(SocketAddr::new(udp_ip, port))
+                .await
+                .with_context(|| format!("binding the ICE-TCP port {udp_ip}:{port}"))?;
+            let advertised = SocketAddr::new(node_ip(&config), listener.local_addr()?.port());
+            Some((listener, advertised))
+        }
+    };
+    let mut candidates = Vec::new();
+    if !config.rtc.tcp_only {
+        candidates.push(udp_host_candidate(candidate)?);
+    }
+    if let Some((_, advertised)) = &ice_tcp {
+        candidates.push(tcp_passive_candidate(*advertised)?);
+    }
 
     let node_id = relais_proto::ids::new_id("ND_");
     // Before the shards start, so every metric they touch is described.
@@ -90,7 +108,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut media = MediaConfig::new(vec![candidate], node_id.clone())?;
+    let mut media = MediaConfig::new(candidates, node_id.clone())?;
     media.region = config.region.clone();
     media.room_defaults = RoomDefaults {
         empty_timeout: Duration::from_secs(u64::from(config.room.empty_timeout)),
@@ -104,6 +122,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let shards =
         Shards::start(shard_count, media, udp, events).context("starting shard threads")?;
+    let ice_tcp_candidate = ice_tcp.as_ref().map(|(_, advertised)| *advertised);
+    if let Some((listener, advertised)) = ice_tcp {
+        crate::tcp::spawn(listener, shards.clone(), advertised);
+    }
 
     let verifier = TokenVerifier::new(keys);
     let cluster = Cluster::new(&config, &node_id, node_ip(&config), verifier.clone())?;
@@ -156,7 +178,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP port {addr}"))?;
-        info!(%addr, %candidate, %node_id, shards = shard_count, "relais listening");
+        info!(%addr, %candidate, ice_tcp = ?ice_tcp_candidate, tcp_only = config.rtc.tcp_only,
+            %node_id, shards = shard_count, "relais listening");
         let app = app.clone();
         let mut stop = stop_rx.clone();
         servers.push(tokio::spawn(async move {

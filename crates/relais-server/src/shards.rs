@@ -6,6 +6,8 @@
 //! Routing a datagram to a shard costs no lookup shared with other threads: the
 //! first STUN packet of a session carries a ufrag whose first two hex digits
 //! name the shard; the receive thread remembers the remote address from then on.
+//! ICE-TCP connections ([`crate::tcp`]) are routed the same way, once, by their
+//! first frame, and hand their frames to the same queues.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -26,6 +28,7 @@ use tracing::{debug, error, info, Span};
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
+use crate::tcp::TcpLink;
 use crate::udp;
 
 /// What a shard sends to a participant's WebSocket task.
@@ -52,14 +55,19 @@ enum Command {
     Admin(AdminTask),
 }
 
-/// One received datagram on its way to a shard. `data` comes from, and goes
-/// back to, the node's [`Pool`]: the media path allocates nothing per packet.
-struct Datagram {
-    source: SocketAddr,
-    destination: SocketAddr,
-    data: Vec<u8>,
+/// One received datagram (or ICE-TCP frame) on its way to a shard. `data`
+/// comes from, and goes back to, the node's [`Pool`]: the media path
+/// allocates nothing per packet.
+pub(crate) struct Datagram {
+    pub proto: Protocol,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub data: Vec<u8>,
     /// When the receive thread got it (forward latency).
-    received: Instant,
+    pub received: Instant,
+    /// With the first frame of an ICE-TCP connection: its write side, so that
+    /// the shard knows it before it answers that frame.
+    pub opened: Option<TcpLink>,
 }
 
 /// The datagrams of one `recvmmsg` that belong to one shard: one channel
@@ -76,7 +84,7 @@ const BUFFER_POOL: usize = 16384;
 /// Empty batches kept for reuse.
 const BATCH_POOL: usize = 1024;
 /// Larger than any datagram WebRTC sends (str0m keeps to ~1200 bytes).
-const RECEIVE_BUFFER: usize = 2048;
+pub(crate) const RECEIVE_BUFFER: usize = 2048;
 
 /// See [`Command::Admin`]: gets the shard, the time and the Unix time in ms.
 type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
@@ -113,9 +121,10 @@ impl Pool {
     }
 }
 
-/// The receive thread's end of one shard's datagram queue. The queue is
-/// bounded in datagrams (not batches, whose sizes vary): `queued` is raised
-/// here and lowered by the shard as it takes batches.
+/// The producers' end (the UDP receive thread, ICE-TCP connections) of one
+/// shard's datagram queue. The queue is bounded in datagrams (not batches,
+/// whose sizes vary): `queued` is raised here and lowered by the shard as it
+/// takes batches.
 struct DatagramQueue {
     batches: channel::Sender<Batch>,
     queued: Arc<AtomicUsize>,
@@ -125,11 +134,12 @@ impl DatagramQueue {
     /// Hand `batch` to the shard; gives it back if the shard is too far behind.
     fn offer(&self, batch: Batch) -> Result<(), channel::TrySendError<Batch>> {
         let len = batch.len();
-        // Only this thread raises the count, so checking before adding is exact.
-        if self.queued.load(Ordering::Relaxed) + len > SHARD_DATAGRAM_QUEUE {
+        // Reserve, then check: with several producers (the UDP receive thread
+        // and ICE-TCP connections) the bound is never exceeded.
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > SHARD_DATAGRAM_QUEUE {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
             return Err(channel::TrySendError::Full(batch));
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
         self.batches.try_send(batch).inspect_err(|_| {
             self.queued.fetch_sub(len, Ordering::Relaxed);
         })
@@ -189,6 +199,7 @@ impl Shards {
                     let outbox = Outbox {
                         socket,
                         sender: udp::Sender::new(),
+                        tcp: HashMap::new(),
                         waiting: Vec::with_capacity(MAX_BATCH),
                     };
                     run_shard(shard, inbox, outbox, events, node)
@@ -282,6 +293,32 @@ impl Shards {
         })
     }
 
+    /// A receive buffer from the pool (it goes back once the shard handled it).
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        self.pool.buffer()
+    }
+
+    /// The shard named by the ufrag of a STUN request, if it is one of ours.
+    pub(crate) fn shard_of_stun(&self, packet: &[u8]) -> Option<usize> {
+        relais_media::stun::local_ufrag(packet)
+            .and_then(|u| u.get(..2))
+            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+            .filter(|s| *s < self.senders.len())
+    }
+
+    /// Queue one ICE-TCP frame for `shard`; gives it back when the shard's
+    /// queue is full (or the shard is gone).
+    pub(crate) fn offer_frame(&self, shard: usize, datagram: Datagram) -> Result<(), Datagram> {
+        let mut batch = self.pool.batch();
+        batch.push_back(datagram);
+        self.datagrams[shard].offer(batch).map_err(|e| {
+            let mut batch = e.into_inner();
+            let datagram = batch.pop_front().expect("pushed above");
+            let _ = self.pool.batches.push(batch);
+            datagram
+        })
+    }
+
     fn receive_loop(&self, socket: &UdpSocket, local: SocketAddr) {
         let mut shard_of_addr: HashMap<SocketAddr, usize> = HashMap::new();
         let mut metrics = ReceiveMetrics::new(Instant::now());
@@ -326,10 +363,12 @@ impl Shards {
                     continue;
                 };
                 batches[shard].push_back(Datagram {
+                    proto: Protocol::Udp,
                     source,
                     destination: local,
                     data: std::mem::replace(buffer, self.pool.buffer()),
                     received,
+                    opened: None,
                 });
             }
             for (shard, batch) in batches.iter_mut().enumerate() {
@@ -360,11 +399,7 @@ impl Shards {
         source: SocketAddr,
         datagram: &[u8],
     ) -> Option<usize> {
-        match relais_media::stun::local_ufrag(datagram)
-            .and_then(|u| u.get(..2))
-            .and_then(|hex| usize::from_str_radix(hex, 16).ok())
-            .filter(|s| *s < self.senders.len())
-        {
+        match self.shard_of_stun(datagram) {
             Some(shard) => {
                 shard_of_addr.insert(source, shard);
                 Some(shard)
@@ -466,9 +501,12 @@ impl Inbox {
 
 /// What a shard sends, in batches of up to [`udp::BATCH`] datagrams: sent
 /// when a batch fills up and whenever the shard is done with a round of work.
+/// ICE-TCP packets go to their connection's write queue instead, never waiting.
 struct Outbox {
     socket: Arc<UdpSocket>,
     sender: udp::Sender,
+    /// The write queues of this shard's ICE-TCP connections, by remote address.
+    tcp: HashMap<SocketAddr, TcpLink>,
     /// When the datagrams whose copies are queued were received: their
     /// forward latency is taken when the last copy is handed to the kernel.
     waiting: Vec<Instant>,
@@ -476,9 +514,32 @@ struct Outbox {
 
 impl Outbox {
     fn push(&mut self, transmit: Transmit, metrics: &mut ShardMetrics) {
-        if self.sender.push(transmit) {
+        if transmit.proto == Protocol::Tcp {
+            self.push_tcp(transmit, metrics);
+        } else if self.sender.push(transmit) {
             self.send(metrics);
         }
+    }
+
+    fn push_tcp(&mut self, transmit: Transmit, metrics: &mut ShardMetrics) {
+        let Some(link) = self.tcp.get(&transmit.destination) else {
+            metrics.tcp_not_connected += 1;
+            return;
+        };
+        // No copy: str0m's buffer becomes the frame's body.
+        match link.try_send(Vec::from(transmit.contents)) {
+            Ok(()) => {}
+            Err(tokio_mpsc::error::TrySendError::Full(_)) => metrics.tcp_write_queue_full += 1,
+            Err(tokio_mpsc::error::TrySendError::Closed(_)) => {
+                metrics.tcp_not_connected += 1;
+                self.tcp.remove(&transmit.destination);
+            }
+        }
+    }
+
+    /// Forget connections that closed while the shard had nothing to send them.
+    fn forget_closed_tcp(&mut self) {
+        self.tcp.retain(|_, link| !link.is_closed());
     }
 
     /// A datagram received at `received` produced copies, all queued now.
@@ -518,6 +579,7 @@ fn run_shard(
         let now = Instant::now();
         node.heartbeat(index, now);
         if metrics.due(now) {
+            outbox.forget_closed_tcp();
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
             node.set_load(index, &gauges);
         }
@@ -538,10 +600,13 @@ fn run_shard(
                 break;
             };
             let received = match work {
-                Work::Datagram(d) => {
+                Work::Datagram(mut d) => {
+                    if let Some(link) = d.opened.take() {
+                        outbox.tcp.insert(d.source, link);
+                    }
                     shard.handle_datagram(
                         Instant::now(),
-                        Protocol::Udp,
+                        d.proto,
                         d.source,
                         d.destination,
                         &d.data,
@@ -651,10 +716,12 @@ mod tests {
         let mut batch = pool.batch();
         for i in 0..len {
             batch.push_back(Datagram {
+                proto: Protocol::Udp,
                 source: "192.0.2.1:5000".parse().unwrap(),
                 destination: "192.0.2.2:7882".parse().unwrap(),
                 data: vec![first + i as u8],
                 received: Instant::now(),
+                opened: None,
             });
         }
         batch
@@ -711,5 +778,42 @@ mod tests {
         }
         assert!(inbox.try_next().is_none());
         assert_eq!(queued.load(Ordering::Relaxed), 0);
+    }
+    #[test]
+    fn tcp_packets_go_to_their_connection_and_a_full_queue_drops() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let mut outbox = Outbox {
+            socket,
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: Vec::new(),
+        };
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        let transmit = |contents: &[u8]| Transmit {
+            proto: Protocol::Tcp,
+            source: "192.0.2.2:7881".parse().unwrap(),
+            destination: peer,
+            contents: contents.to_vec().into(),
+        };
+
+        outbox.push(transmit(b"before"), &mut metrics);
+        assert_eq!(metrics.tcp_not_connected, 1);
+
+        let (link, mut queue) = tokio_mpsc::channel(2);
+        outbox.tcp.insert(peer, link);
+        for packet in [b"one", b"two", b"six"] {
+            outbox.push(transmit(packet), &mut metrics);
+        }
+        assert_eq!(queue.try_recv().unwrap(), b"one");
+        assert_eq!(queue.try_recv().unwrap(), b"two");
+        assert!(queue.try_recv().is_err());
+        assert_eq!(metrics.tcp_write_queue_full, 1);
+        // Nothing went to the UDP socket.
+        assert!(outbox.sender.is_empty());
+
+        drop(queue);
+        outbox.forget_closed_tcp();
+        assert!(outbox.tcp.is_empty());
     }
 }

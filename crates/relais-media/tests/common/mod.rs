@@ -386,7 +386,11 @@ impl Sim {
     pub fn new() -> Self {
         init_log();
         let now = Instant::now();
-        let config = MediaConfig::new(vec![server_addr()], "ND_test".into()).unwrap();
+        let config = MediaConfig::new(
+            vec![relais_media::udp_host_candidate(server_addr()).unwrap()],
+            "ND_test".into(),
+        )
+        .unwrap();
         Sim {
             start: now,
             now,
