@@ -34,8 +34,8 @@ fn params(key: u64) -> JoinParams {
 }
 
 fn join(c: &mut Criterion) {
-    let config = MediaConfig::new(vec!["10.0.0.1:7882".parse().unwrap()], "ND_bench".into())
-        .expect("config");
+    let candidate = relais_media::udp_host_candidate("10.0.0.1:7882".parse().unwrap()).unwrap();
+    let config = MediaConfig::new(vec![candidate], "ND_bench".into()).expect("config");
     let mut g = c.benchmark_group("join");
     let providers: [(&str, Arc<CryptoProvider>); 2] = [
         (
