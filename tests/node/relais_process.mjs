@@ -39,11 +39,13 @@ export async function startRelais(extraYaml = []) {
   const dir = mkdtempSync(join(tmpdir(), 'relais-node-'));
   const port = await freePort(() => createServer());
   const udp = await freePort(() => createSocket('udp4'));
+  const tcp = await freePort(() => createServer());
   const config = [
     `port: ${port}`,
     'bind_addresses: ["127.0.0.1"]',
     'rtc:',
     `  udp_port: ${udp}`,
+    `  tcp_port: ${tcp}`,
     '  node_ip: "127.0.0.1"',
     'keys:',
     `  ${API_KEY}: ${API_SECRET}`,

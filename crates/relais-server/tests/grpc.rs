@@ -42,24 +42,27 @@ impl Drop for Server {
     }
 }
 
-fn free_ports() -> (u16, u16) {
+/// Free ports for HTTP, media over UDP and media over TCP.
+fn free_ports() -> (u16, u16, u16) {
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ice_tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     (
         tcp.local_addr().unwrap().port(),
         udp.local_addr().unwrap().port(),
+        ice_tcp.local_addr().unwrap().port(),
     )
 }
 
 fn start() -> Server {
-    let (port, udp) = free_ports();
+    let (port, udp, ice_tcp) = free_ports();
     let dir = std::env::temp_dir().join(format!("relais-grpc-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("relais.yaml");
     std::fs::write(
         &config,
         format!(
-            "port: {port}\nbind_addresses: [\"127.0.0.1\"]\nrtc:\n  udp_port: {udp}\n  node_ip: \"127.0.0.1\"\nkeys:\n  {KEY}: {SECRET}\nlogging:\n  level: info\n"
+            "port: {port}\nbind_addresses: [\"127.0.0.1\"]\nrtc:\n  udp_port: {udp}\n  tcp_port: {ice_tcp}\n  node_ip: \"127.0.0.1\"\nkeys:\n  {KEY}: {SECRET}\nlogging:\n  level: info\n"
         ),
     )
     .unwrap();
