@@ -105,6 +105,28 @@ async def record_frames(track: rtc.Track, count: int = 15) -> list[rtc.VideoFram
     return frames
 
 
+async def publish_camera(
+    room: rtc.Room, source: rtc.VideoSource, name: str, **options
+) -> rtc.LocalVideoTrack:
+    """Publish `source` as a camera track whose encoder keeps the resolution (these
+    tests are about forwarding, not the encoder's adaptation); `options` are further
+    `TrackPublishOptions` fields."""
+    cam = rtc.LocalVideoTrack.create_video_track(name, source)
+    await bounded(
+        room.local_participant.publish_track(
+            cam,
+            rtc.TrackPublishOptions(
+                source=rtc.TrackSource.SOURCE_CAMERA,
+                degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
+                **options,
+            ),
+        ),
+        f"publish {name}",
+        20,
+    )
+    return cam
+
+
 def test_analysis_helpers_detect_the_tone():
     """The receiving side's own arithmetic, checked on a locally made signal, so a
     media failure is never blamed on the FFT."""
@@ -155,7 +177,6 @@ async def send_tone_and_picture(
     ]
     try:
         mic = rtc.LocalAudioTrack.create_audio_track("sine", audio_source)
-        cam = rtc.LocalVideoTrack.create_video_track("pattern", video_source)
         await bounded(
             alice.local_participant.publish_track(
                 mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
@@ -163,22 +184,12 @@ async def send_tone_and_picture(
             "alice publishes audio",
             20,
         )
-        await bounded(
-            alice.local_participant.publish_track(
-                cam,
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA,
-                    simulcast=False,
-                    video_encoding=rtc.VideoEncoding(
-                        max_bitrate=1_500_000, max_framerate=FPS
-                    ),
-                    # Keep the encoder at 640x360 whatever its bandwidth estimate says: this
-                    # test is about forwarding, not about the encoder's adaptation.
-                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
-                ),
-            ),
-            "alice publishes video",
-            20,
+        await publish_camera(
+            alice,
+            video_source,
+            "pattern",
+            simulcast=False,
+            video_encoding=rtc.VideoEncoding(max_bitrate=1_500_000, max_framerate=FPS),
         )
 
         def subscribed_kind(kind):
@@ -255,20 +266,7 @@ async def test_other_video_codecs_are_forwarded(relais, rooms, room_name, codec,
         play_video(source, stop, WIDTH, HEIGHT, FPS, synthetic_picture)
     )
     try:
-        cam = rtc.LocalVideoTrack.create_video_track("codec", source)
-        await bounded(
-            alice.local_participant.publish_track(
-                cam,
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA,
-                    video_codec=codec,
-                    simulcast=False,
-                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
-                ),
-            ),
-            f"alice publishes {mime}",
-            20,
-        )
+        await publish_camera(alice, source, "codec", video_codec=codec, simulcast=False)
         track, publication, _ = await subscribed.wait(
             lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
         )
@@ -300,19 +298,7 @@ async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
         play_video(source, stop, width, height, FPS, lambda i: big_picture)
     )
     try:
-        cam = rtc.LocalVideoTrack.create_video_track("layers", source)
-        await bounded(
-            alice.local_participant.publish_track(
-                cam,
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA,
-                    simulcast=True,
-                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
-                ),
-            ),
-            "alice publishes simulcast video",
-            20,
-        )
+        await publish_camera(alice, source, "layers", simulcast=True)
         track, publication, _ = await subscribed.wait(
             lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
         )
@@ -394,19 +380,7 @@ async def test_dynacast_stops_layers_nobody_receives(relais, rooms, room_name):
         raise AssertionError(f"{what}: alice's active layers are {seen}, want {want}")
 
     try:
-        cam = rtc.LocalVideoTrack.create_video_track("dynacast", source)
-        await bounded(
-            alice.local_participant.publish_track(
-                cam,
-                rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA,
-                    simulcast=True,
-                    degradation_preference=rtc.DegradationPreference.MAINTAIN_RESOLUTION,
-                ),
-            ),
-            "alice publishes simulcast video",
-            20,
-        )
+        cam = await publish_camera(alice, source, "dynacast", simulcast=True)
         _, publication, _ = await subscribed.wait(
             lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribes"
         )
