@@ -119,7 +119,9 @@ pub(crate) struct Participant {
     pub permission: ParticipantPermission,
     pub protocol: i32,
     pub auto_subscribe: bool,
-    pub publisher: PeerSession,
+    /// Created by the client's first publisher offer: a participant that only
+    /// receives never offers one, and an idle peer connection costs tens of KiB.
+    pub publisher: Option<PeerSession>,
     pub subscriber: PeerSession,
     /// Tracks announced with AddTrackRequest whose media has not arrived yet, by cid.
     pub pending_tracks: Vec<(String, TrackInfo)>,
@@ -139,17 +141,18 @@ pub(crate) struct Participant {
 }
 
 impl Participant {
-    pub fn session(&self, role: PeerRole) -> &PeerSession {
+    /// The peer connection of `role`, if it exists (see [`Participant::publisher`]).
+    pub fn session(&self, role: PeerRole) -> Option<&PeerSession> {
         match role {
-            PeerRole::Publisher => &self.publisher,
-            PeerRole::Subscriber => &self.subscriber,
+            PeerRole::Publisher => self.publisher.as_ref(),
+            PeerRole::Subscriber => Some(&self.subscriber),
         }
     }
 
-    pub fn session_mut(&mut self, role: PeerRole) -> &mut PeerSession {
+    pub fn session_mut(&mut self, role: PeerRole) -> Option<&mut PeerSession> {
         match role {
-            PeerRole::Publisher => &mut self.publisher,
-            PeerRole::Subscriber => &mut self.subscriber,
+            PeerRole::Publisher => self.publisher.as_mut(),
+            PeerRole::Subscriber => Some(&mut self.subscriber),
         }
     }
 

@@ -342,20 +342,7 @@ impl Room {
         }
 
         let key = params.key;
-        let publisher_ufrag = self.new_ufrag();
-        let subscriber_ufrag = self.new_ufrag();
-        let publisher = PeerSession::new(
-            self.config
-                .build_rtc(ice_creds(publisher_ufrag.clone()), now),
-            publisher_ufrag,
-            now,
-        );
-        let subscriber = PeerSession::new(
-            self.config
-                .build_rtc(ice_creds(subscriber_ufrag.clone()), now),
-            subscriber_ufrag,
-            now,
-        );
+        let subscriber = self.open_session(now, key, PeerRole::Subscriber);
         let info = ParticipantInfo {
             sid: ids::new_id("PA_"),
             identity: params.identity.clone(),
@@ -380,14 +367,14 @@ impl Room {
         );
         let _participant = span.clone().entered();
         info!("participant joining");
-        let mut participant = Participant {
+        let participant = Participant {
             key,
             span,
             info,
             permission: params.permission,
             protocol: params.protocol,
             auto_subscribe: params.auto_subscribe,
-            publisher,
+            publisher: None,
             subscriber,
             pending_tracks: Vec::new(),
             published_by_mid: HashMap::new(),
@@ -401,16 +388,6 @@ impl Room {
             subscriber_changes: Vec::new(),
             last_reliable_seq: 0,
         };
-        for role in [PeerRole::Publisher, PeerRole::Subscriber] {
-            let session = participant.session_mut(role);
-            self.timers
-                .schedule(&mut session.queued, &(key, role), session.deadline);
-            self.outputs.push_back(RoomOutput::SessionOpened {
-                ufrag: session.ufrag.clone(),
-                participant: key,
-                role,
-            });
-        }
         self.by_identity
             .insert(participant.info.identity.clone(), key);
         self.participants.insert(key, participant);
@@ -451,9 +428,21 @@ impl Room {
             .is_some_and(|p| p.auto_subscribe && p.permission.can_subscribe)
     }
 
-    fn new_ufrag(&self) -> String {
+    /// A new peer connection of `key`'s, queued for time and announced to the
+    /// shard so that datagrams to its ufrag find it.
+    fn open_session(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) -> PeerSession {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
-        format!("{:02x}{}", self.shard, random_ice_chars(14))
+        let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
+        let rtc = self.config.build_rtc(ice_creds(ufrag.clone()), now);
+        let mut session = PeerSession::new(rtc, ufrag, now);
+        self.timers
+            .schedule(&mut session.queued, &(key, role), session.deadline);
+        self.outputs.push_back(RoomOutput::SessionOpened {
+            ufrag: session.ufrag.clone(),
+            participant: key,
+            role,
+        });
+        session
     }
 
     fn join_response(&self, key: ParticipantKey) -> JoinResponse {
@@ -520,7 +509,20 @@ impl Room {
     }
 
     fn on_publisher_offer(&mut self, now: Instant, key: ParticipantKey, sd: SessionDescription) {
+        if self
+            .participants
+            .get(&key)
+            .is_some_and(|p| p.publisher.is_none())
+        {
+            let session = self.open_session(now, key, PeerRole::Publisher);
+            if let Some(p) = self.participants.get_mut(&key) {
+                p.publisher = Some(session);
+            }
+        }
         let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(publisher) = p.publisher.as_mut() else {
             return;
         };
         tracing::trace!(participant = %p.info.identity, sdp = %sd.sdp, "publisher offer");
@@ -532,7 +534,7 @@ impl Room {
                 return;
             }
         };
-        match p.publisher.rtc.sdp_api().accept_offer(offer) {
+        match publisher.rtc.sdp_api().accept_offer(offer) {
             Ok(answer) => {
                 // The codec each new track asked for goes first in its m-line.
                 let pending = &p.pending_tracks;
@@ -1020,7 +1022,7 @@ impl Room {
         if self.by_identity.get(&p.info.identity) == Some(&key) {
             self.by_identity.remove(&p.info.identity);
         }
-        for session in [&mut p.publisher, &mut p.subscriber] {
+        for session in p.publisher.iter_mut().chain([&mut p.subscriber]) {
             session.rtc.disconnect();
             self.outputs.push_back(RoomOutput::SessionClosed {
                 ufrag: session.ufrag.clone(),
@@ -1112,7 +1114,9 @@ impl Room {
         };
         let span = p.span.clone();
         let _span = span.enter();
-        let session = p.session_mut(role);
+        let Some(session) = p.session_mut(role) else {
+            return;
+        };
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
             debug!(?role, error = %e, "bad datagram");
@@ -1132,15 +1136,21 @@ impl Room {
             let Some(p) = self.participants.get_mut(&key) else {
                 continue;
             };
-            if timers::fire(&mut p.session_mut(role).queued, entry) {
+            let Some(session) = p.session_mut(role) else {
+                continue;
+            };
+            if timers::fire(&mut session.queued, entry) {
                 due.push((key, role));
             }
         }
         for &(key, role) in &due {
-            let Some(p) = self.participants.get_mut(&key) else {
+            let Some(session) = self
+                .participants
+                .get_mut(&key)
+                .and_then(|p| p.session_mut(role))
+            else {
                 continue;
             };
-            let session = p.session_mut(role);
             if session.deadline > now {
                 // Queued before str0m moved its deadline later: not due yet.
                 self.timers
@@ -1148,7 +1158,7 @@ impl Room {
                 continue;
             }
             if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
-                debug!(participant = %p.info.identity, error = %e, "timeout input failed");
+                debug!(?key, ?role, error = %e, "timeout input failed");
             }
             self.drain(now, key, role);
         }
@@ -1161,9 +1171,10 @@ impl Room {
             let Some(p) = self.participants.get(&key) else {
                 continue;
             };
-            let reason = if p.publisher.failed || p.subscriber.failed {
+            let sessions = || p.publisher.iter().chain([&p.subscriber]);
+            let reason = if sessions().any(|s| s.failed) {
                 DisconnectReason::MediaFailure
-            } else if !p.publisher.rtc.is_alive() || !p.subscriber.rtc.is_alive() {
+            } else if sessions().any(|s| !s.rtc.is_alive()) {
                 DisconnectReason::ConnectionTimeout
             } else {
                 continue;
@@ -1176,7 +1187,8 @@ impl Room {
             .compact(2 * participants.len(), |entry, (key, role)| {
                 participants
                     .get(key)
-                    .is_some_and(|p| p.session(*role).queued == Some(entry))
+                    .and_then(|p| p.session(*role))
+                    .is_some_and(|s| s.queued == Some(entry))
             });
 
         if now >= self.next_layer_check {
@@ -1229,11 +1241,15 @@ impl Room {
 
     /// Run str0m's output loop for one session until it asks for time.
     fn drain(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) {
-        let Some(p) = self.participants.get_mut(&key) else {
+        let Some(session) = self
+            .participants
+            .get_mut(&key)
+            .and_then(|p| p.session_mut(role))
+        else {
             return;
         };
         drain_session(
-            p.session_mut(role),
+            session,
             key,
             role,
             now,
@@ -1333,7 +1349,10 @@ impl Room {
         else {
             return;
         };
-        let seen = p.publisher.stats_seen.entry((s.mid, s.rid)).or_default();
+        let Some(publisher) = p.publisher.as_mut() else {
+            return;
+        };
+        let seen = publisher.stats_seen.entry((s.mid, s.rid)).or_default();
         let nacks = s.nacks.saturating_sub(seen.nacks);
         let packets = s.packets.saturating_sub(seen.packets);
         seen.nacks = s.nacks;
@@ -1387,7 +1406,9 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        p.session_mut(role).connected = true;
+        if let Some(session) = p.session_mut(role) {
+            session.connected = true;
+        }
         if role == p.primary() && p.info.state != participant_info::State::Active as i32 {
             p.info.state = participant_info::State::Active as i32;
             p.touch();
@@ -1445,7 +1466,11 @@ impl Room {
         match published {
             Some(sid) if !direction.is_receiving() => self.unpublish_own(now, key, &sid),
             None if direction.is_receiving() => {
-                let kind = p.publisher.rtc.media(mid).map(|m| m.kind());
+                let kind = p
+                    .publisher
+                    .as_ref()
+                    .and_then(|s| s.rtc.media(mid))
+                    .map(|m| m.kind());
                 if let Some(kind) = kind {
                     self.on_media_added(now, key, mid, kind);
                 }
@@ -1477,7 +1502,10 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        let Some(media) = p.publisher.rtc.media(mid) else {
+        let Some(publisher) = p.publisher.as_ref() else {
+            return;
+        };
+        let Some(media) = publisher.rtc.media(mid) else {
             return;
         };
         // Clients also offer receive-only m-lines on this PC; only what they send is a track.
@@ -1511,7 +1539,7 @@ impl Room {
         info.mid = mid.to_string();
         // The negotiated codec, reported with the track before any media flows.
         let wanted = info.codecs.first().map(|c| c.mime_type.as_str());
-        if let Some(codec) = negotiated_codec(&p.publisher.rtc, mid, wanted) {
+        if let Some(codec) = negotiated_codec(&publisher.rtc, mid, wanted) {
             info.mime_type = codec.mime_type().to_string();
         }
         let layers = if simulcast_rids.is_empty() {
@@ -1583,8 +1611,11 @@ impl Room {
         let (sid, layer) = match p.ssrc_routes.get(&ssrc) {
             Some((sid, layer)) => (sid.clone(), *layer),
             None => {
-                let Some((mid, rid)) = p
-                    .publisher
+                // RTP arrives only on a publisher PC, so there is one.
+                let Some(publisher) = p.publisher.as_mut() else {
+                    return;
+                };
+                let Some((mid, rid)) = publisher
                     .rtc
                     .direct_api()
                     .stream_rx(&ssrc)
@@ -1604,8 +1635,7 @@ impl Room {
                 let layer = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
                 track.layers[layer].ssrc = Some(ssrc);
                 if track.codec.is_none() {
-                    track.codec = p
-                        .publisher
+                    track.codec = publisher
                         .rtc
                         .codec_config()
                         .find(|c| c.pt() == pkt.header.payload_type)
@@ -1733,14 +1763,16 @@ impl Room {
             tx.write_rtp(write);
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            drain_session(
-                &mut s.subscriber,
-                sub.subscriber,
-                PeerRole::Subscriber,
+            // str0m sends a written packet only once it is given the time, so
+            // the session is due now rather than drained here: the next timeout
+            // round drives it once for every packet written to it meanwhile
+            // (a whole receive batch), not once per packet.
+            let session = &mut s.subscriber;
+            session.deadline = now;
+            self.timers.schedule(
+                &mut session.queued,
+                &(sub.subscriber, PeerRole::Subscriber),
                 now,
-                &mut self.outputs,
-                &mut self.events,
-                &mut self.timers,
             );
         }
         if need_keyframe {
@@ -1775,7 +1807,10 @@ impl Room {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut api = p.publisher.rtc.direct_api();
+        let Some(publisher) = p.publisher.as_mut() else {
+            return;
+        };
+        let mut api = publisher.rtc.direct_api();
         for layer in wanted {
             if let Some(ssrc) = track.layers.get(layer).and_then(|l| l.ssrc) {
                 if let Some(rx) = api.stream_rx(&ssrc) {
