@@ -407,12 +407,13 @@ fn on_signal(
         M::Trickle(t) => {
             let v: serde_json::Value = serde_json::from_str(&t.candidate_init).unwrap_or_default();
             if let Some(c) = v.get("candidate").and_then(|c| c.as_str()) {
-                if t.target == 1 {
-                    if let Some(p) = sub.as_mut() {
-                        p.add_remote_candidate(c);
-                    }
-                } else if let Some(p) = publishing.as_mut() {
-                    p.peer.add_remote_candidate(c);
+                let peer = if t.target == 1 {
+                    sub.as_mut()
+                } else {
+                    publishing.as_mut().map(|p| &mut p.peer)
+                };
+                if let Some(peer) = peer {
+                    peer.add_remote_candidate(c);
                 }
             }
         }
