@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The measurement set behind docs/benchmarks.md (bounded: ~12 minutes in all).
+# The measurement set behind docs/benchmarks.md (bounded: ~15 minutes in all).
 # Results: one directory per run under $RES (default /tmp/relais-bench-results).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -15,11 +15,11 @@ run cmp-v1a1-s100 SUBS=100 DUR=15
 # LiveKit's audio shape, scaled down: 10 audio publishers, 100 subscribers.
 run cmp-a10-s100 VPUB=0 APUB=10 SUBS=100 DUR=15
 # One room, more subscribers (Relais only).
-for s in 250 500 1000; do
+for s in 250 500 1000 2000; do
   run relais-v1a1-s$s SKIP_JANUS=1 SUBS=$s DUR=10 RAMP=$((s / 50 + 2))
 done
 # More rooms: each 1 video + 1 audio publisher and 5 subscribers (Relais only).
-for r in 10 50; do
+for r in 10 50 100; do
   run relais-rooms$r SKIP_JANUS=1 ROOMS=$r SUBS=5 DUR=10 RAMP=$((r / 5 + 2))
 done
 # Idle joins: 500 subscribers, no publishers, joining over 10 s (join time, RSS per participant).
