@@ -108,6 +108,9 @@ pub const DROP_UDP_UNROUTABLE: &str = "udp_unroutable";
 pub const DROP_UDP_SEND_ERROR: &str = "udp_send_error";
 /// The owning shard's datagram queue was full (the shard is not keeping up).
 pub const DROP_SHARD_QUEUE_FULL: &str = "shard_queue_full";
+/// RTP that waited in its shard's queue longer than a listener would: the
+/// shard fell behind and skips it rather than forward it late.
+pub const DROP_STALE_MEDIA: &str = "stale_media";
 /// An ICE-TCP connection's write queue was full (the peer reads too slowly).
 pub const DROP_TCP_WRITE_QUEUE_FULL: &str = "tcp_write_queue_full";
 /// A packet for an ICE-TCP peer whose connection is gone.
@@ -513,6 +516,7 @@ pub struct ShardMetrics {
     pub send_errors: u64,
     pub tcp_write_queue_full: u64,
     pub tcp_not_connected: u64,
+    pub stale_media: u64,
     /// Sum and count of forward latencies since the last flush.
     pub latency_sum_ns: u64,
     pub latency_count: u64,
@@ -534,6 +538,7 @@ impl ShardMetrics {
             send_errors: 0,
             tcp_write_queue_full: 0,
             tcp_not_connected: 0,
+            stale_media: 0,
             latency_sum_ns: 0,
             latency_count: 0,
         }
@@ -562,6 +567,7 @@ impl ShardMetrics {
             (DROP_UDP_SEND_ERROR, &mut self.send_errors),
             (DROP_TCP_WRITE_QUEUE_FULL, &mut self.tcp_write_queue_full),
             (DROP_TCP_NOT_CONNECTED, &mut self.tcp_not_connected),
+            (DROP_STALE_MEDIA, &mut self.stale_media),
         ] {
             let n = std::mem::take(n);
             if n > 0 {

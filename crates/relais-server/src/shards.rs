@@ -77,6 +77,11 @@ type Batch = VecDeque<Datagram>;
 /// Datagrams a shard may have queued before the receive thread drops more for
 /// it: a stalled shard loses its own packets instead of stalling the others.
 const SHARD_DATAGRAM_QUEUE: usize = 8192;
+/// RTP older than this when its shard gets to it is skipped: a shard that fell
+/// behind sheds the fan-out of media nobody can use any more and catches up,
+/// instead of forwarding everything seconds late. STUN, DTLS and RTCP are
+/// always handled, so connections and their feedback survive the overload.
+const STALE_MEDIA_AFTER: Duration = Duration::from_millis(300);
 /// Work items a shard handles before it looks at its timers again.
 const MAX_BATCH: usize = 256;
 /// Receive buffers kept for reuse.
@@ -604,15 +609,16 @@ fn run_shard(
                     if let Some(link) = d.opened.take() {
                         outbox.tcp.insert(d.source, link);
                     }
-                    shard.handle_datagram(
-                        Instant::now(),
-                        d.proto,
-                        d.source,
-                        d.destination,
-                        &d.data,
-                    );
+                    let now = Instant::now();
+                    let stale = is_rtp(&d.data)
+                        && now.saturating_duration_since(d.received) > STALE_MEDIA_AFTER;
+                    if stale {
+                        metrics.stale_media += 1;
+                    } else {
+                        shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
+                    }
                     inbox.pool.recycle_buffer(d.data);
-                    Some(d.received)
+                    (!stale).then_some(d.received)
                 }
                 Work::Command(command) => {
                     handle_command(&mut shard, &mut signals, command);
@@ -632,6 +638,15 @@ fn run_shard(
         // Nothing waits in the outbox while the shard sleeps.
         outbox.send(&mut metrics);
         metrics.busy += busy_since.elapsed();
+    }
+}
+
+/// RTP, as opposed to RTCP, STUN and DTLS (RFC 7983 first byte 128–191,
+/// then RFC 5761: RTCP packet types 192–223 in the second byte).
+fn is_rtp(datagram: &[u8]) -> bool {
+    match datagram {
+        [first, second, ..] => (128..=191).contains(first) && !(192..=223).contains(second),
+        _ => false,
     }
 }
 
@@ -725,6 +740,21 @@ mod tests {
             });
         }
         batch
+    }
+
+    #[test]
+    fn only_rtp_can_be_skipped_as_stale() {
+        // VP8 with the marker bit, Opus: RTP.
+        assert!(is_rtp(&[0x80, 0xe0, 0, 1]));
+        assert!(is_rtp(&[0x90, 111, 0, 1]));
+        // Sender/receiver reports, NACK/TWCC, PLI: RTCP (also in a compound packet).
+        for pt in [200, 201, 205, 206] {
+            assert!(!is_rtp(&[0x81, pt, 0, 7]), "RTCP {pt}");
+        }
+        // STUN binding request, DTLS handshake, too short to tell.
+        assert!(!is_rtp(&[0x00, 0x01, 0, 0]));
+        assert!(!is_rtp(&[22, 0xfe, 0xfd]));
+        assert!(!is_rtp(&[0x80]));
     }
 
     #[test]
