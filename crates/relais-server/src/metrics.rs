@@ -108,8 +108,8 @@ pub const DROP_UDP_UNROUTABLE: &str = "udp_unroutable";
 pub const DROP_UDP_SEND_ERROR: &str = "udp_send_error";
 /// The owning shard's datagram queue was full (the shard is not keeping up).
 pub const DROP_SHARD_QUEUE_FULL: &str = "shard_queue_full";
-/// RTP that waited in its shard's queue longer than a listener would: the
-/// shard fell behind and skips it rather than forward it late.
+/// RTP or RTCP that waited in its shard's queue longer than a listener would:
+/// the shard fell behind and skips it rather than forward it late.
 pub const DROP_STALE_MEDIA: &str = "stale_media";
 /// An ICE-TCP connection's write queue was full (the peer reads too slowly).
 pub const DROP_TCP_WRITE_QUEUE_FULL: &str = "tcp_write_queue_full";

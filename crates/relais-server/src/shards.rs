@@ -77,10 +77,11 @@ type Batch = VecDeque<Datagram>;
 /// Datagrams a shard may have queued before the receive thread drops more for
 /// it: a stalled shard loses its own packets instead of stalling the others.
 const SHARD_DATAGRAM_QUEUE: usize = 8192;
-/// RTP older than this when its shard gets to it is skipped: a shard that fell
-/// behind sheds the fan-out of media nobody can use any more and catches up,
-/// instead of forwarding everything seconds late. STUN, DTLS and RTCP are
-/// always handled, so connections and their feedback survive the overload.
+/// RTP and RTCP older than this when their shard gets to them are skipped: a
+/// shard that fell behind sheds the fan-out of media nobody can play any more
+/// (and feedback about it that is as late) and catches up, instead of
+/// forwarding everything seconds late. STUN and DTLS (handshakes, consent,
+/// data channels) are always handled, so connections survive the overload.
 const STALE_MEDIA_AFTER: Duration = Duration::from_millis(300);
 /// Work items a shard handles before it looks at its timers again.
 const MAX_BATCH: usize = 256;
@@ -610,7 +611,7 @@ fn run_shard(
                         outbox.tcp.insert(d.source, link);
                     }
                     let now = Instant::now();
-                    let stale = is_rtp(&d.data)
+                    let stale = is_rtp_or_rtcp(&d.data)
                         && now.saturating_duration_since(d.received) > STALE_MEDIA_AFTER;
                     if stale {
                         metrics.stale_media += 1;
@@ -641,13 +642,9 @@ fn run_shard(
     }
 }
 
-/// RTP, as opposed to RTCP, STUN and DTLS (RFC 7983 first byte 128–191,
-/// then RFC 5761: RTCP packet types 192–223 in the second byte).
-fn is_rtp(datagram: &[u8]) -> bool {
-    match datagram {
-        [first, second, ..] => (128..=191).contains(first) && !(192..=223).contains(second),
-        _ => false,
-    }
+/// (S)RTP or (S)RTCP, as opposed to STUN and DTLS: RFC 7983's first byte 128–191.
+fn is_rtp_or_rtcp(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| (128..=191).contains(b))
 }
 
 fn handle_command(
@@ -743,18 +740,16 @@ mod tests {
     }
 
     #[test]
-    fn only_rtp_can_be_skipped_as_stale() {
-        // VP8 with the marker bit, Opus: RTP.
-        assert!(is_rtp(&[0x80, 0xe0, 0, 1]));
-        assert!(is_rtp(&[0x90, 111, 0, 1]));
-        // Sender/receiver reports, NACK/TWCC, PLI: RTCP (also in a compound packet).
-        for pt in [200, 201, 205, 206] {
-            assert!(!is_rtp(&[0x81, pt, 0, 7]), "RTCP {pt}");
-        }
-        // STUN binding request, DTLS handshake, too short to tell.
-        assert!(!is_rtp(&[0x00, 0x01, 0, 0]));
-        assert!(!is_rtp(&[22, 0xfe, 0xfd]));
-        assert!(!is_rtp(&[0x80]));
+    fn only_rtp_and_rtcp_can_be_skipped_as_stale() {
+        // VP8 with the marker bit, Opus with an extension, a receiver report.
+        assert!(is_rtp_or_rtcp(&[0x80, 0xe0, 0, 1]));
+        assert!(is_rtp_or_rtcp(&[0x90, 111, 0, 1]));
+        assert!(is_rtp_or_rtcp(&[0x81, 201, 0, 7]));
+        // STUN binding request, DTLS handshake and application data, nothing.
+        assert!(!is_rtp_or_rtcp(&[0x00, 0x01, 0, 0]));
+        assert!(!is_rtp_or_rtcp(&[22, 0xfe, 0xfd]));
+        assert!(!is_rtp_or_rtcp(&[23, 0xfe, 0xfd]));
+        assert!(!is_rtp_or_rtcp(&[]));
     }
 
     #[test]
