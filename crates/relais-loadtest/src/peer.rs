@@ -18,7 +18,13 @@ use crate::stats::{Report, Shared};
 
 pub struct Peer {
     pub rtc: Rtc,
+    /// Receives (tokio wakes the participant's task when it is readable).
     pub socket: UdpSocket,
+    /// Sends: the same socket, used directly. tokio's `try_send_to` answers
+    /// `WouldBlock` without trying until its reactor has seen the new socket
+    /// writable, which lost the first connectivity check of many peers (they
+    /// connected only after str0m's 250 ms retransmission).
+    sender: std::net::UdpSocket,
     pub local: SocketAddr,
     pub deadline: Instant,
     pub connected: bool,
@@ -55,6 +61,7 @@ impl Peer {
         let std_sock = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         std_sock.set_nonblocking(true)?;
         let local = std_sock.local_addr()?;
+        let sender = std_sock.try_clone()?;
         let socket = UdpSocket::from_std(std_sock)?;
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
@@ -69,6 +76,7 @@ impl Peer {
         Ok(Peer {
             rtc,
             socket,
+            sender,
             local,
             deadline: now,
             connected: false,
@@ -85,7 +93,7 @@ impl Peer {
                     return Ok(());
                 }
                 Output::Transmit(t) => {
-                    if self.socket.try_send_to(&t.contents, t.destination).is_err() {
+                    if self.sender.send_to(&t.contents, t.destination).is_err() {
                         Shared::add(&shared.send_dropped, 1);
                     }
                 }
