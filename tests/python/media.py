@@ -4,8 +4,9 @@ moving picture, pushed at real-time pace."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from livekit import rtc
@@ -55,3 +56,22 @@ async def play_video(
         source.capture_frame(frame)
         index += 1
         await asyncio.sleep(1 / fps)
+
+
+async def stop_players(
+    stop: asyncio.Event,
+    players: Iterable[asyncio.Task],
+    *sources: rtc.AudioSource | rtc.VideoSource,
+    cancel: bool = False,
+) -> None:
+    """End the players started with `stop` (cancelled first if `cancel`), then close their
+    sources. Never raises: it runs in `finally` blocks, after the assertion that matters."""
+    stop.set()
+    for task in players:
+        if cancel:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    for source in sources:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(source.aclose(), 5)

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_sine, play_video
+from media import play_sine, play_video, stop_players
 from conftest import REPO_ROOT, EventLog, bounded, make_token, wait_for
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
@@ -270,12 +270,7 @@ async def test_browser_and_python_exchange_video(
         assert code == 0, f"browser client exit code {code}"
         assert browser.event("closed") is not None
     finally:
-        stop.set()
-        player.cancel()
-        with contextlib.suppress(BaseException):
-            await player
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, [player], source, cancel=True)
 
 
 async def test_browser_sees_the_python_speaker(relais, rooms, browser):
@@ -306,8 +301,4 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
         code = await bounded(browser.close(), "browser client exits", WAIT_S)
         assert code == 0, f"browser client exit code {code}"
     finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await player
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, [player], source)

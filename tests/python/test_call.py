@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_sine, play_video
+from media import play_sine, play_video, stop_players
 from conftest import EventLog, bounded, wait_for
 
 SAMPLE_RATE = 48000
@@ -217,15 +217,7 @@ async def send_tone_and_picture(
             20,
         )
     finally:
-        stop.set()
-        for task in players:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(audio_source.aclose(), 5)
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(video_source.aclose(), 5)
+        await stop_players(stop, players, audio_source, video_source, cancel=True)
     return tone, frames
 
 
@@ -274,11 +266,7 @@ async def test_other_video_codecs_are_forwarded(relais, rooms, room_name, codec,
         assert {(f.width, f.height) for f in frames} == {(WIDTH, HEIGHT)}
         assert publication.mime_type.lower() == mime.lower(), publication.mime_type
     finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await player
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, [player], source)
 
 
 async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
@@ -334,11 +322,7 @@ async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
             with contextlib.suppress(BaseException):
                 await watcher
     finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await player
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, [player], source)
 
 
 async def test_dynacast_stops_layers_nobody_receives(relais, rooms, room_name):
@@ -390,11 +374,7 @@ async def test_dynacast_stops_layers_nobody_receives(relais, rooms, room_name):
         publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
         await until_layers(cam, {"q", "h", "f"}, "bob asked for HIGH again", 10)
     finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await player
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, [player], source)
 
 
 async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
