@@ -296,12 +296,12 @@ async fn run_inner(
                     now,
                 ));
             } else if rids.is_empty() {
-                let e = Encoder::video(ctx.next_tag(), ctx.video_bitrate, ctx.keyframe_interval);
+                let e = ctx.video_encoder(ctx.video_bitrate);
                 out.push(Outgoing::new(mid, None, e, now));
             } else {
                 for (i, rid) in rids.iter().enumerate() {
                     let rate = ctx.video_bitrate >> (2 * (rids.len() - 1 - i));
-                    let e = Encoder::video(ctx.next_tag(), rate, ctx.keyframe_interval);
+                    let e = ctx.video_encoder(rate);
                     out.push(Outgoing::new(mid, Some(rid), e, now));
                 }
             }

@@ -25,6 +25,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use media::Encoder;
 use stats::{percentile, proc_sample, ProcSample, Report, Shared};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq, Eq)]
@@ -88,6 +89,11 @@ struct Args {
     /// Keyframe interval, seconds.
     #[arg(long, default_value_t = 2.0)]
     keyframe_interval: f64,
+    /// Video leaves at this many times its bitrate, spread as a WebRTC sender's
+    /// pacer spreads a frame (libwebrtc: 2.5); 0 (the default, as every recorded
+    /// figure) sends each frame as one burst.
+    #[arg(long, default_value_t = 0.0)]
+    pacing_factor: f64,
     /// PID of the server: CPU seconds and memory from /proc over the run.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -130,6 +136,7 @@ pub struct Ctx {
     pub video_bitrate: u64,
     pub audio_bitrate: u64,
     pub keyframe_interval: Duration,
+    pub pacing_factor: f64,
     pub publishers_per_room: usize,
     tags: AtomicU64,
 }
@@ -137,6 +144,16 @@ pub struct Ctx {
 impl Ctx {
     pub fn next_tag(&self) -> u16 {
         self.tags.fetch_add(1, Ordering::Relaxed) as u16
+    }
+
+    /// A video encoder for a new stream of `bitrate` bits per second.
+    pub fn video_encoder(&self, bitrate: u64) -> Encoder {
+        Encoder::video(
+            self.next_tag(),
+            bitrate,
+            self.keyframe_interval,
+            self.pacing_factor,
+        )
     }
 }
 
@@ -166,6 +183,7 @@ struct Summary {
     simulcast: bool,
     video_bitrate: u64,
     audio_bitrate: u64,
+    pacing_factor: f64,
     window_s: f64,
     joins_ok: u64,
     joins_failed: u64,
@@ -294,6 +312,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         video_bitrate: args.video_bitrate,
         audio_bitrate: args.audio_bitrate,
         keyframe_interval: Duration::from_secs_f64(args.keyframe_interval.max(0.1)),
+        pacing_factor: args.pacing_factor.max(0.0),
         publishers_per_room: args.video_publishers + args.audio_publishers,
         tags: AtomicU64::new(1),
     });
@@ -398,6 +417,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         subscribers_per_room: args.subscribers,
         participants: total,
         simulcast: args.simulcast,
+        pacing_factor: args.pacing_factor.max(0.0),
         video_bitrate: args.video_bitrate,
         audio_bitrate: args.audio_bitrate,
         window_s: secs,

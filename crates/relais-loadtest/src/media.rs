@@ -25,6 +25,13 @@ pub fn write_trailer(buf: &mut Vec<u8>, tag: u16, seq: u32) {
     buf.extend_from_slice(&unix_micros().to_be_bytes());
 }
 
+/// Set the trailer's send time to now: a paced packet leaves after it was made.
+pub fn stamp_send_time(payload: &mut [u8]) {
+    if let Some(time) = payload.len().checked_sub(8).map(|at| &mut payload[at..]) {
+        time.copy_from_slice(&unix_micros().to_be_bytes());
+    }
+}
+
 /// The trailer of a received payload: (stream tag, source seq, send time µs).
 pub fn read_trailer(payload: &[u8]) -> Option<(u16, u32, u64)> {
     let n = payload.len();
@@ -55,6 +62,8 @@ pub struct Encoder {
     pub tag: u16,
     /// Bits per second, trailer and descriptors included.
     bitrate: u64,
+    /// Bytes per second a sender's pacer lets out, if paced (video).
+    pub pacing_rate: Option<f64>,
     pub interval: Duration,
     frame: u64,
     /// Keyframe every this many frames (video).
@@ -66,12 +75,16 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn video(tag: u16, bitrate: u64, keyframe_interval: Duration) -> Self {
+    /// `pacing_factor` × the bitrate is the rate packets leave at, as a WebRTC
+    /// sender's pacer spreads a frame (libwebrtc's factor is 2.5); 0 sends each
+    /// frame as one burst.
+    pub fn video(tag: u16, bitrate: u64, keyframe_interval: Duration, pacing_factor: f64) -> Self {
         let interval = Duration::from_micros(33_333);
         Encoder {
             video: true,
             tag,
             bitrate,
+            pacing_rate: (pacing_factor > 0.0).then(|| pacing_factor * bitrate as f64 / 8.0),
             interval,
             frame: 0,
             gop: (keyframe_interval.as_micros() / interval.as_micros()).max(1) as u64,
@@ -87,6 +100,7 @@ impl Encoder {
             video: false,
             tag,
             bitrate,
+            pacing_rate: None,
             interval: Duration::from_millis(20),
             frame: 0,
             gop: 1,
@@ -178,11 +192,28 @@ mod tests {
         assert_eq!((tag, seq), (7, 42));
         assert!(t > 0);
         assert!(read_trailer(&[0; 8]).is_none());
+        // Restamped when it leaves: tag and sequence stay, the time moves on.
+        std::thread::sleep(Duration::from_millis(2));
+        stamp_send_time(&mut v);
+        let (tag, seq, later) = read_trailer(&v).unwrap();
+        assert_eq!((tag, seq), (7, 42));
+        assert!(later >= t + 2_000, "{later} vs {t}");
+    }
+
+    #[test]
+    fn only_paced_video_has_a_pacing_rate() {
+        let paced = Encoder::video(1, 1_000_000, Duration::from_secs(2), 2.5);
+        assert_eq!(paced.pacing_rate, Some(312_500.0));
+        assert_eq!(
+            Encoder::video(1, 1_000_000, Duration::from_secs(2), 0.0).pacing_rate,
+            None
+        );
+        assert_eq!(Encoder::audio(2, 32_000).pacing_rate, None);
     }
 
     #[test]
     fn video_bitrate_and_keyframes() {
-        let mut e = Encoder::video(1, 1_000_000, Duration::from_secs(2));
+        let mut e = Encoder::video(1, 1_000_000, Duration::from_secs(2), 0.0);
         let mut bytes = 0;
         let mut keys = 0;
         for _ in 0..60 {

@@ -2,8 +2,9 @@
 //! Driven by its owner's event loop: datagrams in, a timer at `deadline`, and
 //! after every mutation `drain` until str0m asks for time (str0m's contract).
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -13,7 +14,7 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
-use crate::media::{read_trailer, unix_micros, Encoder};
+use crate::media::{read_trailer, stamp_send_time, unix_micros, Encoder, Packet};
 use crate::stats::{Report, Shared};
 
 pub struct Peer {
@@ -40,7 +41,14 @@ pub struct Outgoing {
     pub pt: Option<Pt>,
     pub next: Instant,
     seq: u64,
+    /// Encoded, not yet let out by the pacer.
+    paced: VecDeque<Packet>,
+    /// When the pacer lets the next packet out.
+    send_at: Instant,
 }
+
+/// How far a pacer that was idle may send ahead at once (libwebrtc works in 5 ms steps).
+const PACER_BURST: Duration = Duration::from_millis(5);
 
 impl Outgoing {
     pub fn new(mid: Mid, rid: Option<&str>, encoder: Encoder, now: Instant) -> Self {
@@ -52,6 +60,8 @@ impl Outgoing {
             pt: None,
             next: now,
             seq: u64::from(crate::media::rand_u32() & 0x3fff),
+            paced: VecDeque::new(),
+            send_at: now,
         }
     }
 }
@@ -236,35 +246,50 @@ impl Peer {
             let (Some(ssrc), Some(pt)) = (o.ssrc, o.pt) else {
                 continue;
             };
+            // Catch up at most a few frames if the loop fell behind; never burst more.
+            let mut frames = 0;
+            while o.next <= now && frames < 3 {
+                frames += 1;
+                o.next += o.encoder.interval;
+                o.paced.extend(o.encoder.next_frame());
+            }
             if o.next <= now {
-                // Catch up at most a few frames if the loop fell behind; never burst more.
-                let mut frames = 0;
-                while o.next <= now && frames < 3 {
-                    frames += 1;
-                    o.next += o.encoder.interval;
-                    let packets = o.encoder.next_frame();
-                    let mut api = self.rtc.direct_api();
-                    let Some(tx) = api.stream_tx(&ssrc) else {
-                        break;
-                    };
-                    for p in packets {
-                        Shared::add(&shared.packets_sent, 1);
-                        Shared::add(&shared.bytes_sent, p.payload.len() as u64);
-                        report.packets_sent += 1;
-                        tx.write_rtp(
-                            RtpWrite::new(pt, o.seq.into(), p.timestamp, now, p.payload)
-                                .marker(p.marker)
-                                .nackable(o.encoder.video),
-                        );
-                        o.seq += 1;
-                    }
-                    wrote = true;
-                }
-                if o.next <= now {
-                    o.next = now + o.encoder.interval;
+                o.next = now + o.encoder.interval;
+            }
+            let mut api = self.rtc.direct_api();
+            let Some(tx) = api.stream_tx(&ssrc) else {
+                o.paced.clear();
+                continue;
+            };
+            // The pacer: packets leave at the encoder's pacing rate (all at once
+            // without one), with at most PACER_BURST of credit saved while idle.
+            o.send_at = o.send_at.max(now.checked_sub(PACER_BURST).unwrap_or(now));
+            while o.send_at <= now {
+                let Some(mut p) = o.paced.pop_front() else {
+                    break;
+                };
+                let len = p.payload.len();
+                stamp_send_time(&mut p.payload);
+                Shared::add(&shared.packets_sent, 1);
+                Shared::add(&shared.bytes_sent, len as u64);
+                report.packets_sent += 1;
+                tx.write_rtp(
+                    RtpWrite::new(pt, o.seq.into(), p.timestamp, now, p.payload)
+                        .marker(p.marker)
+                        .nackable(o.encoder.video),
+                );
+                o.seq += 1;
+                wrote = true;
+                if let Some(rate) = o.encoder.pacing_rate {
+                    o.send_at += Duration::from_secs_f64(len as f64 / rate);
                 }
             }
-            next = Some(next.map_or(o.next, |n: Instant| n.min(o.next)));
+            let wake = if o.paced.is_empty() {
+                o.next
+            } else {
+                o.next.min(o.send_at)
+            };
+            next = Some(next.map_or(wake, |n: Instant| n.min(wake)));
         }
         if wrote {
             self.drain(shared)?;
