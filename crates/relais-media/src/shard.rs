@@ -79,7 +79,7 @@ impl Shard {
     pub fn take_stats(&mut self) -> MediaStats {
         let mut total = std::mem::take(&mut self.stats);
         for room in self.rooms.values_mut() {
-            total.merge(&mut room.stats);
+            total.merge(room.take_stats());
         }
         total
     }
@@ -255,7 +255,7 @@ impl Shard {
             self.collect(&name);
             if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
                 if let Some(mut room) = self.rooms.remove(&name) {
-                    self.stats.merge(&mut room.stats);
+                    self.stats.merge(room.take_stats());
                     let _span = room.span().enter();
                     info!("room closed");
                 }
