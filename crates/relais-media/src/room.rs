@@ -600,11 +600,20 @@ impl Room {
         }
         let again = std::mem::take(&mut p.negotiation.again);
         self.drain(now, key, PeerRole::Subscriber);
-        // New receivers need a keyframe to start decoding.
+        // New receivers need a keyframe to start decoding — only they: an answer
+        // also follows every renegotiation, and tracks already flowing to this
+        // subscriber need none.
         let sids: Vec<String> = self.participants[&key]
             .downtracks
             .values()
             .map(|d| d.track_sid.clone())
+            .filter(|sid| {
+                self.tracks.get(sid).is_some_and(|t| {
+                    t.subscribers
+                        .iter()
+                        .any(|s| s.subscriber == key && s.forwarder.wants_keyframe())
+                })
+            })
             .collect();
         for sid in sids {
             self.request_keyframe(now, &sid, true);

@@ -1,11 +1,13 @@
 //! Media through the shard between simulated LiveKit clients: publish and
-//! subscribe, keyframe on subscribe, loss with NACK recovery, unpublish.
+//! subscribe, keyframe on subscribe, loss with NACK recovery, unpublish, the
+//! shard's counters.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{gaps, rtp_info, Sim};
+use relais_media::stats::Direction as StatsDirection;
 use relais_media::RoomEvent;
 use relais_proto::livekit::signal_response::Message;
 use relais_proto::livekit::TrackType;
@@ -289,4 +291,49 @@ fn unpublish_renegotiates_subscribers() {
     let grace = unpublished_at + Duration::from_millis(200);
     assert!(b.received(&video_sid).iter().all(|r| r.at < grace));
     assert!(b.received(&audio_sid).iter().any(|r| r.at > grace));
+}
+
+#[test]
+fn shard_counters_count_each_forwarded_packet_once() {
+    let mut sim = two_participants();
+    sim.publish(0, MediaKind::Audio, "mic-cid");
+    let mut counted = 0;
+    // Taken several times, as the server does once a second: each packet must
+    // be in exactly one take (a room's counters once went into every take).
+    for _ in 0..4 {
+        sim.run_for(Duration::from_millis(500));
+        counted += sim.shard.take_stats().packets_out.iter().sum::<u64>();
+    }
+    let sid = sim.track_sid(0, "mic-cid");
+    let received = sim.client(1).received(&sid).len() as u64;
+    assert!(received > 40, "received {received}");
+    assert!(
+        counted >= received && counted <= received + 8,
+        "counted {counted} forwarded packets, bob received {received}"
+    );
+}
+
+#[test]
+fn renegotiation_asks_no_keyframe_for_a_track_already_flowing() {
+    let mut sim = two_participants();
+    sim.publish(0, MediaKind::Video, "cam-cid");
+    sim.run_for(Duration::from_secs(2));
+    let video = sim.track_sid(0, "cam-cid");
+    let flowing = sim.client(1).received(&video).len();
+    assert!(flowing > 20, "bob receives alice's video: {flowing}");
+    let _ = sim.shard.take_stats();
+    // Alice adds a microphone: bob's subscriber PC is renegotiated, and his answer
+    // must not make alice send a keyframe for the video he already decodes.
+    sim.publish(0, MediaKind::Audio, "mic-cid");
+    sim.run_for(Duration::from_secs(1));
+    let mic = sim.track_sid(0, "mic-cid");
+    assert!(
+        !sim.client(1).received(&mic).is_empty(),
+        "bob receives the microphone"
+    );
+    let plis = sim.shard.take_stats().plis[StatsDirection::Incoming as usize];
+    assert_eq!(
+        plis, 0,
+        "keyframe requests to alice after the renegotiation"
+    );
 }
