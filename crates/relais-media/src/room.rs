@@ -602,7 +602,8 @@ impl Room {
         self.drain(now, key, PeerRole::Subscriber);
         // New receivers need a keyframe to start decoding — only they: an answer
         // also follows every renegotiation, and tracks already flowing to this
-        // subscriber need none.
+        // subscriber need none. Throttled like every request: when many join at
+        // once, one keyframe serves them all instead of one keyframe each.
         let sids: Vec<String> = self.participants[&key]
             .downtracks
             .values()
@@ -616,7 +617,7 @@ impl Room {
             })
             .collect();
         for sid in sids {
-            self.request_keyframe(now, &sid, true);
+            self.request_keyframe(now, &sid);
         }
         if again {
             self.negotiate_subscriber(now, key);
@@ -860,7 +861,7 @@ impl Room {
             }
         }
         for sid in wants_keyframe {
-            self.request_keyframe(now, &sid, false);
+            self.request_keyframe(now, &sid);
         }
     }
 
@@ -1336,7 +1337,7 @@ impl Room {
                     .and_then(|p| p.downtracks.get(&req.mid))
                     .map(|d| d.track_sid.clone());
                 if let Some(sid) = sid {
-                    self.request_keyframe(now, &sid, false);
+                    self.request_keyframe(now, &sid);
                 }
             }
             Event::IceConnectionStateChange(state) => {
@@ -1785,23 +1786,22 @@ impl Room {
             );
         }
         if need_keyframe {
-            self.request_keyframe(now, &sid, false);
+            self.request_keyframe(now, &sid);
         }
     }
 
     /// Ask the publisher of `sid` for a keyframe on each layer a subscriber waits
-    /// for, at most once per [`KEYFRAME_REQUEST_INTERVAL`] unless `force`d.
-    fn request_keyframe(&mut self, now: Instant, sid: &str, force: bool) {
+    /// for, at most once per [`KEYFRAME_REQUEST_INTERVAL`].
+    fn request_keyframe(&mut self, now: Instant, sid: &str) {
         let Some(track) = self.tracks.get_mut(sid) else {
             return;
         };
         if track.kind != MediaKind::Video {
             return;
         }
-        if !force
-            && track
-                .last_keyframe_request
-                .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        if track
+            .last_keyframe_request
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
         {
             return;
         }
@@ -1862,7 +1862,7 @@ impl Room {
             }
         }
         for sid in wants_keyframe {
-            self.request_keyframe(now, &sid, false);
+            self.request_keyframe(now, &sid);
         }
     }
 

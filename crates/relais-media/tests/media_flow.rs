@@ -337,3 +337,36 @@ fn renegotiation_asks_no_keyframe_for_a_track_already_flowing() {
         "keyframe requests to alice after the renegotiation"
     );
 }
+
+#[test]
+fn newcomers_within_moments_share_keyframes() {
+    let mut sim = Sim::new();
+    sim.join("alice");
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.publish(0, MediaKind::Video, "cam");
+    sim.run_for(Duration::from_secs(1));
+    let sid = sim.track_sid(0, "cam");
+    let before = sim.client(0).track("cam").keyframes.len();
+    // Six newcomers 50 ms apart, as when a meeting starts.
+    for i in 0..6 {
+        sim.join(&format!("viewer-{i}"));
+        sim.run_for(Duration::from_millis(50));
+    }
+    let all_see = sim.run_until_cond(Duration::from_secs(3), |s| {
+        (1..=6).all(|i| !s.client(i).received(&sid).is_empty())
+    });
+    assert!(all_see, "every newcomer receives video");
+    for i in 1..=6 {
+        let rx = sim.client(i).received(&sid);
+        assert!(
+            rx[0].is_vp8_keyframe_start(),
+            "viewer {i} starts on a keyframe"
+        );
+    }
+    // One keyframe request per 300 ms serves them all (not one keyframe each).
+    let keyframes = sim.client(0).track("cam").keyframes.len() - before;
+    assert!(
+        (1..=2).contains(&keyframes),
+        "{keyframes} keyframes for six newcomers"
+    );
+}
