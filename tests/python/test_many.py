@@ -16,7 +16,6 @@ tell a server that forwards nothing from a client too starved to decode.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_sine
+from media import play_sine, stop_players
 from conftest import CONNECT_TIMEOUT_S, bounded, make_token, wait_for
 
 N = 10
@@ -205,14 +204,7 @@ async def test_ten_participants_hear_each_other(relais, rooms):
                     )
         assert not wrong, f"tones heard from the wrong peer: {wrong}"
     finally:
-        stop.set()
-        for task in players + receivers:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        for source in sources:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(source.aclose(), 5)
+        await stop_players(stop, players + receivers, *sources, cancel=True)
 
 
 async def rtp_report(participants: list[rtc.Room]) -> str:
