@@ -27,6 +27,7 @@ WARMUP=${WARMUP:-3}
 VBR=${VBR:-1000000}
 ABR=${ABR:-32000}
 EXTRA=${EXTRA:-}
+UDP_PORTS=${UDP_PORTS:-7882}   # a range (7882-7883) gives Relais one shard per port
 SRV=10.77.0.1
 CLI=10.77.0.2
 mkdir -p "$OUT"
@@ -79,7 +80,7 @@ cat > "$OUT/relais.yaml" <<EOF
 port: 7880
 bind_addresses: ["$SRV"]
 rtc:
-  udp_port: 7882
+  udp_port: "$UDP_PORTS"
   tcp_port: 7881
   node_ip: "$SRV"
 keys:

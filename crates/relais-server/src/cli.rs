@@ -23,7 +23,7 @@ use relais_auth::{generate_api_key, generate_api_secret, AccessToken, TokenVerif
 use serde_json::json;
 use thiserror::Error;
 
-use crate::config::{Config, ConfigError, LoggingConfig};
+use crate::config::{Config, ConfigError, LoggingConfig, UdpPorts};
 
 /// Exit code for configuration and usage errors.
 pub const EXIT_CONFIG: u8 = 2;
@@ -87,9 +87,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PORT")]
     pub port: Option<u16>,
 
-    /// Single UDP port for WebRTC media (rtc.udp_port).
-    #[arg(long, global = true, value_name = "PORT", env = "UDP_PORT")]
-    pub udp_port: Option<u16>,
+    /// UDP port for WebRTC media, or a range with one shard per port, e.g.
+    /// 7882-7889 (rtc.udp_port).
+    #[arg(long, global = true, value_name = "PORT[-PORT]", env = "UDP_PORT")]
+    pub udp_port: Option<UdpPorts>,
 
     /// IP address advertised to clients (rtc.node_ip).
     #[arg(long, global = true, value_name = "IP", env = "NODE_IP")]

@@ -32,6 +32,8 @@ pub const DEV_API_KEY: &str = "devkey";
 pub const DEV_API_SECRET: &str = "secret";
 /// The single muxed UDP port used in development mode.
 pub const DEV_UDP_PORT: u16 = 7882;
+/// The longest `rtc.udp_port` range: one shard per port, 256 shards at most.
+pub const MAX_UDP_PORTS: usize = 256;
 
 /// Errors from loading or validating the configuration. Messages name the
 /// offending key and never contain a secret.
@@ -146,13 +148,102 @@ impl Default for Config {
     }
 }
 
+/// `rtc.udp_port`: one port (`7882`) or, as LiveKit accepts, a range
+/// (`"7882-7889"`). With one port a receive thread hands each datagram to the
+/// shard that owns its session; with a range there is one shard per port, and
+/// each shard reads its own socket (no hand-off between threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpPorts {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl UdpPorts {
+    pub fn single(port: u16) -> Self {
+        UdpPorts {
+            first: port,
+            last: port,
+        }
+    }
+
+    /// How many ports the range holds (at least one).
+    pub fn count(&self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for UdpPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl std::str::FromStr for UdpPorts {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!(
+                "{s:?} is not a port (1-65535) or a range like 7882-7889"
+            )),
+            Ok(p) => Ok(p),
+        };
+        let ports = match s.split_once('-') {
+            Some((first, last)) => UdpPorts {
+                first: port(first)?,
+                last: port(last)?,
+            },
+            None => UdpPorts::single(port(s)?),
+        };
+        if ports.first > ports.last {
+            return Err(format!("{s:?}: the range ends before it starts"));
+        }
+        Ok(ports)
+    }
+}
+
+/// A single port is written as a number (as LiveKit's YAML has it), a range as a string.
+impl Serialize for UdpPorts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.first == self.last {
+            serializer.serialize_u16(self.first)
+        } else {
+            serializer.collect_str(self)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for UdpPorts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => n.to_string().parse(),
+            Raw::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
 /// `rtc:` — WebRTC transport.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RtcConfig {
-    /// Single muxed UDP port for all media (dev: 7882). When unset, the
-    /// `port_range_start..=port_range_end` range is used.
-    pub udp_port: Option<u16>,
+    /// Muxed UDP port(s) for all media (dev: 7882): one port, or a range
+    /// with one shard per port (see [`UdpPorts`]).
+    pub udp_port: Option<UdpPorts>,
     /// ICE over TCP port (passive host candidates, RFC 6544 with RFC 4571
     /// framing), bound on the same address as the UDP port. Default 7881; 0
     /// disables.
@@ -523,7 +614,7 @@ impl Config {
             }
         }
         if self.rtc.udp_port.is_none() {
-            self.rtc.udp_port = Some(DEV_UDP_PORT);
+            self.rtc.udp_port = Some(UdpPorts::single(DEV_UDP_PORT));
         }
         if !explicit.log_level {
             self.logging.level = "debug".into();
@@ -552,11 +643,17 @@ impl Config {
                 ));
             }
         }
-        if self.rtc.udp_port == Some(0) {
-            return Err(invalid(
-                "rtc.udp_port",
-                "must be between 1 and 65535".into(),
-            ));
+        if let Some(ports) = self.rtc.udp_port {
+            // A shard's number is two hex digits of each ICE ufrag.
+            if ports.count() > MAX_UDP_PORTS {
+                return Err(invalid(
+                    "rtc.udp_port",
+                    format!(
+                        "{ports} holds {} ports; at most {MAX_UDP_PORTS} (one shard each)",
+                        ports.count()
+                    ),
+                ));
+            }
         }
         if self.rtc.tcp_only && self.rtc.tcp_port == 0 {
             return Err(invalid(
@@ -858,7 +955,7 @@ development: false
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.port, 7890);
         assert_eq!(c.bind_addresses, ["127.0.0.1", "::1"]);
-        assert_eq!(c.rtc.udp_port, Some(7882));
+        assert_eq!(c.rtc.udp_port, Some(UdpPorts::single(7882)));
         assert_eq!(c.rtc.tcp_port, 7883);
         assert_eq!(
             (c.rtc.port_range_start, c.rtc.port_range_end),
@@ -917,6 +1014,20 @@ development: false
     }
 
     #[test]
+    fn udp_port_is_a_port_or_a_range() {
+        let c = yaml("keys: {a: b}\nrtc:\n  udp_port: \"7882-7885\"\n").unwrap();
+        let ports = c.rtc.udp_port.unwrap();
+        assert_eq!((ports.first, ports.last, ports.count()), (7882, 7885, 4));
+        assert_eq!(ports.ports().collect::<Vec<_>>(), [7882, 7883, 7884, 7885]);
+        // Written back as read: a number for one port, a string for a range.
+        let json = serde_json::to_value(c.rtc).unwrap();
+        assert_eq!(json["udp_port"], "7882-7885");
+        let one = serde_json::to_value(UdpPorts::single(7882)).unwrap();
+        assert_eq!(one, 7882);
+        assert_eq!("7882".parse::<UdpPorts>(), Ok(UdpPorts::single(7882)));
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let cases = [
             ("port: abc", "port"),
@@ -924,6 +1035,9 @@ development: false
             ("port: -1", "port"),
             ("rtc:\n  udp_port: 70000", "rtc.udp_port"),
             ("rtc:\n  udp_port: 0", "rtc.udp_port"),
+            ("rtc:\n  udp_port: \"7890-7880\"", "rtc.udp_port"),
+            ("rtc:\n  udp_port: \"7880-\"", "rtc.udp_port"),
+            ("rtc:\n  udp_port: \"7000-7300\"", "rtc.udp_port"),
             ("rtc:\n  use_external_ip: maybe", "rtc.use_external_ip"),
             ("rtc:\n  node_ip: not-an-ip", "rtc.node_ip"),
             ("rtc:\n  tcp_only: true\n  tcp_port: 0", "rtc.tcp_only"),
@@ -1000,14 +1114,14 @@ development: false
         );
         assert_eq!(c.bind_addresses[0], "127.0.0.1");
         assert!(c.bind_addresses.len() <= 2);
-        assert_eq!(c.rtc.udp_port, Some(DEV_UDP_PORT));
+        assert_eq!(c.rtc.udp_port, Some(UdpPorts::single(DEV_UDP_PORT)));
         assert_eq!(c.logging.level, "debug");
         let keys = c.key_provider().unwrap();
         assert_eq!(keys.secret("devkey"), Some("secret"));
 
         // `development: true` in the file is the same as --dev.
         let c = load(body("development: true")).unwrap();
-        assert_eq!(c.rtc.udp_port, Some(DEV_UDP_PORT));
+        assert_eq!(c.rtc.udp_port, Some(UdpPorts::single(DEV_UDP_PORT)));
     }
 
     #[test]
@@ -1022,7 +1136,7 @@ development: false
         })
         .unwrap();
         assert_eq!(c.bind_addresses, ["0.0.0.0"]);
-        assert_eq!(c.rtc.udp_port, Some(9000));
+        assert_eq!(c.rtc.udp_port, Some(UdpPorts::single(9000)));
         assert_eq!(c.logging.level, "error");
         assert!(!c.keys.contains_key(DEV_API_KEY));
         assert_eq!(c.keys["mine"], "s");
@@ -1044,7 +1158,7 @@ development: false
                     .into(),
             ),
             port: Some(2000),
-            udp_port: Some(3000),
+            udp_port: Some(UdpPorts::single(3000)),
             node_ip: Some("2.2.2.2".into()),
             redis_host: Some("other:6379".into()),
             redis_password: Some("pw".into()),
@@ -1055,7 +1169,7 @@ development: false
         })
         .unwrap();
         assert_eq!(c.port, 2000);
-        assert_eq!(c.rtc.udp_port, Some(3000));
+        assert_eq!(c.rtc.udp_port, Some(UdpPorts::single(3000)));
         assert_eq!(c.rtc.node_ip.as_deref(), Some("2.2.2.2"));
         assert_eq!(c.redis.address, "other:6379");
         assert_eq!(c.redis.password, "pw");

@@ -3,6 +3,7 @@
 pub mod cli;
 mod cluster;
 pub mod config;
+mod doorbell;
 mod events;
 pub mod http;
 pub mod metrics;

@@ -17,7 +17,7 @@ use crate::events::EventSinks;
 use crate::http::{router, AppState};
 use crate::room_api::ShardsBackend;
 use crate::room_routing::route_room_service;
-use crate::shards::Shards;
+use crate::shards::{Shards, UdpSockets};
 
 /// The webhook notifier, when `webhook.urls` is set. `webhook.api_key` must be
 /// one of the configured keys (its secret signs every delivery).
@@ -70,18 +70,23 @@ fn node_ip(config: &Config) -> IpAddr {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let keys = config.key_provider()?;
-    let Some(udp_port) = config.rtc.udp_port else {
-        bail!("rtc.udp_port must be set: Relais muxes all media on one UDP port");
+    let Some(udp_ports) = config.rtc.udp_port else {
+        bail!(
+            "rtc.udp_port must be set: Relais muxes all media on one UDP port (or one per shard)"
+        );
     };
     let listen = config.listen_ips();
     let udp_ip = listen
         .first()
         .copied()
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let udp = UdpSocket::bind(SocketAddr::new(udp_ip, udp_port))
-        .with_context(|| format!("binding the media UDP port {udp_ip}:{udp_port}"))?;
-    crate::udp::size_buffers(&udp);
-    let candidate = SocketAddr::new(node_ip(&config), udp.local_addr()?.port());
+    let mut udp = Vec::with_capacity(udp_ports.count());
+    for port in udp_ports.ports() {
+        let socket = UdpSocket::bind(SocketAddr::new(udp_ip, port))
+            .with_context(|| format!("binding the media UDP port {udp_ip}:{port}"))?;
+        crate::udp::size_buffers(&socket);
+        udp.push(socket);
+    }
     // ICE over TCP listens where the UDP port does.
     let ice_tcp = match config.rtc.tcp_port {
         0 => None,
@@ -93,13 +98,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some((listener, advertised))
         }
     };
-    let mut candidates = Vec::new();
-    if !config.rtc.tcp_only {
-        candidates.push(udp_host_candidate(candidate)?);
-    }
-    if let Some((_, advertised)) = &ice_tcp {
-        candidates.push(tcp_passive_candidate(*advertised)?);
-    }
 
     let node_id = relais_proto::ids::new_id("ND_");
     // Before the shards start, so every metric they touch is described.
@@ -108,7 +106,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let mut media = MediaConfig::new(candidates, node_id.clone())?;
+    let mut media = MediaConfig::new(Vec::new(), node_id.clone())?;
     media.region = config.region.clone();
     media.room_defaults = RoomDefaults {
         empty_timeout: Duration::from_secs(u64::from(config.room.empty_timeout)),
@@ -116,12 +114,40 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_participants: config.room.max_participants,
     };
     let ping_timeout = media.ping_timeout;
-    let shard_count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One port: a shard per core behind a receive thread. A range: a shard per port.
+    let (shard_count, sockets) = match udp.len() {
+        1 => (
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            UdpSockets::Shared(udp.remove(0)),
+        ),
+        n => (n, UdpSockets::PerShard(udp)),
+    };
+    let shard_ports: Vec<u16> = match &sockets {
+        UdpSockets::Shared(socket) => vec![socket.local_addr()?.port(); shard_count],
+        UdpSockets::PerShard(sockets) => sockets
+            .iter()
+            .map(|s| s.local_addr().map(|a| a.port()))
+            .collect::<Result<_, _>>()?,
+    };
+    // Each shard's sessions advertise the UDP port it reads.
+    let mut configs = Vec::with_capacity(shard_count);
+    for port in shard_ports {
+        let mut shard_media = media.clone();
+        if !config.rtc.tcp_only {
+            let udp = SocketAddr::new(node_ip(&config), port);
+            shard_media.candidates.push(udp_host_candidate(udp)?);
+        }
+        if let Some((_, advertised)) = &ice_tcp {
+            shard_media
+                .candidates
+                .push(tcp_passive_candidate(*advertised)?);
+        }
+        configs.push(shard_media);
+    }
     let events = EventSinks {
         webhook: webhook_notifier(&config, &keys)?,
     };
-    let shards =
-        Shards::start(shard_count, media, udp, events).context("starting shard threads")?;
+    let shards = Shards::start(configs, sockets, events).context("starting shard threads")?;
     let ice_tcp_candidate = ice_tcp.as_ref().map(|(_, advertised)| *advertised);
     if let Some((listener, advertised)) = ice_tcp {
         crate::tcp::spawn(listener, shards.clone(), advertised);
@@ -178,7 +204,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the HTTP port {addr}"))?;
-        info!(%addr, %candidate, ice_tcp = ?ice_tcp_candidate, tcp_only = config.rtc.tcp_only,
+        info!(%addr, node_ip = %node_ip(&config), udp_ports = %udp_ports, ice_tcp = ?ice_tcp_candidate,
+            tcp_only = config.rtc.tcp_only,
             %node_id, shards = shard_count, "relais listening");
         let app = app.clone();
         let mut stop = stop_rx.clone();

@@ -1,13 +1,20 @@
 //! The I/O around the sans-IO media core: one OS thread per shard, each owning
-//! its [`Shard`] outright (no lock on the media path), and one UDP receive
-//! thread that hands datagrams, in batches, to the shards owning their sessions.
-//! Both directions use the socket in batches ([`crate::udp`]).
+//! its [`Shard`] outright (no lock on the media path). Both directions use the
+//! UDP sockets in batches ([`crate::udp`]). Datagrams reach a shard one of two
+//! ways ([`UdpSockets`]):
 //!
-//! Routing a datagram to a shard costs no lookup shared with other threads: the
-//! first STUN packet of a session carries a ufrag whose first two hex digits
-//! name the shard; the receive thread remembers the remote address from then on.
-//! ICE-TCP connections ([`crate::tcp`]) are routed the same way, once, by their
-//! first frame, and hand their frames to the same queues.
+//! - **one port for the node**: a UDP receive thread hands datagrams, in
+//!   batches, to the shards owning their sessions. Routing costs no lookup
+//!   shared with other threads: the first STUN packet of a session carries a
+//!   ufrag whose first two hex digits name the shard; the receive thread
+//!   remembers the remote address from then on.
+//! - **one port per shard** (`rtc.udp_port` a range): each shard advertises its
+//!   own port and reads its own socket; nothing is handed between threads,
+//!   which saves a wake-up of the receive thread and one of the shard per batch.
+//!
+//! ICE-TCP connections ([`crate::tcp`]) are routed like the shared port's
+//! datagrams, once, by their first frame, and hand their frames to the shards'
+//! queues.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,6 +32,7 @@ use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use tracing::{debug, error, info, Span};
 
+use crate::doorbell::Doorbell;
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
@@ -134,6 +142,8 @@ impl Pool {
 struct DatagramQueue {
     batches: channel::Sender<Batch>,
     queued: Arc<AtomicUsize>,
+    /// Rung after each batch when the shard sleeps on its own socket.
+    doorbell: Option<Arc<Doorbell>>,
 }
 
 impl DatagramQueue {
@@ -148,14 +158,45 @@ impl DatagramQueue {
         }
         self.batches.try_send(batch).inspect_err(|_| {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-        })
+        })?;
+        if let Some(doorbell) = &self.doorbell {
+            doorbell.ring();
+        }
+        Ok(())
     }
+}
+
+/// The way in for a shard's commands.
+#[derive(Clone)]
+struct CommandQueue {
+    commands: channel::Sender<Command>,
+    /// Rung after each command when the shard sleeps on its own socket.
+    doorbell: Option<Arc<Doorbell>>,
+}
+
+impl CommandQueue {
+    /// Queue `command`; false if the shard thread is gone.
+    fn send(&self, command: Command) -> bool {
+        let sent = self.commands.send(command).is_ok();
+        if let Some(doorbell) = &self.doorbell {
+            doorbell.ring();
+        }
+        sent
+    }
+}
+
+/// The node's media UDP sockets (see the module's documentation).
+pub enum UdpSockets {
+    /// One socket for every shard, read by a receive thread.
+    Shared(UdpSocket),
+    /// One socket per shard, in shard order.
+    PerShard(Vec<UdpSocket>),
 }
 
 /// Handle to all shards; cheap to clone.
 #[derive(Clone)]
 pub struct Shards {
-    senders: Arc<Vec<channel::Sender<Command>>>,
+    senders: Arc<Vec<CommandQueue>>,
     datagrams: Arc<Vec<DatagramQueue>>,
     pool: Arc<Pool>,
     next_key: Arc<AtomicU64>,
@@ -164,16 +205,31 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Start `count` shard threads and the UDP receive thread on `socket`.
-    /// Room events go to `events` (webhooks), from the shard threads.
+    /// Start a shard thread per config (each config holds its shard's ICE
+    /// candidates) on `sockets`; with a shared socket, also the UDP receive
+    /// thread. Room events go to `events` (webhooks), from the shard threads.
     pub fn start(
-        count: usize,
-        config: MediaConfig,
-        socket: UdpSocket,
+        configs: Vec<MediaConfig>,
+        sockets: UdpSockets,
         events: EventSinks,
     ) -> io::Result<Shards> {
-        let socket = Arc::new(socket);
-        let local = socket.local_addr()?;
+        let count = configs.len();
+        // Per shard: the socket it sends on, and whether it reads it itself.
+        let (shard_sockets, shared) = match sockets {
+            UdpSockets::Shared(socket) => {
+                let socket = Arc::new(socket);
+                (vec![socket.clone(); count], Some(socket))
+            }
+            UdpSockets::PerShard(sockets) if sockets.len() == count => {
+                (sockets.into_iter().map(Arc::new).collect(), None)
+            }
+            UdpSockets::PerShard(sockets) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} UDP sockets for {count} shards", sockets.len()),
+                ))
+            }
+        };
         let mut senders = Vec::with_capacity(count);
         let mut datagrams = Vec::with_capacity(count);
         let pool = Arc::new(Pool {
@@ -181,26 +237,39 @@ impl Shards {
             batches: ArrayQueue::new(BATCH_POOL),
         });
         let node = Arc::new(NodeState::new(count));
-        for index in 0..count {
+        for (index, (config, socket)) in configs.into_iter().zip(shard_sockets).enumerate() {
             let (tx, rx) = channel::unbounded();
             // Every batch holds a datagram or more, so `queued` is the binding limit.
             let (datagram_tx, datagram_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
             let queued = Arc::new(AtomicUsize::new(0));
+            // With its own socket, the shard reads it and sleeps on it.
+            let own = match shared {
+                Some(_) => None,
+                None => {
+                    socket.set_nonblocking(true)?;
+                    Some((socket.local_addr()?, Arc::new(Doorbell::new()?)))
+                }
+            };
+            let doorbell = own.as_ref().map(|(_, doorbell)| doorbell.clone());
             let shard_pool = pool.clone();
             let shard_queued = queued.clone();
-            let shard = Shard::new(index as u8, config.clone());
-            let socket = socket.clone();
+            let shard = Shard::new(index as u8, config);
             let events = events.clone();
             let node = node.clone();
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
+                    let own_socket = own.map(|(local, doorbell)| OwnSocket {
+                        reader: SocketReader::new(socket.clone(), local, &shard_pool),
+                        doorbell,
+                    });
                     let inbox = Inbox {
                         commands: rx,
                         datagrams: datagram_rx,
                         queued: shard_queued,
                         current: Batch::new(),
                         pool: shard_pool,
+                        own_socket,
                     };
                     let outbox = Outbox {
                         socket,
@@ -210,10 +279,14 @@ impl Shards {
                     };
                     run_shard(shard, inbox, outbox, events, node)
                 })?;
-            senders.push(tx);
+            senders.push(CommandQueue {
+                commands: tx,
+                doorbell: doorbell.clone(),
+            });
             datagrams.push(DatagramQueue {
                 batches: datagram_tx,
                 queued,
+                doorbell,
             });
         }
         let shards = Shards {
@@ -223,10 +296,16 @@ impl Shards {
             next_key: Arc::new(AtomicU64::new(1)),
             node,
         };
-        let receiver = shards.clone();
-        std::thread::Builder::new()
-            .name("udp-recv".into())
-            .spawn(move || receiver.receive_loop(&socket, local))?;
+        if let Some(socket) = shared {
+            let local = socket.local_addr()?;
+            let receiver = shards.clone();
+            std::thread::Builder::new()
+                .name("udp-recv".into())
+                .spawn(move || {
+                    let reader = SocketReader::new(socket, local, &receiver.pool);
+                    receiver.receive_loop(reader)
+                })?;
+        }
         Ok(shards)
     }
 
@@ -266,7 +345,9 @@ impl Shards {
         let task: AdminTask = Box::new(move |shard, now, unix_ms| {
             let _ = reply.send(f(shard, now, unix_ms));
         });
-        self.senders.get(index)?.send(Command::Admin(task)).ok()?;
+        if !self.senders.get(index)?.send(Command::Admin(task)) {
+            return None;
+        }
         answer.await.ok()
     }
 
@@ -288,7 +369,7 @@ impl Shards {
             signal,
             reply,
         };
-        if self.senders[shard].send(command).is_err() {
+        if !self.senders[shard].send(command) {
             return Err(JoinError::Closed);
         }
         let span = answer.await.map_err(|_| JoinError::Closed)??;
@@ -325,58 +406,24 @@ impl Shards {
         })
     }
 
-    fn receive_loop(&self, socket: &UdpSocket, local: SocketAddr) {
+    fn receive_loop(&self, mut reader: SocketReader) {
         let mut shard_of_addr: HashMap<SocketAddr, usize> = HashMap::new();
-        let mut metrics = ReceiveMetrics::new(Instant::now());
         // Wake up now and then to hand over the counters even when idle.
-        let _ = socket.set_read_timeout(Some(metrics::FLUSH_INTERVAL));
-        let mut receiver = udp::Receiver::new();
-        let mut buffers: Vec<Vec<u8>> = (0..udp::BATCH).map(|_| self.pool.buffer()).collect();
+        let _ = reader
+            .socket
+            .set_read_timeout(Some(metrics::FLUSH_INTERVAL));
         // Per shard, the datagrams of the current system call.
         let mut batches: Vec<Batch> = (0..self.count()).map(|_| self.pool.batch()).collect();
         loop {
-            let result = receiver.receive(socket, &mut buffers);
-            let received = Instant::now();
-            metrics.syscalls += 1;
-            metrics.flush_if_due(received);
-            let count = match result {
-                Ok(count) => count,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    continue
+            reader.read(&self.pool, |datagram, metrics| {
+                match self.route(&mut shard_of_addr, datagram.source, &datagram.data) {
+                    Some(shard) => batches[shard].push_back(datagram),
+                    None => {
+                        metrics.unroutable += 1;
+                        self.pool.recycle_buffer(datagram.data);
+                    }
                 }
-                Err(e) => {
-                    // ICMP errors (port unreachable) surface here on Linux; keep going.
-                    debug!(error = %e, "udp receive error");
-                    continue;
-                }
-            };
-            for (i, buffer) in buffers[..count].iter_mut().enumerate() {
-                metrics.datagrams += 1;
-                metrics.bytes += buffer.len() as u64;
-                let Some(source) = receiver.source(i) else {
-                    metrics.unroutable += 1;
-                    continue;
-                };
-                let Some(shard) = self.route(&mut shard_of_addr, source, buffer) else {
-                    metrics.unroutable += 1;
-                    continue;
-                };
-                batches[shard].push_back(Datagram {
-                    proto: Protocol::Udp,
-                    source,
-                    destination: local,
-                    data: std::mem::replace(buffer, self.pool.buffer()),
-                    received,
-                    opened: None,
-                });
-            }
+            });
             for (shard, batch) in batches.iter_mut().enumerate() {
                 if batch.is_empty() {
                     continue;
@@ -385,7 +432,7 @@ impl Shards {
                 match self.datagrams[shard].offer(batch) {
                     Ok(()) => {}
                     Err(channel::TrySendError::Full(batch)) => {
-                        metrics.shard_queue_full += batch.len() as u64;
+                        reader.metrics.shard_queue_full += batch.len() as u64;
                         self.pool.recycle_batch(batch);
                     }
                     Err(channel::TrySendError::Disconnected(_)) => {
@@ -415,10 +462,89 @@ impl Shards {
     }
 }
 
+/// Reads a UDP socket, [`udp::BATCH`] datagrams per system call, into pool
+/// buffers, and counts what it reads.
+struct SocketReader {
+    socket: Arc<UdpSocket>,
+    /// The socket's own address: the datagrams' destination.
+    local: SocketAddr,
+    receiver: udp::Receiver,
+    buffers: Vec<Vec<u8>>,
+    metrics: ReceiveMetrics,
+}
+
+impl SocketReader {
+    /// Built on the thread that reads: the receiver's headers hold raw pointers.
+    fn new(socket: Arc<UdpSocket>, local: SocketAddr, pool: &Pool) -> Self {
+        SocketReader {
+            local,
+            socket,
+            receiver: udp::Receiver::new(),
+            buffers: (0..udp::BATCH).map(|_| pool.buffer()).collect(),
+            metrics: ReceiveMetrics::new(Instant::now()),
+        }
+    }
+
+    /// One `recvmmsg` (it blocks as the socket does): each datagram goes to
+    /// `deliver`, its buffer replaced by one from `pool`. Returns how many.
+    fn read(
+        &mut self,
+        pool: &Pool,
+        mut deliver: impl FnMut(Datagram, &mut ReceiveMetrics),
+    ) -> usize {
+        let result = self.receiver.receive(&self.socket, &mut self.buffers);
+        let received = Instant::now();
+        self.metrics.syscalls += 1;
+        self.metrics.flush_if_due(received);
+        let count = match result {
+            Ok(count) => count,
+            Err(e) => {
+                let quiet = matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                );
+                if !quiet {
+                    // ICMP errors (port unreachable) surface here on Linux; keep going.
+                    debug!(error = %e, "udp receive error");
+                }
+                return 0;
+            }
+        };
+        for (i, buffer) in self.buffers[..count].iter_mut().enumerate() {
+            self.metrics.datagrams += 1;
+            self.metrics.bytes += buffer.len() as u64;
+            let Some(source) = self.receiver.source(i) else {
+                self.metrics.unroutable += 1;
+                continue;
+            };
+            let datagram = Datagram {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                data: std::mem::replace(buffer, pool.buffer()),
+                received,
+                opened: None,
+            };
+            deliver(datagram, &mut self.metrics);
+        }
+        count
+    }
+}
+
+/// A shard's own UDP socket (one port per shard, non-blocking): read without
+/// waiting while the shard works, slept on with the doorbell when it has
+/// nothing to do.
+struct OwnSocket {
+    reader: SocketReader,
+    doorbell: Arc<Doorbell>,
+}
+
 /// A joined participant's way to its shard.
 #[derive(Clone)]
 pub struct ShardHandle {
-    sender: channel::Sender<Command>,
+    sender: CommandQueue,
     key: ParticipantKey,
     span: Span,
 }
@@ -435,11 +561,11 @@ impl ShardHandle {
     }
 
     pub fn signal(&self, req: SignalRequest) {
-        let _ = self.sender.send(Command::Signal(self.key, Box::new(req)));
+        self.sender.send(Command::Signal(self.key, Box::new(req)));
     }
 
     pub fn remove(&self, reason: DisconnectReason) {
-        let _ = self.sender.send(Command::Remove(self.key, reason));
+        self.sender.send(Command::Remove(self.key, reason));
     }
 }
 
@@ -460,6 +586,8 @@ struct Inbox {
     /// The batch being worked through, front first.
     current: Batch,
     pool: Arc<Pool>,
+    /// With one port per shard: the shard's socket, read here.
+    own_socket: Option<OwnSocket>,
 }
 
 enum Work {
@@ -472,6 +600,17 @@ impl Inbox {
     fn next(&mut self, wait: Duration) -> Result<Option<Work>, ()> {
         if let Some(work) = self.try_next() {
             return Ok(Some(work));
+        }
+        if let Some(own) = &self.own_socket {
+            let (commands, datagrams) = (&self.commands, &self.datagrams);
+            own.doorbell.sleep(&own.reader.socket, wait, || {
+                !commands.is_empty() || !datagrams.is_empty()
+            });
+            return match self.commands.try_recv() {
+                Ok(command) => Ok(Some(Work::Command(command))),
+                Err(channel::TryRecvError::Disconnected) => Err(()),
+                Err(channel::TryRecvError::Empty) => Ok(self.try_next()),
+            };
         }
         channel::select! {
             recv(self.datagrams) -> batch => Ok(batch.ok().and_then(|b| {
@@ -491,8 +630,13 @@ impl Inbox {
             return Some(Work::Command(command));
         }
         if self.current.is_empty() {
-            let batch = self.datagrams.try_recv().ok()?;
-            self.start(batch);
+            if let Ok(batch) = self.datagrams.try_recv() {
+                self.start(batch);
+            } else if let Some(own) = &mut self.own_socket {
+                let current = &mut self.current;
+                own.reader
+                    .read(&self.pool, |datagram, _| current.push_back(datagram));
+            }
         }
         self.current.pop_front().map(Work::Datagram)
     }
@@ -764,6 +908,7 @@ mod tests {
         let queue = DatagramQueue {
             batches: batch_tx,
             queued: queued.clone(),
+            doorbell: None,
         };
         let mut inbox = Inbox {
             commands: command_rx,
@@ -771,6 +916,7 @@ mod tests {
             queued: queued.clone(),
             current: Batch::new(),
             pool: pool.clone(),
+            own_socket: None,
         };
 
         assert!(queue.offer(batch(&pool, 2, 0)).is_ok());
