@@ -9,6 +9,8 @@
 #   crates/relais-loadtest/scripts/compare.sh            # defaults below
 #   VPUB=1 APUB=1 SUBS=100 DUR=15 crates/relais-loadtest/scripts/compare.sh
 #   SKIP_JANUS=1 ...                                      # Relais and the floor only
+#   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0
+#   UDP_PORTS=7882 ...                                    # Relais with one UDP port
 #
 # Needs root (unshare/nsenter), iproute2, janus (apt-get install janus) and the
 # release binaries: cargo build --release -p relais-server -p relais-loadtest
@@ -27,7 +29,11 @@ WARMUP=${WARMUP:-3}
 VBR=${VBR:-1000000}
 ABR=${ABR:-32000}
 EXTRA=${EXTRA:-}
-UDP_PORTS=${UDP_PORTS:-7882}   # a range (7882-7883) gives Relais one shard per port
+UDP_PORTS=${UDP_PORTS:-7882-7883}   # Relais: one shard per port; a single port: a receive thread
+# PIN=1: the server under test (and the floor) on CPU 1, the load generator on CPU 0, so that
+# they do not compete for a core and "CPU %" is a share of the server's own core.
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ]; then SERVER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0); else SERVER_CPU=(); CLIENT_CPU=(); fi
 SRV=10.77.0.1
 CLI=10.77.0.2
 mkdir -p "$OUT"
@@ -72,7 +78,7 @@ echo "== floor" >&2
 PKT_PER_S=$(( ROOMS * (VPUB * 4 * 30 + APUB * 50) ))
 [ "$PKT_PER_S" -ge 50 ] || PKT_PER_S=50
 if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 50)); fi
-"$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
+"${SERVER_CPU[@]}" "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
   --json > "$OUT/floor.json"
 
 echo "== relais" >&2
@@ -91,11 +97,11 @@ room:
   empty_timeout: 5
 EOF
 # nsenter execs the server: $! is the server's own PID (not a subshell's).
-nsenter -t "$NS" -n "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
+nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
 RPID=$!
 PIDS+=("$RPID")
 wait_http "http://$SRV:7880/"
-in_ns "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
+in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
   > "$OUT/relais.json"
 kill "$RPID" 2>/dev/null || true
 
@@ -105,11 +111,11 @@ if [ -z "${SKIP_JANUS:-}" ]; then
   mkdir -p "$JCFG"
   cp "$HERE/../janus/"*.jcfg "$JCFG/"
   sed -i "s|configs_folder = \".\"|configs_folder = \"$JCFG\"|" "$JCFG/janus.jcfg"
-  nsenter -t "$NS" -n janus -C "$JCFG/janus.jcfg" -F "$JCFG" > "$OUT/janus.log" 2>&1 &
+  nsenter -t "$NS" -n "${SERVER_CPU[@]}" janus -C "$JCFG/janus.jcfg" -F "$JCFG" > "$OUT/janus.log" 2>&1 &
   JPID=$!
   PIDS+=("$JPID")
   wait_http "http://$SRV:8088/janus/info"
-  in_ns "$BIN/relais-loadtest" --mode janus --url "http://$SRV:8088/janus" --server-pid "$JPID" \
+  in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --mode janus --url "http://$SRV:8088/janus" --server-pid "$JPID" \
     --label janus "${LOAD[@]}" > "$OUT/janus.json"
   kill "$JPID" 2>/dev/null || true
 fi
