@@ -180,6 +180,9 @@ def test_env_and_flag_overrides(tmp_path):
     c = check_config("--config", path, "--udp-port", "3000", "--node-ip", "203.0.113.1", env=env)
     assert c["rtc"]["udp_port"] == 3000
     assert c["rtc"]["node_ip"] == "203.0.113.1"
+    # A range (one shard per port), as LiveKit's udp_port accepts it.
+    c = check_config("--config", path, env=clean_env(UDP_PORT="7990-7993"))
+    assert c["rtc"]["udp_port"] == "7990-7993"
 
 
 def test_livekit_config_env_holds_yaml_content():
