@@ -2,7 +2,8 @@
 
 Two rooms whose names hash to different shards: in each, Alice's tone and picture reach
 Bob, and Bob's peer connections talk to the port of his room's shard (the remote ICE
-candidates the SDK reports), so the two rooms' media never share a socket.
+candidates the SDK reports), so the two rooms' media never share a socket. The same over
+ICE-TCP, whose frames reach such a shard through its queue and doorbell.
 """
 
 from __future__ import annotations
@@ -79,3 +80,17 @@ async def test_each_shard_has_its_own_port(relais_factory, rooms):
                 f"{who.local_participant.identity} in a room of shard {shard} "
                 f"talks to ports {ports}, not {first + shard}"
             )
+
+
+async def test_ice_tcp_reaches_shards_that_read_their_own_port(relais_factory, rooms):
+    """ICE-TCP frames are queued for the shard and ring its doorbell (it sleeps on its
+    UDP socket, which carries nothing here)."""
+    first = free_udp_ports(SHARDS)
+    relais = relais_factory(
+        {"rtc": {"udp_port": f"{first}-{first + SHARDS - 1}", "tcp_only": True}}
+    )
+    for shard in range(SHARDS):
+        alice, bob = await join_pair(relais, rooms, room_on_shard(shard))
+        tone, frames = await send_tone_and_picture(alice, bob)
+        check_tone_and_picture(tone, frames)
+        assert await server_ports(bob) == set(), "no UDP candidate is advertised"
