@@ -9,7 +9,7 @@ use relais_auth::TokenVerifier;
 use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_media::{tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -85,6 +85,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let socket = UdpSocket::bind(SocketAddr::new(udp_ip, port))
             .with_context(|| format!("binding the media UDP port {udp_ip}:{port}"))?;
         crate::udp::size_buffers(&socket);
+        if let Err(e) = crate::udp::stamp_arrivals(&socket) {
+            warn!(error = %e, "no arrival stamps on the media socket: stale media is aged from when it is read");
+        }
         udp.push(socket);
     }
     // ICE over TCP listens where the UDP port does.

@@ -91,6 +91,9 @@ const SHARD_DATAGRAM_QUEUE: usize = 8192;
 /// forwarding everything seconds late. STUN and DTLS (handshakes, consent,
 /// data channels) are always handled, so connections survive the overload.
 const STALE_MEDIA_AFTER: Duration = Duration::from_millis(300);
+/// Longer than any datagram can have waited in a socket: an arrival stamp
+/// further back means the wall clock moved, and is ignored.
+const MAX_SOCKET_WAIT: Duration = Duration::from_secs(60);
 /// Work items a shard handles before it looks at its timers again.
 const MAX_BATCH: usize = 256;
 /// Receive buffers kept for reuse.
@@ -262,6 +265,7 @@ impl Shards {
                     let own_socket = own.map(|(local, doorbell)| OwnSocket {
                         reader: SocketReader::new(socket.clone(), local, &shard_pool),
                         doorbell,
+                        socket_first: false,
                     });
                     let inbox = Inbox {
                         commands: rx,
@@ -493,9 +497,10 @@ impl SocketReader {
         mut deliver: impl FnMut(Datagram, &mut ReceiveMetrics),
     ) -> usize {
         let result = self.receiver.receive(&self.socket, &mut self.buffers);
-        let received = Instant::now();
+        let read_at = Instant::now();
+        let wall_clock = SystemTime::now();
         self.metrics.syscalls += 1;
-        self.metrics.flush_if_due(received);
+        self.metrics.flush_if_due(read_at);
         let count = match result {
             Ok(count) => count,
             Err(e) => {
@@ -519,12 +524,20 @@ impl SocketReader {
                 self.metrics.unroutable += 1;
                 continue;
             };
+            // The kernel's arrival stamp: how long the datagram waited in the
+            // socket counts toward its age (stale media, forward latency).
+            let waited = self
+                .receiver
+                .arrival(i)
+                .and_then(|arrival| wall_clock.duration_since(arrival).ok())
+                .filter(|w| *w < MAX_SOCKET_WAIT)
+                .unwrap_or_default();
             let datagram = Datagram {
                 proto: Protocol::Udp,
                 source,
                 destination: self.local,
                 data: std::mem::replace(buffer, pool.buffer()),
-                received,
+                received: read_at.checked_sub(waited).unwrap_or(read_at),
                 opened: None,
             };
             deliver(datagram, &mut self.metrics);
@@ -539,6 +552,8 @@ impl SocketReader {
 struct OwnSocket {
     reader: SocketReader,
     doorbell: Arc<Doorbell>,
+    /// Which of the socket and the queue to look at first next time.
+    socket_first: bool,
 }
 
 /// A joined participant's way to its shard.
@@ -630,15 +645,40 @@ impl Inbox {
             return Some(Work::Command(command));
         }
         if self.current.is_empty() {
-            if let Ok(batch) = self.datagrams.try_recv() {
-                self.start(batch);
-            } else if let Some(own) = &mut self.own_socket {
-                let current = &mut self.current;
-                own.reader
-                    .read(&self.pool, |datagram, _| current.push_back(datagram));
+            // A shard's own socket and its queue (ICE-TCP frames) take turns,
+            // so that a busy one never starves the other.
+            let socket_first = self.own_socket.as_mut().is_some_and(|own| {
+                own.socket_first = !own.socket_first;
+                own.socket_first
+            });
+            if socket_first {
+                self.read_own_socket();
+            }
+            if self.current.is_empty() && !self.take_queued() && !socket_first {
+                self.read_own_socket();
             }
         }
         self.current.pop_front().map(Work::Datagram)
+    }
+
+    /// Make the next queued batch the current one; false if none is queued.
+    fn take_queued(&mut self) -> bool {
+        match self.datagrams.try_recv() {
+            Ok(batch) => {
+                self.start(batch);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Fill the (empty) current batch from the shard's own socket, if it has one.
+    fn read_own_socket(&mut self) {
+        if let Some(own) = &mut self.own_socket {
+            let current = &mut self.current;
+            own.reader
+                .read(&self.pool, |datagram, _| current.push_back(datagram));
+        }
     }
 
     /// Make `batch` the current one (the current one is used up).
@@ -950,6 +990,56 @@ mod tests {
         assert!(inbox.try_next().is_none());
         assert_eq!(queued.load(Ordering::Relaxed), 0);
     }
+    #[test]
+    fn own_socket_and_queue_take_turns() {
+        let pool = Arc::new(Pool {
+            buffers: ArrayQueue::new(16),
+            batches: ArrayQueue::new(16),
+        });
+        let (_command_tx, command_rx) = channel::unbounded();
+        let (batch_tx, batch_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        socket.set_nonblocking(true).unwrap();
+        let local = socket.local_addr().unwrap();
+        let doorbell = Arc::new(Doorbell::new().unwrap());
+        let queue = DatagramQueue {
+            batches: batch_tx,
+            queued: queued.clone(),
+            doorbell: Some(doorbell.clone()),
+        };
+        let mut inbox = Inbox {
+            commands: command_rx,
+            datagrams: batch_rx,
+            queued,
+            current: Batch::new(),
+            pool: pool.clone(),
+            own_socket: Some(OwnSocket {
+                reader: SocketReader::new(socket, local, &pool),
+                doorbell,
+                socket_first: false,
+            }),
+        };
+        // Two busy sources: frames queued (0, 1, 2), and more datagrams on the
+        // socket (100, 101, ...) than one read takes.
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for i in 0..3u8 {
+            assert!(queue.offer(batch(&pool, 1, i)).is_ok());
+        }
+        let on_socket = udp::BATCH + 6;
+        for i in 0..on_socket {
+            peer.send_to(&[100 + i as u8], local).unwrap();
+        }
+        let mut seen = Vec::new();
+        while let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_millis(200)) {
+            seen.push(d.data[0]);
+        }
+        // One read's worth of the socket, a frame, the rest of the socket, the other frames.
+        assert_eq!(seen.len(), on_socket + 3, "{seen:?}");
+        assert_eq!(seen[udp::BATCH], 0, "{seen:?}");
+        assert_eq!(seen[udp::BATCH + 7..], [1, 2], "{seen:?}");
+    }
+
     #[test]
     fn tcp_packets_go_to_their_connection_and_a_full_queue_drops() {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());

@@ -14,6 +14,7 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use str0m::net::Transmit;
 use tracing::{debug, info, warn};
@@ -60,6 +61,13 @@ pub fn size_buffers(socket: &UdpSocket) {
     } else {
         info!(receive, send, "media socket buffers");
     }
+}
+
+/// Have the kernel stamp each datagram with its arrival time
+/// ([`Receiver::arrival`]): a shard that reads its own socket may leave
+/// datagrams there for a while, and how stale they are must count that wait.
+pub fn stamp_arrivals(socket: &UdpSocket) -> io::Result<()> {
+    set_option(socket.as_raw_fd(), libc::SO_TIMESTAMPNS, 1)
 }
 
 fn set_option(fd: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -187,15 +195,22 @@ impl Headers {
     }
 }
 
+/// Room for one control message holding a `timespec` (the arrival stamp), in
+/// `u64` words so that it is aligned for `cmsghdr`.
+const CONTROL_WORDS: usize = 8;
+
 /// Receives up to [`BATCH`] datagrams per system call.
 pub struct Receiver {
     headers: Headers,
+    /// Per datagram, the control messages the kernel writes (arrival stamps).
+    controls: Vec<[u64; CONTROL_WORDS]>,
 }
 
 impl Receiver {
     pub fn new() -> Self {
         Receiver {
             headers: Headers::new(),
+            controls: vec![[0; CONTROL_WORDS]; BATCH],
         }
     }
 
@@ -211,6 +226,9 @@ impl Receiver {
             buffer.clear();
             self.headers
                 .set(i, buffer.as_mut_ptr(), buffer.capacity(), name_len);
+            let header = &mut self.headers.headers[i].msg_hdr;
+            header.msg_control = self.controls[i].as_mut_ptr().cast();
+            header.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
         }
         // SAFETY: each of the `count` headers points at its own iovec and
         // address slot in `self.headers` and at a buffer of `buffers`, all alive
@@ -239,6 +257,32 @@ impl Receiver {
     /// The sender of datagram `i` of the last [`Receiver::receive`].
     pub fn source(&self, i: usize) -> Option<SocketAddr> {
         read_sockaddr(&self.headers.addrs[i])
+    }
+
+    /// When the kernel received datagram `i` of the last [`Receiver::receive`],
+    /// if the socket stamps arrivals ([`stamp_arrivals`]).
+    pub fn arrival(&self, i: usize) -> Option<SystemTime> {
+        let header = &self.headers.headers[i].msg_hdr;
+        // SAFETY: the kernel set `msg_controllen` to the bytes it wrote into
+        // `msg_control` (our buffer of `controls[i]`); the CMSG macros walk
+        // within that length.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(header);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                {
+                    let stamp: libc::timespec = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                    let since_epoch = Duration::new(
+                        u64::try_from(stamp.tv_sec).ok()?,
+                        u32::try_from(stamp.tv_nsec).ok()?,
+                    );
+                    return UNIX_EPOCH.checked_add(since_epoch);
+                }
+                cmsg = libc::CMSG_NXTHDR(header, cmsg);
+            }
+        }
+        None
     }
 }
 
@@ -354,7 +398,6 @@ fn wait_writable(socket: &UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn transmit(to: SocketAddr, contents: &[u8]) -> Transmit {
         Transmit {
@@ -415,6 +458,39 @@ mod tests {
                 seen += 1;
             }
         }
+    }
+
+    #[test]
+    fn arrivals_are_stamped_by_the_kernel() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut receiver = Receiver::new();
+        let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
+
+        // Without the option: no stamp.
+        a.send_to(b"plain", b.local_addr().unwrap()).unwrap();
+        assert_eq!(receiver.receive(&b, &mut buffers).unwrap(), 1);
+        assert_eq!(receiver.arrival(0), None);
+
+        // With it: the time the datagram arrived, not the time it was read.
+        stamp_arrivals(&b).unwrap();
+        // The kernel turns stamping at arrival on a moment later (deferred
+        // work): until then it stamps when the datagram is read. Bounded retries.
+        let mut waits = Vec::new();
+        for _ in 0..20 {
+            a.send_to(b"stamped", b.local_addr().unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(receiver.receive(&b, &mut buffers).unwrap(), 1);
+            assert_eq!(buffers[0], b"stamped");
+            let arrival = receiver.arrival(0).expect("stamped");
+            let waited = SystemTime::now().duration_since(arrival).unwrap();
+            if waited >= Duration::from_millis(45) {
+                return;
+            }
+            waits.push(waited);
+        }
+        panic!("every stamp is the time of reading, not of arrival: {waits:?}");
     }
 
     #[test]
