@@ -1025,6 +1025,9 @@ development: false
         let one = serde_json::to_value(UdpPorts::single(7882)).unwrap();
         assert_eq!(one, 7882);
         assert_eq!("7882".parse::<UdpPorts>(), Ok(UdpPorts::single(7882)));
+        // Unquoted, as LiveKit's sample config writes it (YAML reads a string).
+        let c = yaml("keys: {a: b}\nrtc:\n  udp_port: 7882-7883\n").unwrap();
+        assert_eq!(c.rtc.udp_port.map(|p| p.count()), Some(2));
     }
 
     #[test]

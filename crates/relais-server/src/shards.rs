@@ -991,6 +991,38 @@ mod tests {
         assert_eq!(queued.load(Ordering::Relaxed), 0);
     }
     #[test]
+    fn media_that_waited_in_the_socket_is_old_when_read() {
+        let pool = Pool {
+            buffers: ArrayQueue::new(16),
+            batches: ArrayQueue::new(16),
+        };
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        udp::stamp_arrivals(&socket).unwrap();
+        let local = socket.local_addr().unwrap();
+        let mut reader = SocketReader::new(socket, local, &pool);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The kernel starts stamping on arrival a moment after the option is set.
+        std::thread::sleep(Duration::from_millis(100));
+        let rtp = [0x80, 111, 0, 1];
+        // A shard busy elsewhere reads it only after the stale limit: it must
+        // be seen as stale, i.e. aged from its arrival, not from the read.
+        let mut ages = Vec::new();
+        for _ in 0..5 {
+            peer.send_to(&rtp, local).unwrap();
+            std::thread::sleep(STALE_MEDIA_AFTER + Duration::from_millis(50));
+            let mut received = Vec::new();
+            assert_eq!(reader.read(&pool, |d, _| received.push(d)), 1);
+            let age = received[0].received.elapsed();
+            assert!(is_rtp_or_rtcp(&received[0].data));
+            if age > STALE_MEDIA_AFTER {
+                return;
+            }
+            ages.push(age);
+        }
+        panic!("aged from the read, not the arrival: {ages:?}");
+    }
+
+    #[test]
     fn own_socket_and_queue_take_turns() {
         let pool = Arc::new(Pool {
             buffers: ArrayQueue::new(16),
