@@ -135,10 +135,11 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
-    /// Aim at the best layer the publisher sends, within what the subscriber wants.
-    fn aim(&mut self, best_layer: usize) {
+    /// Aim at the best layer the publisher sends, within what the subscriber
+    /// wants and the room's load cap ([`Room::set_load_layer_cap`]).
+    fn aim(&mut self, best_layer: usize, load_cap: usize) {
         self.forwarder
-            .set_target_layer(best_layer.min(self.max_layer));
+            .set_target_layer(best_layer.min(self.max_layer).min(load_cap));
     }
 }
 
@@ -212,6 +213,9 @@ pub struct Room {
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
+    /// The highest simulcast layer anyone is sent while the shard sheds load;
+    /// `usize::MAX` otherwise.
+    pub(crate) load_layer_cap: usize,
     /// Who speaks, updated with the layer check; and when it last was.
     pub(crate) speakers: ActiveSpeakers<ParticipantKey>,
     /// Everyone's connection quality, from the streams' stats.
@@ -265,6 +269,7 @@ impl Room {
             queued: None,
             empty_since: Some(now),
             next_layer_check: now,
+            load_layer_cap: usize::MAX,
             speakers: ActiveSpeakers::default(),
             qualities: ConnectionQualities::default(),
             last_speaker_update: now,
@@ -853,7 +858,7 @@ impl Room {
                 continue;
             };
             sub.max_layer = cap;
-            sub.aim(best);
+            sub.aim(best, self.load_layer_cap);
             sub.forwarder.set_paused(pause);
             debug!(track = %sid, ?settings, paused = pause, target_layer = sub.forwarder.target_layer(), "track settings");
             if sub.forwarder.wants_keyframe() {
@@ -892,7 +897,7 @@ impl Room {
         track.subscribers.push(Subscription {
             subscriber: key,
             mid: None,
-            forwarder: TrackForwarder::new(track.best_layer),
+            forwarder: TrackForwarder::new(track.best_layer.min(self.load_layer_cap)),
             max_layer: usize::MAX,
             out_pt: None,
         });
@@ -1682,7 +1687,7 @@ impl Room {
         if first_on_layer && layer > track.best_layer {
             track.best_layer = layer;
             for s in &mut track.subscribers {
-                s.aim(layer);
+                s.aim(layer, self.load_layer_cap);
             }
         }
         let vp8 = if codec == CodecKind::Vp8 {
@@ -1834,6 +1839,7 @@ impl Room {
 
     /// Point every subscriber at the best layer still flowing.
     fn update_layer_targets(&mut self, now: Instant) {
+        let load_cap = self.load_layer_cap;
         let mut wants_keyframe = Vec::new();
         for (sid, track) in &mut self.tracks {
             if track.layers.len() < 2 {
@@ -1850,7 +1856,7 @@ impl Room {
             if best != track.best_layer {
                 track.best_layer = best;
                 for s in &mut track.subscribers {
-                    s.aim(best);
+                    s.aim(best, load_cap);
                 }
             }
             if track
@@ -1866,9 +1872,31 @@ impl Room {
         }
     }
 
+    /// Cap every subscriber's simulcast layer at `cap` (`usize::MAX`: no cap),
+    /// for a shard that cannot keep up: the lowest layer of a 3-layer track is
+    /// a fraction of the packets, so everyone gets smooth low-resolution video
+    /// instead of the broken high-resolution video that skipped packets
+    /// leave. Switches happen on keyframes (asked for here), and the publishers
+    /// are told at once which layers are still received (dynacast).
+    pub fn set_load_layer_cap(&mut self, now: Instant, cap: usize) {
+        if cap == self.load_layer_cap {
+            return;
+        }
+        self.load_layer_cap = cap;
+        for track in self.tracks.values_mut() {
+            let best = track.best_layer;
+            for s in &mut track.subscribers {
+                s.aim(best, cap);
+            }
+        }
+        self.update_layer_targets(now);
+        self.update_dynacast(now);
+    }
+
     /// Tell publishers which simulcast layers anyone receives
     /// (`SubscribedQualityUpdate`, see `dynacast.rs`).
     fn update_dynacast(&mut self, now: Instant) {
+        let load_cap = self.load_layer_cap;
         let mut updates = Vec::new();
         for (sid, track) in &mut self.tracks {
             let n = track.layers.len();
@@ -1879,7 +1907,7 @@ impl Room {
                 .subscribers
                 .iter()
                 .filter(|s| !s.forwarder.is_paused())
-                .map(|s| s.max_layer.min(n - 1))
+                .map(|s| s.max_layer.min(n - 1).min(load_cap))
                 .max();
             let Some(mask) = track.demand.update(now, dynacast::up_to(top, n)) else {
                 continue;

@@ -267,6 +267,19 @@ impl Shard {
     }
 
     /// When [`Shard::handle_timeout`] is next needed (maybe a little early).
+    /// Shed load, or stop shedding it: while `shedding`, every room sends
+    /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`]).
+    pub fn set_shedding(&mut self, now: Instant, shedding: bool) {
+        let cap = if shedding { 0 } else { usize::MAX };
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for name in names {
+            if let Some(room) = self.rooms.get_mut(&name) {
+                room.set_load_layer_cap(now, cap);
+            }
+            self.collect(&name);
+        }
+    }
+
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }

@@ -24,12 +24,12 @@ use relais_media::{JoinParams, MediaConfig, ParticipantKey, RoomEvent, Shard, Sh
 use relais_proto::livekit::{
     signal_request, signal_response, AddTrackRequest, DataPacket, ParticipantInfo,
     ParticipantPermission, SessionDescription, SignalRequest, SignalResponse, TrackSource,
-    TrackType,
+    TrackType, VideoLayer, VideoQuality,
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{RawPacket, RtpWrite, Ssrc};
@@ -187,6 +187,22 @@ pub struct LocalTrack {
     pub keyframe_requests: Vec<Instant>,
     /// Packets sent: (source seq, frame number, keyframe start).
     pub sent: Vec<(u64, u32, bool)>,
+    /// Simulcast layers, low to high (empty: one stream). Each sends every
+    /// frame, its payload filled with [`layer_fill`] of its index.
+    pub simulcast: Vec<SimulcastTx>,
+}
+
+/// One simulcast layer of a [`LocalTrack`].
+pub struct SimulcastTx {
+    pub rid: Rid,
+    pub ssrc: Option<Ssrc>,
+    seq: u64,
+    force_keyframe: bool,
+}
+
+/// The byte a simulcast layer's payloads are filled with (the layer, seen by a receiver).
+pub fn layer_fill(layer: usize) -> u8 {
+    0x60 + layer as u8
 }
 
 impl LocalTrack {
@@ -479,6 +495,7 @@ impl Sim {
             force_keyframe: true,
             keyframe_requests: Vec::new(),
             sent: Vec::new(),
+            simulcast: Vec::new(),
         });
         let req = AddTrackRequest {
             cid: cid.to_string(),
@@ -487,6 +504,64 @@ impl Sim {
             source: source as i32,
             width: if kind == MediaKind::Video { 640 } else { 0 },
             height: if kind == MediaKind::Video { 360 } else { 0 },
+            ..Default::default()
+        };
+        self.send_signal(index, signal_request::Message::AddTrack(req));
+    }
+
+    /// Publish a VP8 camera in simulcast, layers `q`, `h`, `f` (low to high),
+    /// announced like livekit-client does (`AddTrackRequest.layers`, rids in
+    /// the offer).
+    pub fn publish_simulcast(&mut self, index: usize, cid: &str) {
+        let c = &mut self.clients[index];
+        c.tracks.push(LocalTrack {
+            cid: cid.to_string(),
+            kind: MediaKind::Video,
+            sid: None,
+            mid: None,
+            state: TrackState::Announced,
+            ssrc: None,
+            pt: None,
+            next_send: None,
+            seq: 1000,
+            timestamp: 7777,
+            picture_id: 100,
+            frames_sent: 0,
+            keyframes: Vec::new(),
+            force_keyframe: true,
+            keyframe_requests: Vec::new(),
+            sent: Vec::new(),
+            simulcast: ["q", "h", "f"]
+                .into_iter()
+                .map(|rid| SimulcastTx {
+                    rid: Rid::from(rid),
+                    ssrc: None,
+                    seq: 5000,
+                    force_keyframe: true,
+                })
+                .collect(),
+        });
+        let layers = [
+            (VideoQuality::Low, 160, 90),
+            (VideoQuality::Medium, 320, 180),
+            (VideoQuality::High, 640, 360),
+        ]
+        .into_iter()
+        .map(|(quality, width, height)| VideoLayer {
+            quality: quality as i32,
+            width,
+            height,
+            ..Default::default()
+        })
+        .collect();
+        let req = AddTrackRequest {
+            cid: cid.to_string(),
+            name: cid.to_string(),
+            r#type: TrackType::Video as i32,
+            source: TrackSource::Camera as i32,
+            width: 640,
+            height: 360,
+            layers,
             ..Default::default()
         };
         self.send_signal(index, signal_request::Message::AddTrack(req));
@@ -782,6 +857,11 @@ impl Sim {
                 if let Some(t) = c.tracks.iter_mut().find(|t| t.mid == Some(req.mid)) {
                     t.force_keyframe = true;
                     t.keyframe_requests.push(now);
+                    for layer in &mut t.simulcast {
+                        if req.rid.is_none_or(|rid| rid == layer.rid) {
+                            layer.force_keyframe = true;
+                        }
+                    }
                 }
             }
             Event::ChannelOpen(id, label) => {
@@ -926,10 +1006,22 @@ impl Sim {
                         continue;
                     }
                     let mid = t.mid.unwrap();
+                    for layer in &mut t.simulcast {
+                        layer.ssrc = c
+                            .publisher
+                            .direct_api()
+                            .stream_tx_by_mid(mid, Some(layer.rid))
+                            .map(|s| s.ssrc());
+                        assert!(
+                            layer.ssrc.is_some(),
+                            "send stream of {} after the answer",
+                            layer.rid
+                        );
+                    }
                     t.ssrc = c
                         .publisher
                         .direct_api()
-                        .stream_tx_by_mid(mid, None)
+                        .stream_tx_by_mid(mid, t.simulcast.first().map(|l| l.rid))
                         .map(|s| s.ssrc());
                     assert!(t.ssrc.is_some(), "send stream after the answer");
                     t.pt = Some(match t.kind {
@@ -982,12 +1074,19 @@ impl Sim {
         for t in &mut c.tracks {
             match t.state {
                 TrackState::Announced if t.sid.is_some() => {
+                    let simulcast = (!t.simulcast.is_empty()).then(|| {
+                        let mut s = Simulcast::new();
+                        for layer in &t.simulcast {
+                            s.add_send_layer(SimulcastLayer::new(&layer.rid));
+                        }
+                        s
+                    });
                     let mid = api.add_media(
                         t.kind,
                         Direction::SendOnly,
                         Some(format!("stream-{}", t.cid)),
                         Some(t.cid.clone()),
-                        None,
+                        simulcast,
                     );
                     t.mid = Some(mid);
                     t.state = TrackState::Negotiating;
@@ -1032,6 +1131,43 @@ impl Sim {
             let frame = t.frames_sent;
             t.frames_sent += 1;
             let pt = t.pt.unwrap();
+            if !t.simulcast.is_empty() {
+                let mut api = c.publisher.direct_api();
+                for (index, layer) in t.simulcast.iter_mut().enumerate() {
+                    let Some(tx) = layer.ssrc.and_then(|ssrc| api.stream_tx(&ssrc)) else {
+                        continue;
+                    };
+                    let key = std::mem::take(&mut layer.force_keyframe);
+                    let count = if key { 3 } else { 1 };
+                    for i in 0..count {
+                        let first = i == 0;
+                        let mut payload = vec![
+                            if first { 0x90 } else { 0x80 },
+                            0x80,
+                            0x80 | (t.picture_id >> 8) as u8,
+                            t.picture_id as u8,
+                        ];
+                        if first {
+                            payload.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
+                            if key {
+                                payload
+                                    .extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+                            }
+                        }
+                        payload.resize(payload.len() + 100, layer_fill(index));
+                        tx.write_rtp(
+                            RtpWrite::new(pt, layer.seq.into(), t.timestamp, now, payload)
+                                .marker(i == count - 1)
+                                .nackable(true),
+                        );
+                        layer.seq += 1;
+                    }
+                }
+                t.timestamp = t.timestamp.wrapping_add(3000);
+                t.picture_id = (t.picture_id + 1) & 0x7fff;
+                wrote = true;
+                continue;
+            }
             let ssrc = t.ssrc.unwrap();
             let mut api = c.publisher.direct_api();
             let Some(tx) = api.stream_tx(&ssrc) else {
