@@ -95,6 +95,8 @@ logging:
   level: warn
 room:
   empty_timeout: 5
+prometheus:
+  port: 6789
 EOF
 # nsenter execs the server: $! is the server's own PID (not a subshell's).
 nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
@@ -103,6 +105,8 @@ PIDS+=("$RPID")
 wait_http "http://$SRV:7880/"
 in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
   > "$OUT/relais.json"
+# The server's own counters (drops by reason, NACKs, keyframe requests) for the record.
+in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics.txt" 2>/dev/null || true
 kill "$RPID" 2>/dev/null || true
 
 if [ -z "${SKIP_JANUS:-}" ]; then

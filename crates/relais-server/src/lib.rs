@@ -12,6 +12,7 @@ mod room_api;
 mod room_routing;
 mod server;
 mod shards;
+mod shedding;
 mod signal;
 mod tcp;
 mod udp;

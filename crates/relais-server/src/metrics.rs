@@ -76,6 +76,9 @@ pub const TWIRP_REQUEST_STATUS: &str = "livekit_node_twirp_request_status";
 /// Counter `{shard}` (µs): time a shard thread spent working (not waiting).
 /// `rate(...[1m]) / 1e6` is the thread's utilisation, 0 to 1.
 pub const SHARD_BUSY_MICROSECONDS: &str = "relais_shard_busy_microseconds_total";
+/// Gauge `{shard}`: 1 while the shard sheds load (every subscriber gets the
+/// lowest simulcast layer, see `shedding.rs`), else 0.
+pub const SHARD_SHEDDING: &str = "relais_shard_shedding";
 /// Counter: `recv` system calls on the media UDP socket.
 pub const UDP_RECEIVE_SYSCALLS: &str = "relais_udp_receive_syscalls_total";
 /// Counter: datagrams those calls returned (÷ syscalls = datagrams per syscall).
@@ -215,6 +218,10 @@ fn describe() {
         SHARD_BUSY_MICROSECONDS,
         Unit::Microseconds,
         "Time each shard thread spent working rather than waiting"
+    );
+    describe_gauge!(
+        SHARD_SHEDDING,
+        "1 while the shard sends every subscriber the lowest simulcast layer because it falls behind"
     );
     describe_counter!(
         UDP_RECEIVE_SYSCALLS,

@@ -26,16 +26,18 @@ use crossbeam_channel as channel;
 use crossbeam_queue::ArrayQueue;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ::metrics::gauge;
 use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
 use str0m::net::{Protocol, Transmit};
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
-use tracing::{debug, error, info, Span};
+use tracing::{debug, error, info, warn, Span};
 
 use crate::doorbell::Doorbell;
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
+use crate::shedding::LoadShedding;
 use crate::tcp::TcpLink;
 use crate::udp;
 
@@ -765,10 +767,26 @@ fn run_shard(
     let mut signals: HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>> =
         HashMap::new();
     let mut metrics = ShardMetrics::new(index, Instant::now());
+    let mut shedding = LoadShedding::new();
+    gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string()).set(0.0);
     loop {
         let now = Instant::now();
         node.heartbeat(index, now);
         if metrics.due(now) {
+            if let Some(shed) = shedding.update(now, metrics.stale_media) {
+                if shed {
+                    warn!(
+                        shard = index,
+                        stale = metrics.stale_media,
+                        "shard falls behind: shedding load (lowest simulcast layers only)"
+                    );
+                } else {
+                    info!(shard = index, "shard keeps up again: shedding stopped");
+                }
+                shard.set_shedding(now, shed);
+                gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string())
+                    .set(f64::from(u8::from(shed)));
+            }
             outbox.forget_closed_tcp();
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
             node.set_load(index, &gauges);
