@@ -45,12 +45,27 @@ pub enum Failure {
     Other,
 }
 
-/// Per received stream: (min source seq, max source seq, packets).
+/// One received stream (a subscriber-side SSRC), as runs of one source stream
+/// each (a stream tag: a publisher's track or simulcast layer). A forwarder
+/// that switches simulcast layers ends a run: the layer it left is not
+/// expected any more, so its sequence numbers after the switch are not loss.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamRx {
+    /// The current run: its tag, min and max source seq, packets.
+    pub tag: u16,
     pub first: u32,
     pub last: u32,
     pub count: u64,
+    /// Finished runs: packets expected and received.
+    pub done: (u64, u64),
+}
+
+impl StreamRx {
+    /// (expected, received) of the current run.
+    fn run(&self) -> (u64, u64) {
+        let expected = u64::from(self.last - self.first) + 1;
+        (expected, self.count.min(expected))
+    }
 }
 
 /// What one participant saw.
@@ -66,8 +81,8 @@ pub struct Report {
     pub packets_received: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
-    /// By (subscriber SSRC, stream tag).
-    pub streams: HashMap<(u32, u16), StreamRx>,
+    /// By subscriber SSRC.
+    pub streams: HashMap<u32, StreamRx>,
     /// Forwarding latency samples, µs (measurement window only, decimated).
     pub latency_us: Vec<u32>,
     pub latency_seen: u64,
@@ -79,11 +94,24 @@ impl Report {
     pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize) {
         self.packets_received += 1;
         self.bytes_received += bytes as u64;
-        let s = self.streams.entry((ssrc, tag)).or_insert(StreamRx {
+        let s = self.streams.entry(ssrc).or_insert(StreamRx {
+            tag,
             first: seq,
             last: seq,
             count: 0,
+            done: (0, 0),
         });
+        if s.tag != tag {
+            let (expected, received) = s.run();
+            s.done = (s.done.0 + expected, s.done.1 + received);
+            *s = StreamRx {
+                tag,
+                first: seq,
+                last: seq,
+                count: 0,
+                done: s.done,
+            };
+        }
         s.first = s.first.min(seq);
         s.last = s.last.max(seq);
         s.count += 1;
@@ -104,13 +132,12 @@ impl Report {
         }
     }
 
-    /// (expected, received) over every stream, from the first to the last source seq seen.
+    /// (expected, received) over every stream: in each run, from the first to
+    /// the last source seq seen.
     pub fn expected_received(&self) -> (u64, u64) {
         self.streams.values().fold((0, 0), |(e, r), s| {
-            (
-                e + u64::from(s.last - s.first) + 1,
-                r + s.count.min(u64::from(s.last - s.first) + 1),
-            )
+            let (expected, received) = s.run();
+            (e + s.done.0 + expected, r + s.done.1 + received)
         })
     }
 }
@@ -197,5 +224,23 @@ mod tests {
             r.record_rx(1, 1, seq, 100);
         }
         assert_eq!(r.expected_received(), (5, 4));
+    }
+
+    #[test]
+    fn a_layer_switch_is_not_loss_but_a_gap_within_a_layer_is() {
+        let mut r = Report::default();
+        // Subscriber SSRC 9: layer tag 3 (seq 100..=104), then tag 1 from 50
+        // with 52 lost, then tag 3 again much later (its seqs in between were
+        // not sent to this subscriber).
+        for (tag, seq) in [(3, 100), (3, 101), (3, 102), (3, 103), (3, 104)] {
+            r.record_rx(9, tag, seq, 100);
+        }
+        for seq in [50, 51, 53] {
+            r.record_rx(9, 1, seq, 100);
+        }
+        for seq in [400, 401] {
+            r.record_rx(9, 3, seq, 100);
+        }
+        assert_eq!(r.expected_received(), (5 + 4 + 2, 5 + 3 + 2));
     }
 }
