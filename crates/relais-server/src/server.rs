@@ -123,7 +123,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             UdpSockets::Shared(udp.remove(0)),
         ),
-        n => (n, UdpSockets::PerShard(udp)),
+        n => {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            if n < cores {
+                warn!(
+                    ports = n,
+                    cores,
+                    "rtc.udp_port has fewer ports than cores: one shard per port leaves cores idle"
+                );
+            }
+            (n, UdpSockets::PerShard(udp))
+        }
     };
     let shard_ports: Vec<u16> = match &sockets {
         UdpSockets::Shared(socket) => vec![socket.local_addr()?.port(); shard_count],
