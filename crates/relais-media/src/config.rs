@@ -8,6 +8,7 @@ use str0m::config::CryptoProvider;
 use str0m::config::DtlsCert;
 use str0m::ice::IceCreds;
 use str0m::net::{Protocol, TcpType};
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc};
 
 use crate::MediaError;
@@ -82,8 +83,27 @@ impl MediaConfig {
     }
 
     /// A new ICE-lite, RTP-mode peer connection answering on our candidates.
-    pub(crate) fn build_rtc(&self, creds: IceCreds, now: Instant) -> Rtc {
-        let mut rtc = Rtc::builder()
+    ///
+    /// A participant's subscriber connection (`publisher == false`) leaves out
+    /// the transport-wide sequence number extension: its feedback (TWCC, 10–20
+    /// RTCP packets a second from every receiving client) only serves a
+    /// sender's bandwidth estimate, which Relais does not run for subscribers,
+    /// and registering each forwarded copy for it is work per copy. The
+    /// publisher connection keeps it: the client's own estimate of its uplink
+    /// needs our feedback.
+    pub(crate) fn build_rtc(&self, creds: IceCreds, now: Instant, publisher: bool) -> Rtc {
+        let mut builder = Rtc::builder();
+        if !publisher {
+            // The standard map without it (the map has no removal).
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in ExtensionMap::standard().iter() {
+                if *ext != Extension::TransportSequenceNumber {
+                    exts.set(id, ext.clone());
+                }
+            }
+            builder = builder.set_extension_map(exts);
+        }
+        let mut rtc = builder
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_crypto_provider(self.crypto.clone())

@@ -438,7 +438,10 @@ impl Room {
     fn open_session(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) -> PeerSession {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
-        let rtc = self.config.build_rtc(ice_creds(ufrag.clone()), now);
+        let publisher = role == PeerRole::Publisher;
+        let rtc = self
+            .config
+            .build_rtc(ice_creds(ufrag.clone()), now, publisher);
         let mut session = PeerSession::new(rtc, ufrag, now);
         self.timers
             .schedule(&mut session.queued, &(key, role), session.deadline);

@@ -370,3 +370,26 @@ fn newcomers_within_moments_share_keyframes() {
         "{keyframes} keyframes for six newcomers"
     );
 }
+
+/// Subscriber connections carry no transport-wide sequence numbers (their
+/// feedback would only feed a bandwidth estimate the server does not run);
+/// publisher connections keep them for the client's own uplink estimate.
+#[test]
+fn only_publisher_connections_negotiate_transport_wide_feedback() {
+    let mut sim = two_participants();
+    sim.publish(0, MediaKind::Video, "cam");
+    sim.run_for(Duration::from_secs(2));
+    let offer = sim.client(1).sub_offers.last().expect("a subscriber offer");
+    assert!(offer.contains("m=video"), "{offer}");
+    assert!(!offer.contains("transport-wide-cc"), "{offer}");
+    let answers = sim
+        .client(0)
+        .signals_matching(|m| matches!(m, Message::Answer(_)));
+    let Some(Message::Answer(answer)) = answers.last() else {
+        panic!("no publisher answer");
+    };
+    assert!(answer.sdp.contains("transport-wide-cc"), "{}", answer.sdp);
+    // Media still reaches the subscriber.
+    let sid = sim.track_sid(0, "cam");
+    assert!(sim.client(1).received(&sid).len() > 20);
+}
