@@ -11,11 +11,11 @@ use prost::Message as _;
 use relais_auth::{AccessToken, VideoGrant};
 use relais_proto::livekit::{
     signal_request, signal_response, AddTrackRequest, DisconnectReason, LeaveRequest, Ping,
-    SessionDescription, SignalRequest, SignalResponse, TrackSource, TrackType, VideoLayer,
-    VideoQuality,
+    SessionDescription, SignalRequest, SignalResponse, SubscribedQualityUpdate, TrackSource,
+    TrackType, VideoLayer, VideoQuality,
 };
 use str0m::change::SdpPendingOffer;
-use str0m::media::MediaKind;
+use str0m::media::{MediaKind, Mid};
 use tokio::time::{sleep_until, timeout};
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -63,10 +63,40 @@ struct Publishing {
     /// (cid, kind, rids, sid once published)
     tracks: Vec<(String, MediaKind, Vec<&'static str>, Option<String>)>,
     out: Vec<Outgoing>,
+    /// Each published track's m-line, by track SID (for dynacast).
+    mids: Vec<(String, Mid)>,
     pending: Option<SdpPendingOffer>,
     offer_id: u32,
     offered: bool,
 }
+
+impl Publishing {
+    /// Like an SDK with dynacast: stop encoding the simulcast layers nobody
+    /// receives; a layer that comes back starts on a keyframe.
+    fn apply_dynacast(&mut self, update: &SubscribedQualityUpdate) {
+        let Some(&(_, mid)) = self.mids.iter().find(|(sid, _)| *sid == update.track_sid) else {
+            return;
+        };
+        for quality in &update.subscribed_qualities {
+            let Some(rid) = usize::try_from(quality.quality)
+                .ok()
+                .and_then(|q| SIMULCAST_RIDS.get(q))
+            else {
+                continue;
+            };
+            let layer = |o: &&mut Outgoing| o.mid == mid && o.rid.is_some_and(|r| &*r == *rid);
+            for o in self.out.iter_mut().filter(layer) {
+                if quality.enabled && !o.enabled {
+                    o.encoder.force_keyframe = true;
+                }
+                o.enabled = quality.enabled;
+            }
+        }
+    }
+}
+
+/// Simulcast layers low to high, as livekit-client names them (LOW, MEDIUM, HIGH).
+const SIMULCAST_RIDS: [&str; 3] = ["q", "h", "f"];
 
 pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
     let mut report = Report {
@@ -154,7 +184,7 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
                 let mut tracks = Vec::new();
                 if spec.video {
                     let rids = if ctx.simulcast {
-                        vec!["q", "h", "f"]
+                        SIMULCAST_RIDS.to_vec()
                     } else {
                         vec![]
                     };
@@ -209,6 +239,7 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
                     peer,
                     tracks,
                     out: Vec::new(),
+                    mids: Vec::new(),
                     pending: None,
                     offer_id: 0,
                     offered: false,
@@ -438,7 +469,10 @@ fn on_signal(
                     .map_err(|e| e.to_string())?;
                 if let Some((sdp, pending, mids)) = made {
                     let now = Instant::now();
-                    for ((_, kind, rids, _), mid) in p.tracks.iter().zip(mids) {
+                    for ((_, kind, rids, sid), mid) in p.tracks.iter().zip(mids) {
+                        if let Some(sid) = sid {
+                            p.mids.push((sid.clone(), mid));
+                        }
                         if *kind == MediaKind::Audio {
                             let tag = ctx.next_tag();
                             p.out.push(Outgoing::new(
@@ -469,6 +503,11 @@ fn on_signal(
                 }
             }
         }
+        M::SubscribedQualityUpdate(update) => {
+            if let Some(p) = publishing.as_mut() {
+                p.apply_dynacast(&update);
+            }
+        }
         M::Leave(l) => {
             *server_left = true;
             return Err(format!("server leave {:?}", l.reason()));
@@ -479,3 +518,60 @@ fn on_signal(
 }
 
 use crate::stats::Shared;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relais_proto::livekit::SubscribedQuality;
+
+    #[tokio::test]
+    async fn dynacast_stops_and_restarts_simulcast_layers() {
+        let now = Instant::now();
+        let peer = Peer::new("127.0.0.1".parse().unwrap(), now).unwrap();
+        let mid = Mid::from("v0");
+        let out = SIMULCAST_RIDS
+            .iter()
+            .map(|rid| {
+                let mut e = Encoder::video(1, 1_000_000, Duration::from_secs(2), 0.0);
+                e.force_keyframe = false;
+                Outgoing::new(mid, Some(rid), e, now)
+            })
+            .collect();
+        let mut p = Publishing {
+            peer,
+            tracks: Vec::new(),
+            out,
+            mids: vec![("TR_v".to_string(), mid)],
+            pending: None,
+            offer_id: 0,
+            offered: true,
+        };
+        let update = |enabled: [bool; 3]| SubscribedQualityUpdate {
+            track_sid: "TR_v".into(),
+            subscribed_qualities: (0..3)
+                .map(|q| SubscribedQuality {
+                    quality: q,
+                    enabled: enabled[q as usize],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let state = |p: &Publishing| -> Vec<(bool, bool)> {
+            p.out
+                .iter()
+                .map(|o| (o.enabled, o.encoder.force_keyframe))
+                .collect()
+        };
+
+        p.apply_dynacast(&update([true, false, false]));
+        assert_eq!(state(&p), [(true, false), (false, false), (false, false)]);
+        // Back on: the layers that return start with a keyframe.
+        p.apply_dynacast(&update([true, true, true]));
+        assert_eq!(state(&p), [(true, false), (true, true), (true, true)]);
+        // Another track's update changes nothing.
+        let mut other = update([false, false, false]);
+        other.track_sid = "TR_other".into();
+        p.apply_dynacast(&other);
+        assert!(p.out.iter().all(|o| o.enabled));
+    }
+}

@@ -37,6 +37,8 @@ pub struct Outgoing {
     pub mid: Mid,
     pub rid: Option<Rid>,
     pub encoder: Encoder,
+    /// False while the server says nobody receives this simulcast layer (dynacast).
+    pub enabled: bool,
     pub ssrc: Option<Ssrc>,
     pub pt: Option<Pt>,
     pub next: Instant,
@@ -56,6 +58,7 @@ impl Outgoing {
             mid,
             rid: rid.map(Rid::from),
             encoder,
+            enabled: true,
             ssrc: None,
             pt: None,
             next: now,
@@ -243,7 +246,8 @@ impl Peer {
         let mut wrote = false;
         let mut next: Option<Instant> = None;
         for o in out.iter_mut() {
-            let (Some(ssrc), Some(pt)) = (o.ssrc, o.pt) else {
+            let (Some(ssrc), Some(pt), true) = (o.ssrc, o.pt, o.enabled) else {
+                o.paced.clear();
                 continue;
             };
             // Catch up at most a few frames if the loop fell behind; never burst more.
