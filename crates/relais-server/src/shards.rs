@@ -954,8 +954,11 @@ mod tests {
         assert!(!is_rtp_or_rtcp(&[]));
     }
 
-    #[test]
-    fn the_queue_is_bounded_in_datagrams_and_commands_go_first() {
+    /// A shard's inbox (with the socket `own` makes, if any) on a small pool,
+    /// and the producers' ends of its queues.
+    fn inbox_with(
+        own: impl FnOnce(&Pool) -> Option<OwnSocket>,
+    ) -> (Inbox, DatagramQueue, channel::Sender<Command>) {
         let pool = Arc::new(Pool {
             buffers: ArrayQueue::new(16),
             batches: ArrayQueue::new(16),
@@ -963,19 +966,28 @@ mod tests {
         let (command_tx, command_rx) = channel::unbounded();
         let (batch_tx, batch_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
+        let own_socket = own(&pool);
         let queue = DatagramQueue {
             batches: batch_tx,
             queued: queued.clone(),
-            doorbell: None,
+            doorbell: own_socket.as_ref().map(|own| own.doorbell.clone()),
         };
-        let mut inbox = Inbox {
+        let inbox = Inbox {
             commands: command_rx,
             datagrams: batch_rx,
-            queued: queued.clone(),
+            queued,
             current: Batch::new(),
-            pool: pool.clone(),
-            own_socket: None,
+            pool,
+            own_socket,
         };
+        (inbox, queue, command_tx)
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_datagrams_and_commands_go_first() {
+        let (mut inbox, queue, command_tx) = inbox_with(|_| None);
+        let pool = inbox.pool.clone();
+        let queued = inbox.queued.clone();
 
         assert!(queue.offer(batch(&pool, 2, 0)).is_ok());
         assert!(queue.offer(batch(&pool, 3, 2)).is_ok());
@@ -1042,34 +1054,17 @@ mod tests {
 
     #[test]
     fn own_socket_and_queue_take_turns() {
-        let pool = Arc::new(Pool {
-            buffers: ArrayQueue::new(16),
-            batches: ArrayQueue::new(16),
-        });
-        let (_command_tx, command_rx) = channel::unbounded();
-        let (batch_tx, batch_rx) = channel::bounded(SHARD_DATAGRAM_QUEUE);
-        let queued = Arc::new(AtomicUsize::new(0));
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         socket.set_nonblocking(true).unwrap();
         let local = socket.local_addr().unwrap();
-        let doorbell = Arc::new(Doorbell::new().unwrap());
-        let queue = DatagramQueue {
-            batches: batch_tx,
-            queued: queued.clone(),
-            doorbell: Some(doorbell.clone()),
-        };
-        let mut inbox = Inbox {
-            commands: command_rx,
-            datagrams: batch_rx,
-            queued,
-            current: Batch::new(),
-            pool: pool.clone(),
-            own_socket: Some(OwnSocket {
-                reader: SocketReader::new(socket, local, &pool),
-                doorbell,
+        let (mut inbox, queue, _command_tx) = inbox_with(|pool| {
+            Some(OwnSocket {
+                reader: SocketReader::new(socket, local, pool),
+                doorbell: Arc::new(Doorbell::new().unwrap()),
                 socket_first: false,
-            }),
-        };
+            })
+        });
+        let pool = inbox.pool.clone();
         // Two busy sources: frames queued (0, 1, 2), and more datagrams on the
         // socket (100, 101, ...) than one read takes.
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();

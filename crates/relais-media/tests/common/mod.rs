@@ -200,12 +200,54 @@ pub struct SimulcastTx {
     force_keyframe: bool,
 }
 
+/// A VP8 RTP payload: descriptor with a 15-bit picture id (S bit on the first
+/// packet of a frame), on the first packet the payload header (P bit 0 for a
+/// keyframe, show_frame) and a keyframe's start code, then `len` bytes of `fill`.
+fn vp8_payload(picture_id: u16, first: bool, key: bool, len: usize, fill: u8) -> Vec<u8> {
+    let mut payload = vec![
+        if first { 0x90 } else { 0x80 },
+        0x80,
+        0x80 | (picture_id >> 8) as u8,
+        picture_id as u8,
+    ];
+    if first {
+        payload.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
+        if key {
+            payload.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
+        }
+    }
+    payload.resize(payload.len() + len, fill);
+    payload
+}
+
 /// The byte a simulcast layer's payloads are filled with (the layer, seen by a receiver).
 pub fn layer_fill(layer: usize) -> u8 {
     0x60 + layer as u8
 }
 
 impl LocalTrack {
+    fn new(cid: &str, kind: MediaKind) -> Self {
+        LocalTrack {
+            cid: cid.to_string(),
+            kind,
+            sid: None,
+            mid: None,
+            state: TrackState::Announced,
+            ssrc: None,
+            pt: None,
+            next_send: None,
+            seq: 1000,
+            timestamp: 7777,
+            picture_id: 100,
+            frames_sent: 0,
+            keyframes: Vec::new(),
+            force_keyframe: true,
+            keyframe_requests: Vec::new(),
+            sent: Vec::new(),
+            simulcast: Vec::new(),
+        }
+    }
+
     fn interval(&self) -> Duration {
         match self.kind {
             MediaKind::Audio => Duration::from_millis(20),
@@ -477,26 +519,7 @@ impl Sim {
             MediaKind::Audio => (TrackType::Audio, TrackSource::Microphone),
             MediaKind::Video => (TrackType::Video, TrackSource::Camera),
         };
-        let c = &mut self.clients[index];
-        c.tracks.push(LocalTrack {
-            cid: cid.to_string(),
-            kind,
-            sid: None,
-            mid: None,
-            state: TrackState::Announced,
-            ssrc: None,
-            pt: None,
-            next_send: None,
-            seq: 1000,
-            timestamp: 7777,
-            picture_id: 100,
-            frames_sent: 0,
-            keyframes: Vec::new(),
-            force_keyframe: true,
-            keyframe_requests: Vec::new(),
-            sent: Vec::new(),
-            simulcast: Vec::new(),
-        });
+        self.clients[index].tracks.push(LocalTrack::new(cid, kind));
         let req = AddTrackRequest {
             cid: cid.to_string(),
             name: cid.to_string(),
@@ -513,34 +536,17 @@ impl Sim {
     /// announced like livekit-client does (`AddTrackRequest.layers`, rids in
     /// the offer).
     pub fn publish_simulcast(&mut self, index: usize, cid: &str) {
-        let c = &mut self.clients[index];
-        c.tracks.push(LocalTrack {
-            cid: cid.to_string(),
-            kind: MediaKind::Video,
-            sid: None,
-            mid: None,
-            state: TrackState::Announced,
-            ssrc: None,
-            pt: None,
-            next_send: None,
-            seq: 1000,
-            timestamp: 7777,
-            picture_id: 100,
-            frames_sent: 0,
-            keyframes: Vec::new(),
-            force_keyframe: true,
-            keyframe_requests: Vec::new(),
-            sent: Vec::new(),
-            simulcast: ["q", "h", "f"]
-                .into_iter()
-                .map(|rid| SimulcastTx {
-                    rid: Rid::from(rid),
-                    ssrc: None,
-                    seq: 5000,
-                    force_keyframe: true,
-                })
-                .collect(),
-        });
+        let mut track = LocalTrack::new(cid, MediaKind::Video);
+        track.simulcast = ["q", "h", "f"]
+            .into_iter()
+            .map(|rid| SimulcastTx {
+                rid: Rid::from(rid),
+                ssrc: None,
+                seq: 5000,
+                force_keyframe: true,
+            })
+            .collect();
+        self.clients[index].tracks.push(track);
         let layers = [
             (VideoQuality::Low, 160, 90),
             (VideoQuality::Medium, 320, 180),
@@ -1141,20 +1147,7 @@ impl Sim {
                     let count = if key { 3 } else { 1 };
                     for i in 0..count {
                         let first = i == 0;
-                        let mut payload = vec![
-                            if first { 0x90 } else { 0x80 },
-                            0x80,
-                            0x80 | (t.picture_id >> 8) as u8,
-                            t.picture_id as u8,
-                        ];
-                        if first {
-                            payload.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
-                            if key {
-                                payload
-                                    .extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
-                            }
-                        }
-                        payload.resize(payload.len() + 100, layer_fill(index));
+                        let payload = vp8_payload(t.picture_id, first, key, 100, layer_fill(index));
                         tx.write_rtp(
                             RtpWrite::new(pt, layer.seq.into(), t.timestamp, now, payload)
                                 .marker(i == count - 1)
@@ -1191,21 +1184,7 @@ impl Sim {
                     let count = if key { 4 } else { 2 };
                     for i in 0..count {
                         let first = i == 0;
-                        let mut payload = vec![
-                            if first { 0x90 } else { 0x80 },
-                            0x80,
-                            0x80 | (t.picture_id >> 8) as u8,
-                            t.picture_id as u8,
-                        ];
-                        if first {
-                            // VP8 payload header: P bit 0 for a keyframe; show_frame.
-                            payload.extend_from_slice(&[if key { 0x10 } else { 0x11 }, 0x02, 0x00]);
-                            if key {
-                                payload
-                                    .extend_from_slice(&[0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01]);
-                            }
-                        }
-                        payload.resize(payload.len() + 200, 0x55);
+                        let mut payload = vp8_payload(t.picture_id, first, key, 200, 0x55);
                         payload.extend_from_slice(&frame.to_be_bytes());
                         payload.extend_from_slice(&(t.seq as u32).to_be_bytes());
                         tx.write_rtp(
