@@ -229,6 +229,22 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
         assert m.value("relais_udp_datagrams_sent_total") > 0
         assert m.value("relais_udp_receive_syscalls_total") > 0
         assert m.value("relais_shard_busy_microseconds_total") > 0
+        # Forward latency: one sample per forwarded packet (not per copy, not
+        # per RTCP or STUN datagram), from its arrival to its copy's send.
+        await m.wait(
+            "forward latency sampled",
+            "relais_forward_latency_ms_count",
+            lambda v: v > 20,
+        )
+        # Samples are recorded at once, packet counters flushed each second;
+        # the histogram's own series are read from one scrape.
+        scraped = {(n, ls.get("le")): v for n, ls, v in m.scrape() if "forward_latency_ms" in n}
+        samples = scraped[("relais_forward_latency_ms_count", None)]
+        assert scraped[("relais_forward_latency_ms_bucket", "+Inf")] == samples
+        mean_ms = scraped[("relais_forward_latency_ms_sum", None)] / samples
+        assert 0 < mean_ms < 100, mean_ms
+        packets_in = m.value("livekit_packet_total", direction="incoming")
+        assert samples <= packets_in + 400, (samples, packets_in)
 
         # A subscriber joining makes the node ask the publisher for a keyframe (PLI).
         plis = m.value("livekit_pli_total", direction="incoming")

@@ -103,6 +103,9 @@ nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml"
 RPID=$!
 PIDS+=("$RPID")
 wait_http "http://$SRV:7880/"
+# The server's forward-latency histogram as the measured window starts (after
+# ramp and warm-up), so that its latency is taken over the same window.
+( sleep $((RAMP + WARMUP)); in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true ) &
 in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
   > "$OUT/relais.json"
 # The server's own counters (drops by reason, NACKs, keyframe requests) for the record.
@@ -131,8 +134,41 @@ def load(n):
     p = os.path.join(out, n + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
 floor, relais, janus = load("floor"), load("relais"), load("janus")
+
+def buckets(name):
+    # relais_forward_latency_ms_bucket{...,le="2"} 123  ->  {2.0: 123}
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return {}
+    got = {}
+    for line in open(p):
+        if line.startswith("relais_forward_latency_ms_bucket{"):
+            le = line.split('le="')[1].split('"')[0]
+            got[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+    return got
+
+def quantile(q, cumulative):
+    # Linear within a bucket, as Prometheus's histogram_quantile.
+    les = sorted(cumulative)
+    if not les or cumulative[les[-1]] <= 0:
+        return None
+    rank, lower, below = q * cumulative[les[-1]], 0.0, 0.0
+    for le in les:
+        if cumulative[le] >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cumulative[le] - below, 1e-9)
+        lower, below = le, cumulative[le]
+    return None
+
+# The server's own view of forwarding latency over the measured window.
+end, start = buckets("relais-metrics.txt"), buckets("relais-metrics-start.txt")
+window = {le: n - start.get(le, 0.0) for le, n in end.items()}
+if relais is not None:
+    relais["server_latency_ms_p50"] = quantile(0.5, window)
+    relais["server_latency_ms_p99"] = quantile(0.99, window)
 print(f"results in {out}")
-print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9}")
+print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9} {'srv p50':>8} {'srv p99':>8}")
 fl = floor["forwarded_packets_per_cpu_second"] if floor else None
 if floor:
     print(f"{'floor':<10} {'':>10} {floor['forwarder_cpu_percent']:>7.1f} {fl:>10.0f} {1.0:>8.2f}")
@@ -144,5 +180,6 @@ for name, r in (("relais", relais), ("janus", janus)):
     ratio = f"{fl / ppc:.2f}" if (fl and ppc) else "-"
     print(f"{name:<10} {r['forwarded_pps']:>10.0f} {f('server_cpu_percent'):>7} {f('forwarded_packets_per_cpu_second',0):>10} {ratio:>8} "
           f"{f('loss_percent',3):>7} {f('latency_ms_p50',2):>8} {f('latency_ms_p99',2):>8} {f('join_ms_p99',1):>8} "
-          f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9}")
+          f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9} "
+          f"{f('server_latency_ms_p50',2):>8} {f('server_latency_ms_p99',2):>8}")
 EOF

@@ -226,6 +226,9 @@ pub struct Room {
     pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
     /// Counters since the shard last collected them ([`Room::take_stats`]).
     pub(crate) stats: MediaStats,
+    /// Copies of media written to subscribers since the room was made; what
+    /// [`Room::handle_receive`] reports is the difference it made.
+    copies_written: u64,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
     pub(crate) span: Span,
@@ -276,6 +279,7 @@ impl Room {
             closed: false,
             server_rpcs: Default::default(),
             stats: MediaStats::default(),
+            copies_written: 0,
             span,
         }
     }
@@ -1120,20 +1124,23 @@ impl Room {
     }
 
     /// Datagram for one of this room's sessions (the shard found which).
+    /// Returns how many copies of its media were written to subscribers (sent
+    /// when those sessions are next driven, in [`Room::handle_timeout`]).
     pub fn handle_receive(
         &mut self,
         now: Instant,
         key: ParticipantKey,
         role: PeerRole,
         receive: Receive<'_>,
-    ) {
+    ) -> u64 {
+        let before = self.copies_written;
         let Some(p) = self.participants.get_mut(&key) else {
-            return;
+            return 0;
         };
         let span = p.span.clone();
         let _span = span.enter();
         let Some(session) = p.session_mut(role) else {
-            return;
+            return 0;
         };
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
@@ -1141,6 +1148,7 @@ impl Room {
         }
         self.drain(now, key, role);
         self.process_events(now);
+        self.copies_written - before
     }
 
     /// Drive the sessions whose deadline has passed; check room timers.
@@ -1779,6 +1787,7 @@ impl Room {
                 continue;
             };
             tx.write_rtp(write);
+            self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
             // str0m sends a written packet only once it is given the time, so

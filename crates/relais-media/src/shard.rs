@@ -195,7 +195,9 @@ impl Shard {
         true
     }
 
-    /// One datagram from the network.
+    /// One datagram from the network. Returns how many copies of its media
+    /// were written to subscribers: they leave with the next
+    /// [`Shard::handle_timeout`] (0 for anything that is not forwarded media).
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -203,13 +205,13 @@ impl Shard {
         source: SocketAddr,
         destination: SocketAddr,
         buf: &[u8],
-    ) {
+    ) -> u64 {
         let route = match self.by_addr.get(&(proto, source)) {
             Some(r) => r.clone(),
             None => {
                 let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
                     self.stats.drop_packet(DropReason::UnknownSession);
-                    return;
+                    return 0;
                 };
                 let route = route.clone();
                 if let Some(room) = self.rooms.get(&route.room) {
@@ -227,12 +229,13 @@ impl Shard {
         };
         let Ok(receive) = Receive::new(proto, source, destination, buf) else {
             self.stats.drop_packet(DropReason::Malformed);
-            return;
+            return 0;
         };
-        if let Some(room) = self.rooms.get_mut(&route.room) {
-            room.handle_receive(now, route.participant, route.role, receive);
-        }
+        let copies = self.rooms.get_mut(&route.room).map_or(0, |room| {
+            room.handle_receive(now, route.participant, route.role, receive)
+        });
         self.collect(&route.room);
+        copies
     }
 
     /// Drive every room whose timer is due, and drop closed rooms.

@@ -311,6 +311,9 @@ fn shard_counters_count_each_forwarded_packet_once() {
         counted >= received && counted <= received + 8,
         "counted {counted} forwarded packets, bob received {received}"
     );
+    // What the server's forward latency is sampled on: the copies each
+    // datagram caused, as the shard reports them.
+    assert_eq!(sim.copies_written, counted);
 }
 
 #[test]

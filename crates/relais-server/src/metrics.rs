@@ -62,9 +62,12 @@ pub const PACKET_LOSS_TOTAL: &str = "livekit_packet_loss_total";
 pub const JITTER_US: &str = "livekit_jitter_us";
 /// Histogram `{direction, source, type}` (ms): round-trip time per stream.
 pub const RTT_MS: &str = "livekit_rtt_ms";
-/// Gauge (ns): mean time from receiving a datagram to sending what it caused,
-/// over the last second.
+/// Gauge (ns): mean time from a media packet's arrival to sending its last
+/// copy, over the last second.
 pub const FORWARD_LATENCY_NS: &str = "livekit_forward_latency_ns";
+/// Histogram (ms): from a media packet's arrival (the kernel's stamp) to its
+/// last copy handed to the kernel; one sample per forwarded packet.
+pub const FORWARD_LATENCY_MS: &str = "relais_forward_latency_ms";
 /// Histogram (ms): from the `/rtc` request to the join response queued.
 pub const SESSION_JOIN_LATENCY_MS: &str = "livekit_session_join_latency_ms";
 /// Counter `{service, method, status, code}`: Twirp requests by status family
@@ -136,6 +139,10 @@ const JITTER_BUCKETS: &[f64] = &[
 const RTT_BUCKETS: &[f64] = &[
     50.0, 100.0, 150.0, 200.0, 250.0, 500.0, 750.0, 1000.0, 5000.0, 10000.0,
 ];
+/// Fine below 5 ms: the forwarding target is a p99 under 5 ms.
+const FORWARD_LATENCY_BUCKETS: &[f64] = &[
+    0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 1000.0,
+];
 const JOIN_LATENCY_BUCKETS: &[f64] = &[
     10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
@@ -151,6 +158,7 @@ pub fn install(node_id: &str) -> anyhow::Result<PrometheusHandle> {
         (JITTER_US, JITTER_BUCKETS),
         (RTT_MS, RTT_BUCKETS),
         (SESSION_JOIN_LATENCY_MS, JOIN_LATENCY_BUCKETS),
+        (FORWARD_LATENCY_MS, FORWARD_LATENCY_BUCKETS),
     ] {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
     }
@@ -204,7 +212,11 @@ fn describe() {
     describe_histogram!(RTT_MS, "Round-trip time per stream, milliseconds");
     describe_gauge!(
         FORWARD_LATENCY_NS,
-        "Mean time from a datagram's arrival to sending what it caused, last second, ns"
+        "Mean time from a media packet's arrival to sending its last copy, last second, ns"
+    );
+    describe_histogram!(
+        FORWARD_LATENCY_MS,
+        "Time from a media packet's arrival to its last copy handed to the kernel, milliseconds"
     );
     describe_histogram!(
         SESSION_JOIN_LATENCY_MS,
@@ -524,9 +536,11 @@ pub struct ShardMetrics {
     pub tcp_write_queue_full: u64,
     pub tcp_not_connected: u64,
     pub stale_media: u64,
-    /// Sum and count of forward latencies since the last flush.
-    pub latency_sum_ns: u64,
-    pub latency_count: u64,
+    /// Sum and count of forward latencies since the last flush (the gauge).
+    pub(crate) latency_sum_ns: u64,
+    pub(crate) latency_count: u64,
+    /// [`FORWARD_LATENCY_MS`], resolved once.
+    forward_latency: metrics::Histogram,
 }
 
 /// How often shard threads hand their counters to the recorder.
@@ -548,7 +562,16 @@ impl ShardMetrics {
             stale_media: 0,
             latency_sum_ns: 0,
             latency_count: 0,
+            forward_latency: metrics::histogram!(FORWARD_LATENCY_MS),
         }
+    }
+
+    /// A media packet's copies have all been handed to the kernel, `latency`
+    /// after it arrived.
+    pub fn forwarded(&mut self, latency: Duration) {
+        self.latency_sum_ns += latency.as_nanos() as u64;
+        self.latency_count += 1;
+        self.forward_latency.record(latency.as_secs_f64() * 1000.0);
     }
 
     /// True once a second: time to call [`ShardMetrics::flush`].

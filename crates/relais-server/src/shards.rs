@@ -699,8 +699,9 @@ struct Outbox {
     sender: udp::Sender,
     /// The write queues of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, TcpLink>,
-    /// When the datagrams whose copies are queued were received: their
-    /// forward latency is taken when the last copy is handed to the kernel.
+    /// When the media packets whose copies this round sends were received:
+    /// their forward latency is taken when the round's last datagram is handed
+    /// to the kernel ([`Outbox::finish_round`]).
     waiting: Vec<Instant>,
 }
 
@@ -734,11 +735,13 @@ impl Outbox {
         self.tcp.retain(|_, link| !link.is_closed());
     }
 
-    /// A datagram received at `received` produced copies, all queued now.
+    /// A media packet received at `received` had copies written to
+    /// subscribers; they leave in this round.
     fn forwarded(&mut self, received: Instant) {
         self.waiting.push(received);
     }
 
+    /// Hand the queued datagrams to the kernel.
     fn send(&mut self, metrics: &mut ShardMetrics) {
         if !self.sender.is_empty() {
             let sent = self.sender.send(&self.socket);
@@ -747,10 +750,15 @@ impl Outbox {
             metrics.bytes_sent += sent.bytes;
             metrics.send_errors += sent.dropped;
         }
+    }
+
+    /// The end of a round: everything queued is sent, so every copy of the
+    /// media received this round has left.
+    fn finish_round(&mut self, metrics: &mut ShardMetrics) {
+        self.send(metrics);
         let now = Instant::now();
         for received in self.waiting.drain(..) {
-            metrics.latency_sum_ns += now.saturating_duration_since(received).as_nanos() as u64;
-            metrics.latency_count += 1;
+            metrics.forwarded(now.saturating_duration_since(received));
         }
     }
 }
@@ -807,7 +815,7 @@ fn run_shard(
             let Some(work) = first.take().or_else(|| inbox.try_next()) else {
                 break;
             };
-            let received = match work {
+            match work {
                 Work::Datagram(mut d) => {
                     if let Some(link) = d.opened.take() {
                         outbox.tcp.insert(d.source, link);
@@ -818,20 +826,17 @@ fn run_shard(
                     if stale {
                         metrics.stale_media += 1;
                     } else {
-                        shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
+                        let copies =
+                            shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
+                        if copies > 0 {
+                            outbox.forwarded(d.received);
+                        }
                     }
                     inbox.pool.recycle_buffer(d.data);
-                    (!stale).then_some(d.received)
                 }
-                Work::Command(command) => {
-                    handle_command(&mut shard, &mut signals, command);
-                    None
-                }
-            };
-            let queued = flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
-            if let (Some(received), true) = (received, queued > 0) {
-                outbox.forwarded(received);
+                Work::Command(command) => handle_command(&mut shard, &mut signals, command),
             }
+            flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
@@ -839,7 +844,7 @@ fn run_shard(
         }
         flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
         // Nothing waits in the outbox while the shard sleeps.
-        outbox.send(&mut metrics);
+        outbox.finish_round(&mut metrics);
         metrics.busy += busy_since.elapsed();
     }
 }
@@ -883,20 +888,17 @@ fn handle_command(
     }
 }
 
-/// Route the shard's outputs; datagrams go to the outbox. Returns how many
-/// datagrams were queued.
+/// Route the shard's outputs; datagrams go to the outbox.
 fn flush(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
     outbox: &mut Outbox,
     events: &EventSinks,
     metrics: &mut ShardMetrics,
-) -> usize {
-    let mut queued = 0;
+) {
     while let Some(out) = shard.poll_output() {
         match out {
             ShardOutput::Transmit(t) => {
-                queued += 1;
                 outbox.push(t, metrics);
             }
             ShardOutput::Signal(key, message) => {
@@ -919,7 +921,6 @@ fn flush(
             }
         }
     }
-    queued
 }
 
 #[cfg(test)]
@@ -1121,5 +1122,45 @@ mod tests {
         drop(queue);
         outbox.forget_closed_tcp();
         assert!(outbox.tcp.is_empty());
+    }
+
+    #[test]
+    fn forward_latency_is_taken_when_the_round_has_sent_everything() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut outbox = Outbox {
+            socket: socket.clone(),
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: Vec::new(),
+        };
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        let transmit = || Transmit {
+            proto: Protocol::Udp,
+            source: socket.local_addr().unwrap(),
+            destination: sink.local_addr().unwrap(),
+            contents: vec![0x80; 100].into(),
+        };
+        outbox.forwarded(Instant::now());
+        // More copies than one batch: the first batch leaves mid-round.
+        for _ in 0..=udp::BATCH {
+            outbox.push(transmit(), &mut metrics);
+        }
+        assert_eq!(metrics.datagrams_sent, udp::BATCH as u64);
+        assert_eq!(
+            metrics.latency_count, 0,
+            "sampled before the last copy left"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        outbox.finish_round(&mut metrics);
+        assert_eq!(metrics.datagrams_sent, udp::BATCH as u64 + 1);
+        assert_eq!(metrics.latency_count, 1);
+        assert!(
+            metrics.latency_sum_ns >= 5_000_000,
+            "{}",
+            metrics.latency_sum_ns
+        );
+        outbox.finish_round(&mut metrics);
+        assert_eq!(metrics.latency_count, 1, "one sample per forwarded packet");
     }
 }

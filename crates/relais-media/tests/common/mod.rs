@@ -432,6 +432,8 @@ pub struct Sim {
     next_key: u64,
     /// Steps taken, to keep an eye on the bench's own cost.
     pub steps: u64,
+    /// Copies of media the shard said it wrote, summed over its datagrams.
+    pub copies_written: u64,
 }
 
 impl Default for Sim {
@@ -465,6 +467,7 @@ impl Sim {
             to_clients: VecDeque::new(),
             next_key: 1,
             steps: 0,
+            copies_written: 0,
         }
     }
 
@@ -744,8 +747,13 @@ impl Sim {
 
     fn deliver(&mut self, now: Instant, d: Datagram) {
         if d.destination == server_addr() {
-            self.shard
-                .handle_datagram(now, Protocol::Udp, d.source, d.destination, &d.contents);
+            self.copies_written += self.shard.handle_datagram(
+                now,
+                Protocol::Udp,
+                d.source,
+                d.destination,
+                &d.contents,
+            );
             self.collect_shard();
             return;
         }
