@@ -92,6 +92,8 @@ pub const UDP_BYTES_RECEIVED: &str = "relais_udp_bytes_received_total";
 pub const UDP_SEND_SYSCALLS: &str = "relais_udp_send_syscalls_total";
 /// Counter: datagrams those calls sent.
 pub const UDP_DATAGRAMS_SENT: &str = "relais_udp_datagrams_sent_total";
+/// Counter: of those, datagrams sent within a GSO message of several.
+pub const UDP_DATAGRAMS_SEGMENTED: &str = "relais_udp_datagrams_segmented_total";
 /// Counter: bytes of sent datagrams.
 pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
 /// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
@@ -250,6 +252,10 @@ fn describe() {
     );
     describe_counter!(UDP_SEND_SYSCALLS, "send system calls on the media socket");
     describe_counter!(UDP_DATAGRAMS_SENT, "Datagrams sent on the media socket");
+    describe_counter!(
+        UDP_DATAGRAMS_SEGMENTED,
+        "Datagrams sent within a GSO message of several (same destination, same size)"
+    );
     describe_counter!(
         UDP_BYTES_SENT,
         Unit::Bytes,
@@ -531,6 +537,7 @@ pub struct ShardMetrics {
     pub busy: Duration,
     pub send_syscalls: u64,
     pub datagrams_sent: u64,
+    pub datagrams_segmented: u64,
     pub bytes_sent: u64,
     pub send_errors: u64,
     pub tcp_write_queue_full: u64,
@@ -555,6 +562,7 @@ impl ShardMetrics {
             busy: Duration::ZERO,
             send_syscalls: 0,
             datagrams_sent: 0,
+            datagrams_segmented: 0,
             bytes_sent: 0,
             send_errors: 0,
             tcp_write_queue_full: 0,
@@ -590,6 +598,10 @@ impl ShardMetrics {
             .increment(busy.as_micros() as u64);
         add_if(UDP_SEND_SYSCALLS, std::mem::take(&mut self.send_syscalls));
         add_if(UDP_DATAGRAMS_SENT, std::mem::take(&mut self.datagrams_sent));
+        add_if(
+            UDP_DATAGRAMS_SEGMENTED,
+            std::mem::take(&mut self.datagrams_segmented),
+        );
         let bytes_sent = std::mem::take(&mut self.bytes_sent);
         UDP_BYTES_OUT_TOTAL.fetch_add(bytes_sent, Ordering::Relaxed);
         add_if(UDP_BYTES_SENT, bytes_sent);

@@ -117,14 +117,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_participants: config.room.max_participants,
     };
     let ping_timeout = media.ping_timeout;
-    // One port: a shard per core behind a receive thread. A range: a shard per port.
+    // One port: a shard per core behind a receive thread. A range: a shard per
+    // port. One port and one core: the one shard reads the socket itself.
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     let (shard_count, sockets) = match udp.len() {
-        1 => (
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            UdpSockets::Shared(udp.remove(0)),
-        ),
+        1 if cores > 1 => (cores, UdpSockets::Shared(udp.remove(0))),
         n => {
-            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
             if n < cores {
                 warn!(
                     ports = n,

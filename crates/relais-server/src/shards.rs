@@ -747,6 +747,7 @@ impl Outbox {
             let sent = self.sender.send(&self.socket);
             metrics.send_syscalls += sent.syscalls;
             metrics.datagrams_sent += sent.datagrams;
+            metrics.datagrams_segmented += sent.segmented;
             metrics.bytes_sent += sent.bytes;
             metrics.send_errors += sent.dropped;
         }

@@ -6,8 +6,11 @@
 //! to every subscriber, so outgoing datagrams come in runs, and under load the
 //! socket holds several incoming datagrams whenever we look.
 //!
-//! Not done: UDP GSO (`UDP_SEGMENT`). It only merges same-size datagrams to
-//! one destination, while fan-out sends one copy to each of many destinations.
+//! UDP GSO (`UDP_SEGMENT`) where the kernel has it: a shard drives each
+//! subscriber's session once per round, so what that session sends in the
+//! round (a video frame's packets, most of them of one size) leaves as one run
+//! to one destination — one message to the kernel, which cuts it into datagrams
+//! after routing and socket work were done once.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -25,6 +28,31 @@ pub const BATCH: usize = 64;
 /// Kernel buffer asked for in each direction: a few milliseconds of a busy
 /// node's traffic, so a shard that is briefly late loses nothing in the socket.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// `UDP_SEGMENT` (linux/udp.h): the control message and socket option of GSO.
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// At most this many datagrams, and this many bytes, in one GSO message (the
+/// kernel's limits are 64 segments and a 64 KiB UDP payload).
+const GSO_MAX_SEGMENTS: usize = 64;
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// Whether the kernel knows UDP GSO (Linux 4.18 and later).
+pub fn gso_supported(socket: &UdpSocket) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live and `len` is `value`'s size.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_SEGMENT,
+            ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    r == 0
+}
 
 /// How long a send may wait for room in a full socket buffer, once per batch,
 /// before the rest of the batch is dropped: a shard must not stall on the socket.
@@ -295,19 +323,35 @@ pub struct Sent {
     /// Datagrams the kernel refused, or dropped because the socket buffer
     /// stayed full.
     pub dropped: u64,
+    /// Of `datagrams`, those that left as part of a GSO message of several.
+    pub segmented: u64,
 }
 
-/// Outgoing datagrams, queued and sent up to [`BATCH`] per system call.
+/// Outgoing datagrams, queued and sent up to [`BATCH`] per system call; runs
+/// of same-size datagrams to one destination as one GSO message each.
 pub struct Sender {
     queue: Vec<Transmit>,
     headers: Headers,
+    /// Per message, the `UDP_SEGMENT` control message (in `u64` words, aligned
+    /// for `cmsghdr`).
+    controls: Vec<[u64; GSO_CONTROL_WORDS]>,
+    /// Per message: its first queued datagram and how many it carries.
+    messages: Vec<(usize, usize)>,
+    /// `None` until the first send looks at the socket.
+    gso: Option<bool>,
 }
+
+/// Room for one control message holding a `u16` (the GSO segment size).
+const GSO_CONTROL_WORDS: usize = 4;
 
 impl Sender {
     pub fn new() -> Self {
         Sender {
             queue: Vec::with_capacity(BATCH),
             headers: Headers::new(),
+            controls: vec![[0; GSO_CONTROL_WORDS]; BATCH],
+            messages: Vec::with_capacity(BATCH),
+            gso: None,
         }
     }
 
@@ -321,25 +365,99 @@ impl Sender {
         self.queue.is_empty()
     }
 
+    /// Split the queue from datagram `from` on into messages: a run to one
+    /// destination whose datagrams have the size of its first (the last may be
+    /// shorter) is one message, if GSO is on. Fills the headers of message
+    /// `first_message` on; returns how many messages there are in all.
+    fn lay_out(&mut self, from: usize, first_message: usize) -> usize {
+        self.messages.truncate(first_message);
+        let gso = self.gso == Some(true);
+        let mut i = from;
+        while i < self.queue.len() {
+            let first = &self.queue[i];
+            let size = first.contents.len();
+            let mut count = 1;
+            let mut bytes = size;
+            while gso && count < GSO_MAX_SEGMENTS {
+                let Some(next) = self.queue.get(i + count) else {
+                    break;
+                };
+                let len = next.contents.len();
+                if next.destination != first.destination
+                    || len > size
+                    || len == 0
+                    || bytes + len > GSO_MAX_BYTES
+                {
+                    break;
+                }
+                count += 1;
+                bytes += len;
+                if len < size {
+                    break; // only the last segment may be shorter
+                }
+            }
+            self.messages.push((i, count));
+            i += count;
+        }
+        for m in first_message..self.messages.len() {
+            let (first, count) = self.messages[m];
+            for t in first..first + count {
+                let contents = &self.queue[t].contents;
+                self.headers.iovecs[t] = libc::iovec {
+                    // The kernel only reads through this pointer (sendmmsg).
+                    iov_base: contents.as_ptr().cast_mut().cast(),
+                    iov_len: contents.len(),
+                };
+            }
+            let addr_len =
+                write_sockaddr(&self.queue[first].destination, &mut self.headers.addrs[m]);
+            let header = &mut self.headers.headers[m];
+            // SAFETY: all-zero is a valid msghdr; no control data, no flags.
+            header.msg_hdr = unsafe { zeroed() };
+            header.msg_hdr.msg_name = ptr::from_mut(&mut self.headers.addrs[m]).cast();
+            header.msg_hdr.msg_namelen = addr_len;
+            header.msg_hdr.msg_iov = ptr::from_mut(&mut self.headers.iovecs[first]);
+            header.msg_hdr.msg_iovlen = count;
+            header.msg_len = 0;
+            if count > 1 {
+                let size = self.queue[first].contents.len() as u16;
+                let control = &mut self.controls[m];
+                header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                // SAFETY: CMSG_SPACE of a u16 fits `control` (checked by the
+                // test); the header points at it, so CMSG_FIRSTHDR is inside it.
+                unsafe {
+                    header.msg_hdr.msg_controllen =
+                        libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+                    let cmsg = libc::CMSG_FIRSTHDR(&header.msg_hdr);
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as usize;
+                    ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size);
+                }
+            }
+        }
+        self.messages.len()
+    }
+
     /// Send everything queued, without blocking: a datagram the kernel refuses
     /// is dropped; a full socket buffer gets one wait of [`SEND_WAIT_MS`], after
     /// which the rest of the batch is dropped.
     pub fn send(&mut self, socket: &UdpSocket) -> Sent {
         let mut sent = Sent::default();
-        let count = self.queue.len();
-        for (i, transmit) in self.queue.iter().enumerate() {
-            let addr_len = write_sockaddr(&transmit.destination, &mut self.headers.addrs[i]);
-            // The kernel only reads through this pointer (sendmmsg).
-            let base = transmit.contents.as_ptr().cast_mut();
-            self.headers.set(i, base, transmit.contents.len(), addr_len);
+        if self.gso.is_none() {
+            let supported = gso_supported(socket);
+            debug!(supported, "udp gso");
+            self.gso = Some(supported);
         }
+        let mut count = self.lay_out(0, 0);
         let mut next = 0;
         let mut waited = false;
+        let mut resume_gso = false;
         while next < count {
             sent.syscalls += 1;
-            // SAFETY: headers `next..count` point at their own iovec and address
-            // slots and at the queued datagrams, all alive and unmoved during the
-            // call. MSG_DONTWAIT: never block the shard on a full buffer.
+            // SAFETY: headers `next..count` point at their own address and
+            // control slots and at iovecs of the queued datagrams, all alive and
+            // unmoved during the call. MSG_DONTWAIT: never block the shard.
             let result = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
@@ -350,15 +468,20 @@ impl Sender {
             };
             if result > 0 {
                 let done = next + result as usize;
-                for header in &self.headers.headers[next..done] {
-                    sent.datagrams += 1;
-                    sent.bytes += u64::from(header.msg_len);
+                for m in next..done {
+                    let segments = self.messages[m].1 as u64;
+                    sent.datagrams += segments;
+                    sent.bytes += u64::from(self.headers.headers[m].msg_len);
+                    if segments > 1 {
+                        sent.segmented += segments;
+                    }
                 }
                 next = done;
                 continue;
             }
-            // sendmmsg reports an error only when the first datagram failed.
+            // sendmmsg reports an error only when the first message failed.
             let error = io::Error::last_os_error();
+            let (first, segments) = self.messages[next];
             match error.raw_os_error() {
                 Some(libc::EINTR) => {}
                 Some(libc::EAGAIN | libc::ENOBUFS) if !waited => {
@@ -366,17 +489,35 @@ impl Sender {
                     wait_writable(socket);
                 }
                 Some(libc::EAGAIN | libc::ENOBUFS) => {
-                    debug!(dropped = count - next, %error, "udp send buffer full");
-                    sent.dropped += (count - next) as u64;
+                    let dropped: usize = self.messages[next..count].iter().map(|m| m.1).sum();
+                    debug!(dropped, %error, "udp send buffer full");
+                    sent.dropped += dropped as u64;
                     break;
                 }
+                // EIO: the device cannot checksum GSO segments, so never again;
+                // EINVAL: this route's MTU is below the segment size, so not
+                // for the rest of this batch. Either way the run is resent as
+                // single datagrams.
+                Some(code @ (libc::EIO | libc::EINVAL)) if segments > 1 => {
+                    if code == libc::EIO {
+                        warn!(%error, "udp gso refused: sending datagrams one by one");
+                    } else {
+                        debug!(%error, "udp gso refused for one run");
+                        resume_gso = true;
+                    }
+                    self.gso = Some(false);
+                    count = self.lay_out(first, next);
+                }
                 _ => {
-                    let destination = self.queue[next].destination;
+                    let destination = self.queue[first].destination;
                     debug!(%destination, %error, "udp send failed");
-                    sent.dropped += 1;
+                    sent.dropped += segments as u64;
                     next += 1;
                 }
             }
+        }
+        if resume_gso {
+            self.gso = Some(true);
         }
         // Returns str0m's buffers to the allocator; the queue keeps its capacity.
         self.queue.clear();
@@ -505,5 +646,62 @@ mod tests {
         sender.push(transmit(to, b"third"));
         let sent = sender.send(&a);
         assert_eq!((sent.datagrams, sent.dropped, sent.bytes), (2, 1, 10));
+    }
+
+    #[test]
+    fn runs_to_one_destination_leave_as_one_gso_message() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(gso_supported(&a), "loopback on Linux 4.18+ takes UDP GSO");
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+        assert!(space <= size_of::<[u64; GSO_CONTROL_WORDS]>());
+        let receivers: Vec<UdpSocket> = (0..2)
+            .map(|_| {
+                let r = UdpSocket::bind("127.0.0.1:0").unwrap();
+                r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                size_buffers(&r);
+                r
+            })
+            .collect();
+        let (b, c) = (
+            receivers[0].local_addr().unwrap(),
+            receivers[1].local_addr().unwrap(),
+        );
+        // To b: five of 1,000 bytes and a shorter last (one message); to c:
+        // three (one message); to b again: two, then one larger (two messages).
+        let mut plan = Vec::new();
+        plan.extend((0..5).map(|i| (b, 1000, i)));
+        plan.push((b, 600, 5));
+        plan.extend((6..9).map(|i| (c, 1000, i)));
+        plan.extend([(b, 1000, 9), (b, 1000, 10), (b, 1100, 11)]);
+        let mut sender = Sender::new();
+        for &(to, len, tag) in &plan {
+            sender.push(transmit(to, &vec![tag as u8; len]));
+        }
+        let sent = sender.send(&a);
+        assert_eq!((sent.syscalls, sent.datagrams, sent.dropped), (1, 12, 0));
+        assert_eq!(
+            sent.segmented, 11,
+            "all but the larger last datagram merged"
+        );
+        assert_eq!(sent.bytes, plan.iter().map(|p| p.1 as u64).sum::<u64>());
+        assert_eq!(sender.messages, [(0, 6), (6, 3), (9, 2), (11, 1)]);
+
+        // Each arrives as its own datagram, whole and in order.
+        let mut receiver = Receiver::new();
+        let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
+        for (socket, to) in [(&receivers[0], b), (&receivers[1], c)] {
+            let want: Vec<Vec<u8>> = plan
+                .iter()
+                .filter(|p| p.0 == to)
+                .map(|&(_, len, tag)| vec![tag as u8; len])
+                .collect();
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let n = receiver.receive(socket, &mut buffers).unwrap();
+                got.extend(buffers[..n].iter().cloned());
+            }
+            assert_eq!(got, want);
+        }
     }
 }
