@@ -100,6 +100,10 @@ pub enum JoinError {
     Closed,
     #[error("requested room does not exist")]
     NoSuchRoom,
+    /// The room's shard is shedding load: more participants would make it
+    /// worse for everyone already there.
+    #[error("server overloaded: try again later")]
+    Overloaded,
 }
 
 /// What the signaling edge learned from the token and the connect request.
@@ -1716,31 +1720,19 @@ impl Room {
             clock_rate: params.spec().clock_rate.get(),
         };
         let is_video = track.kind == MediaKind::Video;
+        // Parsed once for every copy's picture id / TL0PICIDX rewrite.
+        let vp8_descriptor = incoming
+            .vp8
+            .is_some()
+            .then(|| Vp8Descriptor::parse(&pkt.payload).ok())
+            .flatten();
         let mut need_keyframe = false;
         for sub in &mut track.subscribers {
             // Until the subscriber's m-line is negotiated nothing can be sent: leave
             // its forwarder untouched so that what it first gets is a keyframe, not
             // the deltas after one it never saw.
-            let negotiated = sub.mid.is_some_and(|mid| {
-                self.participants
-                    .get(&sub.subscriber)
-                    .and_then(|s| s.downtracks.get(&mid))
-                    .is_some_and(|d| d.ssrc.is_some())
-            });
-            if !negotiated {
-                self.stats.drop_packet(DropReason::NotNegotiated);
-                continue;
-            }
-            let rewrite = match sub.forwarder.forward(&incoming) {
-                Forward::Drop => continue,
-                Forward::NeedKeyframe => {
-                    need_keyframe = true;
-                    self.stats.drop_packet(DropReason::WaitingKeyframe);
-                    continue;
-                }
-                Forward::Send(r) => r,
-            };
             let Some(s) = self.participants.get_mut(&sub.subscriber) else {
+                self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
             let Some(out_ssrc) = sub
@@ -1750,6 +1742,15 @@ impl Room {
             else {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
+            };
+            let rewrite = match sub.forwarder.forward(&incoming) {
+                Forward::Drop => continue,
+                Forward::NeedKeyframe => {
+                    need_keyframe = true;
+                    self.stats.drop_packet(DropReason::WaitingKeyframe);
+                    continue;
+                }
+                Forward::Send(r) => r,
             };
             if sub.out_pt.is_none() {
                 sub.out_pt = matching_pt(s.subscriber.rtc.codec_config().params(), &params);
@@ -1774,11 +1775,10 @@ impl Room {
             .marker(pkt.header.marker)
             .ext_vals(ext)
             .nackable(is_video);
-            if let Some(patch) = vp8_patch(
-                &pkt.payload,
-                rewrite.vp8_picture_id,
-                rewrite.vp8_tl0_pic_idx,
-            ) {
+            if let Some(patch) = vp8_descriptor
+                .as_ref()
+                .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx))
+            {
                 write = write.vp8_patch(patch);
             }
             let mut api = s.subscriber.rtc.direct_api();
@@ -2323,14 +2323,13 @@ fn matching_pt(candidates: &[PayloadParams], publisher: &PayloadParams) -> Optio
 }
 
 fn vp8_patch(
-    payload: &[u8],
+    descriptor: &Vp8Descriptor,
     picture_id: Option<u16>,
     tl0: Option<u8>,
 ) -> Option<str0m::rtp::Vp8Patch> {
     if picture_id.is_none() && tl0.is_none() {
         return None;
     }
-    let descriptor = Vp8Descriptor::parse(payload).ok()?;
     let mut builder = descriptor.patch();
     if let Some(id) = picture_id {
         builder = builder.picture_id(id);

@@ -56,6 +56,8 @@ pub struct Shard {
     due: Vec<Arc<str>>,
     /// Counters of the shard itself and of rooms already dropped.
     stats: MediaStats,
+    /// Shedding load ([`Shard::set_shedding`]): no one joins meanwhile.
+    shedding: bool,
 }
 
 impl Shard {
@@ -72,6 +74,7 @@ impl Shard {
             timers: TimerQueue::default(),
             due: Vec::new(),
             stats: MediaStats::default(),
+            shedding: false,
         }
     }
 
@@ -122,6 +125,9 @@ impl Shard {
         create: bool,
         params: JoinParams,
     ) -> Result<ParticipantKey, JoinError> {
+        if self.shedding {
+            return Err(JoinError::Overloaded);
+        }
         let name: Arc<str> = match self.rooms.get_key_value(room) {
             Some((k, _)) => k.clone(),
             None if !create => return Err(JoinError::NoSuchRoom),
@@ -269,10 +275,11 @@ impl Shard {
         self.due = due;
     }
 
-    /// When [`Shard::handle_timeout`] is next needed (maybe a little early).
     /// Shed load, or stop shedding it: while `shedding`, every room sends
-    /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`]).
+    /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`])
+    /// and joins are refused ([`JoinError::Overloaded`]).
     pub fn set_shedding(&mut self, now: Instant, shedding: bool) {
+        self.shedding = shedding;
         let cap = if shedding { 0 } else { usize::MAX };
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
@@ -283,6 +290,7 @@ impl Shard {
         }
     }
 
+    /// When [`Shard::handle_timeout`] is next needed (maybe a little early).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
     }

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{layer_fill, Sim};
+use relais_media::JoinError;
 use relais_proto::livekit::signal_response::Message;
 use relais_proto::livekit::VideoQuality;
 
@@ -81,4 +82,26 @@ fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_bes
         "back to the top layer"
     );
     assert_eq!(enabled_qualities(&sim).len(), 3, "every layer wanted again");
+}
+
+#[test]
+fn a_shard_that_sheds_load_refuses_joins_until_it_stops() {
+    let mut sim = Sim::new();
+    sim.join("alice");
+    sim.join("bob");
+    sim.run_until_connected(Duration::from_secs(2));
+
+    let now = sim.now;
+    sim.shard.set_shedding(now, true);
+    assert!(matches!(sim.try_join("carol"), Err(JoinError::Overloaded)));
+    // Those already in stay, and keep their connections.
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.shard.gauges().participants, 2);
+
+    let now = sim.now;
+    sim.shard.set_shedding(now, false);
+    sim.try_join("carol")
+        .expect("joins once the shard keeps up");
+    sim.run_until_connected(Duration::from_secs(2));
+    assert_eq!(sim.shard.gauges().participants, 3);
 }

@@ -343,6 +343,14 @@ async fn rtc(
             )
                 .into_response();
         }
+        Err(JoinError::Overloaded) => {
+            metrics::join_refused("overloaded");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server overloaded: the room's shard sheds load, try again later".to_string(),
+            )
+                .into_response();
+        }
         Err(JoinError::Closed) => {
             metrics::join_refused("room_closed");
             return (

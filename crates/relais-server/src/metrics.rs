@@ -235,7 +235,7 @@ fn describe() {
     );
     describe_gauge!(
         SHARD_SHEDDING,
-        "1 while the shard sends every subscriber the lowest simulcast layer because it falls behind"
+        "1 while the shard falls behind: every subscriber gets the lowest simulcast layer and joins are refused"
     );
     describe_counter!(
         UDP_RECEIVE_SYSCALLS,

@@ -787,7 +787,7 @@ fn run_shard(
                     warn!(
                         shard = index,
                         stale = metrics.stale_media,
-                        "shard falls behind: shedding load (lowest simulcast layers only)"
+                        "shard falls behind: shedding load (lowest simulcast layers only, joins refused)"
                     );
                 } else {
                     info!(shard = index, "shard keeps up again: shedding stopped");

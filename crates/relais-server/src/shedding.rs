@@ -5,7 +5,8 @@
 //! until the next keyframe. Shedding ([`relais_media::Shard::set_shedding`])
 //! sends everyone the lowest simulcast layer instead — a fraction of the
 //! packets — so the shard catches up and video stays smooth, at a lower
-//! resolution. It starts when a second of work skipped a real amount of
+//! resolution — and admits no one meanwhile, so that newcomers do not take
+//! what is left from those already in the call. It starts when a second of work skipped a real amount of
 //! stale media, and stops after a calm period; a relapse soon after doubles
 //! the next calm period, so a shard just over its capacity does not flip
 //! between the two every few seconds (each switch costs keyframes).

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use relais_media::{JoinParams, MediaConfig, ParticipantKey, RoomEvent, Shard, ShardOutput};
+use relais_media::{
+    JoinError, JoinParams, MediaConfig, ParticipantKey, RoomEvent, Shard, ShardOutput,
+};
 use relais_proto::livekit::{
     signal_request, signal_response, AddTrackRequest, DataPacket, ParticipantInfo,
     ParticipantPermission, SessionDescription, SignalRequest, SignalResponse, TrackSource,
@@ -478,6 +480,12 @@ impl Sim {
 
     /// Join a participant (the `/rtc` WebSocket was accepted); returns its index.
     pub fn join(&mut self, identity: &str) -> usize {
+        self.try_join(identity).expect("join")
+    }
+
+    /// Join like [`Sim::join`], but a refusal is the caller's to look at (and
+    /// leaves no client behind).
+    pub fn try_join(&mut self, identity: &str) -> Result<usize, JoinError> {
         let key = ParticipantKey(self.next_key);
         self.next_key += 1;
         let index = self.clients.len();
@@ -500,11 +508,15 @@ impl Sim {
             protocol: 16,
             client_info: None,
         };
-        self.shard
-            .join(self.now, 0, ROOM, true, params)
-            .expect("join");
+        let joined = self.shard.join(self.now, 0, ROOM, true, params);
         self.collect_shard();
-        index
+        match joined {
+            Ok(_) => Ok(index),
+            Err(e) => {
+                self.clients.pop();
+                Err(e)
+            }
+        }
     }
 
     pub fn client(&self, index: usize) -> &Client {
