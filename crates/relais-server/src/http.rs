@@ -173,6 +173,33 @@ async fn validate(
     with_cors(response)
 }
 
+/// What a client is told when its room refuses it: the metric's reason, the
+/// HTTP status, and the text (which SDKs show).
+fn join_refusal(refused: &JoinError) -> (&'static str, StatusCode, String) {
+    match refused {
+        JoinError::RoomFull(max) => (
+            "room_full",
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("room is full: max participants {max} reached"),
+        ),
+        JoinError::NoSuchRoom => (
+            "no_such_room",
+            StatusCode::NOT_FOUND,
+            "requested room does not exist".to_string(),
+        ),
+        JoinError::Overloaded => (
+            "overloaded",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server overloaded: the room's shard sheds load, try again later".to_string(),
+        ),
+        JoinError::Closed => (
+            "room_closed",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room is closing".to_string(),
+        ),
+    }
+}
+
 fn flag(query: &HashMap<String, String>, name: &str, default: bool) -> bool {
     query
         .get(name)
@@ -327,37 +354,10 @@ async fn rtc(
             metrics::join_admitted(started);
             h
         }
-        Err(JoinError::RoomFull(max)) => {
-            metrics::join_refused("room_full");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("room is full: max participants {max} reached"),
-            )
-                .into_response();
-        }
-        Err(JoinError::NoSuchRoom) => {
-            metrics::join_refused("no_such_room");
-            return (
-                StatusCode::NOT_FOUND,
-                "requested room does not exist".to_string(),
-            )
-                .into_response();
-        }
-        Err(JoinError::Overloaded) => {
-            metrics::join_refused("overloaded");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server overloaded: the room's shard sheds load, try again later".to_string(),
-            )
-                .into_response();
-        }
-        Err(JoinError::Closed) => {
-            metrics::join_refused("room_closed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "room is closing".to_string(),
-            )
-                .into_response();
+        Err(refused) => {
+            let (reason, status, text) = join_refusal(&refused);
+            metrics::join_refused(reason);
+            return (status, text).into_response();
         }
     };
     let span = handle.span().clone();
