@@ -20,7 +20,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import _LIVE_SERVERS, bounded, free_tcp_port, make_token, wait_for
+from conftest import (
+    _LIVE_SERVERS,
+    bounded,
+    connect,
+    free_tcp_port,
+    make_token,
+    wait_for,
+)
 from livekit import rtc
 from media import play_sine, play_video
 from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, synthetic_picture
@@ -393,6 +400,119 @@ async def test_readiness_flips_during_drain(relais_factory, rooms):
     server.proc = None
     if server in _LIVE_SERVERS:
         _LIVE_SERVERS.remove(server)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+def rtc_refusal(server, token: str) -> tuple[int, str]:
+    """Status and text of a refused `/rtc` upgrade (the SDKs show only the status)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request(
+            "GET",
+            f"/rtc?access_token={token}",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+        response = conn.getresponse()
+        if response.status == 101:  # admitted: the connection is a WebSocket now
+            return 101, ""
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+async def test_node_track_limit_turns_newcomers_away_not_those_in(relais_factory, rooms):
+    """`limit.num_tracks` (LiveKit's key) counts tracks in and out: at the limit
+    the node refuses joins — into new rooms and into its own — with 503 and the
+    reason, while the call in progress goes on; below it again, joins resume."""
+    server, port = start_with_metrics(relais_factory, {"limit": {"num_tracks": 2}})
+    m = Scraper(port)
+    alice = await rooms.join(server, "alice", "limited")
+    bob = await rooms.join(server, "bob", "limited")
+    received = asyncio.Event()
+    bob.on(
+        "track_subscribed",
+        lambda track, *_: asyncio.ensure_future(count_audio(track, received)),
+    )
+    stop = asyncio.Event()
+    source = rtc.AudioSource(SAMPLE_RATE, 1)
+    player = asyncio.create_task(play_sine(source, stop))
+    try:
+        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+        await bounded(
+            alice.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            ),
+            "publish audio",
+            20,
+        )
+        await bounded(received.wait(), "bob hears alice", 15)
+        # One track in, one out: the limit. The node learns it within a
+        # heartbeat; a probe into another room is refused from then on.
+        await wait_for(
+            lambda: rtc_refusal(server, make_token("probe", "elsewhere"))[0] == 503,
+            "joins refused at the track limit",
+            10,
+        )
+        status, text = rtc_refusal(server, make_token("carol", "limited"))
+        assert (status, text) == (503, "node limit reached: num_tracks"), (status, text)
+        with pytest.raises(Exception) as refused:
+            await connect(server.url, make_token("carol", "limited"), timeout=10)
+        assert "503" in str(refused.value), str(refused.value)
+        assert m.value("relais_join_refused_total", reason="node_limit") >= 2
+        # Those already in are not touched: bob still hears alice.
+        received.clear()
+        await bounded(received.wait(), "bob still hears alice", 10)
+        assert bob.connection_state == rtc.ConnectionState.CONN_CONNECTED
+    finally:
+        stop.set()
+        await player
+    # Bob leaves: one track left, joins are taken again.
+    await bob.disconnect()
+    await wait_for(
+        lambda: rtc_refusal(server, make_token("probe", "elsewhere"))[0] != 503,
+        "joins taken again below the limit",
+        10,
+    )
+    carol = await rooms.join(server, "carol", "limited")
+    assert carol.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+
+async def test_a_shard_busier_than_its_limit_refuses_joins(relais_factory, rooms):
+    """`limit.shard_busy_fraction`: a shard that worked more than that fraction
+    of the last second takes no one new (503, reason `overloaded`, gauge 0),
+    and those in the call stay. A tiny limit makes any work "too busy"."""
+    server, port = start_with_metrics(
+        relais_factory, {"limit": {"shard_busy_fraction": 0.000001}}
+    )
+    m = Scraper(port)
+    alice = await rooms.join(server, "alice", "busy")
+    await wait_for(
+        lambda: any(
+            n == "relais_shard_accepting_joins" and v == 0 for n, _, v in m.scrape()
+        ),
+        "the room's shard stops taking joins",
+        10,
+    )
+    status, text = rtc_refusal(server, make_token("bob", "busy"))
+    assert status == 503 and "overloaded" in text, (status, text)
+    assert m.value("relais_join_refused_total", reason="overloaded") == 1
+    await asyncio.sleep(1.5)
+    assert alice.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+
+async def count_audio(track: rtc.Track, received: asyncio.Event) -> None:
+    """Set `received` whenever a frame of `track` arrives (until it ends)."""
+    if track.kind != rtc.TrackKind.KIND_AUDIO:
+        return
+    async for _ in rtc.AudioStream(track):
+        received.set()
 
 
 # --------------------------------------------------------------------------- logs

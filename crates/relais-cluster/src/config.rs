@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::NodeStats;
+
 /// `cluster:` — how this node takes part in a multi-node deployment. Only
 /// used when Redis is configured (the drain deadline is the top-level
 /// `drain_timeout`).
@@ -116,7 +118,9 @@ impl Default for SelectorConfig {
     }
 }
 
-/// `cluster.limits:` — 0 = unlimited.
+/// A node's limits — 0 = unlimited. `max_rooms` and `max_participants` come
+/// from `cluster.limits:`, `num_tracks` and `bytes_per_sec` from the top-level
+/// `limit:` section (LiveKit's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct NodeLimits {
@@ -124,4 +128,34 @@ pub struct NodeLimits {
     pub max_rooms: u32,
     /// Most participants this node takes (checked when placing a new room).
     pub max_participants: u32,
+    /// Most tracks in and out (published plus subscribed). At the limit the
+    /// node takes no new rooms and refuses joins into the rooms it hosts.
+    pub num_tracks: u32,
+    /// Most UDP bytes per second in and out; at the limit, as `num_tracks`.
+    pub bytes_per_sec: u64,
+}
+
+impl NodeLimits {
+    /// The first traffic limit (`num_tracks`, `bytes_per_sec`) that `stats`
+    /// reach, if any: such a node takes no one new, not even into its rooms.
+    pub fn traffic_limit_reached(&self, stats: &NodeStats) -> Option<&'static str> {
+        let tracks = u64::from(stats.tracks) + u64::from(stats.subscribed_tracks);
+        if self.num_tracks > 0 && tracks >= u64::from(self.num_tracks) {
+            return Some("num_tracks");
+        }
+        let bytes = stats
+            .bytes_in_per_sec
+            .saturating_add(stats.bytes_out_per_sec);
+        if self.bytes_per_sec > 0 && bytes >= self.bytes_per_sec {
+            return Some("bytes_per_sec");
+        }
+        None
+    }
+
+    /// Whether a node with `stats` can take one more room.
+    pub fn has_room_for_new_room(&self, stats: &NodeStats) -> bool {
+        (self.max_rooms == 0 || stats.rooms < self.max_rooms)
+            && (self.max_participants == 0 || stats.participants < self.max_participants)
+            && self.traffic_limit_reached(stats).is_none()
+    }
 }

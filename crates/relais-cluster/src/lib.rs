@@ -57,6 +57,10 @@ pub enum ClusterError {
     /// No node can take a new room (all draining, full or gone).
     #[error("no node available for a new room")]
     NoNodeAvailable,
+    /// The room's node has reached a traffic limit (`limit.num_tracks` or
+    /// `limit.bytes_per_sec`) and takes no one new.
+    #[error("node limit reached: {0}")]
+    LimitReached(&'static str),
     /// The shared state (Redis) could not be reached or answered nonsense.
     #[error("cluster state unavailable: {0}")]
     Unavailable(String),

@@ -45,8 +45,17 @@ impl Coordinator for InProcess {
         room: &str,
         _forwarded: bool,
     ) -> BoxFuture<'_, Result<Placement, ClusterError>> {
-        let result = if self.is_draining() && !self.rooms().contains(room) {
+        let hosted = self.rooms().contains(room);
+        let (traffic_limit, room_for_new) = {
+            let info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+            (info.traffic_limit_reached(), info.has_room_for_new_room())
+        };
+        let result = if self.is_draining() && !hosted {
             Err(ClusterError::Draining)
+        } else if let Some(limit) = traffic_limit {
+            Err(ClusterError::LimitReached(limit))
+        } else if !hosted && !room_for_new {
+            Err(ClusterError::NoNodeAvailable)
         } else {
             self.rooms().insert(room.to_string());
             Ok(Placement::Local)
@@ -95,6 +104,7 @@ impl Coordinator for InProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{NodeLimits, NodeStats};
 
     fn info() -> NodeInfo {
         NodeInfo::parse(br#"{"id":"ND_x"}"#).unwrap()
@@ -117,5 +127,68 @@ mod tests {
             Err(ClusterError::Draining)
         ));
         assert_eq!(c.nodes().await.unwrap().len(), 1);
+    }
+
+    fn snapshot(rooms: &[&str], stats: NodeStats) -> LocalSnapshot {
+        LocalSnapshot {
+            stats,
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_at_its_limits_refuses_what_they_forbid() {
+        let mut me = info();
+        me.limits = NodeLimits {
+            max_rooms: 2,
+            num_tracks: 10,
+            bytes_per_sec: 1_000_000,
+            ..NodeLimits::default()
+        };
+        let c = InProcess::new(me);
+        // Two rooms: a third is refused, the two keep taking participants.
+        let two = NodeStats {
+            rooms: 2,
+            ..NodeStats::default()
+        };
+        c.heartbeat(snapshot(&["a", "b"], two.clone()))
+            .await
+            .unwrap();
+        assert_eq!(c.place("a", false).await.unwrap(), Placement::Local);
+        assert!(matches!(
+            c.place("c", false).await,
+            Err(ClusterError::NoNodeAvailable)
+        ));
+        // Tracks in plus out at the limit: not even the hosted rooms take more.
+        let tracks = NodeStats {
+            tracks: 4,
+            subscribed_tracks: 6,
+            ..two.clone()
+        };
+        c.heartbeat(snapshot(&["a", "b"], tracks)).await.unwrap();
+        assert!(matches!(
+            c.place("a", false).await,
+            Err(ClusterError::LimitReached("num_tracks"))
+        ));
+        let bytes = NodeStats {
+            bytes_in_per_sec: 400_000,
+            bytes_out_per_sec: 600_000,
+            ..two.clone()
+        };
+        c.heartbeat(snapshot(&["a", "b"], bytes)).await.unwrap();
+        assert!(matches!(
+            c.place("b", false).await,
+            Err(ClusterError::LimitReached("bytes_per_sec"))
+        ));
+        // Below every limit again: the rooms here take participants again.
+        let below = NodeStats {
+            tracks: 4,
+            subscribed_tracks: 5,
+            bytes_in_per_sec: 400_000,
+            bytes_out_per_sec: 599_999,
+            ..two
+        };
+        c.heartbeat(snapshot(&["a", "b"], below)).await.unwrap();
+        assert_eq!(c.place("b", false).await.unwrap(), Placement::Local);
     }
 }

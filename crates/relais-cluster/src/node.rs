@@ -29,8 +29,10 @@ pub struct NodeStats {
     pub rooms: u32,
     /// Participants connected to hosted rooms.
     pub participants: u32,
-    /// Published tracks in hosted rooms.
+    /// Published tracks in hosted rooms (tracks in).
     pub tracks: u32,
+    /// Subscriptions to those tracks (tracks out).
+    pub subscribed_tracks: u32,
     /// UDP bytes received per second.
     pub bytes_in_per_sec: u64,
     /// UDP bytes sent per second.
@@ -78,9 +80,13 @@ pub struct NodeInfo {
 impl NodeInfo {
     /// Whether this node can take one more room under its own limits.
     pub fn has_room_for_new_room(&self) -> bool {
-        let l = self.limits;
-        (l.max_rooms == 0 || self.stats.rooms < l.max_rooms)
-            && (l.max_participants == 0 || self.stats.participants < l.max_participants)
+        self.limits.has_room_for_new_room(&self.stats)
+    }
+
+    /// The traffic limit this node has reached, if any (see
+    /// [`NodeLimits::traffic_limit_reached`]).
+    pub fn traffic_limit_reached(&self) -> Option<&'static str> {
+        self.limits.traffic_limit_reached(&self.stats)
     }
 
     /// Parse a record read from Redis; `None` (and the caller logs) when it is

@@ -391,6 +391,13 @@ impl RedisCoordinator {
     }
 
     async fn place_inner(&self, room: &str, forwarded: bool) -> Result<Placement, ClusterError> {
+        if self.holds(room) || forwarded {
+            // The room is (or is being placed) here: this node's own limits
+            // decide, with figures at most a heartbeat old.
+            if let Some(limit) = lock(&self.me).traffic_limit_reached() {
+                return Err(ClusterError::LimitReached(limit));
+            }
+        }
         if self.holds(room) {
             return Ok(Placement::Local);
         }

@@ -114,8 +114,23 @@ mod tests {
         let mut full_p = node("g", "", 0.0, 0, 7);
         full_p.limits.max_participants = 7;
         let hot = node("h", "", 1.5, 0, 0);
+        let mut full_t = node("t", "", 0.0, 0, 0);
+        full_t.limits.num_tracks = 100;
+        full_t.stats.tracks = 10;
+        full_t.stats.subscribed_tracks = 90;
+        let mut full_b = node("b", "", 0.0, 0, 0);
+        full_b.limits.bytes_per_sec = 1_000;
+        full_b.stats.bytes_out_per_sec = 1_000;
         let ok = node("o", "", 0.2, 9, 9);
-        let nodes = [draining, full, full_p, hot.clone(), ok.clone()];
+        let nodes = [
+            draining,
+            full,
+            full_p,
+            full_t,
+            full_b,
+            hot.clone(),
+            ok.clone(),
+        ];
         for _ in 0..20 {
             assert_eq!(
                 select_node(&nodes, "", &sel(SortBy::Rooms), None)

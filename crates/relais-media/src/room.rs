@@ -100,8 +100,8 @@ pub enum JoinError {
     Closed,
     #[error("requested room does not exist")]
     NoSuchRoom,
-    /// The room's shard is shedding load: more participants would make it
-    /// worse for everyone already there.
+    /// The room's shard has no capacity to spare: more participants would
+    /// make it worse for everyone already there.
     #[error("server overloaded: try again later")]
     Overloaded,
 }

@@ -56,8 +56,8 @@ pub struct Shard {
     due: Vec<Arc<str>>,
     /// Counters of the shard itself and of rooms already dropped.
     stats: MediaStats,
-    /// Shedding load ([`Shard::set_shedding`]): no one joins meanwhile.
-    shedding: bool,
+    /// Whether joins are taken ([`Shard::set_accepting_joins`]).
+    accepting_joins: bool,
 }
 
 impl Shard {
@@ -74,7 +74,7 @@ impl Shard {
             timers: TimerQueue::default(),
             due: Vec::new(),
             stats: MediaStats::default(),
-            shedding: false,
+            accepting_joins: true,
         }
     }
 
@@ -125,7 +125,7 @@ impl Shard {
         create: bool,
         params: JoinParams,
     ) -> Result<ParticipantKey, JoinError> {
-        if self.shedding {
+        if !self.accepting_joins {
             return Err(JoinError::Overloaded);
         }
         let name: Arc<str> = match self.rooms.get_key_value(room) {
@@ -275,11 +275,16 @@ impl Shard {
         self.due = due;
     }
 
+    /// Take joins, or refuse them ([`JoinError::Overloaded`]) while the
+    /// shard has no capacity to spare; those already in are not affected.
+    /// Whether it has is the caller's judgement (the server's admission policy).
+    pub fn set_accepting_joins(&mut self, accepting: bool) {
+        self.accepting_joins = accepting;
+    }
+
     /// Shed load, or stop shedding it: while `shedding`, every room sends
-    /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`])
-    /// and joins are refused ([`JoinError::Overloaded`]).
+    /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`]).
     pub fn set_shedding(&mut self, now: Instant, shedding: bool) {
-        self.shedding = shedding;
         let cap = if shedding { 0 } else { usize::MAX };
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {

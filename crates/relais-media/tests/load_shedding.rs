@@ -85,21 +85,19 @@ fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_bes
 }
 
 #[test]
-fn a_shard_that_sheds_load_refuses_joins_until_it_stops() {
+fn a_shard_refusing_joins_keeps_those_already_in() {
     let mut sim = Sim::new();
     sim.join("alice");
     sim.join("bob");
     sim.run_until_connected(Duration::from_secs(2));
 
-    let now = sim.now;
-    sim.shard.set_shedding(now, true);
+    sim.shard.set_accepting_joins(false);
     assert!(matches!(sim.try_join("carol"), Err(JoinError::Overloaded)));
     // Those already in stay, and keep their connections.
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.shard.gauges().participants, 2);
 
-    let now = sim.now;
-    sim.shard.set_shedding(now, false);
+    sim.shard.set_accepting_joins(true);
     sim.try_join("carol")
         .expect("joins once the shard keeps up");
     sim.run_until_connected(Duration::from_secs(2));

@@ -27,8 +27,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use relais_auth::TokenVerifier;
 use relais_cluster::{
-    ClusterError, Coordinator, InProcess, LocalSnapshot, NodeInfo, NodeStats, Placement,
-    RedisCoordinator, RedisSettings,
+    ClusterError, Coordinator, InProcess, LocalSnapshot, NodeInfo, NodeLimits, NodeStats,
+    Placement, RedisCoordinator, RedisSettings,
 };
 use relais_control::room_service::RoomBackend;
 use tokio_tungstenite::tungstenite;
@@ -121,7 +121,25 @@ impl TrafficRates {
 pub enum Route {
     Local,
     Relay(Box<NodeInfo>),
-    Refuse(StatusCode, String),
+    /// Refused: the status, the metric's reason label, the text.
+    Refuse(StatusCode, &'static str, String),
+}
+
+/// This node's limits: `cluster.limits` with the top-level `limit:` section's
+/// traffic limits (LiveKit's keys) where those are set.
+fn node_limits(config: &Config) -> NodeLimits {
+    let cluster = config.cluster.limits;
+    NodeLimits {
+        num_tracks: match config.limit.num_tracks {
+            0 => cluster.num_tracks,
+            n => n,
+        },
+        bytes_per_sec: match config.limit.bytes_per_sec as u64 {
+            0 => cluster.bytes_per_sec,
+            n => n,
+        },
+        ..cluster
+    }
 }
 
 /// `host:port` other nodes use to reach this node's HTTP port.
@@ -174,7 +192,7 @@ impl Cluster {
             started_at_ms: unix_ms(),
             updated_at_ms: unix_ms(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            limits: cluster_config.limits,
+            limits: node_limits(config),
             stats: NodeStats::default(),
         };
         let heartbeat_interval = Duration::from_millis(cluster_config.heartbeat_interval_ms);
@@ -267,6 +285,7 @@ impl Cluster {
             rooms: rooms.len() as u32,
             participants: rooms.iter().map(|r| r.num_participants).sum(),
             tracks: backend.node().published_tracks() as u32,
+            subscribed_tracks: backend.node().subscribed_tracks() as u32,
             bytes_in_per_sec,
             bytes_out_per_sec,
             relayed: self.active_relays() as u32,
@@ -320,17 +339,27 @@ impl Cluster {
                 // Never relay twice: the SDK retries and the next try lands right.
                 Route::Refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    "placement",
                     format!("room {room} moved to node {}", node.id),
                 )
             }
             Ok(Placement::Remote(node)) => Route::Relay(node),
             Err(e) => {
-                let status = StatusCode::SERVICE_UNAVAILABLE;
-                match &e {
-                    ClusterError::Draining => debug!(%room, "join refused: draining"),
-                    _ => warn!(%room, error = %e, "join refused"),
-                }
-                Route::Refuse(status, e.to_string())
+                let reason = match &e {
+                    _ if self.coordinator.is_draining() => {
+                        debug!(%room, "join refused: draining");
+                        "draining"
+                    }
+                    ClusterError::LimitReached(_) => {
+                        debug!(%room, error = %e, "join refused");
+                        "node_limit"
+                    }
+                    _ => {
+                        warn!(%room, error = %e, "join refused");
+                        "placement"
+                    }
+                };
+                Route::Refuse(StatusCode::SERVICE_UNAVAILABLE, reason, e.to_string())
             }
         }
     }

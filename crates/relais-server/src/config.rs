@@ -102,6 +102,8 @@ pub struct Config {
     pub key_file: Option<String>,
     /// Room defaults.
     pub room: RoomConfig,
+    /// What the node takes on before it refuses newcomers.
+    pub limit: LimitConfig,
     /// Webhook delivery.
     pub webhook: WebhookConfig,
     /// Logging.
@@ -135,6 +137,7 @@ impl Default for Config {
             keys: BTreeMap::new(),
             key_file: None,
             room: RoomConfig::default(),
+            limit: LimitConfig::default(),
             webhook: WebhookConfig::default(),
             logging: LoggingConfig::default(),
             prometheus: PrometheusConfig::default(),
@@ -320,6 +323,23 @@ impl Default for RoomConfig {
             max_participants: 0,
         }
     }
+}
+
+/// `limit:` — when the node turns newcomers away (0 = no limit). Those
+/// already connected are never affected.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitConfig {
+    /// Tracks in and out (published plus subscribed) at which the node takes
+    /// no new rooms and refuses joins into its rooms (LiveKit's key).
+    pub num_tracks: u32,
+    /// UDP bytes per second in and out at which, likewise (LiveKit's key).
+    pub bytes_per_sec: f64,
+    /// A shard that worked more than this fraction of the last second refuses
+    /// joins into its rooms until it is below it again (from 0 = off to 1):
+    /// admission before the shard falls behind, rather than after. Relais's
+    /// own key.
+    pub shard_busy_fraction: f64,
 }
 
 /// `webhook:` — event delivery.
@@ -655,6 +675,21 @@ impl Config {
                 ));
             }
         }
+        if !(self.limit.bytes_per_sec >= 0.0 && self.limit.bytes_per_sec.is_finite()) {
+            return Err(invalid(
+                "limit.bytes_per_sec",
+                format!("{} is not a byte rate", self.limit.bytes_per_sec),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.limit.shard_busy_fraction) {
+            return Err(invalid(
+                "limit.shard_busy_fraction",
+                format!(
+                    "{} is not a fraction from 0 (off) to 1",
+                    self.limit.shard_busy_fraction
+                ),
+            ));
+        }
         if self.rtc.tcp_only && self.rtc.tcp_port == 0 {
             return Err(invalid(
                 "rtc.tcp_only",
@@ -937,6 +972,9 @@ room:
   empty_timeout: 60
   departure_timeout: 5
   max_participants: 12
+limit:
+  num_tracks: 400
+  bytes_per_sec: 2.5e8
 webhook:
   api_key: APIabc
   urls: [http://hook/a, http://hook/b]
@@ -974,6 +1012,7 @@ development: false
         );
         assert_eq!(c.keys["APIabc"], "secret1");
         assert_eq!(c.keys["numeric"], "12345");
+        assert_eq!((c.limit.num_tracks, c.limit.bytes_per_sec), (400, 2.5e8));
         assert_eq!(c.key_file.as_deref(), Some("/etc/keys.yaml"));
         assert!(!c.room.auto_create);
         assert_eq!(
@@ -1062,6 +1101,12 @@ development: false
                 "logging.component_levels.a b",
             ),
             ("drain_timeout: -1", "drain_timeout"),
+            ("limit:\n  bytes_per_sec: -1", "limit.bytes_per_sec"),
+            (
+                "limit:\n  shard_busy_fraction: 1.5",
+                "limit.shard_busy_fraction",
+            ),
+            ("limit:\n  num_tracks: -3", "limit.num_tracks"),
             ("webhook:\n  urls: [http://x]", "webhook.api_key"),
             ("keys:\n  a: [1]", "keys"),
         ];

@@ -190,7 +190,7 @@ fn join_refusal(refused: &JoinError) -> (&'static str, StatusCode, String) {
         JoinError::Overloaded => (
             "overloaded",
             StatusCode::SERVICE_UNAVAILABLE,
-            "server overloaded: the room's shard sheds load, try again later".to_string(),
+            "server overloaded: the room's shard is at capacity, try again later".to_string(),
         ),
         JoinError::Closed => (
             "room_closed",
@@ -322,13 +322,9 @@ async fn rtc(
                 .relay(ws, node, &uri, &headers, MAX_SIGNAL_MESSAGE)
                 .await
         }
-        crate::cluster::Route::Refuse(status, reason) => {
-            metrics::join_refused(if state.cluster.coordinator.is_draining() {
-                "draining"
-            } else {
-                "placement"
-            });
-            return (status, reason).into_response();
+        crate::cluster::Route::Refuse(status, reason, text) => {
+            metrics::join_refused(reason);
+            return (status, text).into_response();
         }
     }
     let client = client_info(&query);

@@ -82,6 +82,9 @@ pub const SHARD_BUSY_MICROSECONDS: &str = "relais_shard_busy_microseconds_total"
 /// Gauge `{shard}`: 1 while the shard sheds load (every subscriber gets the
 /// lowest simulcast layer, see `shedding.rs`), else 0.
 pub const SHARD_SHEDDING: &str = "relais_shard_shedding";
+/// Gauge `{shard}`: 1 while the shard takes joins; 0 while it sheds load or
+/// was busier than `limit.shard_busy_fraction` over the last second.
+pub const SHARD_ACCEPTING_JOINS: &str = "relais_shard_accepting_joins";
 /// Counter: `recv` system calls on the media UDP socket.
 pub const UDP_RECEIVE_SYSCALLS: &str = "relais_udp_receive_syscalls_total";
 /// Counter: datagrams those calls returned (÷ syscalls = datagrams per syscall).
@@ -235,7 +238,11 @@ fn describe() {
     );
     describe_gauge!(
         SHARD_SHEDDING,
-        "1 while the shard falls behind: every subscriber gets the lowest simulcast layer and joins are refused"
+        "1 while the shard falls behind: every subscriber gets the lowest simulcast layer"
+    );
+    describe_gauge!(
+        SHARD_ACCEPTING_JOINS,
+        "1 while the shard takes joins; 0 while it sheds load or is busier than limit.shard_busy_fraction"
     );
     describe_counter!(
         UDP_RECEIVE_SYSCALLS,
@@ -580,6 +587,16 @@ impl ShardMetrics {
         self.latency_sum_ns += latency.as_nanos() as u64;
         self.latency_count += 1;
         self.forward_latency.record(latency.as_secs_f64() * 1000.0);
+    }
+
+    /// The fraction of the time since the last flush the shard spent working.
+    pub fn busy_fraction(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last_flush).as_secs_f64();
+        if elapsed > 0.0 {
+            (self.busy.as_secs_f64() / elapsed).min(1.0)
+        } else {
+            0.0
+        }
     }
 
     /// True once a second: time to call [`ShardMetrics::flush`].

@@ -35,6 +35,7 @@ pub struct NodeState {
 struct ShardLoad {
     participants: AtomicU64,
     published_tracks: AtomicU64,
+    subscribed_tracks: AtomicU64,
 }
 
 impl NodeState {
@@ -62,23 +63,31 @@ impl NodeState {
                 .store(gauges.participants, Ordering::Relaxed);
             load.published_tracks
                 .store(gauges.tracks_published.iter().sum(), Ordering::Relaxed);
+            load.subscribed_tracks
+                .store(gauges.tracks_subscribed.iter().sum(), Ordering::Relaxed);
         }
+    }
+
+    fn sum(&self, of: impl Fn(&ShardLoad) -> &AtomicU64) -> u64 {
+        self.loads
+            .iter()
+            .map(|l| of(l).load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Participants on the node (as of the shards' last flush).
     pub fn participants(&self) -> u64 {
-        self.loads
-            .iter()
-            .map(|l| l.participants.load(Ordering::Relaxed))
-            .sum()
+        self.sum(|l| &l.participants)
     }
 
     /// Published tracks on the node (as of the shards' last flush).
     pub fn published_tracks(&self) -> u64 {
-        self.loads
-            .iter()
-            .map(|l| l.published_tracks.load(Ordering::Relaxed))
-            .sum()
+        self.sum(|l| &l.published_tracks)
+    }
+
+    /// Subscriptions on the node (as of the shards' last flush).
+    pub fn subscribed_tracks(&self) -> u64 {
+        self.sum(|l| &l.subscribed_tracks)
     }
 
     /// Every shard looped within `max_age`.

@@ -158,7 +158,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let events = EventSinks {
         webhook: webhook_notifier(&config, &keys)?,
     };
-    let shards = Shards::start(configs, sockets, events).context("starting shard threads")?;
+    let shards = Shards::start(configs, sockets, events, config.limit.shard_busy_fraction)
+        .context("starting shard threads")?;
     let ice_tcp_candidate = ice_tcp.as_ref().map(|(_, advertised)| *advertised);
     if let Some((listener, advertised)) = ice_tcp {
         crate::tcp::spawn(listener, shards.clone(), advertised);

@@ -37,7 +37,7 @@ use crate::doorbell::Doorbell;
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
-use crate::shedding::LoadShedding;
+use crate::shedding::{Admission, LoadShedding};
 use crate::tcp::TcpLink;
 use crate::udp;
 
@@ -217,6 +217,7 @@ impl Shards {
         configs: Vec<MediaConfig>,
         sockets: UdpSockets,
         events: EventSinks,
+        busy_limit: f64,
     ) -> io::Result<Shards> {
         let count = configs.len();
         // Per shard: the socket it sends on, and whether it reads it itself.
@@ -283,7 +284,7 @@ impl Shards {
                         tcp: HashMap::new(),
                         waiting: Vec::with_capacity(MAX_BATCH),
                     };
-                    run_shard(shard, inbox, outbox, events, node)
+                    run_shard(shard, inbox, outbox, events, node, busy_limit)
                 })?;
             senders.push(CommandQueue {
                 commands: tx,
@@ -770,6 +771,7 @@ fn run_shard(
     mut outbox: Outbox,
     events: EventSinks,
     node: Arc<NodeState>,
+    busy_limit: f64,
 ) {
     let index = usize::from(shard.index());
     info!(shard = index, "shard started");
@@ -777,7 +779,9 @@ fn run_shard(
         HashMap::new();
     let mut metrics = ShardMetrics::new(index, Instant::now());
     let mut shedding = LoadShedding::new();
+    let mut admission = Admission::new(busy_limit);
     gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string()).set(0.0);
+    gauge!(metrics::SHARD_ACCEPTING_JOINS, "shard" => index.to_string()).set(1.0);
     loop {
         let now = Instant::now();
         node.heartbeat(index, now);
@@ -795,6 +799,17 @@ fn run_shard(
                 shard.set_shedding(now, shed);
                 gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string())
                     .set(f64::from(u8::from(shed)));
+            }
+            let busy = metrics.busy_fraction(now);
+            if let Some(accepting) = admission.update(shedding.is_shedding(), busy) {
+                if accepting {
+                    info!(shard = index, "shard takes joins again");
+                } else {
+                    warn!(shard = index, busy = %format!("{busy:.2}"), "shard at capacity: joins refused");
+                }
+                shard.set_accepting_joins(accepting);
+                gauge!(metrics::SHARD_ACCEPTING_JOINS, "shard" => index.to_string())
+                    .set(f64::from(u8::from(accepting)));
             }
             outbox.forget_closed_tcp();
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());

@@ -1,4 +1,4 @@
-//! When a shard sheds load.
+//! When a shard sheds load, and when it takes new participants.
 //!
 //! A shard that cannot keep up skips media that waited too long (stale media,
 //! see `shards.rs`); skipped packets leave every subscriber's video broken
@@ -35,6 +35,10 @@ pub struct LoadShedding {
 }
 
 impl LoadShedding {
+    pub fn is_shedding(&self) -> bool {
+        self.shedding
+    }
+
     pub fn new() -> Self {
         LoadShedding {
             shedding: false,
@@ -77,9 +81,56 @@ impl LoadShedding {
     }
 }
 
+/// Whether a shard takes new participants: never while it sheds load, and,
+/// with a busy limit (`limit.shard_busy_fraction`), not after a second in
+/// which its thread worked more than that fraction of the time. The second
+/// check is proactive: it turns newcomers away while the shard still keeps up,
+/// before media goes stale for everyone already in the call.
+#[derive(Debug)]
+pub struct Admission {
+    /// 0 = no busy limit.
+    busy_limit: f64,
+    accepting: bool,
+}
+
+impl Admission {
+    pub fn new(busy_limit: f64) -> Self {
+        Admission {
+            busy_limit,
+            accepting: true,
+        }
+    }
+
+    /// Called once per metrics interval with the shard's state over it;
+    /// returns whether to accept joins when that changes.
+    pub fn update(&mut self, shedding: bool, busy_fraction: f64) -> Option<bool> {
+        let too_busy = self.busy_limit > 0.0 && busy_fraction >= self.busy_limit;
+        let accepting = !shedding && !too_busy;
+        (accepting != self.accepting).then(|| {
+            self.accepting = accepting;
+            accepting
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joins_stop_while_shedding_or_busier_than_the_limit() {
+        let mut admission = Admission::new(0.85);
+        assert_eq!(admission.update(false, 0.5), None);
+        assert_eq!(admission.update(false, 0.85), Some(false));
+        assert_eq!(admission.update(false, 0.99), None);
+        assert_eq!(admission.update(false, 0.84), Some(true));
+        assert_eq!(admission.update(true, 0.1), Some(false));
+        assert_eq!(admission.update(false, 0.1), Some(true));
+        // No busy limit: only shedding stops joins.
+        let mut unlimited = Admission::new(0.0);
+        assert_eq!(unlimited.update(false, 1.0), None);
+        assert_eq!(unlimited.update(true, 1.0), Some(false));
+    }
 
     #[test]
     fn starts_on_overload_stops_after_calm_and_holds_longer_after_a_relapse() {
