@@ -10,6 +10,7 @@
 #   VPUB=1 APUB=1 SUBS=100 DUR=15 crates/relais-loadtest/scripts/compare.sh
 #   SKIP_JANUS=1 ...                                      # Relais and the floor only
 #   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0
+#   SERVER_YAML=$'limit:\n  shard_busy_fraction: 0.9' ...  # more of the server's YAML
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
 #
 # Needs root (unshare/nsenter), iproute2, janus (apt-get install janus) and the
@@ -97,6 +98,7 @@ room:
   empty_timeout: 5
 prometheus:
   port: 6789
+${SERVER_YAML:-}
 EOF
 # nsenter execs the server: $! is the server's own PID (not a subshell's).
 nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
