@@ -12,6 +12,7 @@
 #   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0
 #   SERVER_YAML=$'limit:\n  shard_busy_fraction: 0.9' ...  # more of the server's YAML
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
+#   PERF=1 ...                                            # perf record the server over the window
 #
 # Needs root (unshare/nsenter), iproute2, janus (apt-get install janus) and the
 # release binaries: cargo build --release -p relais-server -p relais-loadtest
@@ -108,6 +109,10 @@ wait_http "http://$SRV:7880/"
 # The server's forward-latency histogram as the measured window starts (after
 # ramp and warm-up), so that its latency is taken over the same window.
 ( sleep $((RAMP + WARMUP)); in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true ) &
+# PERF=1: a CPU profile of the server over the measured window ($OUT/perf.data).
+if [ "${PERF:-0}" = 1 ]; then
+  ( sleep $((RAMP + WARMUP)); perf record -F ${PERF_HZ:-1999} ${PERF_CALLGRAPH:--g} -p "$RPID" -o "$OUT/perf.data" -- sleep "$DUR" >/dev/null 2>&1 ) &
+fi
 in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
   > "$OUT/relais.json"
 # The server's own counters (drops by reason, NACKs, keyframe requests) for the record.

@@ -9,6 +9,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 mod room_api;
+mod room_directory;
 mod room_routing;
 mod server;
 mod shards;

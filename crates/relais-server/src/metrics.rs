@@ -85,6 +85,9 @@ pub const SHARD_SHEDDING: &str = "relais_shard_shedding";
 /// Gauge `{shard}`: 1 while the shard takes joins; 0 while it sheds load or
 /// was busier than `limit.shard_busy_fraction` over the last second.
 pub const SHARD_ACCEPTING_JOINS: &str = "relais_shard_accepting_joins";
+/// Gauge `{shard}`: rooms the shard hosts (new rooms go to the shard with the
+/// most to spare, see `room_directory.rs`).
+pub const SHARD_ROOMS: &str = "relais_shard_rooms";
 /// Counter: `recv` system calls on the media UDP socket.
 pub const UDP_RECEIVE_SYSCALLS: &str = "relais_udp_receive_syscalls_total";
 /// Counter: datagrams those calls returned (÷ syscalls = datagrams per syscall).
@@ -240,6 +243,7 @@ fn describe() {
         SHARD_SHEDDING,
         "1 while the shard falls behind: every subscriber gets the lowest simulcast layer"
     );
+    describe_gauge!(SHARD_ROOMS, "Rooms each shard hosts");
     describe_gauge!(
         SHARD_ACCEPTING_JOINS,
         "1 while the shard takes joins; 0 while it sheds load or is busier than limit.shard_busy_fraction"
@@ -645,6 +649,7 @@ impl ShardMetrics {
         let delta = |a: u64, b: u64| b as f64 - a as f64;
         if new.rooms != old.rooms {
             gauge!(ROOM_TOTAL).increment(delta(old.rooms, new.rooms));
+            gauge!(SHARD_ROOMS, "shard" => self.shard.clone()).set(new.rooms as f64);
         }
         if new.participants != old.participants {
             gauge!(PARTICIPANT_TOTAL).increment(delta(old.participants, new.participants));

@@ -94,13 +94,19 @@ fn rpc_error(f: RpcFailure) -> ApiError {
 
 impl RoomBackend for ShardsBackend {
     async fn create_room(&self, req: CreateRoomRequest) -> Result<Room, ApiError> {
-        let name = req.name.clone();
-        let (room, _) = self
-            .on_room(&name, move |shard, now, unix_ms| {
-                shard.create_room(now, unix_ms, &req)
+        let directory = self.shards.directory().clone();
+        self.shards
+            .on_room_shard(&req.name, |index| {
+                let directory = directory.clone();
+                let req = req.clone();
+                self.shards.run_on(index, move |shard, now, unix_ms| {
+                    // A new room is claimed first, as a join does.
+                    directory.claim(&req.name, index)?;
+                    Ok(shard.create_room(now, unix_ms, &req).0)
+                })
             })
-            .await?;
-        Ok(room)
+            .await
+            .ok_or_else(shard_gone)
     }
 
     async fn list_rooms(&self, names: Vec<String>) -> Result<Vec<Room>, ApiError> {

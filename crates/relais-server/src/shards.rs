@@ -37,6 +37,7 @@ use crate::doorbell::Doorbell;
 use crate::events::EventSinks;
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
+use crate::room_directory::RoomDirectory;
 use crate::shedding::{Admission, LoadShedding};
 use crate::tcp::TcpLink;
 use crate::udp;
@@ -56,8 +57,9 @@ enum Command {
         create: bool,
         params: Box<JoinParams>,
         signal: tokio_mpsc::UnboundedSender<ToSignal>,
-        /// The participant's span (`room{..}:participant{..}`) once admitted.
-        reply: oneshot::Sender<Result<Span, JoinError>>,
+        /// The participant's span (`room{..}:participant{..}`) once admitted,
+        /// or the shard that hosts the room (see [`RoomDirectory`]).
+        reply: oneshot::Sender<Result<Result<Span, JoinError>, usize>>,
     },
     Signal(ParticipantKey, Box<SignalRequest>),
     Remove(ParticipantKey, DisconnectReason),
@@ -207,6 +209,17 @@ pub struct Shards {
     next_key: Arc<AtomicU64>,
     /// Liveness, readiness and draining, fed by the shard threads' heartbeats.
     node: Arc<NodeState>,
+    /// Which shard hosts which room.
+    directory: Arc<RoomDirectory>,
+}
+
+/// What a shard thread shares with the rest of the node.
+struct ShardContext {
+    events: EventSinks,
+    node: Arc<NodeState>,
+    directory: Arc<RoomDirectory>,
+    /// `limit.shard_busy_fraction` (0 = none).
+    busy_limit: f64,
 }
 
 impl Shards {
@@ -243,6 +256,7 @@ impl Shards {
             batches: ArrayQueue::new(BATCH_POOL),
         });
         let node = Arc::new(NodeState::new(count));
+        let directory = Arc::new(RoomDirectory::new(count));
         for (index, (config, socket)) in configs.into_iter().zip(shard_sockets).enumerate() {
             let (tx, rx) = channel::unbounded();
             // Every batch holds a datagram or more, so `queued` is the binding limit.
@@ -260,8 +274,12 @@ impl Shards {
             let shard_pool = pool.clone();
             let shard_queued = queued.clone();
             let shard = Shard::new(index as u8, config);
-            let events = events.clone();
-            let node = node.clone();
+            let context = ShardContext {
+                events: events.clone(),
+                node: node.clone(),
+                directory: directory.clone(),
+                busy_limit,
+            };
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
@@ -284,7 +302,7 @@ impl Shards {
                         tcp: HashMap::new(),
                         waiting: Vec::with_capacity(MAX_BATCH),
                     };
-                    run_shard(shard, inbox, outbox, events, node, busy_limit)
+                    run_shard(shard, inbox, outbox, context)
                 })?;
             senders.push(CommandQueue {
                 commands: tx,
@@ -302,6 +320,7 @@ impl Shards {
             pool,
             next_key: Arc::new(AtomicU64::new(1)),
             node,
+            directory,
         };
         if let Some(socket) = shared {
             let local = socket.local_addr()?;
@@ -316,15 +335,38 @@ impl Shards {
         Ok(shards)
     }
 
-    /// The shard that owns `room`: a stable hash, so every join meets the same room.
-    pub(crate) fn shard_for_room(&self, room: &str) -> usize {
-        // FNV-1a: stable across processes and versions, unlike the std hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in room.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+    /// Run `attempt` on the shard that hosts `room`, or should host it if
+    /// none does. An attempt answers `Err(owner)` when the room turned out to
+    /// be on another shard (it closed and reopened meanwhile, or a concurrent
+    /// join created it there): it is tried again there. `None` if a shard
+    /// thread is gone or the room kept moving.
+    pub(crate) async fn on_room_shard<R, Fut>(
+        &self,
+        room: &str,
+        mut attempt: impl FnMut(usize) -> Fut,
+    ) -> Option<R>
+    where
+        Fut: std::future::Future<Output = Option<Result<R, usize>>>,
+    {
+        let mut shard = self.directory.route(room);
+        for _ in 0..4 {
+            match attempt(shard).await? {
+                Ok(done) => return Some(done),
+                Err(owner) => shard = owner,
+            }
         }
-        (h % self.senders.len() as u64) as usize
+        warn!(%room, "room moved between shards on every attempt");
+        None
+    }
+
+    /// The shard that hosts `room`, or the one a new room would go to.
+    pub(crate) fn shard_for_room(&self, room: &str) -> usize {
+        self.directory.route(room)
+    }
+
+    /// Which shard hosts which room.
+    pub(crate) fn directory(&self) -> &Arc<RoomDirectory> {
+        &self.directory
     }
 
     /// The node's health as the shard threads report it.
@@ -366,24 +408,30 @@ impl Shards {
         params: JoinParams,
         signal: tokio_mpsc::UnboundedSender<ToSignal>,
     ) -> Result<ShardHandle, JoinError> {
-        let shard = self.shard_for_room(room);
-        let (reply, answer) = oneshot::channel();
         let key = params.key;
-        let command = Command::Join {
-            room: room.to_string(),
-            create,
-            params: Box::new(params),
-            signal,
-            reply,
-        };
-        if !self.senders[shard].send(command) {
-            return Err(JoinError::Closed);
-        }
-        let span = answer.await.map_err(|_| JoinError::Closed)??;
+        let (shard, joined) = self
+            .on_room_shard(room, |shard| {
+                let (reply, answer) = oneshot::channel();
+                let sent = self.senders[shard].send(Command::Join {
+                    room: room.to_string(),
+                    create,
+                    params: Box::new(params.clone()),
+                    signal: signal.clone(),
+                    reply,
+                });
+                async move {
+                    if !sent {
+                        return None;
+                    }
+                    Some(answer.await.ok()?.map(|joined| (shard, joined)))
+                }
+            })
+            .await
+            .ok_or(JoinError::Closed)?;
         Ok(ShardHandle {
             sender: self.senders[shard].clone(),
             key,
-            span,
+            span: joined?,
         })
     }
 
@@ -765,14 +813,13 @@ impl Outbox {
     }
 }
 
-fn run_shard(
-    mut shard: Shard,
-    mut inbox: Inbox,
-    mut outbox: Outbox,
-    events: EventSinks,
-    node: Arc<NodeState>,
-    busy_limit: f64,
-) {
+fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: ShardContext) {
+    let ShardContext {
+        events,
+        node,
+        directory,
+        busy_limit,
+    } = context;
     let index = usize::from(shard.index());
     info!(shard = index, "shard started");
     let mut signals: HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>> =
@@ -801,7 +848,9 @@ fn run_shard(
                     .set(f64::from(u8::from(shed)));
             }
             let busy = metrics.busy_fraction(now);
-            if let Some(accepting) = admission.update(shedding.is_shedding(), busy) {
+            let changed = admission.update(shedding.is_shedding(), busy);
+            directory.report(index, busy, admission.is_accepting());
+            if let Some(accepting) = changed {
                 if accepting {
                     info!(shard = index, "shard takes joins again");
                 } else {
@@ -850,15 +899,31 @@ fn run_shard(
                     }
                     inbox.pool.recycle_buffer(d.data);
                 }
-                Work::Command(command) => handle_command(&mut shard, &mut signals, command),
+                Work::Command(command) => {
+                    handle_command(&mut shard, &mut signals, &directory, command)
+                }
             }
-            flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
+            flush(
+                &mut shard,
+                &mut signals,
+                &mut outbox,
+                &events,
+                &directory,
+                &mut metrics,
+            );
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);
         }
-        flush(&mut shard, &mut signals, &mut outbox, &events, &mut metrics);
+        flush(
+            &mut shard,
+            &mut signals,
+            &mut outbox,
+            &events,
+            &directory,
+            &mut metrics,
+        );
         // Nothing waits in the outbox while the shard sleeps.
         outbox.finish_round(&mut metrics);
         metrics.busy += busy_since.elapsed();
@@ -873,9 +938,11 @@ fn is_rtp_or_rtcp(datagram: &[u8]) -> bool {
 fn handle_command(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
+    directory: &RoomDirectory,
     command: Command,
 ) {
     let now = Instant::now();
+    let index = usize::from(shard.index());
     match command {
         Command::Join {
             room,
@@ -884,6 +951,12 @@ fn handle_command(
             signal,
             reply,
         } => {
+            if shard.room(&room).is_none() {
+                if let Err(owner) = directory.claim(&room, index) {
+                    let _ = reply.send(Err(owner));
+                    return;
+                }
+            }
             let key = params.key;
             signals.insert(key, signal);
             let result = shard
@@ -895,8 +968,11 @@ fn handle_command(
                 });
             if result.is_err() {
                 signals.remove(&key);
+                if shard.room(&room).is_none() {
+                    directory.release(&room, index);
+                }
             }
-            let _ = reply.send(result);
+            let _ = reply.send(Ok(result));
         }
         Command::Signal(key, req) => shard.handle_signal(now, key, *req),
         Command::Remove(key, reason) => shard.remove_participant(now, key, reason),
@@ -910,6 +986,7 @@ fn flush(
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
     outbox: &mut Outbox,
     events: &EventSinks,
+    directory: &RoomDirectory,
     metrics: &mut ShardMetrics,
 ) {
     while let Some(out) = shard.poll_output() {
@@ -934,6 +1011,7 @@ fn flush(
             }
             ShardOutput::RoomClosed(room) => {
                 debug!(%room, "room closed");
+                directory.release(&room, usize::from(shard.index()));
             }
         }
     }

@@ -101,6 +101,10 @@ impl Admission {
         }
     }
 
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
+    }
+
     /// Called once per metrics interval with the shard's state over it;
     /// returns whether to accept joins when that changes.
     pub fn update(&mut self, shedding: bool, busy_fraction: f64) -> Option<bool> {
