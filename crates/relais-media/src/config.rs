@@ -1,5 +1,6 @@
 //! Node-wide settings every WebRTC session of a shard is built from.
 
+use relais_proto::limits::FieldLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +38,8 @@ pub struct MediaConfig {
     pub node_id: String,
     pub region: String,
     pub room_defaults: RoomDefaults,
+    /// Sizes a participant's own name, metadata and attribute updates may have.
+    pub field_limits: FieldLimits,
     /// How long a participant may stay silent on signaling before it is removed.
     pub ping_timeout: Duration,
     pub ping_interval: Duration,
@@ -77,6 +80,7 @@ impl MediaConfig {
             node_id,
             region: String::new(),
             room_defaults: RoomDefaults::default(),
+            field_limits: FieldLimits::default(),
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
         })

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use relais_proto::ids;
+use relais_proto::limits::LimitExceeded;
 use relais_proto::livekit::{
     self, data_packet, leave_request, participant_info, request_response, signal_request,
     signal_response, AddTrackRequest, ClientInfo, ConnectionQualityInfo, ConnectionQualityUpdate,
@@ -768,6 +769,40 @@ impl Room {
             self.signal(key, signal_response::Message::RequestResponse(refusal));
             return;
         }
+        // Checked as the participant would be after the update (an empty field
+        // keeps its value, an empty attribute value deletes the key).
+        let mut attributes = p.info.attributes.clone();
+        apply_attributes(&mut attributes, &req.attributes);
+        let name = if req.name.is_empty() {
+            &p.info.name
+        } else {
+            &req.name
+        };
+        let metadata = if req.metadata.is_empty() {
+            &p.info.metadata
+        } else {
+            &req.metadata
+        };
+        let exceeded = self
+            .config
+            .field_limits
+            .check_participant(name, metadata, &attributes)
+            .err()
+            .map(|e| match e {
+                LimitExceeded::Name => "exceeds name length limit",
+                LimitExceeded::Attributes => "exceeds attributes size limit",
+                _ => "exceeds metadata size limit",
+            });
+        if let Some(message) = exceeded {
+            let refusal = RequestResponse {
+                request_id: req.request_id,
+                reason: request_response::Reason::LimitExceeded as i32,
+                message: message.into(),
+                request: Some(request_response::Request::UpdateMetadata(req)),
+            };
+            self.signal(key, signal_response::Message::RequestResponse(refusal));
+            return;
+        }
         self.update_participant(key, Some(req.name), Some(req.metadata), req.attributes);
         if let Some(p) = self.participants.get(&key) {
             if p.protocol > 14 && req.request_id != 0 {
@@ -800,13 +835,7 @@ impl Room {
         if let Some(metadata) = metadata.filter(|m| !m.is_empty()) {
             p.info.metadata = metadata;
         }
-        for (k, v) in attributes {
-            if v.is_empty() {
-                p.info.attributes.remove(&k);
-            } else {
-                p.info.attributes.insert(k, v);
-            }
-        }
+        apply_attributes(&mut p.info.attributes, &attributes);
         p.touch();
         self.broadcast_participant(key, true);
     }
@@ -2354,4 +2383,15 @@ fn enabled_codecs() -> Vec<livekit::Codec> {
         fmtp_line: String::new(),
     })
     .collect()
+}
+
+/// Apply an attribute update: an empty value deletes the key (LiveKit's rule).
+fn apply_attributes(attributes: &mut BTreeMap<String, String>, update: &BTreeMap<String, String>) {
+    for (k, v) in update {
+        if v.is_empty() {
+            attributes.remove(k);
+        } else {
+            attributes.insert(k.clone(), v.clone());
+        }
+    }
 }

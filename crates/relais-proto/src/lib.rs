@@ -10,6 +10,7 @@
 //!   ([`livekit::room_service_server`], [`livekit::room_service_client`]).
 //! * [`FILE_DESCRIPTOR_SET`] — the encoded `FileDescriptorSet` of those files.
 //! * [`ids`] — LiveKit-style identifiers (`RM_`, `PA_`, `TR_…`).
+//! * [`limits`] — LiveKit's limits on names, metadata and attributes.
 //! * [`for_each_message!`] — a registry of every message type by full name.
 //!
 //! Map fields are `BTreeMap`s, so encoding is deterministic (sorted keys).
@@ -47,6 +48,7 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/livekit_descriptor.bin"));
 
 pub mod ids;
+pub mod limits;
 
 #[cfg(test)]
 mod tests;

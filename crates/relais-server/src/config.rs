@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use relais_auth::{KeyError, KeyProvider};
+use relais_proto::limits::FieldLimits;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -325,9 +326,10 @@ impl Default for RoomConfig {
     }
 }
 
-/// `limit:` — when the node turns newcomers away (0 = no limit). Those
-/// already connected are never affected.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `limit:` — when the node turns newcomers away, and how large names,
+/// metadata and attributes may be (0 = no limit). Those already connected
+/// are never affected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LimitConfig {
     /// Tracks in and out (published plus subscribed) at which the node takes
@@ -340,6 +342,45 @@ pub struct LimitConfig {
     /// admission before the shard falls behind, rather than after. Relais's
     /// own key.
     pub shard_busy_fraction: f64,
+    /// Bytes of participant or room metadata (LiveKit's key; default 512 KiB).
+    pub max_metadata_size: u32,
+    /// Bytes of a participant's attributes, keys and values (default 64 KiB).
+    pub max_attributes_size: u32,
+    /// Bytes of a room name (default 256).
+    pub max_room_name_length: u32,
+    /// Bytes of a participant identity (default 256).
+    pub max_participant_identity_length: u32,
+    /// Bytes of a participant display name (default 256).
+    pub max_participant_name_length: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        let fields = FieldLimits::default();
+        LimitConfig {
+            num_tracks: 0,
+            bytes_per_sec: 0.0,
+            shard_busy_fraction: 0.0,
+            max_metadata_size: fields.max_metadata_size,
+            max_attributes_size: fields.max_attributes_size,
+            max_room_name_length: fields.max_room_name_length,
+            max_participant_identity_length: fields.max_participant_identity_length,
+            max_participant_name_length: fields.max_participant_name_length,
+        }
+    }
+}
+
+impl LimitConfig {
+    /// The size limits, for the join, the signal path and the room API.
+    pub fn field_limits(&self) -> FieldLimits {
+        FieldLimits {
+            max_metadata_size: self.max_metadata_size,
+            max_attributes_size: self.max_attributes_size,
+            max_room_name_length: self.max_room_name_length,
+            max_participant_identity_length: self.max_participant_identity_length,
+            max_participant_name_length: self.max_participant_name_length,
+        }
+    }
 }
 
 /// `webhook:` — event delivery.
@@ -975,6 +1016,7 @@ room:
 limit:
   num_tracks: 400
   bytes_per_sec: 2.5e8
+  max_metadata_size: 1024
 webhook:
   api_key: APIabc
   urls: [http://hook/a, http://hook/b]
@@ -1013,6 +1055,12 @@ development: false
         assert_eq!(c.keys["APIabc"], "secret1");
         assert_eq!(c.keys["numeric"], "12345");
         assert_eq!((c.limit.num_tracks, c.limit.bytes_per_sec), (400, 2.5e8));
+        let fields = c.limit.field_limits();
+        assert_eq!(
+            (fields.max_metadata_size, fields.max_attributes_size),
+            (1024, 64 * 1024),
+            "an unset limit keeps LiveKit's default"
+        );
         assert_eq!(c.key_file.as_deref(), Some("/etc/keys.yaml"));
         assert!(!c.room.auto_create);
         assert_eq!(

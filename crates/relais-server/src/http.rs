@@ -1,7 +1,7 @@
 //! The main HTTP port: health check, `/rtc` signaling, `/rtc/validate`, and
 //! the not-yet-implemented single-PC paths that make SDKs fall back to `/rtc`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use relais_auth::{Claims, TokenVerifier};
 use relais_media::{JoinError, JoinParams};
+use relais_proto::limits::FieldLimits;
 use relais_proto::livekit::{client_info, ClientInfo, ParticipantPermission, TrackSource};
 use tracing::{debug, info, Instrument};
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub verifier: TokenVerifier,
     pub shards: Shards,
     pub auto_create: bool,
+    /// Lengths and sizes a token's identity, room, metadata and attributes may have.
+    pub limits: FieldLimits,
     pub ping_timeout: Duration,
     /// Room placement and signal relay (single node: everything is local).
     pub cluster: Arc<crate::cluster::Cluster>,
@@ -148,11 +151,19 @@ fn authenticate(
     if video.room.is_empty() {
         return Err((StatusCode::BAD_REQUEST, "room name cannot be empty".into()));
     }
-    if identity.len() > 256 || video.room.len() > 256 {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "room name or identity too long".into(),
-        ));
+    let limits = &state.limits;
+    let within = limits
+        .check_identity(&identity)
+        .and_then(|()| limits.check_room_name(&video.room))
+        .and_then(|()| {
+            limits.check_participant(
+                claims.name.as_deref().unwrap_or_default(),
+                claims.metadata.as_deref().unwrap_or_default(),
+                claims.attributes.as_ref().unwrap_or(&BTreeMap::new()),
+            )
+        });
+    if let Err(exceeded) = within {
+        return Err((StatusCode::BAD_REQUEST, exceeded.to_string()));
     }
     Ok(JoinGrant {
         room: video.room,

@@ -111,6 +111,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let mut media = MediaConfig::new(Vec::new(), node_id.clone())?;
     media.region = config.region.clone();
+    media.field_limits = config.limit.field_limits();
     media.room_defaults = RoomDefaults {
         empty_timeout: Duration::from_secs(u64::from(config.room.empty_timeout)),
         departure_timeout: Duration::from_secs(u64::from(config.room.departure_timeout)),
@@ -179,13 +180,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let room_api = Arc::new(RoomService::new(
         verifier.clone(),
         ShardsBackend::new(shards.clone()),
-        ServiceOptions::default(),
+        ServiceOptions {
+            limits: config.limit.field_limits(),
+            ..ServiceOptions::default()
+        },
     ));
     let state_node = shards.node().clone();
     let state = Arc::new(AppState {
         verifier,
         shards,
         auto_create: config.room.auto_create,
+        limits: config.limit.field_limits(),
         ping_timeout,
         cluster: cluster.clone(),
     });

@@ -26,6 +26,7 @@ pub use backend::RoomBackend;
 pub use error::{grpc_code_for, rpc_codes, twirp_status, ApiError};
 
 use relais_auth::{Claims, TokenVerifier};
+use relais_proto::limits::{FieldLimits, LimitExceeded};
 use relais_proto::livekit::{
     data_packet, CreateRoomRequest, DeleteRoomRequest, DeleteRoomResponse,
     ForwardParticipantRequest, ForwardParticipantResponse, ListParticipantsRequest,
@@ -39,8 +40,6 @@ use tracing::debug;
 
 /// Largest request body either face accepts.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-/// Longest room name or identity (LiveKit's limit).
-pub const MAX_NAME_LEN: usize = 256;
 /// RPC payloads are limited to 15 KiB, as in LiveKit.
 pub const MAX_RPC_PAYLOAD: usize = 15 * 1024;
 /// `response_timeout_ms` when the request leaves it at 0.
@@ -55,6 +54,8 @@ pub struct ServiceOptions {
     /// `room.enable_remote_unmute`). Off by default: a remote unmute is then
     /// `failed_precondition`.
     pub allow_remote_unmute: bool,
+    /// Lengths and sizes of names, metadata and attributes (LiveKit's `limit:`).
+    pub limits: FieldLimits,
 }
 
 /// The grant a method needs.
@@ -79,6 +80,25 @@ impl<B: RoomBackend> RoomService<B> {
             backend,
             options,
         }
+    }
+
+    /// A room name is given and within `limit.max_room_name_length`.
+    fn check_room_name(&self, room: &str) -> Result<(), ApiError> {
+        if room.is_empty() {
+            return Err(ApiError::InvalidArgument("room name is required".into()));
+        }
+        self.options.limits.check_room_name(room).map_err(exceeded)
+    }
+
+    /// An identity is given and within `limit.max_participant_identity_length`.
+    fn check_identity(&self, what: &str, identity: &str) -> Result<(), ApiError> {
+        if identity.is_empty() {
+            return Err(ApiError::InvalidArgument(format!("{what} is required")));
+        }
+        self.options
+            .limits
+            .check_identity(identity)
+            .map_err(exceeded)
     }
 
     /// The backend, for callers that also drive it directly.
@@ -131,7 +151,11 @@ impl<B: RoomBackend> RoomService<B> {
         req: CreateRoomRequest,
     ) -> Result<Room, ApiError> {
         self.authorize(auth, Need::Create)?;
-        check_name("room name", &req.name)?;
+        self.check_room_name(&req.name)?;
+        self.options
+            .limits
+            .check_metadata(&req.metadata)
+            .map_err(exceeded)?;
         self.backend.create_room(req).await
     }
 
@@ -154,7 +178,7 @@ impl<B: RoomBackend> RoomService<B> {
         req: DeleteRoomRequest,
     ) -> Result<DeleteRoomResponse, ApiError> {
         self.authorize(auth, Need::Create)?;
-        check_name("room name", &req.room)?;
+        self.check_room_name(&req.room)?;
         self.backend.delete_room(req.room).await?;
         Ok(DeleteRoomResponse {})
     }
@@ -166,7 +190,7 @@ impl<B: RoomBackend> RoomService<B> {
         req: ListParticipantsRequest,
     ) -> Result<ListParticipantsResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
+        self.check_room_name(&req.room)?;
         let mut participants = self.backend.list_participants(req.room).await?;
         participants.sort_by_key(|p| p.joined_at_ms);
         Ok(ListParticipantsResponse { participants })
@@ -179,8 +203,8 @@ impl<B: RoomBackend> RoomService<B> {
         req: RoomParticipantIdentity,
     ) -> Result<ParticipantInfo, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("identity", &req.identity)?;
+        self.check_room_name(&req.room)?;
+        self.check_identity("identity", &req.identity)?;
         self.backend.get_participant(req.room, req.identity).await
     }
 
@@ -191,8 +215,8 @@ impl<B: RoomBackend> RoomService<B> {
         req: RoomParticipantIdentity,
     ) -> Result<RemoveParticipantResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("identity", &req.identity)?;
+        self.check_room_name(&req.room)?;
+        self.check_identity("identity", &req.identity)?;
         self.backend
             .remove_participant(req.room, req.identity)
             .await?;
@@ -206,8 +230,8 @@ impl<B: RoomBackend> RoomService<B> {
         req: MuteRoomTrackRequest,
     ) -> Result<MuteRoomTrackResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("identity", &req.identity)?;
+        self.check_room_name(&req.room)?;
+        self.check_identity("identity", &req.identity)?;
         if req.track_sid.is_empty() {
             return Err(ApiError::InvalidArgument("track_sid is required".into()));
         }
@@ -227,13 +251,12 @@ impl<B: RoomBackend> RoomService<B> {
         req: UpdateParticipantRequest,
     ) -> Result<ParticipantInfo, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("identity", &req.identity)?;
-        if req.name.len() > MAX_NAME_LEN {
-            return Err(ApiError::InvalidArgument(format!(
-                "name is longer than {MAX_NAME_LEN} bytes"
-            )));
-        }
+        self.check_room_name(&req.room)?;
+        self.check_identity("identity", &req.identity)?;
+        self.options
+            .limits
+            .check_participant(&req.name, &req.metadata, &req.attributes)
+            .map_err(exceeded)?;
         if req.attributes.keys().any(String::is_empty) {
             return Err(ApiError::InvalidArgument(
                 "attribute keys cannot be empty".into(),
@@ -249,8 +272,8 @@ impl<B: RoomBackend> RoomService<B> {
         req: UpdateSubscriptionsRequest,
     ) -> Result<UpdateSubscriptionsResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("identity", &req.identity)?;
+        self.check_room_name(&req.room)?;
+        self.check_identity("identity", &req.identity)?;
         self.backend.update_subscriptions(req).await?;
         Ok(UpdateSubscriptionsResponse {})
     }
@@ -262,7 +285,7 @@ impl<B: RoomBackend> RoomService<B> {
         req: SendDataRequest,
     ) -> Result<SendDataResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
+        self.check_room_name(&req.room)?;
         if !req.nonce.is_empty() && req.nonce.len() != 16 {
             return Err(ApiError::InvalidArgument(format!(
                 "nonce must be empty or 16 bytes, got {} bytes",
@@ -286,7 +309,11 @@ impl<B: RoomBackend> RoomService<B> {
         req: UpdateRoomMetadataRequest,
     ) -> Result<Room, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
+        self.check_room_name(&req.room)?;
+        self.options
+            .limits
+            .check_metadata(&req.metadata)
+            .map_err(exceeded)?;
         self.backend
             .update_room_metadata(req.room, req.metadata)
             .await
@@ -323,8 +350,8 @@ impl<B: RoomBackend> RoomService<B> {
         mut req: PerformRpcRequest,
     ) -> Result<PerformRpcResponse, ApiError> {
         self.authorize(auth, Need::Admin(&req.room))?;
-        check_name("room name", &req.room)?;
-        check_name("destination identity", &req.destination_identity)?;
+        self.check_room_name(&req.room)?;
+        self.check_identity("destination identity", &req.destination_identity)?;
         if req.method.is_empty() {
             return Err(ApiError::InvalidArgument("method is required".into()));
         }
@@ -342,16 +369,9 @@ impl<B: RoomBackend> RoomService<B> {
     }
 }
 
-fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
-    if value.is_empty() {
-        return Err(ApiError::InvalidArgument(format!("{what} is required")));
-    }
-    if value.len() > MAX_NAME_LEN {
-        return Err(ApiError::InvalidArgument(format!(
-            "{what} is longer than {MAX_NAME_LEN} bytes"
-        )));
-    }
-    Ok(())
+/// A size limit exceeded by a request, as LiveKit reports it (`invalid_argument`).
+fn exceeded(e: LimitExceeded) -> ApiError {
+    ApiError::InvalidArgument(e.to_string())
 }
 
 /// Both faces on one router: Twirp under `/twirp/`, gRPC under

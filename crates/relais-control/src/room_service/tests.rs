@@ -215,6 +215,7 @@ async fn validation() {
     assert_eq!(err.twirp_code(), "failed_precondition");
     let allowed = service(ServiceOptions {
         allow_remote_unmute: true,
+        ..ServiceOptions::default()
     });
     let track = allowed
         .mute_published_track(Some(&admin("r")), unmute)
@@ -259,6 +260,85 @@ async fn validation() {
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "requested room does not exist");
+}
+
+#[tokio::test]
+async fn names_metadata_and_attributes_within_the_configured_limits() {
+    let s = service(ServiceOptions {
+        limits: FieldLimits {
+            max_metadata_size: 8,
+            max_attributes_size: 6,
+            max_room_name_length: 4,
+            max_participant_identity_length: 3,
+            max_participant_name_length: 5,
+        },
+        ..ServiceOptions::default()
+    });
+    let refused = |e: ApiError| (e.twirp_code(), e.to_string());
+    let create_req = |name: &str, metadata: &str| CreateRoomRequest {
+        name: name.into(),
+        metadata: metadata.into(),
+        ..Default::default()
+    };
+    let err = s
+        .create_room(Some(&create()), create_req("roomy", ""))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        ("invalid_argument", "room name length exceeds limits".into())
+    );
+    let err = s
+        .create_room(Some(&create()), create_req("room", "123456789"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        ("invalid_argument", "metadata size exceeds limits".into())
+    );
+    s.create_room(Some(&create()), create_req("room", "12345678"))
+        .await
+        .unwrap();
+
+    let update =
+        |identity: &str, name: &str, attributes: &[(&str, &str)]| UpdateParticipantRequest {
+            room: "room".into(),
+            identity: identity.into(),
+            name: name.into(),
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+    for (req, want) in [
+        (update("abcd", "", &[]), "identity length exceeds limits"),
+        (update("abc", "sixsix", &[]), "name length exceeds limits"),
+        (
+            update("abc", "", &[("key", "four")]),
+            "attributes size exceeds limits",
+        ),
+    ] {
+        let err = s
+            .update_participant(Some(&admin("room")), req)
+            .await
+            .unwrap_err();
+        assert_eq!(refused(err), ("invalid_argument", want.into()));
+    }
+    let err = s
+        .update_room_metadata(
+            Some(&admin("room")),
+            UpdateRoomMetadataRequest {
+                room: "room".into(),
+                metadata: "123456789".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused(err),
+        ("invalid_argument", "metadata size exceeds limits".into())
+    );
 }
 
 async fn call(

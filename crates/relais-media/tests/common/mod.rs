@@ -501,6 +501,7 @@ impl Sim {
                 can_subscribe: true,
                 can_publish: true,
                 can_publish_data: true,
+                can_update_metadata: true,
                 ..Default::default()
             },
             kind: 0,
