@@ -554,3 +554,56 @@ async def test_disconnect_is_seen_by_other_participant(relais, rooms, room_name)
     await left.wait(lambda p: p.identity == ALICE, 10, "bob sees alice leave")
     assert ALICE not in bob.remote_participants
     assert bob.isconnected()
+
+
+async def test_subscription_limit_holds_a_track_back_until_a_slot_frees(
+    relais_factory, rooms, room_name
+):
+    """`limit.subscription_limit_audio: 1` (LiveKit's key): bob receives one of the
+    two voices in the room; when that one stops, he receives the other."""
+    server = relais_factory({"limit": {"subscription_limit_audio": 1}})
+    bob = await rooms.join(server, BOB, room_name)
+    subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
+    unsubscribed = EventLog(bob, "track_unsubscribed")
+    stop = asyncio.Event()
+    players, published = [], {}
+    try:
+        for who in (ALICE, "carol"):
+            room = await rooms.join(server, who, room_name)
+            source = rtc.AudioSource(SAMPLE_RATE, 1)
+            players.append(asyncio.create_task(play_sine(source, stop)))
+            track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+            published[who] = (
+                room,
+                await bounded(
+                    room.local_participant.publish_track(
+                        track,
+                        rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
+                    ),
+                    f"{who} publishes",
+                    20,
+                ),
+            )
+        _, _, first = await subscribed.wait(what="bob's first subscription", timeout=15)
+        # The second voice is announced to bob but waits for a slot.
+        await wait_for(
+            lambda: len(bob.remote_participants) == 2
+            and all(p.track_publications for p in bob.remote_participants.values()),
+            "bob sees both publications",
+            10,
+        )
+        await asyncio.sleep(2)
+        assert len(subscribed.all()) == 1, [p.identity for _, _, p in subscribed.all()]
+        # The voice bob hears stops: the other takes its place.
+        room, publication = published[first.identity]
+        await bounded(
+            room.local_participant.unpublish_track(publication.sid), "unpublish", 10
+        )
+        await unsubscribed.wait(what="bob loses the first voice", timeout=10)
+        await wait_for(
+            lambda: len(subscribed.all()) == 2, "bob subscribed to the other voice", 15
+        )
+        other = subscribed.all()[1][2].identity
+        assert {first.identity, other} == {ALICE, "carol"}
+    finally:
+        await stop_players(stop, players)

@@ -40,9 +40,20 @@ pub struct MediaConfig {
     pub room_defaults: RoomDefaults,
     /// Sizes a participant's own name, metadata and attribute updates may have.
     pub field_limits: FieldLimits,
+    /// Most video and audio tracks one participant receives at once.
+    pub subscription_limits: SubscriptionLimits,
     /// How long a participant may stay silent on signaling before it is removed.
     pub ping_timeout: Duration,
     pub ping_interval: Duration,
+}
+
+/// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
+/// kind one participant receives at once (0 = no limit). Tracks beyond wait,
+/// in the order asked for, and are subscribed as others end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscriptionLimits {
+    pub video: u32,
+    pub audio: u32,
 }
 
 /// Room settings used when a room is created by a join.
@@ -81,6 +92,7 @@ impl MediaConfig {
             region: String::new(),
             room_defaults: RoomDefaults::default(),
             field_limits: FieldLimits::default(),
+            subscription_limits: SubscriptionLimits::default(),
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
         })

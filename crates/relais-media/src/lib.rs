@@ -31,7 +31,9 @@ pub mod stats;
 pub mod stun;
 mod timers;
 
-pub use config::{tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults};
+pub use config::{
+    tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults, SubscriptionLimits,
+};
 pub use participant::{ParticipantKey, PeerRole};
 pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use room_admin::{AdminError, RpcFailure, RpcReply};

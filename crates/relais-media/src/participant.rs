@@ -137,6 +137,10 @@ pub(crate) struct Participant {
     /// Tracks received, by subscriber-PC mid.
     pub downtracks: HashMap<Mid, Downtrack>,
     pub subscriber_changes: Vec<SubscriberChange>,
+    /// Tracks this participant wants but may not receive yet: its
+    /// subscription limit for their kind is reached. In the order asked for;
+    /// the first that fits is subscribed when a subscription ends.
+    pub waiting_subscriptions: Vec<String>,
     pub last_reliable_seq: u32,
 }
 

@@ -400,6 +400,7 @@ impl Room {
             negotiation: Negotiation::default(),
             downtracks: HashMap::new(),
             subscriber_changes: Vec::new(),
+            waiting_subscriptions: Vec::new(),
             last_reliable_seq: 0,
         };
         self.by_identity
@@ -910,8 +911,31 @@ impl Room {
         }
     }
 
-    /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the caller).
+    /// Whether `key` may receive one more track of `kind` under its
+    /// subscription limit.
+    fn has_subscription_room(&self, key: ParticipantKey, kind: MediaKind) -> bool {
+        let limits = self.config.subscription_limits;
+        let limit = if kind == MediaKind::Video {
+            limits.video
+        } else {
+            limits.audio
+        };
+        limit == 0
+            || self
+                .tracks
+                .values()
+                .filter(|t| t.kind == kind && t.subscribers.iter().any(|s| s.subscriber == key))
+                .count()
+                < limit as usize
+    }
+
+    /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the
+    /// caller). Past `key`'s subscription limit, `sid` waits instead.
     fn subscribe(&mut self, key: ParticipantKey, sid: &str, explicit: bool) -> bool {
+        let Some(kind) = self.tracks.get(sid).map(|t| t.kind) else {
+            return false;
+        };
+        let has_room = self.has_subscription_room(key, kind);
         let Some(track) = self.tracks.get_mut(sid) else {
             return false;
         };
@@ -921,6 +945,14 @@ impl Room {
         if track.publisher == key || !p.permission.can_subscribe || p.receives(sid) {
             return false;
         }
+        if !has_room {
+            if !p.waiting_subscriptions.iter().any(|w| w == sid) {
+                debug!(participant = %p.info.identity, track = %sid, "subscription limit reached: track waits");
+                p.waiting_subscriptions.push(sid.to_string());
+            }
+            return false;
+        }
+        p.waiting_subscriptions.retain(|w| w != sid);
         let Some(publisher_sid) = self
             .participants
             .get(&track.publisher)
@@ -949,6 +981,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return false;
         };
+        p.waiting_subscriptions.retain(|w| w != sid);
         if !p.receives(sid) {
             return false;
         }
@@ -956,7 +989,20 @@ impl Room {
         if let Some(track) = self.tracks.get_mut(sid) {
             track.subscribers.retain(|s| s.subscriber != key);
         }
+        self.subscribe_waiting(key);
         true
+    }
+
+    /// Subscribe `key` to the tracks it waits for that fit under its limits now.
+    fn subscribe_waiting(&mut self, key: ParticipantKey) {
+        let waiting = self
+            .participants
+            .get(&key)
+            .map(|p| p.waiting_subscriptions.clone())
+            .unwrap_or_default();
+        for sid in waiting {
+            self.subscribe(key, &sid, false);
+        }
     }
 
     /// Offer the subscriber PC's pending changes, or remember to once the
@@ -1146,7 +1192,12 @@ impl Room {
                 renegotiate.push(sub.subscriber);
             }
         }
+        for p in self.participants.values_mut() {
+            p.waiting_subscriptions.retain(|w| w != sid);
+        }
         for key in renegotiate {
+            // The slot it held goes to a track the subscriber waits for.
+            self.subscribe_waiting(key);
             self.negotiate_subscriber(now, key);
         }
         self.outputs

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{gaps, rtp_info, Sim};
 use relais_media::stats::Direction as StatsDirection;
-use relais_media::RoomEvent;
+use relais_media::{RoomEvent, Shard};
 use relais_proto::livekit::signal_response::Message;
 use relais_proto::livekit::TrackType;
 use str0m::media::{Direction, MediaKind};
@@ -395,4 +395,40 @@ fn only_publisher_connections_negotiate_transport_wide_feedback() {
     // Media still reaches the subscriber.
     let sid = sim.track_sid(0, "cam");
     assert!(sim.client(1).received(&sid).len() > 20);
+}
+
+#[test]
+fn a_subscription_limit_holds_tracks_back_until_a_slot_frees() {
+    let mut sim = Sim::new();
+    sim.config.subscription_limits.audio = 1;
+    sim.shard = Shard::new(0, sim.config.clone());
+    let alice = sim.join("alice");
+    let carol = sim.join("carol");
+    let bob = sim.join("bob");
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.publish(alice, MediaKind::Audio, "mic");
+    sim.run_for(Duration::from_secs(1));
+    sim.publish(carol, MediaKind::Audio, "mic");
+    sim.publish(carol, MediaKind::Video, "cam");
+    sim.run_for(Duration::from_secs(1));
+    let (a, c, v) = (
+        sim.track_sid(alice, "mic"),
+        sim.track_sid(carol, "mic"),
+        sim.track_sid(carol, "cam"),
+    );
+    let hears = |sim: &Sim, who: usize, sid: &str| !sim.client(who).received(sid).is_empty();
+    assert!(hears(&sim, bob, &a), "bob receives alice's audio");
+    assert!(
+        !hears(&sim, bob, &c),
+        "carol's audio waits: bob's limit is one audio track"
+    );
+    assert!(hears(&sim, bob, &v), "video has no limit");
+    assert!(hears(&sim, alice, &c), "alice has room for carol's audio");
+
+    sim.unpublish(alice, "mic");
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        hears(&sim, bob, &c),
+        "the freed slot goes to the waiting track"
+    );
 }

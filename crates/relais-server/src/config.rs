@@ -342,6 +342,11 @@ pub struct LimitConfig {
     /// admission before the shard falls behind, rather than after. Relais's
     /// own key.
     pub shard_busy_fraction: f64,
+    /// Most video tracks one participant receives at once; more wait until
+    /// one ends (LiveKit's key; 0 = no limit).
+    pub subscription_limit_video: u32,
+    /// Likewise for audio tracks.
+    pub subscription_limit_audio: u32,
     /// Bytes of participant or room metadata (LiveKit's key; default 512 KiB).
     pub max_metadata_size: u32,
     /// Bytes of a participant's attributes, keys and values (default 64 KiB).
@@ -361,6 +366,8 @@ impl Default for LimitConfig {
             num_tracks: 0,
             bytes_per_sec: 0.0,
             shard_busy_fraction: 0.0,
+            subscription_limit_video: 0,
+            subscription_limit_audio: 0,
             max_metadata_size: fields.max_metadata_size,
             max_attributes_size: fields.max_attributes_size,
             max_room_name_length: fields.max_room_name_length,

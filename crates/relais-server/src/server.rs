@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use relais_auth::TokenVerifier;
 use relais_control::room_service::{self, RoomService, ServiceOptions};
 use relais_control::webhook::{WebhookNotifier, WebhookSettings};
-use relais_media::{tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults};
+use relais_media::{
+    tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults, SubscriptionLimits,
+};
 use tracing::{info, warn};
 
 use crate::cluster::Cluster;
@@ -112,6 +114,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut media = MediaConfig::new(Vec::new(), node_id.clone())?;
     media.region = config.region.clone();
     media.field_limits = config.limit.field_limits();
+    media.subscription_limits = SubscriptionLimits {
+        video: config.limit.subscription_limit_video,
+        audio: config.limit.subscription_limit_audio,
+    };
     media.room_defaults = RoomDefaults {
         empty_timeout: Duration::from_secs(u64::from(config.room.empty_timeout)),
         departure_timeout: Duration::from_secs(u64::from(config.room.departure_timeout)),
