@@ -302,3 +302,64 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
         assert code == 0, f"browser client exit code {code}"
     finally:
         await stop_players(stop, [player], source)
+
+
+async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, rooms, browser):
+    """livekit-client publishes VP9 as one SVC stream (L3T3_KEY: 320x180, 640x360 and
+    1280x720 in every picture). A Python subscriber that asks for the low quality gets
+    pictures of the lowest spatial layer only — the server drops the upper layers'
+    packets, closes the sequence gaps and ends each picture on the layer kept — and
+    gets the full size back, from a keyframe, when it asks for the high quality."""
+    room_name = f"svc-{uuid.uuid4().hex[:8]}"
+    py = await rooms.join(relais, PY, room_name)
+    subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
+    await browser.start(
+        "--url", relais.url,
+        "--token", make_token(WEB, room_name),
+        "--publish-camera",
+        "--codec", "vp9",
+        "--timeout", str(int(3 * WAIT_S)),
+    )  # fmt: skip
+    await browser.wait_event("published", WAIT_S)
+    track, publication, _ = await subscribed.wait(
+        lambda t, pub, p: p.identity == WEB and t.kind == rtc.TrackKind.KIND_VIDEO,
+        WAIT_S,
+        "python subscribed to the browser's camera",
+    )
+    widths: list[int] = []
+
+    async def record() -> None:
+        stream = rtc.VideoStream(track)
+        try:
+            async for event in stream:
+                widths.append(event.frame.width)
+        finally:
+            await stream.aclose()
+
+    recorder = asyncio.create_task(record())
+    try:
+        # The encoder adds its upper layers as its bandwidth estimate grows.
+        await wait_for(lambda: max(widths, default=0) > 320, "pictures above 320 wide", WAIT_S)
+        await asyncio.sleep(3)
+        top = max(widths)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+        mark = len(widths)
+        await wait_for(
+            lambda: len(widths) > mark + 40 and max(widths[-30:]) == min(widths[-30:]) < top,
+            "only the lowest spatial layer after asking for low quality",
+            WAIT_S,
+        )
+        low = widths[-1]
+        print(f"python received widths: top {top}, low {low}")
+        assert low <= top // 2, (low, top)
+        publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+        mark = len(widths)
+        await wait_for(
+            lambda: max(widths[mark:], default=0) > low,
+            "larger pictures again after asking for high quality",
+            WAIT_S,
+        )
+    finally:
+        recorder.cancel()
+        with contextlib.suppress(BaseException):
+            await recorder

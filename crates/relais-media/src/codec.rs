@@ -150,6 +150,42 @@ fn h264_has_idr(payload: &[u8]) -> bool {
     }
 }
 
+/// The layer fields of a VP9 RTP payload descriptor (RFC 9628 §4.2), present
+/// when the stream is layered (L=1), as browsers send SVC (`L3T3_KEY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp9Layer {
+    /// Spatial layer (SID).
+    pub spatial: u8,
+    /// Temporal layer (TID).
+    pub temporal: u8,
+    /// B: the first packet of this layer's frame.
+    pub begins_frame: bool,
+    /// E: the last packet of this layer's frame.
+    pub ends_frame: bool,
+}
+
+impl Vp9Layer {
+    /// The layer of a VP9 payload, or `None` if it is not layered or truncated.
+    pub fn parse(payload: &[u8]) -> Option<Self> {
+        let first = *payload.first()?;
+        if first & 0x20 == 0 {
+            return None;
+        }
+        let mut at = 1;
+        if first & 0x80 != 0 {
+            // Picture id: 7 bits, or 15 when its first bit (M) is set.
+            at += if *payload.get(at)? & 0x80 != 0 { 2 } else { 1 };
+        }
+        let layer = *payload.get(at)?;
+        Some(Vp9Layer {
+            spatial: (layer >> 1) & 0x07,
+            temporal: layer >> 5,
+            begins_frame: first & 0x08 != 0,
+            ends_frame: first & 0x04 != 0,
+        })
+    }
+}
+
 /// VP9 payload descriptor (draft-ietf-payload-vp9): B=1 and P=0 on a
 /// non-layered or base-layer packet.
 fn vp9_starts_keyframe(payload: &[u8]) -> bool {
@@ -186,6 +222,29 @@ mod tests {
         let continuation = [0x80, 0x80, 0x05, 0x00];
         assert!(!Vp8Header::parse(&continuation).unwrap().keyframe);
         assert!(Vp8Header::parse(&[0x90, 0x80]).is_none());
+    }
+
+    #[test]
+    fn vp9_layer_fields() {
+        // I=1 with a 15-bit picture id, L=1, B=1, E=0: SID 2, TID 1.
+        let p = [0xa8, 0x81, 0x23, (1 << 5) | (2 << 1), 0x00];
+        assert_eq!(
+            Vp9Layer::parse(&p),
+            Some(Vp9Layer {
+                spatial: 2,
+                temporal: 1,
+                begins_frame: true,
+                ends_frame: false
+            })
+        );
+        // 7-bit picture id, E=1, SID 0.
+        assert_eq!(
+            Vp9Layer::parse(&[0xa4, 0x05, 0x00]).map(|l| (l.spatial, l.ends_frame)),
+            Some((0, true))
+        );
+        // Not layered (L=0), or truncated.
+        assert_eq!(Vp9Layer::parse(&[0x88, 0x05, 0x00]), None);
+        assert_eq!(Vp9Layer::parse(&[0xa8, 0x81]), None);
     }
 
     #[test]

@@ -5,10 +5,19 @@
 //! sequence numbers, timestamps and VP8 picture ids. [`TrackForwarder`]
 //! decides which incoming packets reach the subscriber and rewrites their
 //! numbering so that the outgoing stream has no jumps when the layer changes.
+//!
+//! A VP9 SVC stream (one SSRC carrying every spatial layer, as browsers send
+//! `L3T3_KEY`) is thinned instead: packets above the subscriber's spatial
+//! layer are dropped, the numbering closes the gaps they leave, and the last
+//! packet of the highest layer kept carries the marker bit that ends a picture.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::codec::Vp8Header;
+use crate::codec::{Vp8Header, Vp9Layer};
+
+/// Sequence offsets remembered for packets that arrive after later ones.
+const OFFSET_HISTORY: usize = 32;
 
 /// What to do with one incoming packet for one subscriber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +40,8 @@ pub struct Rewrite {
     /// Rewritten VP8 picture id and TL0PICIDX, when the packet carries them.
     pub vp8_picture_id: Option<u16>,
     pub vp8_tl0_pic_idx: Option<u8>,
+    /// The marker bit to send.
+    pub marker: bool,
 }
 
 /// One incoming packet, as the forwarder needs to see it.
@@ -44,6 +55,9 @@ pub struct Incoming {
     /// Whether this packet starts a keyframe.
     pub keyframe: bool,
     pub vp8: Option<Vp8Header>,
+    /// VP9 SVC layer fields, when the stream is layered.
+    pub svc: Option<Vp9Layer>,
+    pub marker: bool,
     pub arrival: Instant,
     /// Clock rate of the codec, to carry timestamps across a layer switch.
     pub clock_rate: u32,
@@ -63,6 +77,14 @@ pub struct TrackForwarder {
     ts_offset: u32,
     pic_offset: u16,
     tl0_offset: u8,
+    /// Incoming sequence number from which `seq_offset` applies; earlier
+    /// packets use the offsets in `offset_history` (first seq, offset).
+    offset_since: u64,
+    offset_history: VecDeque<(u64, u64)>,
+    /// Highest VP9 spatial layer wanted, and the one being forwarded
+    /// (`None`: every layer, untouched).
+    spatial_target: Option<u8>,
+    spatial_now: Option<u8>,
     last: Option<LastSent>,
 }
 
@@ -87,7 +109,32 @@ impl TrackForwarder {
             ts_offset: 0,
             pic_offset: 0,
             tl0_offset: 0,
+            offset_since: 0,
+            offset_history: VecDeque::new(),
+            spatial_target: None,
+            spatial_now: None,
             last: None,
+        }
+    }
+
+    /// The highest VP9 spatial layer this subscriber should receive (`None`:
+    /// all). Going down takes effect at the next picture; going up waits for a
+    /// keyframe ([`TrackForwarder::wants_keyframe`]), as the upper layers of
+    /// pictures in between reference frames the subscriber never got.
+    pub fn set_spatial_target(&mut self, target: Option<u8>) {
+        self.spatial_target = target;
+    }
+
+    pub fn spatial_layer(&self) -> Option<u8> {
+        self.spatial_now
+    }
+
+    /// Whether a switch up to the spatial target waits for a keyframe.
+    pub fn spatial_up_pending(&self) -> bool {
+        match (self.spatial_now, self.spatial_target) {
+            (Some(now), Some(target)) => target > now,
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
@@ -121,7 +168,7 @@ impl TrackForwarder {
 
     /// True while the subscriber waits for a keyframe on its target layer.
     pub fn wants_keyframe(&self) -> bool {
-        !self.paused && self.current_layer != Some(self.target_layer)
+        !self.paused && (self.current_layer != Some(self.target_layer) || self.spatial_up_pending())
     }
 
     /// Decide about one packet and, if it goes out, compute its new numbering.
@@ -133,7 +180,7 @@ impl TrackForwarder {
             if p.seq < self.switch_seq {
                 return Forward::Drop;
             }
-            return Forward::Send(self.rewrite(p));
+            return self.forward_in_layer(p);
         }
         if p.layer != self.target_layer {
             return Forward::Drop;
@@ -142,12 +189,83 @@ impl TrackForwarder {
             return Forward::NeedKeyframe;
         }
         self.enter_layer(p);
-        Forward::Send(self.rewrite(p))
+        // A keyframe starts every spatial layer afresh.
+        self.spatial_now = self.spatial_target;
+        self.forward_in_layer(p)
+    }
+
+    /// A packet of the layer being forwarded: thinned to the spatial layer.
+    fn forward_in_layer(&mut self, p: &Incoming) -> Forward {
+        let Some(svc) = p.svc else {
+            return self.send(p, p.marker);
+        };
+        // Spatial changes take effect where a picture starts: its base layer's
+        // first packet.
+        if svc.spatial == 0 && svc.begins_frame && self.spatial_now != self.spatial_target {
+            let down = match (self.spatial_target, self.spatial_now) {
+                (Some(target), Some(now)) => target < now,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if down || p.keyframe {
+                self.spatial_now = self.spatial_target;
+            }
+        }
+        match self.spatial_now {
+            None => self.send(p, p.marker),
+            Some(max) if svc.spatial > max => {
+                self.skip(p.seq);
+                Forward::Drop
+            }
+            // The highest layer kept ends the picture (or the publisher's own
+            // marker does, when it sent fewer layers).
+            Some(max) => self.send(p, p.marker || (svc.spatial == max && svc.ends_frame)),
+        }
+    }
+
+    fn send(&mut self, p: &Incoming, marker: bool) -> Forward {
+        match self.rewrite(p, marker) {
+            Some(r) => Forward::Send(r),
+            None => Forward::Drop,
+        }
+    }
+
+    /// `seq` is not sent: later packets move down by one so that the
+    /// subscriber sees no gap (and asks for no retransmission).
+    fn skip(&mut self, seq: u64) {
+        if seq < self.offset_since {
+            // Late, and its place was already given to later packets.
+            return;
+        }
+        if seq > self.offset_since {
+            if self.offset_history.len() == OFFSET_HISTORY {
+                self.offset_history.pop_front();
+            }
+            self.offset_history
+                .push_back((self.offset_since, self.seq_offset));
+        }
+        self.seq_offset = self.seq_offset.wrapping_sub(1);
+        self.offset_since = seq + 1;
+    }
+
+    /// The sequence offset for incoming `seq`, `None` if it is older than the
+    /// history kept.
+    fn offset_for(&self, seq: u64) -> Option<u64> {
+        if seq >= self.offset_since {
+            return Some(self.seq_offset);
+        }
+        self.offset_history
+            .iter()
+            .rev()
+            .find(|(since, _)| seq >= *since)
+            .map(|(_, offset)| *offset)
     }
 
     fn enter_layer(&mut self, p: &Incoming) {
         self.current_layer = Some(p.layer);
         self.switch_seq = p.seq;
+        self.offset_since = p.seq;
+        self.offset_history.clear();
         match self.last {
             None => {
                 // Start below 2^16 so the receiver's SRTP rollover counter begins at 0.
@@ -174,8 +292,8 @@ impl TrackForwarder {
         }
     }
 
-    fn rewrite(&mut self, p: &Incoming) -> Rewrite {
-        let seq = p.seq.wrapping_add(self.seq_offset);
+    fn rewrite(&mut self, p: &Incoming, marker: bool) -> Option<Rewrite> {
+        let seq = p.seq.wrapping_add(self.offset_for(p.seq)?);
         let timestamp = p.timestamp.wrapping_add(self.ts_offset);
         let (vp8_picture_id, vp8_tl0_pic_idx) = match p.vp8 {
             Some(h) => (
@@ -197,12 +315,13 @@ impl TrackForwarder {
                 at: p.arrival,
             });
         }
-        Rewrite {
+        Some(Rewrite {
             seq,
             timestamp,
             vp8_picture_id,
             vp8_tl0_pic_idx,
-        }
+            marker,
+        })
     }
 }
 
@@ -218,9 +337,142 @@ mod tests {
             timestamp: ts,
             keyframe,
             vp8: None,
+            svc: None,
+            marker: false,
             arrival: at,
             clock_rate: 90_000,
         }
+    }
+
+    /// One packet of a VP9 SVC picture: spatial layer `spatial`, the first
+    /// and/or last of that layer's frame; the publisher's marker on the last
+    /// packet of the top layer (2).
+    fn svc(
+        seq: u64,
+        spatial: u8,
+        begins: bool,
+        ends: bool,
+        keyframe: bool,
+        at: Instant,
+    ) -> Incoming {
+        Incoming {
+            svc: Some(Vp9Layer {
+                spatial,
+                temporal: 0,
+                begins_frame: begins,
+                ends_frame: ends,
+            }),
+            marker: spatial == 2 && ends,
+            ..pkt(
+                0,
+                seq,
+                seq as u32 * 100,
+                keyframe && spatial == 0 && begins,
+                at,
+            )
+        }
+    }
+
+    /// A picture of three spatial layers, two packets each, from `seq`.
+    fn picture(seq: u64, keyframe: bool, at: Instant) -> Vec<Incoming> {
+        (0..3u8)
+            .flat_map(|s| {
+                let first = seq + u64::from(s) * 2;
+                [
+                    svc(first, s, true, false, keyframe, at),
+                    svc(first + 1, s, false, true, keyframe, at),
+                ]
+            })
+            .collect()
+    }
+
+    /// (outgoing seq, marker) of what `f` sends of `packets`.
+    fn sent(f: &mut TrackForwarder, packets: &[Incoming]) -> Vec<(u64, bool)> {
+        packets
+            .iter()
+            .filter_map(|p| match f.forward(p) {
+                Forward::Send(r) => Some((r.seq, r.marker)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn svc_down_at_the_next_picture_without_gaps_and_marker_on_the_top_kept() {
+        let t0 = Instant::now();
+        let mut f = TrackForwarder::new(0);
+        // Everything while no spatial target is set: untouched.
+        let all = sent(&mut f, &picture(100, true, t0));
+        assert_eq!(all.len(), 6);
+        assert_eq!(all.iter().filter(|(_, m)| *m).count(), 1);
+        let first = all[0].0;
+        // Down to layer 0: from the next picture on, two packets a picture,
+        // numbered without gaps, the second ending the picture.
+        f.set_spatial_target(Some(0));
+        assert!(!f.wants_keyframe(), "going down needs no keyframe");
+        let low = sent(
+            &mut f,
+            &[picture(106, false, t0), picture(112, false, t0)].concat(),
+        );
+        assert_eq!(
+            low,
+            [
+                (first + 6, false),
+                (first + 7, true),
+                (first + 8, false),
+                (first + 9, true)
+            ]
+        );
+        // Layer 1: up again waits for a keyframe, then continues the numbering.
+        f.set_spatial_target(Some(1));
+        assert!(f.wants_keyframe());
+        assert_eq!(
+            sent(&mut f, &picture(118, false, t0)).len(),
+            2,
+            "still layer 0"
+        );
+        let up = sent(&mut f, &picture(124, true, t0));
+        assert_eq!(
+            up,
+            [
+                (first + 12, false),
+                (first + 13, false),
+                (first + 14, false),
+                (first + 15, true)
+            ]
+        );
+        assert!(!f.wants_keyframe());
+        assert_eq!(f.spatial_layer(), Some(1));
+    }
+
+    #[test]
+    fn svc_late_packets_keep_the_numbering_of_their_place() {
+        let t0 = Instant::now();
+        let mut f = TrackForwarder::new(0);
+        f.set_spatial_target(Some(0));
+        let p1 = picture(10, true, t0);
+        let p2 = picture(16, false, t0);
+        // Picture 1's second base-layer packet arrives after picture 2's first.
+        let order = [
+            &p1[0], &p1[2], &p1[3], &p1[4], &p1[5], &p2[0], &p1[1], &p2[1],
+        ];
+        let out: Vec<(u64, bool)> = order
+            .iter()
+            .filter_map(|p| match f.forward(p) {
+                Forward::Send(r) => Some((r.seq, r.marker)),
+                _ => None,
+            })
+            .collect();
+        let base = out[0].0;
+        assert_eq!(
+            out,
+            [
+                (base, false),
+                (base + 2, false),
+                (base + 1, true),
+                (base + 3, true)
+            ]
+        );
     }
 
     #[test]

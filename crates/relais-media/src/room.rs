@@ -32,7 +32,7 @@ use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn, Span};
 
-use crate::codec::{CodecKind, Vp8Header};
+use crate::codec::{CodecKind, Vp8Header, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
 use crate::forward::{Forward, Incoming, TrackForwarder};
@@ -137,6 +137,8 @@ pub(crate) struct Subscription {
     /// The highest layer the subscriber asked for (`UpdateTrackSettings`:
     /// adaptive stream, a chosen quality); `usize::MAX` until it says.
     pub(crate) max_layer: usize,
+    /// Likewise for the spatial layers of a VP9 SVC track (`None`: all).
+    pub(crate) max_spatial: Option<u8>,
 }
 
 impl Subscription {
@@ -145,6 +147,12 @@ impl Subscription {
     fn aim(&mut self, best_layer: usize, load_cap: usize) {
         self.forwarder
             .set_target_layer(best_layer.min(self.max_layer).min(load_cap));
+        let load_spatial = u8::try_from(load_cap).ok();
+        let spatial = match (self.max_spatial, load_spatial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.forwarder.set_spatial_target(spatial);
     }
 }
 
@@ -164,14 +172,11 @@ pub(crate) struct PublishedTrack {
 }
 
 impl PublishedTrack {
-    /// The highest layer a subscriber's settings allow: the smallest layer at
-    /// least as large as the size it shows the video at, or else the layer of
-    /// the quality it asked for.
-    fn layer_cap(&self, settings: &UpdateTrackSettings) -> usize {
-        if self.layers.len() < 2 {
-            return usize::MAX;
-        }
-        let quality = if settings.width > 0 || settings.height > 0 {
+    /// The quality a subscriber's settings ask for: that of the smallest layer
+    /// at least as large as the size it shows the video at, or else the
+    /// quality it named.
+    fn wanted_quality(&self, settings: &UpdateTrackSettings) -> i32 {
+        if settings.width > 0 || settings.height > 0 {
             self.info
                 .layers
                 .iter()
@@ -181,7 +186,31 @@ impl PublishedTrack {
                 .unwrap_or(VideoQuality::High as i32)
         } else {
             settings.quality
-        };
+        }
+    }
+
+    /// The highest spatial layer a subscriber's settings allow on a track sent
+    /// as one SVC stream with several layers announced (`None`: all of them).
+    fn spatial_cap(&self, settings: &UpdateTrackSettings) -> Option<u8> {
+        if self.layers.len() > 1 || self.info.layers.len() < 2 {
+            return None;
+        }
+        let mut qualities: Vec<i32> = self.info.layers.iter().map(|l| l.quality).collect();
+        qualities.sort_unstable();
+        qualities.dedup();
+        let wanted = self.wanted_quality(settings);
+        let index = qualities.iter().rposition(|&q| q <= wanted).unwrap_or(0);
+        (index + 1 < qualities.len()).then_some(index as u8)
+    }
+
+    /// The highest layer a subscriber's settings allow: the smallest layer at
+    /// least as large as the size it shows the video at, or else the layer of
+    /// the quality it asked for.
+    fn layer_cap(&self, settings: &UpdateTrackSettings) -> usize {
+        if self.layers.len() < 2 {
+            return usize::MAX;
+        }
+        let quality = self.wanted_quality(settings);
         self.layers
             .iter()
             .rposition(|l| l.rid.as_ref().map_or(0, |r| i32::from(rid_quality(r))) <= quality)
@@ -894,11 +923,13 @@ impl Room {
                 continue;
             };
             let cap = track.layer_cap(&settings);
+            let spatial_cap = track.spatial_cap(&settings);
             let best = track.best_layer;
             let Some(sub) = track.subscribers.iter_mut().find(|s| s.subscriber == key) else {
                 continue;
             };
             sub.max_layer = cap;
+            sub.max_spatial = spatial_cap;
             sub.aim(best, self.load_layer_cap);
             sub.forwarder.set_paused(pause);
             debug!(track = %sid, ?settings, paused = pause, target_layer = sub.forwarder.target_layer(), "track settings");
@@ -971,6 +1002,7 @@ impl Room {
             mid: None,
             forwarder: TrackForwarder::new(track.best_layer.min(self.load_layer_cap)),
             max_layer: usize::MAX,
+            max_spatial: None,
             out_pt: None,
         });
         debug!(participant = %p.info.identity, track = %sid, explicit, "subscribed");
@@ -1796,6 +1828,10 @@ impl Room {
             timestamp: pkt.header.timestamp,
             keyframe: codec.starts_keyframe(&pkt.payload),
             vp8,
+            svc: (codec == CodecKind::Vp9)
+                .then(|| Vp9Layer::parse(&pkt.payload))
+                .flatten(),
+            marker: pkt.header.marker,
             arrival: pkt.timestamp,
             clock_rate: params.spec().clock_rate.get(),
         };
@@ -1832,6 +1868,8 @@ impl Room {
                 }
                 Forward::Send(r) => r,
             };
+            // Up to a higher spatial layer only on a keyframe: ask for one.
+            need_keyframe |= sub.forwarder.spatial_up_pending();
             if sub.out_pt.is_none() {
                 sub.out_pt = matching_pt(s.subscriber.rtc.codec_config().params(), &params);
             }
@@ -1852,7 +1890,7 @@ impl Room {
                 pkt.timestamp,
                 pkt.payload.clone(),
             )
-            .marker(pkt.header.marker)
+            .marker(rewrite.marker)
             .ext_vals(ext)
             .nackable(is_video);
             if let Some(patch) = vp8_descriptor
