@@ -189,14 +189,18 @@ impl TrackForwarder {
             return Forward::NeedKeyframe;
         }
         self.enter_layer(p);
-        // A keyframe starts every spatial layer afresh.
-        self.spatial_now = self.spatial_target;
+        if p.svc.is_some() {
+            // A keyframe starts every spatial layer afresh.
+            self.spatial_now = self.spatial_target;
+        }
         self.forward_in_layer(p)
     }
 
     /// A packet of the layer being forwarded: thinned to the spatial layer.
     fn forward_in_layer(&mut self, p: &Incoming) -> Forward {
         let Some(svc) = p.svc else {
+            // Not layered: there is no spatial layer to wait for.
+            self.spatial_now = None;
             return self.send(p, p.marker);
         };
         // Spatial changes take effect where a picture starts: its base layer's
@@ -443,6 +447,25 @@ mod tests {
         );
         assert!(!f.wants_keyframe());
         assert_eq!(f.spatial_layer(), Some(1));
+    }
+
+    #[test]
+    fn a_spatial_target_leaves_streams_without_layers_alone() {
+        let t0 = Instant::now();
+        let mut f = TrackForwarder::new(0);
+        // Shedding caps every track at layer 0, then lifts the cap: a VP8 stream
+        // never waits for a spatial keyframe.
+        f.set_spatial_target(Some(0));
+        let mut marked = pkt(0, 1, 0, true, t0);
+        marked.marker = true;
+        assert!(matches!(f.forward(&marked), Forward::Send(r) if r.marker));
+        f.set_spatial_target(None);
+        assert!(matches!(
+            f.forward(&pkt(0, 2, 0, false, t0)),
+            Forward::Send(_)
+        ));
+        assert!(!f.wants_keyframe());
+        assert!(!f.spatial_up_pending());
     }
 
     #[test]
