@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    API_KEY,
+    API_SECRET,
     _LIVE_SERVERS,
     bounded,
     connect,
@@ -28,7 +30,7 @@ from conftest import (
     make_token,
     wait_for,
 )
-from livekit import rtc
+from livekit import api, rtc
 from media import play_sine, play_video
 from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, synthetic_picture
 
@@ -466,6 +468,15 @@ async def test_node_track_limit_turns_newcomers_away_not_those_in(relais_factory
             await connect(server.url, make_token("carol", "limited"), timeout=10)
         assert "503" in str(refused.value), str(refused.value)
         assert m.value("relais_join_refused_total", reason="node_limit") >= 2
+        # Nor does it create rooms (LiveKit refuses the call as well).
+        lkapi = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)
+        try:
+            with pytest.raises(api.TwirpError) as create:
+                await lkapi.room.create_room(api.CreateRoomRequest(name="another"))
+            assert create.value.code == "unavailable", create.value
+            assert "node limit reached" in create.value.message, create.value
+        finally:
+            await lkapi.aclose()
         # Those already in are not touched: bob still hears alice.
         received.clear()
         await bounded(received.wait(), "bob still hears alice", 10)

@@ -27,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use prost::Message as _;
-use relais_cluster::{NodeInfo, Placement};
+use relais_cluster::{ClusterError, NodeInfo, Placement};
 use relais_control::room_service::grpc_code_for;
 use relais_proto::livekit::{ListRoomsRequest, ListRoomsResponse, Room};
 use tracing::{debug, warn};
@@ -211,7 +211,10 @@ pub async fn route_room_service(
     let Some((face, method)) = face_of(request.uri().path(), request.headers()) else {
         return next.run(request).await;
     };
-    if !cluster.coordinator.is_clustered()
+    // A single node only places the rooms it is asked to create: a node at
+    // its limits creates none.
+    let clustered = cluster.coordinator.is_clustered();
+    if (!clustered && method != "CreateRoom")
         || request.headers().contains_key(FORWARDED_BY)
         || !is_authorized(&cluster, request.headers())
     {
@@ -243,6 +246,10 @@ pub async fn route_room_service(
         match cluster.coordinator.place(&room, false).await {
             Ok(Placement::Remote(node)) => Some(*node),
             Ok(Placement::Local) => None,
+            Err(e @ (ClusterError::LimitReached(_) | ClusterError::NoNodeAvailable)) => {
+                debug!(%room, error = %e, "CreateRoom refused");
+                return TwirpReply::unavailable(&e.to_string()).into_response(face);
+            }
             Err(e) => {
                 warn!(%room, error = %e, "CreateRoom: no placement; creating here");
                 None
