@@ -363,3 +363,48 @@ async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, roo
         recorder.cancel()
         with contextlib.suppress(BaseException):
             await recorder
+
+
+async def test_vp9_svc_publisher_pauses_when_nobody_receives(relais_factory, rooms, browser):
+    """Dynacast for an SVC track: when its only subscriber unsubscribes, the server tells
+    livekit-client that no layer is wanted (after the 3 s hold), the browser stops
+    encoding and the server receives no more of its video; resubscribing brings it
+    back at once."""
+    from test_observability import Scraper, start_with_metrics
+
+    server, port = start_with_metrics(relais_factory)
+    metrics = Scraper(port)
+
+    def video_in() -> float:
+        return metrics.value("livekit_packet_total", direction="incoming", kind="VIDEO")
+
+    room_name = f"svc-{uuid.uuid4().hex[:8]}"
+    py = await rooms.join(server, PY, room_name)
+    subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
+    await browser.start(
+        "--url", server.url,
+        "--token", make_token(WEB, room_name),
+        "--publish-camera",
+        "--codec", "vp9",
+        "--timeout", str(int(3 * WAIT_S)),
+    )  # fmt: skip
+    await browser.wait_event("published", WAIT_S)
+    track, publication, _ = await subscribed.wait(
+        lambda t, pub, p: p.identity == WEB and t.kind == rtc.TrackKind.KIND_VIDEO,
+        WAIT_S,
+        "python subscribed to the browser's camera",
+    )
+    await bounded(record_frames(track, 10), "python receives the browser's camera", WAIT_S)
+
+    publication.set_subscribed(False)
+
+    def stalled() -> bool:
+        before = video_in()
+        time.sleep(1.0)
+        return video_in() == before > 0
+
+    # The hold (3 s) plus the metrics flush (1 s): the video stops arriving.
+    await wait_for(stalled, "the browser stops sending video nobody receives", WAIT_S)
+    before = video_in()
+    publication.set_subscribed(True)
+    await wait_for(lambda: video_in() > before + 50, "video flows again", WAIT_S)

@@ -192,12 +192,13 @@ impl PublishedTrack {
     /// The highest spatial layer a subscriber's settings allow on a track sent
     /// as one SVC stream with several layers announced (`None`: all of them).
     fn spatial_cap(&self, settings: &UpdateTrackSettings) -> Option<u8> {
-        if self.layers.len() > 1 || self.info.layers.len() < 2 {
+        if self.layers.len() > 1 {
             return None;
         }
-        let mut qualities: Vec<i32> = self.info.layers.iter().map(|l| l.quality).collect();
-        qualities.sort_unstable();
-        qualities.dedup();
+        let qualities = layer_qualities(&self.layers, &self.info);
+        if qualities.len() < 2 {
+            return None;
+        }
         let wanted = self.wanted_quality(settings);
         let index = qualities.iter().rposition(|&q| q <= wanted).unwrap_or(0);
         (index + 1 < qualities.len()).then_some(index as u8)
@@ -1702,7 +1703,7 @@ impl Room {
                 })
                 .collect()
         };
-        let layers_len = layers.len();
+        let demand = LayerDemand::new(layer_qualities(&layers, &info).len());
         let sid = info.sid.clone();
         p.published_by_mid.insert(mid, sid.clone());
         p.info.tracks.push(info.clone());
@@ -1721,7 +1722,7 @@ impl Room {
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
                 audio_level: AudioLevelMeter::default(),
-                demand: LayerDemand::new(layers_len),
+                demand,
             },
         );
         info!(participant = %publisher_info.identity, track = %sid, %mid, "track published");
@@ -2029,28 +2030,33 @@ impl Room {
         let load_cap = self.load_layer_cap;
         let mut updates = Vec::new();
         for (sid, track) in &mut self.tracks {
-            let n = track.layers.len();
+            let layer_qualities = layer_qualities(&track.layers, &track.info);
+            let n = layer_qualities.len();
             if n < 2 {
                 continue;
             }
+            let simulcast = track.layers.len() > 1;
             let top = track
                 .subscribers
                 .iter()
                 .filter(|s| !s.forwarder.is_paused())
-                .map(|s| s.max_layer.min(n - 1).min(load_cap))
+                .map(|s| {
+                    let wanted = if simulcast {
+                        s.max_layer
+                    } else {
+                        s.max_spatial.map_or(usize::MAX, usize::from)
+                    };
+                    wanted.min(n - 1).min(load_cap)
+                })
                 .max();
             let Some(mask) = track.demand.update(now, dynacast::up_to(top, n)) else {
                 continue;
             };
-            let qualities: Vec<SubscribedQuality> = track
-                .layers
+            let qualities: Vec<SubscribedQuality> = layer_qualities
                 .iter()
                 .enumerate()
-                .map(|(i, l)| SubscribedQuality {
-                    quality: l
-                        .rid
-                        .as_ref()
-                        .map_or(VideoQuality::High as i32, |r| i32::from(rid_quality(r))),
+                .map(|(i, &quality)| SubscribedQuality {
+                    quality,
                     enabled: mask & (1 << i) != 0,
                 })
                 .collect();
@@ -2385,6 +2391,25 @@ fn ice_creds(ufrag: String) -> IceCreds {
 }
 
 /// LiveKit's simulcast RIDs from low to high: q/h/f, or 2/1/0 in some clients.
+/// The qualities of a video track's layers, lowest first: its simulcast
+/// encodings, or the spatial layers announced for its one (SVC) encoding.
+fn layer_qualities(layers: &[Layer], info: &TrackInfo) -> Vec<i32> {
+    if layers.len() > 1 {
+        return layers
+            .iter()
+            .map(|l| {
+                l.rid
+                    .as_ref()
+                    .map_or(VideoQuality::High as i32, |r| i32::from(rid_quality(r)))
+            })
+            .collect();
+    }
+    let mut qualities: Vec<i32> = info.layers.iter().map(|l| l.quality).collect();
+    qualities.sort_unstable();
+    qualities.dedup();
+    qualities
+}
+
 fn rid_quality(rid: &Rid) -> u8 {
     match &**rid {
         "q" | "2" => 0,
