@@ -168,12 +168,22 @@ async def browser():
 
 
 @pytest.mark.parametrize(
-    "order, python_simulcast, browser_codec",
-    [("python_first", True, "vp8"), ("browser_first", False, "vp8"), ("python_first", True, "vp9")],
-    ids=["python_first-simulcast", "browser_first-single_layer", "browser_vp9_svc"],
+    "order, python_simulcast, browser_codec, python_codec",
+    [
+        ("python_first", True, "vp8", rtc.VideoCodec.VP8),
+        ("browser_first", False, "vp8", rtc.VideoCodec.VP8),
+        ("python_first", True, "vp9", rtc.VideoCodec.VP8),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP9),
+    ],
+    ids=[
+        "python_first-simulcast",
+        "browser_first-single_layer",
+        "browser_vp9_svc",
+        "python_vp9_to_browser",
+    ],
 )
 async def test_browser_and_python_exchange_video(
-    relais, rooms, browser, order, python_simulcast, browser_codec
+    relais, rooms, browser, order, python_simulcast, browser_codec, python_codec
 ):
     """`python_first`: the browser joins a room where Python already publishes, with
     simulcast (the browser's first subscriber offer carries the track). `browser_first`:
@@ -209,7 +219,9 @@ async def test_browser_and_python_exchange_video(
             py.local_participant.publish_track(
                 cam,
                 rtc.TrackPublishOptions(
-                    source=rtc.TrackSource.SOURCE_CAMERA, simulcast=python_simulcast
+                    source=rtc.TrackSource.SOURCE_CAMERA,
+                    simulcast=python_simulcast,
+                    video_codec=python_codec,
                 ),
             ),
             "python publishes video",
