@@ -952,13 +952,28 @@ impl Room {
         } else {
             limits.audio
         };
-        limit == 0
-            || self
-                .tracks
-                .values()
-                .filter(|t| t.kind == kind && t.subscribers.iter().any(|s| s.subscriber == key))
-                .count()
-                < limit as usize
+        if limit == 0 {
+            return true;
+        }
+        let Some(p) = self.participants.get(&key) else {
+            return false;
+        };
+        // Its own subscriptions only: negotiated ones and those queued.
+        let negotiated = p
+            .downtracks
+            .values()
+            .filter(|d| {
+                self.tracks
+                    .get(&d.track_sid)
+                    .is_some_and(|t| t.kind == kind)
+            })
+            .count();
+        let queued = p
+            .subscriber_changes
+            .iter()
+            .filter(|c| matches!(c, SubscriberChange::AddTrack { kind: k, .. } if *k == kind))
+            .count();
+        negotiated + queued < limit as usize
     }
 
     /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the
