@@ -2,18 +2,19 @@
 // Chromium, driven with playwright-core. Used by tests/python/test_browser.py.
 //
 //   node browser_client.mjs --url ws://127.0.0.1:PORT --token JWT --remote IDENTITY
-//       [--publish-camera [--codec vp8|vp9|h264|av1]] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
+//       [--publish-camera [--codec vp8|vp9|h264|av1]] [--publish-mic] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
 //
 // Steps: serve a tiny page (and the livekit-client bundle) from an HTTP server on a free
 // loopback port; open it in Chromium with a fake camera; connect to the room; with
-// --publish-camera, publish the camera; wait for a video track of participant
+// --publish-camera, publish the camera; with --publish-mic, the fake microphone (a beep
+// every second, livekit-client's audio defaults); wait for a video track of participant
 // IDENTITY, attach it to a <video> element and poll the receiver's getStats() until
 // inbound-rtp framesDecoded > 0; with --expect-speaker, wait until livekit-client's
 // room.activeSpeakers lists IDENTITY. Then stay connected until stdin closes (or --hold
 // seconds pass) so the other side can go on receiving, disconnect and exit.
 //
 // Protocol: stdout carries one JSON object per line, {"event": ...}: "connected",
-// "published", "decoded", "speaker", "error", "closed". stderr carries the browser console and
+// "published", "published-mic", "decoded", "speaker", "error", "closed". stderr carries the browser console and
 // page errors as they happen, prefixed with "[browser]". Exit code 0 when every step
 // succeeded. Every wait is bounded by --timeout (default 30 s). Chromium is always
 // closed (playwright kills it at exit if closing takes more than 5 s).
@@ -50,6 +51,7 @@ const { values: opts } = parseArgs({
     token: { type: 'string' },
     remote: { type: 'string' },
     'publish-camera': { type: 'boolean', default: false },
+    'publish-mic': { type: 'boolean', default: false },
     codec: { type: 'string', default: 'vp8' },
     'expect-speaker': { type: 'string' },
     timeout: { type: 'string', default: '30' },
@@ -105,6 +107,15 @@ window.relaisTest = {
     if (!pub) throw new Error('setCameraEnabled returned no publication');
     return { trackSid: pub.trackSid, simulcasted: !!pub.simulcasted,
              width: pub.dimensions ? pub.dimensions.width : 0, height: pub.dimensions ? pub.dimensions.height : 0 };
+  },
+
+  // The fake microphone, with livekit-client's defaults (Opus, RED on).
+  async publishMic(timeoutMs) {
+    const pub = await withTimeout(
+      state.room.localParticipant.setMicrophoneEnabled(true),
+      timeoutMs, 'publish microphone');
+    if (!pub) throw new Error('setMicrophoneEnabled returned no publication');
+    return { trackSid: pub.trackSid, mimeType: pub.mimeType || '' };
   },
 
   // Wait for a video track from \`identity\`, show it, and poll its receiver's stats
@@ -288,6 +299,11 @@ async function main() {
         TIMEOUT_MS,
       ]);
       emit('published', pub);
+    }
+
+    if (opts['publish-mic']) {
+      const pub = await page.evaluate((ms) => window.relaisTest.publishMic(ms), TIMEOUT_MS);
+      emit('published-mic', pub);
     }
 
     if (opts.remote) {

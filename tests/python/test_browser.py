@@ -420,3 +420,41 @@ async def test_vp9_svc_publisher_pauses_when_nobody_receives(relais_factory, roo
     before = video_in()
     publication.set_subscribed(True)
     await wait_for(lambda: video_in() > before + 50, "video flows again", WAIT_S)
+
+
+async def test_python_hears_the_browser_microphone(relais, rooms, browser):
+    """livekit-client publishes the fake microphone with its defaults (Opus with RED
+    offered, DTX): a Python participant — an agent transcribing a web user, say —
+    receives its audio and the sound is not silence."""
+    room_name = f"mic-{uuid.uuid4().hex[:8]}"
+    py = await rooms.join(relais, PY, room_name)
+    subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
+    await browser.start(
+        "--url", relais.url,
+        "--token", make_token(WEB, room_name),
+        "--publish-mic",
+        "--timeout", str(int(WAIT_S)),
+    )  # fmt: skip
+    published = await browser.wait_event("published-mic", WAIT_S)
+    track, publication, _ = await subscribed.wait(
+        lambda t, pub, p: p.identity == WEB and t.kind == rtc.TrackKind.KIND_AUDIO,
+        WAIT_S,
+        "python subscribed to the browser's microphone",
+    )
+    assert publication.sid == published["trackSid"]
+    peak = 0
+    frames = 0
+    stream = rtc.AudioStream(track)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        async for event in stream:
+            samples = np.frombuffer(event.frame.data, dtype=np.int16)
+            peak = max(peak, int(np.abs(samples).max(initial=0)))
+            frames += 1
+            if (frames >= 300 and peak > 1000) or time.monotonic() > deadline:
+                break
+    finally:
+        await stream.aclose()
+    print(f"python received {frames} audio frames from the browser, peak {peak}")
+    assert frames >= 300, frames
+    assert peak > 1000, f"only silence from the browser's microphone (peak {peak})"
