@@ -316,17 +316,14 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
         await stop_players(stop, [player], source)
 
 
-async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, rooms, browser):
-    """livekit-client publishes VP9 as one SVC stream (L3T3_KEY: 320x180, 640x360 and
-    1280x720 in every picture). A Python subscriber that asks for the low quality gets
-    pictures of the lowest spatial layer only — the server drops the upper layers'
-    packets, closes the sequence gaps and ends each picture on the layer kept — and
-    gets the full size back, from a keyframe, when it asks for the high quality."""
+async def python_receives_browser_vp9(server, rooms, browser):
+    """Python joins a new room, Chromium joins it publishing its camera in VP9 (SVC, as
+    livekit-client sends it); returns Python's subscribed track and publication."""
     room_name = f"svc-{uuid.uuid4().hex[:8]}"
-    py = await rooms.join(relais, PY, room_name)
+    py = await rooms.join(server, PY, room_name)
     subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
     await browser.start(
-        "--url", relais.url,
+        "--url", server.url,
         "--token", make_token(WEB, room_name),
         "--publish-camera",
         "--codec", "vp9",
@@ -338,6 +335,16 @@ async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, roo
         WAIT_S,
         "python subscribed to the browser's camera",
     )
+    return track, publication
+
+
+async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, rooms, browser):
+    """livekit-client publishes VP9 as one SVC stream (L3T3_KEY: 320x180, 640x360 and
+    1280x720 in every picture). A Python subscriber that asks for the low quality gets
+    pictures of the lowest spatial layer only — the server drops the upper layers'
+    packets, closes the sequence gaps and ends each picture on the layer kept — and
+    gets the full size back, from a keyframe, when it asks for the high quality."""
+    track, publication = await python_receives_browser_vp9(relais, rooms, browser)
     widths: list[int] = []
 
     async def record() -> None:
@@ -390,22 +397,7 @@ async def test_vp9_svc_publisher_pauses_when_nobody_receives(relais_factory, roo
     def video_in() -> float:
         return metrics.value("livekit_packet_total", direction="incoming", kind="VIDEO")
 
-    room_name = f"svc-{uuid.uuid4().hex[:8]}"
-    py = await rooms.join(server, PY, room_name)
-    subscribed = EventLog(py, "track_subscribed")  # (track, publication, participant)
-    await browser.start(
-        "--url", server.url,
-        "--token", make_token(WEB, room_name),
-        "--publish-camera",
-        "--codec", "vp9",
-        "--timeout", str(int(3 * WAIT_S)),
-    )  # fmt: skip
-    await browser.wait_event("published", WAIT_S)
-    track, publication, _ = await subscribed.wait(
-        lambda t, pub, p: p.identity == WEB and t.kind == rtc.TrackKind.KIND_VIDEO,
-        WAIT_S,
-        "python subscribed to the browser's camera",
-    )
+    track, publication = await python_receives_browser_vp9(server, rooms, browser)
     await bounded(record_frames(track, 10), "python receives the browser's camera", WAIT_S)
 
     publication.set_subscribed(False)

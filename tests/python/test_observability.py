@@ -54,8 +54,8 @@ def http_get(
         return e.code, e.read().decode()
 
 
-def rtc_status(server, token: str) -> int:
-    """Status of a WebSocket upgrade request to `/rtc` (refusals come before the upgrade)."""
+def rtc_refusal(server, token: str) -> tuple[int, str]:
+    """Status and text of a refused `/rtc` upgrade (the SDKs show only the status)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         conn.request(
@@ -68,9 +68,17 @@ def rtc_status(server, token: str) -> int:
                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
             },
         )
-        return conn.getresponse().status
+        response = conn.getresponse()
+        if response.status == 101:  # admitted: the connection is a WebSocket now
+            return 101, ""
+        return response.status, response.read().decode(errors="replace")
     finally:
         conn.close()
+
+
+def rtc_status(server, token: str) -> int:
+    """Status of a WebSocket upgrade request to `/rtc` (refusals come before the upgrade)."""
+    return rtc_refusal(server, token)[0]
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
@@ -405,28 +413,6 @@ async def test_readiness_flips_during_drain(relais_factory, rooms):
 
 
 # --------------------------------------------------------------------------- limits
-
-
-def rtc_refusal(server, token: str) -> tuple[int, str]:
-    """Status and text of a refused `/rtc` upgrade (the SDKs show only the status)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
-    try:
-        conn.request(
-            "GET",
-            f"/rtc?access_token={token}",
-            headers={
-                "Connection": "Upgrade",
-                "Upgrade": "websocket",
-                "Sec-WebSocket-Version": "13",
-                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            },
-        )
-        response = conn.getresponse()
-        if response.status == 101:  # admitted: the connection is a WebSocket now
-            return 101, ""
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        conn.close()
 
 
 async def test_node_track_limit_turns_newcomers_away_not_those_in(relais_factory, rooms):
