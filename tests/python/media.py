@@ -39,6 +39,36 @@ async def play_sine(
             await asyncio.sleep(ahead)
 
 
+async def publish_tone(
+    room: rtc.Room, stop: asyncio.Event, *, hz: float = 440.0
+) -> tuple[rtc.LocalTrackPublication, asyncio.Task]:
+    """Publish a microphone track on `room` that plays a sine at `hz` until `stop`;
+    returns its publication and the task that plays it."""
+    source = rtc.AudioSource(48000, 1)
+    player = asyncio.create_task(play_sine(source, stop, hz=hz))
+    track = rtc.LocalAudioTrack.create_audio_track("voice", source)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+    try:
+        publication = await asyncio.wait_for(
+            room.local_participant.publish_track(track, options), 20
+        )
+    except BaseException:
+        stop.set()
+        await player
+        raise
+    return publication, player
+
+
+async def record_widths(track: rtc.Track, widths: list[int]) -> None:
+    """Append the width of every decoded frame of `track` to `widths` (until cancelled)."""
+    stream = rtc.VideoStream(track)
+    try:
+        async for event in stream:
+            widths.append(event.frame.width)
+    finally:
+        await stream.aclose()
+
+
 async def play_video(
     source: rtc.VideoSource,
     stop: asyncio.Event,

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_sine, play_video, stop_players
+from media import play_sine, play_video, record_widths, stop_players
 from conftest import REPO_ROOT, EventLog, bounded, make_token, wait_for
 
 NODE_DIR = REPO_ROOT / "tests" / "node"
@@ -346,16 +346,7 @@ async def test_vp9_svc_subscriber_gets_the_spatial_layer_it_asks_for(relais, roo
     gets the full size back, from a keyframe, when it asks for the high quality."""
     track, publication = await python_receives_browser_vp9(relais, rooms, browser)
     widths: list[int] = []
-
-    async def record() -> None:
-        stream = rtc.VideoStream(track)
-        try:
-            async for event in stream:
-                widths.append(event.frame.width)
-        finally:
-            await stream.aclose()
-
-    recorder = asyncio.create_task(record())
+    recorder = asyncio.create_task(record_widths(track, widths))
     try:
         # The encoder adds its upper layers as its bandwidth estimate grows.
         await wait_for(lambda: max(widths, default=0) > 320, "pictures above 320 wide", WAIT_S)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from media import play_sine, play_video, stop_players
+from media import play_sine, play_video, publish_tone, record_widths, stop_players
 from conftest import EventLog, bounded, wait_for
 
 SAMPLE_RATE = 48000
@@ -292,16 +292,7 @@ async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
         )
         assert publication.simulcasted
         widths: list[int] = []
-
-        async def watch() -> None:
-            stream = rtc.VideoStream(track)
-            try:
-                async for event in stream:
-                    widths.append(event.frame.width)
-            finally:
-                await stream.aclose()
-
-        watcher = asyncio.create_task(watch())
+        watcher = asyncio.create_task(record_widths(track, widths))
         try:
             await wait_for(lambda: widths, "bob decodes video", 20)
             publication.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
@@ -388,17 +379,8 @@ async def test_active_speaker_follows_the_sound(relais, rooms, room_name):
             lambda speakers, who=who: seen_by[who].append([s.identity for s in speakers]),
         )
     stop = asyncio.Event()
-    source = rtc.AudioSource(SAMPLE_RATE, 1)
-    player = asyncio.create_task(play_sine(source, stop))
+    _, player = await publish_tone(alice, stop)
     try:
-        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-        await bounded(
-            alice.local_participant.publish_track(
-                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            ),
-            "publish audio",
-            20,
-        )
         for who in (BOB, ALICE):
             await wait_for(
                 lambda who=who: [ALICE] in seen_by[who], f"{who} sees alice speaking", 10
@@ -570,20 +552,9 @@ async def test_subscription_limit_holds_a_track_back_until_a_slot_frees(
     try:
         for who in (ALICE, "carol"):
             room = await rooms.join(server, who, room_name)
-            source = rtc.AudioSource(SAMPLE_RATE, 1)
-            players.append(asyncio.create_task(play_sine(source, stop)))
-            track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-            published[who] = (
-                room,
-                await bounded(
-                    room.local_participant.publish_track(
-                        track,
-                        rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE),
-                    ),
-                    f"{who} publishes",
-                    20,
-                ),
-            )
+            publication, player = await publish_tone(room, stop)
+            players.append(player)
+            published[who] = (room, publication)
         _, _, first = await subscribed.wait(what="bob's first subscription", timeout=15)
         # The second voice is announced to bob but waits for a slot.
         await wait_for(

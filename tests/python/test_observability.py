@@ -31,7 +31,7 @@ from conftest import (
     wait_for,
 )
 from livekit import api, rtc
-from media import play_sine, play_video
+from media import play_sine, play_video, publish_tone
 from test_call import FPS, HEIGHT, SAMPLE_RATE, WIDTH, synthetic_picture
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -429,17 +429,8 @@ async def test_node_track_limit_turns_newcomers_away_not_those_in(relais_factory
         lambda track, *_: asyncio.ensure_future(count_audio(track, received)),
     )
     stop = asyncio.Event()
-    source = rtc.AudioSource(SAMPLE_RATE, 1)
-    player = asyncio.create_task(play_sine(source, stop))
+    _, player = await publish_tone(alice, stop)
     try:
-        track = rtc.LocalAudioTrack.create_audio_track("voice", source)
-        await bounded(
-            alice.local_participant.publish_track(
-                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            ),
-            "publish audio",
-            20,
-        )
         await bounded(received.wait(), "bob hears alice", 15)
         # One track in, one out: the limit. The node learns it within a
         # heartbeat; a probe into another room is refused from then on.
