@@ -18,6 +18,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 
+/// Attempts at a room whose owner keeps changing under the caller: a room
+/// moves only when it closes and reopens, so more than a couple is a bug.
+const MAX_ATTEMPTS: usize = 4;
+
 /// See the module documentation.
 pub struct RoomDirectory {
     placed: Mutex<Placed>,
@@ -65,6 +69,29 @@ impl RoomDirectory {
             Some(&shard) => shard,
             None => self.best_for_new_room(&placed.rooms),
         }
+    }
+
+    /// Run `attempt` on the shard that hosts `room`, or should host it if none
+    /// does; an attempt that answers `Err(owner)` (the room is on another
+    /// shard after all) is run again there. `None` if an attempt gives up
+    /// (`None`) or the room kept moving.
+    pub async fn on_owner<R, Fut>(
+        &self,
+        room: &str,
+        mut attempt: impl FnMut(usize) -> Fut,
+    ) -> Option<R>
+    where
+        Fut: std::future::Future<Output = Option<Result<R, usize>>>,
+    {
+        let mut shard = self.route(room);
+        for _ in 0..MAX_ATTEMPTS {
+            match attempt(shard).await? {
+                Ok(done) => return Some(done),
+                Err(owner) => shard = owner,
+            }
+        }
+        tracing::warn!(%room, "room moved between shards on every attempt");
+        None
     }
 
     fn best_for_new_room(&self, rooms: &[usize]) -> usize {
@@ -147,6 +174,34 @@ mod tests {
         d.report(2, 0.58, true);
         d.claim("r", 0).unwrap();
         assert_eq!(d.route("x"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_route_is_followed_to_the_owner_and_a_moving_room_given_up() {
+        let d = RoomDirectory::new(2);
+        d.claim("r", 1).unwrap();
+        // A caller that routed before the claim lands on shard 0, which
+        // answers with the owner; the attempt is run again there.
+        let mut tried = Vec::new();
+        let done = d
+            .on_owner("elsewhere", |shard| {
+                tried.push(shard);
+                async move { Some(if shard == 0 { Err(1) } else { Ok(shard) }) }
+            })
+            .await;
+        assert_eq!((done, tried), (Some(1), vec![0, 1]));
+        // An owner that changes on every attempt is given up after a few.
+        let mut attempts = 0;
+        let done: Option<()> = d
+            .on_owner("r", |shard| {
+                attempts += 1;
+                async move { Some(Err(1 - shard)) }
+            })
+            .await;
+        assert_eq!((done, attempts), (None, MAX_ATTEMPTS));
+        // A shard that is gone ends it at once.
+        let done: Option<()> = d.on_owner("r", |_| async { None }).await;
+        assert_eq!(done, None);
     }
 
     #[test]

@@ -343,20 +343,12 @@ impl Shards {
     pub(crate) async fn on_room_shard<R, Fut>(
         &self,
         room: &str,
-        mut attempt: impl FnMut(usize) -> Fut,
+        attempt: impl FnMut(usize) -> Fut,
     ) -> Option<R>
     where
         Fut: std::future::Future<Output = Option<Result<R, usize>>>,
     {
-        let mut shard = self.directory.route(room);
-        for _ in 0..4 {
-            match attempt(shard).await? {
-                Ok(done) => return Some(done),
-                Err(owner) => shard = owner,
-            }
-        }
-        warn!(%room, "room moved between shards on every attempt");
-        None
+        self.directory.on_owner(room, attempt).await
     }
 
     /// The shard that hosts `room`, or the one a new room would go to.
