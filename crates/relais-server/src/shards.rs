@@ -806,24 +806,18 @@ impl Outbox {
 }
 
 fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: ShardContext) {
-    let ShardContext {
-        events,
-        node,
-        directory,
-        busy_limit,
-    } = context;
     let index = usize::from(shard.index());
     info!(shard = index, "shard started");
     let mut signals: HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>> =
         HashMap::new();
     let mut metrics = ShardMetrics::new(index, Instant::now());
     let mut shedding = LoadShedding::new();
-    let mut admission = Admission::new(busy_limit);
+    let mut admission = Admission::new(context.busy_limit);
     gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string()).set(0.0);
     gauge!(metrics::SHARD_ACCEPTING_JOINS, "shard" => index.to_string()).set(1.0);
     loop {
         let now = Instant::now();
-        node.heartbeat(index, now);
+        context.node.heartbeat(index, now);
         if metrics.due(now) {
             if let Some(shed) = shedding.update(now, metrics.stale_media) {
                 if shed {
@@ -841,7 +835,9 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             }
             let busy = metrics.busy_fraction(now);
             let changed = admission.update(shedding.is_shedding(), busy);
-            directory.report(index, busy, admission.is_accepting());
+            context
+                .directory
+                .report(index, busy, admission.is_accepting());
             if let Some(accepting) = changed {
                 if accepting {
                     info!(shard = index, "shard takes joins again");
@@ -854,7 +850,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             }
             outbox.forget_closed_tcp();
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
-            node.set_load(index, &gauges);
+            context.node.set_load(index, &gauges);
         }
         let wait = shard
             .poll_timeout()
@@ -892,15 +888,14 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                     inbox.pool.recycle_buffer(d.data);
                 }
                 Work::Command(command) => {
-                    handle_command(&mut shard, &mut signals, &directory, command)
+                    handle_command(&mut shard, &mut signals, &context.directory, command)
                 }
             }
             flush(
                 &mut shard,
                 &mut signals,
                 &mut outbox,
-                &events,
-                &directory,
+                &context,
                 &mut metrics,
             );
         }
@@ -912,8 +907,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             &mut shard,
             &mut signals,
             &mut outbox,
-            &events,
-            &directory,
+            &context,
             &mut metrics,
         );
         // Nothing waits in the outbox while the shard sleeps.
@@ -977,8 +971,7 @@ fn flush(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
     outbox: &mut Outbox,
-    events: &EventSinks,
-    directory: &RoomDirectory,
+    context: &ShardContext,
     metrics: &mut ShardMetrics,
 ) {
     while let Some(out) = shard.poll_output() {
@@ -999,11 +992,11 @@ fn flush(
             ShardOutput::Event { room, event } => {
                 debug!(%room, ?event, "room event");
                 crate::metrics::room_event(&event);
-                events.room_event(shard, &room, &event);
+                context.events.room_event(shard, &room, &event);
             }
             ShardOutput::RoomClosed(room) => {
                 debug!(%room, "room closed");
-                directory.release(&room, usize::from(shard.index()));
+                context.directory.release(&room, usize::from(shard.index()));
             }
         }
     }
