@@ -45,6 +45,10 @@ pub struct MediaConfig {
     /// How long a participant may stay silent on signaling before it is removed.
     pub ping_timeout: Duration,
     pub ping_interval: Duration,
+    /// A room whose timeout round finds at least this many sessions due hands
+    /// them to the shard's session driver in chunks ([`crate::fan_out`]);
+    /// fewer are driven in place, where handing out would cost more than it saves.
+    pub fan_out_min_sessions: usize,
 }
 
 /// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
@@ -95,6 +99,7 @@ impl MediaConfig {
             subscription_limits: SubscriptionLimits::default(),
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
+            fan_out_min_sessions: 64,
         })
     }
 

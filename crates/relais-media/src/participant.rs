@@ -39,6 +39,9 @@ pub(crate) struct PeerSession {
     pub connected: bool,
     /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
     pub failed: bool,
+    /// Due in this round and to be handed to the room's session driver
+    /// (set and cleared within one [`crate::Room::handle_timeout`]).
+    pub ready: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
 }
@@ -60,6 +63,7 @@ impl PeerSession {
             queued: None,
             connected: false,
             failed: false,
+            ready: false,
             stats_seen: HashMap::new(),
         }
     }

@@ -35,6 +35,7 @@ use tracing::{debug, info, warn, Span};
 use crate::codec::{CodecKind, Vp8Header, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
+use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
     DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
@@ -1283,8 +1284,10 @@ impl Room {
         self.copies_written - before
     }
 
-    /// Drive the sessions whose deadline has passed; check room timers.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    /// Drive the sessions whose deadline has passed; check room timers. With
+    /// many sessions due (a large room's fan-out), `driver` drives them, on
+    /// as many threads as it has (see [`crate::fan_out`]).
+    pub fn handle_timeout(&mut self, now: Instant, driver: &dyn SessionDriver) {
         let room_span = self.span.clone();
         let _room = room_span.enter();
         // Collect first: a session driven here may want time again at `now`,
@@ -1301,24 +1304,10 @@ impl Room {
                 due.push((key, role));
             }
         }
-        for &(key, role) in &due {
-            let Some(session) = self
-                .participants
-                .get_mut(&key)
-                .and_then(|p| p.session_mut(role))
-            else {
-                continue;
-            };
-            if session.deadline > now {
-                // Queued before str0m moved its deadline later: not due yet.
-                self.timers
-                    .schedule(&mut session.queued, &(key, role), session.deadline);
-                continue;
-            }
-            if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
-                debug!(?key, ?role, error = %e, "timeout input failed");
-            }
-            self.drain(now, key, role);
+        if driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions {
+            self.drive_in_chunks(now, &due, driver);
+        } else {
+            self.drive_in_place(now, &due);
         }
         self.process_events(now);
 
@@ -1362,6 +1351,84 @@ impl Room {
                 info!("closing empty room");
                 self.finish();
             }
+        }
+    }
+
+    /// Drive each due session on the caller's thread.
+    fn drive_in_place(&mut self, now: Instant, due: &[(ParticipantKey, PeerRole)]) {
+        for &(key, role) in due {
+            let Some(session) =
+                ready_session(&mut self.participants, &mut self.timers, now, key, role)
+            else {
+                continue;
+            };
+            let outputs = &mut self.outputs;
+            let wake_at = drive_session(
+                session,
+                key,
+                role,
+                now,
+                |t| outputs.push_back(RoomOutput::Transmit(t)),
+                &mut self.events,
+            );
+            self.timers
+                .schedule(&mut session.queued, &(key, role), wake_at);
+        }
+    }
+
+    /// Hand the due sessions to `driver` in chunks of about an equal share
+    /// per thread (two per thread, so that one slow chunk is evened out).
+    fn drive_in_chunks(
+        &mut self,
+        now: Instant,
+        due: &[(ParticipantKey, PeerRole)],
+        driver: &dyn SessionDriver,
+    ) {
+        let mut ready: usize = 0;
+        for &(key, role) in due {
+            if let Some(session) =
+                ready_session(&mut self.participants, &mut self.timers, now, key, role)
+            {
+                session.ready = true;
+                ready += 1;
+            }
+        }
+        let size = ready.div_ceil(2 * driver.threads()).max(1);
+        let mut chunks = Vec::with_capacity(ready.div_ceil(size));
+        let mut chunk = DriveChunk::new(now, self.span.clone(), size);
+        // The ready sessions are borrowed from the participant map at once,
+        // each on its own: a scan of the room, cheap next to driving most of it.
+        for p in self.participants.values_mut() {
+            let key = p.key;
+            let sessions = p.publisher.iter_mut().map(|s| (PeerRole::Publisher, s));
+            for (role, session) in sessions.chain([(PeerRole::Subscriber, &mut p.subscriber)]) {
+                if !std::mem::take(&mut session.ready) {
+                    continue;
+                }
+                chunk.sessions.push(DueSession {
+                    key,
+                    role,
+                    session,
+                    wake_at: now,
+                });
+                if chunk.len() == size {
+                    let next = DriveChunk::new(now, self.span.clone(), size);
+                    chunks.push(std::mem::replace(&mut chunk, next));
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        driver.drive(&mut chunks);
+        for chunk in chunks {
+            for due in chunk.sessions {
+                self.timers
+                    .schedule(&mut due.session.queued, &(due.key, due.role), due.wake_at);
+            }
+            self.outputs
+                .extend(chunk.transmits.into_iter().map(RoomOutput::Transmit));
+            self.events.extend(chunk.events);
         }
     }
 
@@ -2332,27 +2399,78 @@ fn drain_session(
     events: &mut VecDeque<PendingEvent>,
     timers: &mut SessionTimers,
 ) {
+    let wake_at = poll_session(
+        session,
+        key,
+        role,
+        now,
+        |t| outputs.push_back(RoomOutput::Transmit(t)),
+        events,
+    );
+    timers.schedule(&mut session.queued, &(key, role), wake_at);
+}
+
+/// The session of `key` and `role` if it is due at `now`. One that is not
+/// (it was queued before str0m moved its deadline later) is queued again.
+fn ready_session<'a>(
+    participants: &'a mut HashMap<ParticipantKey, Participant>,
+    timers: &mut SessionTimers,
+    now: Instant,
+    key: ParticipantKey,
+    role: PeerRole,
+) -> Option<&'a mut PeerSession> {
+    let session = participants.get_mut(&key)?.session_mut(role)?;
+    if session.deadline > now {
+        timers.schedule(&mut session.queued, &(key, role), session.deadline);
+        return None;
+    }
+    Some(session)
+}
+
+/// Give a due session the time, then run its output loop ([`poll_session`]).
+pub(crate) fn drive_session(
+    session: &mut PeerSession,
+    key: ParticipantKey,
+    role: PeerRole,
+    now: Instant,
+    transmit: impl FnMut(Transmit),
+    events: &mut impl Extend<PendingEvent>,
+) -> Instant {
+    if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+        debug!(?key, ?role, error = %e, "timeout input failed");
+    }
+    poll_session(session, key, role, now, transmit, events)
+}
+
+/// Run str0m's output loop for one session until it asks for time; returns
+/// when the session is next due: its deadline, or now if it just failed (so
+/// that the next timeout round removes the participant).
+pub(crate) fn poll_session(
+    session: &mut PeerSession,
+    key: ParticipantKey,
+    role: PeerRole,
+    now: Instant,
+    mut transmit: impl FnMut(Transmit),
+    events: &mut impl Extend<PendingEvent>,
+) -> Instant {
     loop {
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
                 session.deadline = t;
-                timers.schedule(&mut session.queued, &(key, role), t);
-                break;
+                return t;
             }
-            Ok(Output::Transmit(t)) => outputs.push_back(RoomOutput::Transmit(t)),
-            Ok(Output::Event(event)) => events.push_back(PendingEvent {
+            Ok(Output::Transmit(t)) => transmit(t),
+            Ok(Output::Event(event)) => events.extend([PendingEvent {
                 participant: key,
                 role,
                 event,
-            }),
+            }]),
             Err(e) => {
                 warn!(?key, ?role, error = %e, "peer connection failed");
                 session.failed = true;
                 session.rtc.disconnect();
                 session.deadline = now + Duration::from_secs(1);
-                // Due at once, so the next timeout round removes the participant.
-                timers.schedule(&mut session.queued, &(key, role), now);
-                break;
+                return now;
             }
         }
     }

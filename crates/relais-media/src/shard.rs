@@ -14,6 +14,7 @@ use str0m::net::{Protocol, Receive, Transmit};
 use tracing::{debug, info};
 
 use crate::config::MediaConfig;
+use crate::fan_out::{InPlace, SessionDriver};
 use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
@@ -58,6 +59,8 @@ pub struct Shard {
     stats: MediaStats,
     /// Whether joins are taken ([`Shard::set_accepting_joins`]).
     accepting_joins: bool,
+    /// Drives a room's many due sessions ([`Shard::set_session_driver`]).
+    driver: Box<dyn SessionDriver + Send>,
 }
 
 impl Shard {
@@ -75,7 +78,15 @@ impl Shard {
             due: Vec::new(),
             stats: MediaStats::default(),
             accepting_joins: true,
+            driver: Box::new(InPlace),
         }
+    }
+
+    /// Who drives a room's sessions when many are due at once (a large
+    /// room's fan-out): by default the shard's own thread ([`InPlace`]); the
+    /// I/O layer may give threads of its own ([`crate::fan_out`]).
+    pub fn set_session_driver(&mut self, driver: Box<dyn SessionDriver + Send>) {
+        self.driver = driver;
     }
 
     /// Counters since the previous call, summed over the shard's rooms.
@@ -258,7 +269,7 @@ impl Shard {
             if let Some(room) = self.rooms.get_mut(&name) {
                 // Queued before its deadline moved later: `collect` re-queues it.
                 if room.poll_timeout() <= now {
-                    room.handle_timeout(now);
+                    room.handle_timeout(now, &*self.driver);
                 }
             }
             self.collect(&name);

@@ -264,6 +264,13 @@ pub struct RtcConfig {
     pub use_external_ip: bool,
     /// IP advertised in ICE candidates (overrides discovery).
     pub node_ip: Option<String>,
+    /// Relais: helper threads that drive a large room's subscriber sessions
+    /// next to its shard thread, so that one room's fan-out is not bound to
+    /// one core. Default: one fewer than the cores; 0 disables.
+    pub fan_out_threads: Option<usize>,
+    /// Relais: how many sessions must be due at once in a room for its shard
+    /// to hand them to the helpers. Default 64.
+    pub fan_out_min_sessions: usize,
 }
 
 impl Default for RtcConfig {
@@ -276,6 +283,8 @@ impl Default for RtcConfig {
             port_range_end: 60000,
             use_external_ip: false,
             node_ip: None,
+            fan_out_threads: None,
+            fan_out_min_sessions: 64,
         }
     }
 }

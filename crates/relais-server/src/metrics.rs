@@ -28,6 +28,8 @@ use relais_media::{MediaStats, ShardGauges};
 use tracing::{info, warn};
 
 use crate::config::PrometheusConfig;
+use crate::fan_out::FanOutCounts;
+use crate::udp::Sent;
 
 // ---------------------------------------------------------------- LiveKit's names
 
@@ -102,6 +104,11 @@ pub const UDP_DATAGRAMS_SENT: &str = "relais_udp_datagrams_sent_total";
 pub const UDP_DATAGRAMS_SEGMENTED: &str = "relais_udp_datagrams_segmented_total";
 /// Counter: bytes of sent datagrams.
 pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
+/// Counter: sessions driven in chunks, on a shard thread and the fan-out
+/// helpers at once (a round with `rtc.fan_out_min_sessions` or more due).
+pub const FAN_OUT_SESSIONS: &str = "relais_fan_out_sessions_total";
+/// Counter: of those chunks, the ones a helper thread drove.
+pub const FAN_OUT_HELPER_CHUNKS: &str = "relais_fan_out_helper_chunks_total";
 /// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
 pub const PACKETS_DROPPED: &str = "relais_packets_dropped_total";
 /// Counter `{reason}`: joins refused before reaching a room or by it.
@@ -263,6 +270,14 @@ fn describe() {
     );
     describe_counter!(UDP_SEND_SYSCALLS, "send system calls on the media socket");
     describe_counter!(UDP_DATAGRAMS_SENT, "Datagrams sent on the media socket");
+    describe_counter!(
+        FAN_OUT_SESSIONS,
+        "Sessions driven in chunks, on a shard thread and the fan-out helpers at once"
+    );
+    describe_counter!(
+        FAN_OUT_HELPER_CHUNKS,
+        "Chunks of sessions a fan-out helper thread drove"
+    );
     describe_counter!(
         UDP_DATAGRAMS_SEGMENTED,
         "Datagrams sent within a GSO message of several (same destination, same size)"
@@ -546,11 +561,9 @@ pub struct ShardMetrics {
     gauges: ShardGauges,
     /// Time spent working since the last flush.
     pub busy: Duration,
-    pub send_syscalls: u64,
-    pub datagrams_sent: u64,
-    pub datagrams_segmented: u64,
-    pub bytes_sent: u64,
-    pub send_errors: u64,
+    pub(crate) sent: Sent,
+    fan_out_sessions: u64,
+    fan_out_helper_chunks: u64,
     pub tcp_write_queue_full: u64,
     pub tcp_not_connected: u64,
     pub stale_media: u64,
@@ -571,11 +584,9 @@ impl ShardMetrics {
             last_flush: now,
             gauges: ShardGauges::default(),
             busy: Duration::ZERO,
-            send_syscalls: 0,
-            datagrams_sent: 0,
-            datagrams_segmented: 0,
-            bytes_sent: 0,
-            send_errors: 0,
+            sent: Sent::default(),
+            fan_out_sessions: 0,
+            fan_out_helper_chunks: 0,
             tcp_write_queue_full: 0,
             tcp_not_connected: 0,
             stale_media: 0,
@@ -583,6 +594,18 @@ impl ShardMetrics {
             latency_count: 0,
             forward_latency: metrics::histogram!(FORWARD_LATENCY_MS),
         }
+    }
+
+    /// What a `sendmmsg` (or several) did.
+    pub fn sent(&mut self, sent: Sent) {
+        self.sent += sent;
+    }
+
+    /// What the shard's session driver did on its threads ([`crate::fan_out`]).
+    pub fn fanned_out(&mut self, counts: FanOutCounts) {
+        self.sent += counts.sent;
+        self.fan_out_sessions += counts.sessions;
+        self.fan_out_helper_chunks += counts.helper_chunks;
     }
 
     /// A media packet's copies have all been handed to the kernel, `latency`
@@ -617,17 +640,19 @@ impl ShardMetrics {
         let busy = std::mem::take(&mut self.busy);
         counter!(SHARD_BUSY_MICROSECONDS, "shard" => self.shard.clone())
             .increment(busy.as_micros() as u64);
-        add_if(UDP_SEND_SYSCALLS, std::mem::take(&mut self.send_syscalls));
-        add_if(UDP_DATAGRAMS_SENT, std::mem::take(&mut self.datagrams_sent));
+        let mut sent = std::mem::take(&mut self.sent);
+        add_if(UDP_SEND_SYSCALLS, sent.syscalls);
+        add_if(UDP_DATAGRAMS_SENT, sent.datagrams);
+        add_if(UDP_DATAGRAMS_SEGMENTED, sent.segmented);
+        UDP_BYTES_OUT_TOTAL.fetch_add(sent.bytes, Ordering::Relaxed);
+        add_if(UDP_BYTES_SENT, sent.bytes);
+        add_if(FAN_OUT_SESSIONS, std::mem::take(&mut self.fan_out_sessions));
         add_if(
-            UDP_DATAGRAMS_SEGMENTED,
-            std::mem::take(&mut self.datagrams_segmented),
+            FAN_OUT_HELPER_CHUNKS,
+            std::mem::take(&mut self.fan_out_helper_chunks),
         );
-        let bytes_sent = std::mem::take(&mut self.bytes_sent);
-        UDP_BYTES_OUT_TOTAL.fetch_add(bytes_sent, Ordering::Relaxed);
-        add_if(UDP_BYTES_SENT, bytes_sent);
         for (reason, n) in [
-            (DROP_UDP_SEND_ERROR, &mut self.send_errors),
+            (DROP_UDP_SEND_ERROR, &mut sent.dropped),
             (DROP_TCP_WRITE_QUEUE_FULL, &mut self.tcp_write_queue_full),
             (DROP_TCP_NOT_CONNECTED, &mut self.tcp_not_connected),
             (DROP_STALE_MEDIA, &mut self.stale_media),

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::EventSinks;
+use crate::fan_out::FanOutPool;
 use crate::http::{router, AppState};
 use crate::room_api::ShardsBackend;
 use crate::room_routing::route_room_service;
@@ -123,6 +124,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         departure_timeout: Duration::from_secs(u64::from(config.room.departure_timeout)),
         max_participants: config.room.max_participants,
     };
+    media.fan_out_min_sessions = config.rtc.fan_out_min_sessions.max(1);
     let ping_timeout = media.ping_timeout;
     // One port: a shard per core behind a receive thread. A range: a shard per
     // port. One port and one core: the one shard reads the socket itself.
@@ -165,8 +167,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let events = EventSinks {
         webhook: webhook_notifier(&config, &keys)?,
     };
-    let shards = Shards::start(configs, sockets, events, config.limit.shard_busy_fraction)
-        .context("starting shard threads")?;
+    let fan_out_threads = config
+        .rtc
+        .fan_out_threads
+        .unwrap_or(cores.saturating_sub(1));
+    let fan_out = FanOutPool::start(fan_out_threads).context("starting fan-out threads")?;
+    let shards = Shards::start(
+        configs,
+        sockets,
+        events,
+        config.limit.shard_busy_fraction,
+        fan_out,
+    )
+    .context("starting shard threads")?;
     let ice_tcp_candidate = ice_tcp.as_ref().map(|(_, advertised)| *advertised);
     if let Some((listener, advertised)) = ice_tcp {
         crate::tcp::spawn(listener, shards.clone(), advertised);

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel as channel;
 use crossbeam_queue::ArrayQueue;
@@ -35,6 +35,7 @@ use tracing::{debug, error, info, warn, Span};
 
 use crate::doorbell::Doorbell;
 use crate::events::EventSinks;
+use crate::fan_out::{FanOutCounts, FanOutPool, ThreadedDriver};
 use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
 use crate::room_directory::RoomDirectory;
@@ -226,11 +227,14 @@ impl Shards {
     /// Start a shard thread per config (each config holds its shard's ICE
     /// candidates) on `sockets`; with a shared socket, also the UDP receive
     /// thread. Room events go to `events` (webhooks), from the shard threads.
+    /// With `fan_out`, a shard drives a large room's sessions on those
+    /// helper threads too ([`crate::fan_out`]).
     pub fn start(
         configs: Vec<MediaConfig>,
         sockets: UdpSockets,
         events: EventSinks,
         busy_limit: f64,
+        fan_out: Option<Arc<FanOutPool>>,
     ) -> io::Result<Shards> {
         let count = configs.len();
         // Per shard: the socket it sends on, and whether it reads it itself.
@@ -273,7 +277,12 @@ impl Shards {
             let doorbell = own.as_ref().map(|(_, doorbell)| doorbell.clone());
             let shard_pool = pool.clone();
             let shard_queued = queued.clone();
-            let shard = Shard::new(index as u8, config);
+            let mut shard = Shard::new(index as u8, config);
+            let fan_out_counts = fan_out.as_ref().map(|pool| {
+                let (driver, counts) = ThreadedDriver::new(pool.clone(), socket.clone());
+                shard.set_session_driver(Box::new(driver));
+                counts
+            });
             let context = ShardContext {
                 events: events.clone(),
                 node: node.clone(),
@@ -301,6 +310,7 @@ impl Shards {
                         sender: udp::Sender::new(),
                         tcp: HashMap::new(),
                         waiting: Vec::with_capacity(MAX_BATCH),
+                        fan_out: fan_out_counts,
                     };
                     run_shard(shard, inbox, outbox, context)
                 })?;
@@ -744,6 +754,8 @@ struct Outbox {
     /// their forward latency is taken when the round's last datagram is handed
     /// to the kernel ([`Outbox::finish_round`]).
     waiting: Vec<Instant>,
+    /// What the shard's session driver sent on its threads, if it has helpers.
+    fan_out: Option<Arc<Mutex<FanOutCounts>>>,
 }
 
 impl Outbox {
@@ -785,19 +797,20 @@ impl Outbox {
     /// Hand the queued datagrams to the kernel.
     fn send(&mut self, metrics: &mut ShardMetrics) {
         if !self.sender.is_empty() {
-            let sent = self.sender.send(&self.socket);
-            metrics.send_syscalls += sent.syscalls;
-            metrics.datagrams_sent += sent.datagrams;
-            metrics.datagrams_segmented += sent.segmented;
-            metrics.bytes_sent += sent.bytes;
-            metrics.send_errors += sent.dropped;
+            metrics.sent(self.sender.send(&self.socket));
         }
     }
 
-    /// The end of a round: everything queued is sent, so every copy of the
+    /// The end of a round: everything queued is sent (the session driver's
+    /// threads sent theirs before the round went on), so every copy of the
     /// media received this round has left.
     fn finish_round(&mut self, metrics: &mut ShardMetrics) {
         self.send(metrics);
+        if let Some(counts) = &self.fan_out {
+            if let Ok(mut counts) = counts.lock() {
+                metrics.fanned_out(std::mem::take(&mut *counts));
+            }
+        }
         let now = Instant::now();
         for received in self.waiting.drain(..) {
             metrics.forwarded(now.saturating_duration_since(received));
@@ -1173,6 +1186,7 @@ mod tests {
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
             waiting: Vec::new(),
+            fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
         let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
@@ -1212,6 +1226,7 @@ mod tests {
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
             waiting: Vec::new(),
+            fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
         let transmit = || Transmit {
@@ -1225,14 +1240,14 @@ mod tests {
         for _ in 0..=udp::BATCH {
             outbox.push(transmit(), &mut metrics);
         }
-        assert_eq!(metrics.datagrams_sent, udp::BATCH as u64);
+        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64);
         assert_eq!(
             metrics.latency_count, 0,
             "sampled before the last copy left"
         );
         std::thread::sleep(Duration::from_millis(5));
         outbox.finish_round(&mut metrics);
-        assert_eq!(metrics.datagrams_sent, udp::BATCH as u64 + 1);
+        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
         assert_eq!(metrics.latency_count, 1);
         assert!(
             metrics.latency_sum_ns >= 5_000_000,

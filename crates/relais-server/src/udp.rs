@@ -327,6 +327,16 @@ pub struct Sent {
     pub segmented: u64,
 }
 
+impl std::ops::AddAssign for Sent {
+    fn add_assign(&mut self, other: Sent) {
+        self.syscalls += other.syscalls;
+        self.datagrams += other.datagrams;
+        self.bytes += other.bytes;
+        self.dropped += other.dropped;
+        self.segmented += other.segmented;
+    }
+}
+
 /// Outgoing datagrams, queued and sent up to [`BATCH`] per system call; runs
 /// of same-size datagrams to one destination as one GSO message each.
 pub struct Sender {

@@ -1,0 +1,136 @@
+//! Helper threads for a large room's fan-out.
+//!
+//! A room lives on one shard thread, and without help its fan-out runs on that
+//! one core: a packet for 600 subscribers is 600 copies to packetize, encrypt
+//! and send one after the other. When a round finds many sessions due, the
+//! media core hands them out in chunks ([`relais_media::fan_out`]); the
+//! [`ThreadedDriver`] here drives those chunks on the shard thread and on the
+//! node's helper threads at once, each thread sending the datagrams of the
+//! chunks it drove itself (`sendmmsg` on the shard's socket, as the shard would).
+//!
+//! The threads take chunks from a shared cursor rather than being assigned
+//! one: the shard thread never waits for a chunk no helper has started, only
+//! for those a helper is driving. Helpers are shared by every shard; a node
+//! whose shards are all busy gains nothing from them, but loses little — a
+//! helper asked for and not free finds the chunks taken when it gets there.
+
+use std::cell::RefCell;
+use std::net::UdpSocket;
+use std::sync::{Arc, Mutex};
+
+use relais_media::fan_out::{DriveChunk, SessionDriver};
+use str0m::net::Protocol;
+
+use crate::udp;
+
+/// The node's helper threads.
+pub struct FanOutPool {
+    pool: rayon_core::ThreadPool,
+}
+
+impl FanOutPool {
+    /// `threads` helpers (the shard threads come on top); `None` for zero.
+    pub fn start(threads: usize) -> std::io::Result<Option<Arc<FanOutPool>>> {
+        if threads == 0 {
+            return Ok(None);
+        }
+        let pool = rayon_core::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("fan-out-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Some(Arc::new(FanOutPool { pool })))
+    }
+}
+
+/// What one shard's chunks did off its own outbox since it last looked.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanOutCounts {
+    pub sent: udp::Sent,
+    /// Sessions driven in chunks.
+    pub sessions: u64,
+    /// Chunks a helper thread drove (the rest, the shard thread).
+    pub helper_chunks: u64,
+}
+
+/// One shard's [`SessionDriver`]: its chunks on its own thread and the pool's.
+pub struct ThreadedDriver {
+    pool: Arc<FanOutPool>,
+    socket: Arc<UdpSocket>,
+    counts: Arc<Mutex<FanOutCounts>>,
+}
+
+thread_local! {
+    /// Each thread's `sendmmsg` batch, kept between rounds.
+    static SENDER: RefCell<udp::Sender> = RefCell::new(udp::Sender::new());
+}
+
+impl ThreadedDriver {
+    /// A driver sending on `socket` (the shard's); what it did adds up in the
+    /// returned counts, for the shard's metrics.
+    pub fn new(
+        pool: Arc<FanOutPool>,
+        socket: Arc<UdpSocket>,
+    ) -> (ThreadedDriver, Arc<Mutex<FanOutCounts>>) {
+        let counts = Arc::new(Mutex::new(FanOutCounts::default()));
+        let driver = ThreadedDriver {
+            pool,
+            socket,
+            counts: counts.clone(),
+        };
+        (driver, counts)
+    }
+
+    /// Drive chunks from `next` until none is left; `helper` says whose thread this is.
+    fn work<'c, 'a: 'c>(
+        &self,
+        next: &Mutex<std::slice::IterMut<'c, DriveChunk<'a>>>,
+        helper: bool,
+    ) {
+        let mut counts = FanOutCounts::default();
+        SENDER.with_borrow_mut(|sender| loop {
+            let claimed = next.lock().map(|mut chunks| chunks.next());
+            let Ok(Some(chunk)) = claimed else {
+                break;
+            };
+            chunk.drive();
+            counts.sessions += chunk.len() as u64;
+            counts.helper_chunks += u64::from(helper);
+            // ICE-TCP datagrams go to their connection's queue, which the
+            // shard thread owns: a chunk with any is left to the shard.
+            if chunk.transmits.iter().all(|t| t.proto == Protocol::Udp) {
+                for transmit in chunk.transmits.drain(..) {
+                    if sender.push(transmit) {
+                        counts.sent += sender.send(&self.socket);
+                    }
+                }
+                counts.sent += sender.send(&self.socket);
+            }
+        });
+        if let Ok(mut total) = self.counts.lock() {
+            total.sent += counts.sent;
+            total.sessions += counts.sessions;
+            total.helper_chunks += counts.helper_chunks;
+        }
+    }
+}
+
+impl SessionDriver for ThreadedDriver {
+    fn threads(&self) -> usize {
+        self.pool.pool.current_num_threads() + 1
+    }
+
+    fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
+        let helpers = chunks
+            .len()
+            .saturating_sub(1)
+            .min(self.pool.pool.current_num_threads());
+        let next = Mutex::new(chunks.iter_mut());
+        self.pool.pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| self.work(&next, true));
+            }
+            self.work(&next, false);
+        });
+    }
+}
