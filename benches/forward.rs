@@ -9,18 +9,27 @@
 //! network. Then the publisher's str0m encrypts packets ahead of time
 //! (untimed) and the benchmark times only `Shard::handle_datagram` + draining
 //! the shard's outputs (the subscribers' copies are counted and dropped).
+//!
+//! `fan_out` times the same for 100 and 300 subscribers with the shard's
+//! thread alone and with the server's fan-out helpers driving chunks of the
+//! subscriber sessions next to it (wall time, not CPU time: the helpers' work
+//! is the point).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hint::black_box;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use relais_media::fan_out::{DriveChunk, SessionDriver};
 use relais_media::{JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{
     signal_request, signal_response, AddTrackRequest, ParticipantPermission, SessionDescription,
     SignalRequest, TrackSource, TrackType,
 };
+use relais_server::fan_out::FanOutPool;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
@@ -340,76 +349,137 @@ impl World {
     }
 }
 
+/// A world of `subs` subscribers whose forwarders are all live.
+fn ready_world(subs: usize, seq: &mut u64) -> World {
+    let mut w = World::new(subs);
+    w.run_for(Duration::from_secs(3), Duration::from_millis(2));
+    assert!(
+        w.clients.iter().all(|c| c.connected),
+        "all peer connections connect"
+    );
+    assert!(w.clients[0].ssrc.is_some(), "publisher negotiated");
+    // Media through the whole world once, so every subscriber forwarder is live.
+    for _ in 0..30 {
+        let pkts = w.publisher_packets(3, seq);
+        for p in pkts {
+            let src = w.clients[0].addr;
+            w.net.push_back((w.server, src, p));
+        }
+        w.run_for(Duration::from_millis(33), Duration::from_millis(1));
+    }
+    let receiving = w.clients[1..].iter().filter(|c| c.rtp_in > 0).count();
+    assert_eq!(receiving, subs, "every subscriber receives before timing");
+    w
+}
+
+/// Time `iters` publisher packets through the shard: datagram in, timeout
+/// round, copies out (counted, then dropped). Checks the fan-out happened.
+fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) -> Duration {
+    let subs = w.clients.len() as u64 - 1;
+    let server = w.server;
+    let src = w.clients[0].addr;
+    let mut total = Duration::ZERO;
+    let mut left = iters as usize;
+    copies.store(0, Ordering::Relaxed);
+    while left > 0 {
+        let n = left.min(500);
+        left -= n;
+        let pkts = w.publisher_packets(n, seq);
+        let start = Instant::now();
+        for p in &pkts {
+            w.now += Duration::from_millis(1);
+            let now = w.now;
+            w.shard
+                .handle_datagram(now, Protocol::Udp, src, server, black_box(p));
+            if w.shard.poll_timeout().is_some_and(|t| t <= now) {
+                w.shard.handle_timeout(now);
+            }
+            while let Some(o) = w.shard.poll_output() {
+                if let ShardOutput::Transmit(t) = o {
+                    copies.fetch_add(1, Ordering::Relaxed);
+                    black_box(t);
+                }
+            }
+        }
+        total += start.elapsed();
+        // Untimed: keep ICE/DTLS/RTCP alive between chunks.
+        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
+    }
+    let out = copies.load(Ordering::Relaxed);
+    assert!(
+        out >= (iters * subs) / 2,
+        "fan-out happened: {out} for {iters}×{subs}"
+    );
+    total
+}
+
 fn forward(c: &mut Criterion) {
     let mut g = c.benchmark_group("forward");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(5));
+    let copies = AtomicU64::new(0);
     for subs in [1usize, 10, 100] {
-        let mut w = World::new(subs);
-        w.run_for(Duration::from_secs(3), Duration::from_millis(2));
-        assert!(
-            w.clients.iter().all(|c| c.connected),
-            "all peer connections connect"
-        );
-        assert!(w.clients[0].ssrc.is_some(), "publisher negotiated");
-        // Media through the whole world once, so every subscriber forwarder is live.
         let mut seq = 1000u64;
-        for _ in 0..30 {
-            let pkts = w.publisher_packets(3, &mut seq);
-            for p in pkts {
-                let src = w.clients[0].addr;
-                w.net.push_back((w.server, src, p));
-            }
-            w.run_for(Duration::from_millis(33), Duration::from_millis(1));
-        }
-        let receiving = w.clients[1..].iter().filter(|c| c.rtp_in > 0).count();
-        assert_eq!(receiving, subs, "every subscriber receives before timing");
-        let server = w.server;
-        let src = w.clients[0].addr;
+        let mut w = ready_world(subs, &mut seq);
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(
             BenchmarkId::new("packet_to_subscribers", subs),
             &subs,
-            |b, _| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    let mut left = iters as usize;
-                    let mut out = 0u64;
-                    while left > 0 {
-                        let n = left.min(500);
-                        left -= n;
-                        let pkts = w.publisher_packets(n, &mut seq);
-                        let start = Instant::now();
-                        for p in &pkts {
-                            w.now += Duration::from_millis(1);
-                            let now = w.now;
-                            w.shard
-                                .handle_datagram(now, Protocol::Udp, src, server, black_box(p));
-                            if w.shard.poll_timeout().is_some_and(|t| t <= now) {
-                                w.shard.handle_timeout(now);
-                            }
-                            while let Some(o) = w.shard.poll_output() {
-                                if let ShardOutput::Transmit(t) = o {
-                                    out += 1;
-                                    black_box(t);
-                                }
-                            }
-                        }
-                        total += start.elapsed();
-                        // Untimed: keep ICE/DTLS/RTCP alive between chunks.
-                        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
-                    }
-                    assert!(
-                        out >= (iters * subs as u64) / 2,
-                        "fan-out happened: {out} for {iters}×{subs}"
-                    );
-                    total
-                })
-            },
+            |b, _| b.iter_custom(|iters| time_packets(&mut w, &mut seq, iters, &copies)),
         );
     }
     g.finish();
 }
 
-criterion_group!(benches, forward);
+/// The copies a chunk driven on a helper leaves, counted and dropped there
+/// (the server's driver sends them from there).
+struct CountingDriver {
+    pool: Arc<FanOutPool>,
+    copies: Arc<AtomicU64>,
+}
+
+impl SessionDriver for CountingDriver {
+    fn threads(&self) -> usize {
+        self.pool.helpers() + 1
+    }
+
+    fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
+        self.pool.for_each(chunks, |chunk, _| {
+            chunk.drive();
+            let n = chunk.transmits.drain(..).map(black_box).count();
+            self.copies.fetch_add(n as u64, Ordering::Relaxed);
+        });
+    }
+}
+
+/// A large room's fan-out on the shard's thread alone, and on it and the
+/// helpers (one fewer than the cores) — wall time per packet.
+fn fan_out(c: &mut Criterion) {
+    let helpers = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    let Some(pool) = FanOutPool::start(helpers.max(1)).expect("helper threads") else {
+        return;
+    };
+    let mut g = c.benchmark_group("fan_out");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    for subs in [100usize, 300] {
+        let mut seq = 1000u64;
+        let mut w = ready_world(subs, &mut seq);
+        let copies = Arc::new(AtomicU64::new(0));
+        g.bench_with_input(BenchmarkId::new("in_place", subs), &subs, |b, _| {
+            b.iter_custom(|iters| time_packets(&mut w, &mut seq, iters, &copies))
+        });
+        w.shard.set_session_driver(Box::new(CountingDriver {
+            pool: pool.clone(),
+            copies: copies.clone(),
+        }));
+        g.bench_with_input(BenchmarkId::new("with_helpers", subs), &subs, |b, _| {
+            b.iter_custom(|iters| time_packets(&mut w, &mut seq, iters, &copies))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, forward, fan_out);
 criterion_main!(benches);

@@ -8,7 +8,7 @@ use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Rid};
-use str0m::rtp::Ssrc;
+use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::Rtc;
 
 use crate::timers::Queued;
@@ -39,6 +39,11 @@ pub(crate) struct PeerSession {
     pub connected: bool,
     /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
     pub failed: bool,
+    /// Media forwarded to this session and not yet given to str0m: written
+    /// when the session is next polled (`room::poll_session`), so that the
+    /// writes happen where the drive does — on a fan-out helper, for a large
+    /// room. Keeps its capacity: no allocation per packet.
+    pub unwritten: Vec<(Ssrc, RtpWrite)>,
     /// Due in this round and to be handed to the room's session driver
     /// (set and cleared within one [`crate::Room::handle_timeout`]).
     pub ready: bool,
@@ -64,6 +69,7 @@ impl PeerSession {
             connected: false,
             failed: false,
             ready: false,
+            unwritten: Vec::new(),
             stats_seen: HashMap::new(),
         }
     }

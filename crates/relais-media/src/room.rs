@@ -1982,20 +1982,19 @@ impl Room {
             {
                 write = write.vp8_patch(patch);
             }
-            let mut api = s.subscriber.rtc.direct_api();
-            let Some(tx) = api.stream_tx(&out_ssrc) else {
+            let session = &mut s.subscriber;
+            if session.rtc.direct_api().stream_tx(&out_ssrc).is_none() {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
-            };
-            tx.write_rtp(write);
+            }
+            // Written when the session is next polled, with whatever else
+            // the round wrote to it: the next timeout round drives it once
+            // for a whole receive batch — on a fan-out helper, in a large
+            // room — not once per packet.
+            session.unwritten.push((out_ssrc, write));
             self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            // str0m sends a written packet only once it is given the time, so
-            // the session is due now rather than drained here: the next timeout
-            // round drives it once for every packet written to it meanwhile
-            // (a whole receive batch), not once per packet.
-            let session = &mut s.subscriber;
             session.deadline = now;
             self.timers.schedule(
                 &mut session.queued,
@@ -2436,10 +2435,24 @@ pub(crate) fn drive_session(
     transmit: impl FnMut(Transmit),
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    write_forwarded(session);
     if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
         debug!(?key, ?role, error = %e, "timeout input failed");
     }
     poll_session(session, key, role, now, transmit, events)
+}
+
+/// Give str0m the media the room forwarded to `session` since it was last
+/// polled; true if there was any.
+fn write_forwarded(session: &mut PeerSession) -> bool {
+    let any = !session.unwritten.is_empty();
+    for (ssrc, write) in session.unwritten.drain(..) {
+        // Gone only if a renegotiation removed the stream meanwhile.
+        if let Some(tx) = session.rtc.direct_api().stream_tx(&ssrc) {
+            tx.write_rtp(write);
+        }
+    }
+    any
 }
 
 /// Run str0m's output loop for one session until it asks for time; returns
@@ -2453,6 +2466,12 @@ pub(crate) fn poll_session(
     mut transmit: impl FnMut(Transmit),
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    // str0m sends what is written only once it is given the time.
+    if write_forwarded(session) {
+        if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
+            debug!(?key, ?role, error = %e, "timeout input failed");
+        }
+    }
     loop {
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {

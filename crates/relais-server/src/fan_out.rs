@@ -8,8 +8,8 @@
 //! node's helper threads at once, each thread sending the datagrams of the
 //! chunks it drove itself (`sendmmsg` on the shard's socket, as the shard would).
 //!
-//! The threads take chunks from a shared cursor rather than being assigned
-//! one: the shard thread never waits for a chunk no helper has started, only
+//! The threads take chunks from a shared cursor ([`FanOutPool::for_each`])
+//! rather than being assigned one: the shard thread never waits for a chunk no helper has started, only
 //! for those a helper is driving. Helpers are shared by every shard; a node
 //! whose shards are all busy gains nothing from them, but loses little — a
 //! helper asked for and not free finds the chunks taken when it gets there.
@@ -40,6 +40,33 @@ impl FanOutPool {
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Some(Arc::new(FanOutPool { pool })))
+    }
+
+    /// How many helpers there are.
+    pub fn helpers(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Call `work` once on each item, on the calling thread and on as many
+    /// helpers as are free to help; returns when every item is done. `work`
+    /// is told whether it runs on a helper.
+    pub fn for_each<T: Send>(&self, items: &mut [T], work: impl Fn(&mut T, bool) + Sync) {
+        let helpers = items.len().saturating_sub(1).min(self.helpers());
+        let next = Mutex::new(items.iter_mut());
+        let claim_and_work = |helper: bool| loop {
+            // The lock is held to claim an item only, not while it is worked on.
+            let claimed = next.lock().map(|mut items| items.next());
+            let Ok(Some(item)) = claimed else {
+                break;
+            };
+            work(item, helper);
+        };
+        self.pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| claim_and_work(true));
+            }
+            claim_and_work(false);
+        });
     }
 }
 
@@ -81,32 +108,26 @@ impl ThreadedDriver {
         (driver, counts)
     }
 
-    /// Drive chunks from `next` until none is left; `helper` says whose thread this is.
-    fn work<'c, 'a: 'c>(
-        &self,
-        next: &Mutex<std::slice::IterMut<'c, DriveChunk<'a>>>,
-        helper: bool,
-    ) {
-        let mut counts = FanOutCounts::default();
-        SENDER.with_borrow_mut(|sender| loop {
-            let claimed = next.lock().map(|mut chunks| chunks.next());
-            let Ok(Some(chunk)) = claimed else {
-                break;
-            };
-            chunk.drive();
-            counts.sessions += chunk.len() as u64;
-            counts.helper_chunks += u64::from(helper);
-            // ICE-TCP datagrams go to their connection's queue, which the
-            // shard thread owns: a chunk with any is left to the shard.
-            if chunk.transmits.iter().all(|t| t.proto == Protocol::Udp) {
+    /// Drive `chunk` and send its datagrams from this thread.
+    fn drive_and_send(&self, chunk: &mut DriveChunk<'_>, helper: bool) {
+        chunk.drive();
+        let mut counts = FanOutCounts {
+            sessions: chunk.len() as u64,
+            helper_chunks: u64::from(helper),
+            ..Default::default()
+        };
+        // ICE-TCP datagrams go to their connection's queue, which the shard
+        // thread owns: a chunk with any is left to the shard.
+        if chunk.transmits.iter().all(|t| t.proto == Protocol::Udp) {
+            SENDER.with_borrow_mut(|sender| {
                 for transmit in chunk.transmits.drain(..) {
                     if sender.push(transmit) {
                         counts.sent += sender.send(&self.socket);
                     }
                 }
                 counts.sent += sender.send(&self.socket);
-            }
-        });
+            });
+        }
         if let Ok(mut total) = self.counts.lock() {
             total.sent += counts.sent;
             total.sessions += counts.sessions;
@@ -117,20 +138,11 @@ impl ThreadedDriver {
 
 impl SessionDriver for ThreadedDriver {
     fn threads(&self) -> usize {
-        self.pool.pool.current_num_threads() + 1
+        self.pool.helpers() + 1
     }
 
     fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
-        let helpers = chunks
-            .len()
-            .saturating_sub(1)
-            .min(self.pool.pool.current_num_threads());
-        let next = Mutex::new(chunks.iter_mut());
-        self.pool.pool.in_place_scope(|scope| {
-            for _ in 0..helpers {
-                scope.spawn(|_| self.work(&next, true));
-            }
-            self.work(&next, false);
-        });
+        self.pool
+            .for_each(chunks, |chunk, helper| self.drive_and_send(chunk, helper));
     }
 }

@@ -5,7 +5,7 @@ mod cluster;
 pub mod config;
 mod doorbell;
 mod events;
-mod fan_out;
+pub mod fan_out;
 pub mod http;
 pub mod metrics;
 pub mod node;
