@@ -112,6 +112,7 @@ rtc:
   port_range_end: 52000
   use_external_ip: true
   node_ip: 192.0.2.10
+  fan_out_threads: 3
 redis:
   address: localhost:6379
   username: ru
@@ -147,6 +148,8 @@ region: eu-1
         "port_range_end": 52000,
         "use_external_ip": True,
         "node_ip": "192.0.2.10",
+        "fan_out_threads": 3,
+        "fan_out_min_sessions": 128,
     }
     assert c["redis"]["address"] == "localhost:6379" and c["redis"]["db"] == 3
     assert c["room"] == {"auto_create": False, "empty_timeout": 30, "departure_timeout": 2, "max_participants": 8}

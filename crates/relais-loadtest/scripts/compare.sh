@@ -11,6 +11,7 @@
 #   SKIP_JANUS=1 ...                                      # Relais and the floor only
 #   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0
 #   SERVER_YAML=$'limit:\n  shard_busy_fraction: 0.9' ...  # more of the server's YAML
+#   RTC_YAML=$'  fan_out_threads: 0' ...          # more keys of its rtc: section
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
 #   PERF=1 ...                                            # perf record the server over the window
 #
@@ -91,6 +92,7 @@ rtc:
   udp_port: "$UDP_PORTS"
   tcp_port: 7881
   node_ip: "$SRV"
+${RTC_YAML:-}
 keys:
   devkey: secret
 logging:

@@ -99,7 +99,7 @@ impl MediaConfig {
             subscription_limits: SubscriptionLimits::default(),
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
-            fan_out_min_sessions: 64,
+            fan_out_min_sessions: 128,
         })
     }
 

@@ -7,8 +7,8 @@ use std::time::Instant;
 use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
-use str0m::media::{MediaKind, Mid, Rid};
-use str0m::rtp::{RtpWrite, Ssrc};
+use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Patch};
 use str0m::Rtc;
 
 use crate::timers::Queued;
@@ -42,13 +42,61 @@ pub(crate) struct PeerSession {
     /// Media forwarded to this session and not yet given to str0m: written
     /// when the session is next polled (`room::poll_session`), so that the
     /// writes happen where the drive does — on a fan-out helper, for a large
-    /// room. Keeps its capacity: no allocation per packet.
-    pub unwritten: Vec<(Ssrc, RtpWrite)>,
+    /// room. Keeps a small capacity: no allocation per packet.
+    pub unwritten: Vec<ForwardedCopy>,
     /// Due in this round and to be handed to the room's session driver
     /// (set and cleared within one [`crate::Room::handle_timeout`]).
     pub ready: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
+}
+
+/// Most copies a session's queue of unwritten media keeps room for between
+/// rounds (~4.5 KiB): a loaded round's worth of audio or video frames; a
+/// larger burst grows it for that round only.
+pub(crate) const UNWRITTEN_KEPT: usize = 64;
+
+/// One copy of a forwarded packet for one subscriber stream, as str0m will be
+/// asked to write it: a quarter of the size of str0m's own write command.
+pub(crate) struct ForwardedCopy {
+    pub ssrc: Ssrc,
+    pub pt: Pt,
+    pub seq: u64,
+    pub timestamp: u32,
+    pub wallclock: Instant,
+    pub marker: bool,
+    /// Kept for retransmission on NACK (video).
+    pub nackable: bool,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    pub video_orientation: Option<VideoOrientation>,
+    pub payload: Arc<[u8]>,
+    pub vp8_patch: Option<Vp8Patch>,
+}
+
+impl ForwardedCopy {
+    pub fn into_write(self) -> RtpWrite {
+        let ext = ExtensionValues {
+            audio_level: self.audio_level,
+            voice_activity: self.voice_activity,
+            video_orientation: self.video_orientation,
+            ..Default::default()
+        };
+        let write = RtpWrite::new(
+            self.pt,
+            self.seq.into(),
+            self.timestamp,
+            self.wallclock,
+            self.payload,
+        )
+        .marker(self.marker)
+        .ext_vals(ext)
+        .nackable(self.nackable);
+        match self.vp8_patch {
+            Some(patch) => write.vp8_patch(patch),
+            None => write,
+        }
+    }
 }
 
 /// What the previous stats event of a stream said (cumulative values).

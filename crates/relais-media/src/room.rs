@@ -27,7 +27,7 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Receive, Transmit};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn, Span};
@@ -38,8 +38,8 @@ use crate::dynacast::{self, LayerDemand};
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
-    DataKind, Downtrack, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
-    SubscriberChange,
+    DataKind, Downtrack, ForwardedCopy, Negotiation, Participant, ParticipantKey, PeerRole,
+    PeerSession, SubscriberChange, UNWRITTEN_KEPT,
 };
 use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
@@ -1960,28 +1960,22 @@ impl Room {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
-            let ext = ExtensionValues {
+            let copy = ForwardedCopy {
+                ssrc: out_ssrc,
+                pt: out_pt,
+                seq: rewrite.seq,
+                timestamp: rewrite.timestamp,
+                wallclock: pkt.timestamp,
+                marker: rewrite.marker,
+                nackable: is_video,
                 audio_level: pkt.header.ext_vals.audio_level,
                 voice_activity: pkt.header.ext_vals.voice_activity,
                 video_orientation: pkt.header.ext_vals.video_orientation,
-                ..Default::default()
+                payload: pkt.payload.clone(),
+                vp8_patch: vp8_descriptor
+                    .as_ref()
+                    .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)),
             };
-            let mut write = RtpWrite::new(
-                out_pt,
-                rewrite.seq.into(),
-                rewrite.timestamp,
-                pkt.timestamp,
-                pkt.payload.clone(),
-            )
-            .marker(rewrite.marker)
-            .ext_vals(ext)
-            .nackable(is_video);
-            if let Some(patch) = vp8_descriptor
-                .as_ref()
-                .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx))
-            {
-                write = write.vp8_patch(patch);
-            }
             let session = &mut s.subscriber;
             if session.rtc.direct_api().stream_tx(&out_ssrc).is_none() {
                 self.stats.drop_packet(DropReason::NotNegotiated);
@@ -1991,7 +1985,7 @@ impl Room {
             // the round wrote to it: the next timeout round drives it once
             // for a whole receive batch — on a fan-out helper, in a large
             // room — not once per packet.
-            session.unwritten.push((out_ssrc, write));
+            session.unwritten.push(copy);
             self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
@@ -2445,14 +2439,18 @@ pub(crate) fn drive_session(
 /// Give str0m the media the room forwarded to `session` since it was last
 /// polled; true if there was any.
 fn write_forwarded(session: &mut PeerSession) -> bool {
-    let any = !session.unwritten.is_empty();
-    for (ssrc, write) in session.unwritten.drain(..) {
+    if session.unwritten.is_empty() {
+        return false;
+    }
+    for copy in session.unwritten.drain(..) {
         // Gone only if a renegotiation removed the stream meanwhile.
-        if let Some(tx) = session.rtc.direct_api().stream_tx(&ssrc) {
-            tx.write_rtp(write);
+        if let Some(tx) = session.rtc.direct_api().stream_tx(&copy.ssrc) {
+            tx.write_rtp(copy.into_write());
         }
     }
-    any
+    // A burst (a keyframe, a round that batched much) leaves no lasting memory.
+    session.unwritten.shrink_to(UNWRITTEN_KEPT);
+    true
 }
 
 /// Run str0m's output loop for one session until it asks for time; returns

@@ -269,7 +269,7 @@ pub struct RtcConfig {
     /// one core. Default: one fewer than the cores; 0 disables.
     pub fan_out_threads: Option<usize>,
     /// Relais: how many sessions must be due at once in a room for its shard
-    /// to hand them to the helpers. Default 64.
+    /// to hand them to the helpers. Default 128.
     pub fan_out_min_sessions: usize,
 }
 
@@ -284,7 +284,7 @@ impl Default for RtcConfig {
             use_external_ip: false,
             node_ip: None,
             fan_out_threads: None,
-            fan_out_min_sessions: 64,
+            fan_out_min_sessions: 128,
         }
     }
 }
