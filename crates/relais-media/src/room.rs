@@ -1362,17 +1362,16 @@ impl Room {
             else {
                 continue;
             };
-            let outputs = &mut self.outputs;
-            let wake_at = drive_session(
+            give_time(session, key, role, now);
+            drain_session(
                 session,
                 key,
                 role,
                 now,
-                |t| outputs.push_back(RoomOutput::Transmit(t)),
+                &mut self.outputs,
                 &mut self.events,
+                &mut self.timers,
             );
-            self.timers
-                .schedule(&mut session.queued, &(key, role), wake_at);
         }
     }
 
@@ -2429,11 +2428,16 @@ pub(crate) fn drive_session(
     transmit: impl FnMut(Transmit),
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    give_time(session, key, role, now);
+    poll_session(session, key, role, now, transmit, events)
+}
+
+/// Hand a due session what was forwarded to it, and the time.
+fn give_time(session: &mut PeerSession, key: ParticipantKey, role: PeerRole, now: Instant) {
     write_forwarded(session);
     if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
         debug!(?key, ?role, error = %e, "timeout input failed");
     }
-    poll_session(session, key, role, now, transmit, events)
 }
 
 /// Give str0m the media the room forwarded to `session` since it was last
