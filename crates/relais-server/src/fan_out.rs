@@ -9,10 +9,14 @@
 //! chunks it drove itself (`sendmmsg` on the shard's socket, as the shard would).
 //!
 //! The threads take chunks from a shared cursor ([`FanOutPool::for_each`])
-//! rather than being assigned one: the shard thread never waits for a chunk no helper has started, only
-//! for those a helper is driving. Helpers are shared by every shard; a node
-//! whose shards are all busy gains nothing from them, but loses little — a
-//! helper asked for and not free finds the chunks taken when it gets there.
+//! rather than being assigned one: the shard thread drives every chunk no
+//! helper has claimed, so a busy helper delays no chunk; the round then waits
+//! for the chunks helpers are driving, and for each helper it called to have
+//! looked (one that starts late finds nothing left). Helpers are shared by
+//! every shard; a node whose shards are all busy gains nothing from them but
+//! loses little. A helper descheduled mid-chunk (a hypervisor stealing the
+//! core) holds its round up: small rooms stay on their thread
+//! (`rtc.fan_out_min_sessions`).
 
 use std::cell::RefCell;
 use std::net::UdpSocket;
