@@ -252,6 +252,9 @@ async fn run_inner(
     };
     let now = Instant::now();
     let mut peer = Peer::new(ctx.local_ip, now).map_err(|e| (Failure::Other, e.to_string()))?;
+    if spec.subscribe && !spec.decode {
+        peer.count_without_decrypting();
+    }
     let mut out: Vec<Outgoing> = Vec::new();
     let publisher = spec.video || spec.audio;
     if publisher {

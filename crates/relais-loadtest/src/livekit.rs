@@ -171,7 +171,12 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
 
     let now = Instant::now();
     let mut sub = match Peer::new(ctx.local_ip, now) {
-        Ok(p) => Some(p),
+        Ok(mut p) => {
+            if spec.subscribe && !spec.decode {
+                p.count_without_decrypting();
+            }
+            Some(p)
+        }
         Err(e) => {
             fail(&mut report, Failure::Other, format!("socket: {e}"));
             None

@@ -68,6 +68,14 @@ struct Args {
     /// Subscribers per room (subscribe to every track, publish nothing).
     #[arg(long, default_value_t = 10)]
     subscribers: usize,
+    /// Per room, how many subscribers decrypt what they receive (forwarding
+    /// latency, loss by the publisher's sequence numbers). The others count
+    /// packets, bytes and loss from the RTP header, in clear in SRTP, without
+    /// decrypting: the load generator then costs far less than the server it
+    /// measures. Their loss is what got lost after the server (its outgoing
+    /// sequence numbers have no gap for what it skipped). Default: all.
+    #[arg(long)]
+    decoding_subscribers: Option<usize>,
     /// Measurement window in seconds (after the ramp and the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -166,6 +174,8 @@ pub struct Spec {
     pub video: bool,
     pub audio: bool,
     pub subscribe: bool,
+    /// A subscriber that decrypts (see `--decoding-subscribers`).
+    pub decode: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -179,6 +189,8 @@ struct Summary {
     video_publishers_per_room: usize,
     audio_publishers_per_room: usize,
     subscribers_per_room: usize,
+    /// Of those, how many decrypt (the others count from the RTP header).
+    decoding_subscribers_per_room: usize,
     participants: usize,
     simulcast: bool,
     video_bitrate: u64,
@@ -268,7 +280,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         for r in 0..args.rooms {
             let room = format!("{}-{run_id:04x}-{r}", args.room_prefix);
             let room_no = args.janus_room_base + r as u64;
-            let mut push = |identity: String, video, audio, subscribe| {
+            let mut push = |identity: String, video, audio, subscribe, decode| {
                 specs.push(Spec {
                     identity,
                     room: room.clone(),
@@ -276,18 +288,20 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
                     video,
                     audio,
                     subscribe,
+                    decode,
                 })
             };
             if pass == 0 {
                 for i in 0..args.video_publishers {
-                    push(format!("vpub-{r}-{i}"), true, false, false);
+                    push(format!("vpub-{r}-{i}"), true, false, false, true);
                 }
                 for i in 0..args.audio_publishers {
-                    push(format!("apub-{r}-{i}"), false, true, false);
+                    push(format!("apub-{r}-{i}"), false, true, false, true);
                 }
             } else {
+                let decoding = args.decoding_subscribers.unwrap_or(args.subscribers);
                 for i in 0..args.subscribers {
-                    push(format!("sub-{r}-{i}"), false, false, true);
+                    push(format!("sub-{r}-{i}"), false, false, true, i < decoding);
                 }
             }
         }
@@ -415,6 +429,10 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         video_publishers_per_room: args.video_publishers,
         audio_publishers_per_room: args.audio_publishers,
         subscribers_per_room: args.subscribers,
+        decoding_subscribers_per_room: args
+            .decoding_subscribers
+            .unwrap_or(args.subscribers)
+            .min(args.subscribers),
         participants: total,
         simulcast: args.simulcast,
         pacing_factor: args.pacing_factor.max(0.0),
@@ -546,11 +564,12 @@ fn print_table(s: &Summary) {
         (
             "load",
             format!(
-                "{} rooms × ({} video pub, {} audio pub, {} sub){}; video {} bps, audio {} bps",
+                "{} rooms × ({} video pub, {} audio pub, {} sub, {} decoding){}; video {} bps, audio {} bps",
                 s.rooms,
                 s.video_publishers_per_room,
                 s.audio_publishers_per_room,
                 s.subscribers_per_room,
+                s.decoding_subscribers_per_room,
                 if s.simulcast { ", simulcast" } else { "" },
                 s.video_bitrate,
                 s.audio_bitrate

@@ -2,7 +2,7 @@
 //! Driven by its owner's event loop: datagrams in, a timer at `deadline`, and
 //! after every mutation `drain` until str0m asks for time (str0m's contract).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,55 @@ pub struct Peer {
     pub deadline: Instant,
     pub connected: bool,
     pub events: Vec<Event>,
+    /// Counts incoming RTP from its header instead of decrypting it
+    /// ([`Peer::count_without_decrypting`]).
+    counting: Option<RtpCounter>,
+}
+
+/// Received RTP counted from the clear header: per SSRC the extended sequence
+/// number of the last packet, and what arrived since the report last took it.
+#[derive(Default)]
+struct RtpCounter {
+    extended: HashMap<u32, u32>,
+    /// (SSRC, extended sequence number, payload bytes).
+    arrived: Vec<(u32, u32, usize)>,
+}
+
+impl RtpCounter {
+    /// Count `buf` if it is RTP (not RTCP, RFC 5761); false otherwise.
+    fn count(&mut self, buf: &[u8]) -> bool {
+        let Some(header) = rtp_header(buf) else {
+            return false;
+        };
+        let (ssrc, seq, header_len) = header;
+        let extended = match self.extended.get(&ssrc) {
+            // The nearest extension of `seq` to the last one (wraps at 2^16).
+            Some(&last) => {
+                last.wrapping_add(i32::from(seq.wrapping_sub(last as u16) as i16) as u32)
+            }
+            None => u32::from(seq) + (1 << 16),
+        };
+        self.extended.insert(ssrc, extended);
+        // SRTP's authentication tag (16 bytes with AES-GCM) is not payload.
+        let payload = buf.len().saturating_sub(header_len + 16);
+        self.arrived.push((ssrc, extended, payload));
+        true
+    }
+}
+
+/// SSRC, sequence number and header length of an RTP packet (RFC 3550), or
+/// `None` for RTCP, STUN, DTLS or anything too short.
+fn rtp_header(buf: &[u8]) -> Option<(u32, u16, usize)> {
+    if buf.len() < 12 || !(128..=191).contains(&buf[0]) || (64..=95).contains(&(buf[1] & 0x7f)) {
+        return None;
+    }
+    let mut len = 12 + 4 * usize::from(buf[0] & 0x0f);
+    if buf[0] & 0x10 != 0 {
+        let words = buf.get(len + 2..len + 4)?;
+        len += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
+    }
+    let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    Some((ssrc, u16::from_be_bytes([buf[2], buf[3]]), len))
 }
 
 /// A published stream: encoder, where it goes, when its next frame is due.
@@ -94,7 +143,14 @@ impl Peer {
             deadline: now,
             connected: false,
             events: Vec::new(),
+            counting: None,
         })
+    }
+
+    /// From now on, count received RTP from its header instead of handing it
+    /// to str0m to decrypt (RTCP, STUN and DTLS still go to str0m).
+    pub fn count_without_decrypting(&mut self) {
+        self.counting = Some(RtpCounter::default());
     }
 
     /// Poll str0m until it asks for time; send what it transmits, keep its events.
@@ -127,6 +183,11 @@ impl Peer {
         buf: &[u8],
         shared: &Shared,
     ) -> Result<(), str0m::RtcError> {
+        if let Some(counter) = self.counting.as_mut() {
+            if counter.count(buf) {
+                return Ok(());
+            }
+        }
         let Ok(r) = Receive::new(Protocol::Udp, from, self.local, buf) else {
             return Ok(());
         };
@@ -305,6 +366,13 @@ impl Peer {
     pub fn take_events(&mut self, shared: &Shared, report: &mut Report) -> Vec<Mid> {
         let mut keyframe_mids = Vec::new();
         let measuring = shared.measuring.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(counter) = self.counting.as_mut() {
+            for (ssrc, seq, len) in counter.arrived.drain(..) {
+                Shared::add(&shared.packets_received, 1);
+                Shared::add(&shared.bytes_received, len as u64);
+                report.record_rx(ssrc, 0, seq, len);
+            }
+        }
         for e in self.events.drain(..) {
             match e {
                 Event::RtpPacket(pkt) => {
@@ -340,5 +408,62 @@ pub async fn readable(p: &Option<Peer>) -> bool {
     match p {
         Some(p) => p.socket.readable().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(
+        ssrc: u32,
+        seq: u16,
+        csrcs: u8,
+        extension_words: Option<u16>,
+        payload: usize,
+    ) -> Vec<u8> {
+        let mut b = vec![0x80 | csrcs, 96];
+        if extension_words.is_some() {
+            b[0] |= 0x10;
+        }
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&ssrc.to_be_bytes());
+        b.extend(std::iter::repeat_n(0, 4 * usize::from(csrcs)));
+        if let Some(words) = extension_words {
+            b.extend_from_slice(&[0xbe, 0xde]);
+            b.extend_from_slice(&words.to_be_bytes());
+            b.extend(std::iter::repeat_n(0, 4 * usize::from(words)));
+        }
+        b.extend(std::iter::repeat_n(7, payload + 16));
+        b
+    }
+
+    #[test]
+    fn rtp_is_counted_from_its_header_across_a_sequence_wrap() {
+        let mut counter = RtpCounter::default();
+        for seq in [65534u16, 65535, 0, 2, 1] {
+            assert!(counter.count(&rtp(7, seq, 0, Some(2), 100)));
+        }
+        let seqs: Vec<u32> = counter.arrived.iter().map(|a| a.1).collect();
+        // Continuous across the wrap, and a late packet keeps its place.
+        assert_eq!(seqs, [131070, 131071, 131072, 131074, 131073]);
+        assert!(counter.arrived.iter().all(|a| a.0 == 7 && a.2 == 100));
+        assert!(counter.count(&rtp(9, 10, 2, None, 40)));
+        assert_eq!(counter.arrived.last(), Some(&(9, 65546, 40)));
+    }
+
+    #[test]
+    fn rtcp_stun_and_dtls_are_left_to_str0m() {
+        let mut counter = RtpCounter::default();
+        let mut sender_report = rtp(7, 1, 0, None, 20);
+        sender_report[1] = 200;
+        let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut dtls = vec![22u8, 0xfe, 0xfd];
+        dtls.resize(40, 0);
+        for buf in [&sender_report[..], &stun, &dtls, &[0x80, 96, 0, 1]] {
+            assert!(!counter.count(buf));
+        }
+        assert!(counter.arrived.is_empty());
     }
 }
