@@ -1363,15 +1363,7 @@ impl Room {
                 continue;
             };
             give_time(session, key, role, now);
-            drain_session(
-                session,
-                key,
-                role,
-                now,
-                &mut self.outputs,
-                &mut self.events,
-                &mut self.timers,
-            );
+            self.drain(now, key, role);
         }
     }
 
