@@ -135,6 +135,11 @@ pub(crate) struct Subscription {
     pub(crate) mid: Option<Mid>,
     pub(crate) forwarder: TrackForwarder,
     pub(crate) out_pt: Option<Pt>,
+    /// The SSRC of the send stream on `mid`, once the subscriber's answer made
+    /// one: kept here so that a copy's path reads this list, not the
+    /// subscriber's downtracks and str0m's stream table (cache misses, one
+    /// subscriber after another, on the room's serial path).
+    pub(crate) out_ssrc: Option<Ssrc>,
     /// The highest layer the subscriber asked for (`UpdateTrackSettings`:
     /// adaptive stream, a chosen quality); `usize::MAX` until it says.
     pub(crate) max_layer: usize,
@@ -1021,6 +1026,7 @@ impl Room {
             max_layer: usize::MAX,
             max_spatial: None,
             out_pt: None,
+            out_ssrc: None,
         });
         debug!(participant = %p.info.identity, track = %sid, explicit, "subscribed");
         true
@@ -1120,6 +1126,7 @@ impl Room {
                 .and_then(|t| t.subscribers.iter_mut().find(|s| s.subscriber == key))
             {
                 sub.mid = Some(mid);
+                sub.out_ssrc = None;
             }
         }
         p.negotiation.pending = Some(pending);
@@ -1925,11 +1932,13 @@ impl Room {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
-            let Some(out_ssrc) = sub
-                .mid
-                .and_then(|mid| s.downtracks.get(&mid))
-                .and_then(|d| d.ssrc)
-            else {
+            if sub.out_ssrc.is_none() {
+                sub.out_ssrc = sub
+                    .mid
+                    .and_then(|mid| s.downtracks.get(&mid))
+                    .and_then(|d| d.ssrc);
+            }
+            let Some(out_ssrc) = sub.out_ssrc else {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
@@ -1967,11 +1976,9 @@ impl Room {
                     .as_ref()
                     .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)),
             };
+            // The stream exists: its SSRC was learnt from it, and it is stopped
+            // only after this subscription is gone.
             let session = &mut s.subscriber;
-            if session.rtc.direct_api().stream_tx(&out_ssrc).is_none() {
-                self.stats.drop_packet(DropReason::NotNegotiated);
-                continue;
-            }
             // Written when the session is next polled, with whatever else
             // the round wrote to it: the next timeout round drives it once
             // for a whole receive batch — on a fan-out helper, in a large
@@ -1980,11 +1987,14 @@ impl Room {
             self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            session.deadline = now;
+            // Due once the coalescing window of its first unwritten copy ends:
+            // later copies join it, and str0m's fixed cost of a drive is shared.
+            let due = now + self.config.send_coalescing;
+            session.deadline = session.deadline.min(due);
             self.timers.schedule(
                 &mut session.queued,
                 &(sub.subscriber, PeerRole::Subscriber),
-                now,
+                due,
             );
         }
         if need_keyframe {

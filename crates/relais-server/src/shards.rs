@@ -277,6 +277,7 @@ impl Shards {
             let doorbell = own.as_ref().map(|(_, doorbell)| doorbell.clone());
             let shard_pool = pool.clone();
             let shard_queued = queued.clone();
+            let coalescing = config.send_coalescing;
             let mut shard = Shard::new(index as u8, config);
             let fan_out_counts = fan_out.as_ref().map(|pool| {
                 let (driver, counts) = ThreadedDriver::new(pool.clone(), socket.clone());
@@ -309,7 +310,8 @@ impl Shards {
                         socket,
                         sender: udp::Sender::new(),
                         tcp: HashMap::new(),
-                        waiting: Vec::with_capacity(MAX_BATCH),
+                        waiting: VecDeque::with_capacity(MAX_BATCH),
+                        coalescing,
                         fan_out: fan_out_counts,
                     };
                     run_shard(shard, inbox, outbox, context)
@@ -750,10 +752,14 @@ struct Outbox {
     sender: udp::Sender,
     /// The write queues of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, TcpLink>,
-    /// When the media packets whose copies this round sends were received:
-    /// their forward latency is taken when the round's last datagram is handed
-    /// to the kernel ([`Outbox::finish_round`]).
-    waiting: Vec<Instant>,
+    /// When the media packets with copies not yet sent were received, and when
+    /// the sessions their copies wait in are due (`rtc.send_coalescing_us`
+    /// after they were handled): their forward latency is taken when the
+    /// first round that drove sessions due then hands its last datagram to
+    /// the kernel ([`Outbox::finish_round`]).
+    waiting: VecDeque<(Instant, Instant)>,
+    /// The shard's [`MediaConfig::send_coalescing`].
+    coalescing: Duration,
     /// What the shard's session driver sent on its threads, if it has helpers.
     fan_out: Option<Arc<Mutex<FanOutCounts>>>,
 }
@@ -788,10 +794,12 @@ impl Outbox {
         self.tcp.retain(|_, link| !link.is_closed());
     }
 
-    /// A media packet received at `received` had copies written to
-    /// subscribers; they leave in this round.
-    fn forwarded(&mut self, received: Instant) {
-        self.waiting.push(received);
+    /// A media packet received at `received` and handled at `handled` had
+    /// copies written to subscribers; they leave in the first round that
+    /// drives the sessions due after the coalescing window.
+    fn forwarded(&mut self, received: Instant, handled: Instant) {
+        self.waiting
+            .push_back((received, handled + self.coalescing));
     }
 
     /// Hand the queued datagrams to the kernel.
@@ -802,17 +810,26 @@ impl Outbox {
     }
 
     /// The end of a round: everything queued is sent (the session driver's
-    /// threads sent theirs before the round went on), so every copy of the
-    /// media received this round has left.
-    fn finish_round(&mut self, metrics: &mut ShardMetrics) {
+    /// threads sent theirs before the round went on). If the round drove the
+    /// sessions due at `driven`, every copy of the media whose sessions were
+    /// due by then has left.
+    fn finish_round(&mut self, metrics: &mut ShardMetrics, driven: Option<Instant>) {
         self.send(metrics);
         if let Some(counts) = &self.fan_out {
             if let Ok(mut counts) = counts.lock() {
                 metrics.fanned_out(std::mem::take(&mut *counts));
             }
         }
+        let Some(driven) = driven else {
+            return;
+        };
         let now = Instant::now();
-        for received in self.waiting.drain(..) {
+        // Due times only grow: the window is fixed and packets are handled in order.
+        while let Some(&(received, due)) = self.waiting.front() {
+            if due > driven {
+                break;
+            }
+            self.waiting.pop_front();
             metrics.forwarded(now.saturating_duration_since(received));
         }
     }
@@ -895,7 +912,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                         let copies =
                             shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
                         if copies > 0 {
-                            outbox.forwarded(d.received);
+                            outbox.forwarded(d.received, now);
                         }
                     }
                     inbox.pool.recycle_buffer(d.data);
@@ -913,9 +930,10 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             );
         }
         let now = Instant::now();
-        if shard.poll_timeout().is_some_and(|t| t <= now) {
+        let driven = shard.poll_timeout().is_some_and(|t| t <= now).then(|| {
             shard.handle_timeout(now);
-        }
+            now
+        });
         flush(
             &mut shard,
             &mut signals,
@@ -924,7 +942,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             &mut metrics,
         );
         // Nothing waits in the outbox while the shard sleeps.
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut metrics, driven);
         metrics.busy += busy_since.elapsed();
     }
 }
@@ -1185,7 +1203,8 @@ mod tests {
             socket,
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            coalescing: Duration::ZERO,
             fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1225,7 +1244,8 @@ mod tests {
             socket: socket.clone(),
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
-            waiting: Vec::new(),
+            waiting: VecDeque::new(),
+            coalescing: Duration::ZERO,
             fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1235,7 +1255,8 @@ mod tests {
             destination: sink.local_addr().unwrap(),
             contents: vec![0x80; 100].into(),
         };
-        outbox.forwarded(Instant::now());
+        let handled = Instant::now();
+        outbox.forwarded(handled, handled);
         // More copies than one batch: the first batch leaves mid-round.
         for _ in 0..=udp::BATCH {
             outbox.push(transmit(), &mut metrics);
@@ -1246,7 +1267,7 @@ mod tests {
             "sampled before the last copy left"
         );
         std::thread::sleep(Duration::from_millis(5));
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut metrics, Some(handled));
         assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
         assert_eq!(metrics.latency_count, 1);
         assert!(
@@ -1254,7 +1275,34 @@ mod tests {
             "{}",
             metrics.latency_sum_ns
         );
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut metrics, Some(Instant::now()));
         assert_eq!(metrics.latency_count, 1, "one sample per forwarded packet");
+    }
+
+    #[test]
+    fn coalesced_copies_count_from_the_round_that_drives_their_sessions() {
+        let mut outbox = Outbox {
+            socket: Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap()),
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: VecDeque::new(),
+            coalescing: Duration::from_millis(2),
+            fan_out: None,
+        };
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        let t0 = Instant::now();
+        outbox.forwarded(t0, t0);
+        outbox.forwarded(t0, t0 + Duration::from_millis(1));
+        outbox.finish_round(&mut metrics, None);
+        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(1)));
+        assert_eq!(metrics.latency_count, 0, "their sessions are not due yet");
+        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(2)));
+        assert_eq!(
+            metrics.latency_count, 1,
+            "the first packet's sessions were driven"
+        );
+        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(3)));
+        assert_eq!(metrics.latency_count, 2);
+        assert!(outbox.waiting.is_empty());
     }
 }
