@@ -113,7 +113,6 @@ rtc:
   use_external_ip: true
   node_ip: 192.0.2.10
   fan_out_threads: 3
-  send_coalescing_us: 2000
 redis:
   address: localhost:6379
   username: ru
@@ -151,7 +150,6 @@ region: eu-1
         "node_ip": "192.0.2.10",
         "fan_out_threads": 3,
         "fan_out_min_sessions": 128,
-        "send_coalescing_us": 2000,
     }
     assert c["redis"]["address"] == "localhost:6379" and c["redis"]["db"] == 3
     assert c["room"] == {"auto_create": False, "empty_timeout": 30, "departure_timeout": 2, "max_participants": 8}
@@ -255,7 +253,6 @@ def test_udp_port_out_of_range(tmp_path):
         ("rtc:\n  tcp_port: -1\n", "rtc.tcp_port"),
         ("rtc:\n  use_external_ip: sometimes\n", "rtc.use_external_ip"),
         ("rtc:\n  node_ip: not-an-ip\n", "rtc.node_ip"),
-        ("rtc:\n  send_coalescing_us: 20001\n", "rtc.send_coalescing_us"),
         ("rtc:\n  port_range_start: 60001\n  port_range_end: 60000\n", "rtc.port_range_start"),
         ("room:\n  empty_timeout: soon\n", "room.empty_timeout"),
         ("room:\n  auto_create: 3\n", "room.auto_create"),

@@ -49,12 +49,6 @@ pub struct MediaConfig {
     /// them to the shard's session driver in chunks ([`crate::fan_out`]);
     /// fewer are driven in place, where handing out would cost more than it saves.
     pub fan_out_min_sessions: usize,
-    /// How long a copy forwarded to a subscriber may wait for more before the
-    /// subscriber's session is driven: a drive costs str0m a fixed amount of
-    /// work (time, pacer snapshot, a walk of every component) besides each
-    /// packet it sends, so copies that share a drive cost less. Zero: driven in
-    /// the round that forwarded them.
-    pub send_coalescing: Duration,
 }
 
 /// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
@@ -106,7 +100,6 @@ impl MediaConfig {
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
             fan_out_min_sessions: 128,
-            send_coalescing: Duration::ZERO,
         })
     }
 

@@ -1987,14 +1987,11 @@ impl Room {
             self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            // Due once the coalescing window of its first unwritten copy ends:
-            // later copies join it, and str0m's fixed cost of a drive is shared.
-            let due = now + self.config.send_coalescing;
-            session.deadline = session.deadline.min(due);
+            session.deadline = now;
             self.timers.schedule(
                 &mut session.queued,
                 &(sub.subscriber, PeerRole::Subscriber),
-                due,
+                now,
             );
         }
         if need_keyframe {

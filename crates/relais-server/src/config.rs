@@ -271,14 +271,7 @@ pub struct RtcConfig {
     /// Relais: how many sessions must be due at once in a room for its shard
     /// to hand them to the helpers. Default 128.
     pub fan_out_min_sessions: usize,
-    /// Relais: microseconds a packet forwarded to a subscriber may wait for
-    /// more to the same subscriber, so that they are sent together for less
-    /// CPU. Default 0.
-    pub send_coalescing_us: u32,
 }
-
-/// Longest `rtc.send_coalescing_us` accepted: 20 ms, one audio frame.
-const MAX_SEND_COALESCING_US: u32 = 20_000;
 
 impl Default for RtcConfig {
     fn default() -> Self {
@@ -292,7 +285,6 @@ impl Default for RtcConfig {
             node_ip: None,
             fan_out_threads: None,
             fan_out_min_sessions: 128,
-            send_coalescing_us: 0,
         }
     }
 }
@@ -752,16 +744,6 @@ impl Config {
                 format!(
                     "{} is not a fraction from 0 (off) to 1",
                     self.limit.shard_busy_fraction
-                ),
-            ));
-        }
-        if self.rtc.send_coalescing_us > MAX_SEND_COALESCING_US {
-            return Err(invalid(
-                "rtc.send_coalescing_us",
-                format!(
-                    "{} µs is longer than {MAX_SEND_COALESCING_US} µs: media would wait \
-                     longer than a jitter buffer forgives",
-                    self.rtc.send_coalescing_us
                 ),
             ));
         }

@@ -125,7 +125,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_participants: config.room.max_participants,
     };
     media.fan_out_min_sessions = config.rtc.fan_out_min_sessions.max(1);
-    media.send_coalescing = Duration::from_micros(u64::from(config.rtc.send_coalescing_us));
     let ping_timeout = media.ping_timeout;
     // One port: a shard per core behind a receive thread. A range: a shard per
     // port. One port and one core: the one shard reads the socket itself.

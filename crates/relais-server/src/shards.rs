@@ -277,7 +277,6 @@ impl Shards {
             let doorbell = own.as_ref().map(|(_, doorbell)| doorbell.clone());
             let shard_pool = pool.clone();
             let shard_queued = queued.clone();
-            let coalescing = config.send_coalescing;
             let mut shard = Shard::new(index as u8, config);
             let fan_out_counts = fan_out.as_ref().map(|pool| {
                 let (driver, counts) = ThreadedDriver::new(pool.clone(), socket.clone());
@@ -310,8 +309,7 @@ impl Shards {
                         socket,
                         sender: udp::Sender::new(),
                         tcp: HashMap::new(),
-                        waiting: VecDeque::with_capacity(MAX_BATCH),
-                        coalescing,
+                        waiting: Vec::with_capacity(MAX_BATCH),
                         fan_out: fan_out_counts,
                     };
                     run_shard(shard, inbox, outbox, context)
@@ -752,14 +750,10 @@ struct Outbox {
     sender: udp::Sender,
     /// The write queues of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, TcpLink>,
-    /// When the media packets with copies not yet sent were received, and when
-    /// the sessions their copies wait in are due (`rtc.send_coalescing_us`
-    /// after they were handled): their forward latency is taken when the
-    /// first round that drove sessions due then hands its last datagram to
-    /// the kernel ([`Outbox::finish_round`]).
-    waiting: VecDeque<(Instant, Instant)>,
-    /// The shard's [`MediaConfig::send_coalescing`].
-    coalescing: Duration,
+    /// When the media packets whose copies this round sends were received:
+    /// their forward latency is taken when the round's last datagram is handed
+    /// to the kernel ([`Outbox::finish_round`]).
+    waiting: Vec<Instant>,
     /// What the shard's session driver sent on its threads, if it has helpers.
     fan_out: Option<Arc<Mutex<FanOutCounts>>>,
 }
@@ -794,12 +788,10 @@ impl Outbox {
         self.tcp.retain(|_, link| !link.is_closed());
     }
 
-    /// A media packet received at `received` and handled at `handled` had
-    /// copies written to subscribers; they leave in the first round that
-    /// drives the sessions due after the coalescing window.
-    fn forwarded(&mut self, received: Instant, handled: Instant) {
-        self.waiting
-            .push_back((received, handled + self.coalescing));
+    /// A media packet received at `received` had copies written to
+    /// subscribers; they leave in this round.
+    fn forwarded(&mut self, received: Instant) {
+        self.waiting.push(received);
     }
 
     /// Hand the queued datagrams to the kernel.
@@ -810,26 +802,17 @@ impl Outbox {
     }
 
     /// The end of a round: everything queued is sent (the session driver's
-    /// threads sent theirs before the round went on). If the round drove the
-    /// sessions due at `driven`, every copy of the media whose sessions were
-    /// due by then has left.
-    fn finish_round(&mut self, metrics: &mut ShardMetrics, driven: Option<Instant>) {
+    /// threads sent theirs before the round went on), so every copy of the
+    /// media received this round has left.
+    fn finish_round(&mut self, metrics: &mut ShardMetrics) {
         self.send(metrics);
         if let Some(counts) = &self.fan_out {
             if let Ok(mut counts) = counts.lock() {
                 metrics.fanned_out(std::mem::take(&mut *counts));
             }
         }
-        let Some(driven) = driven else {
-            return;
-        };
         let now = Instant::now();
-        // Due times only grow: the window is fixed and packets are handled in order.
-        while let Some(&(received, due)) = self.waiting.front() {
-            if due > driven {
-                break;
-            }
-            self.waiting.pop_front();
+        for received in self.waiting.drain(..) {
             metrics.forwarded(now.saturating_duration_since(received));
         }
     }
@@ -912,7 +895,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                         let copies =
                             shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
                         if copies > 0 {
-                            outbox.forwarded(d.received, now);
+                            outbox.forwarded(d.received);
                         }
                     }
                     inbox.pool.recycle_buffer(d.data);
@@ -930,10 +913,9 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             );
         }
         let now = Instant::now();
-        let driven = shard.poll_timeout().is_some_and(|t| t <= now).then(|| {
+        if shard.poll_timeout().is_some_and(|t| t <= now) {
             shard.handle_timeout(now);
-            now
-        });
+        }
         flush(
             &mut shard,
             &mut signals,
@@ -942,7 +924,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             &mut metrics,
         );
         // Nothing waits in the outbox while the shard sleeps.
-        outbox.finish_round(&mut metrics, driven);
+        outbox.finish_round(&mut metrics);
         metrics.busy += busy_since.elapsed();
     }
 }
@@ -1203,8 +1185,7 @@ mod tests {
             socket,
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
-            waiting: VecDeque::new(),
-            coalescing: Duration::ZERO,
+            waiting: Vec::new(),
             fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1244,8 +1225,7 @@ mod tests {
             socket: socket.clone(),
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
-            waiting: VecDeque::new(),
-            coalescing: Duration::ZERO,
+            waiting: Vec::new(),
             fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1255,8 +1235,7 @@ mod tests {
             destination: sink.local_addr().unwrap(),
             contents: vec![0x80; 100].into(),
         };
-        let handled = Instant::now();
-        outbox.forwarded(handled, handled);
+        outbox.forwarded(Instant::now());
         // More copies than one batch: the first batch leaves mid-round.
         for _ in 0..=udp::BATCH {
             outbox.push(transmit(), &mut metrics);
@@ -1267,7 +1246,7 @@ mod tests {
             "sampled before the last copy left"
         );
         std::thread::sleep(Duration::from_millis(5));
-        outbox.finish_round(&mut metrics, Some(handled));
+        outbox.finish_round(&mut metrics);
         assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
         assert_eq!(metrics.latency_count, 1);
         assert!(
@@ -1275,34 +1254,7 @@ mod tests {
             "{}",
             metrics.latency_sum_ns
         );
-        outbox.finish_round(&mut metrics, Some(Instant::now()));
+        outbox.finish_round(&mut metrics);
         assert_eq!(metrics.latency_count, 1, "one sample per forwarded packet");
-    }
-
-    #[test]
-    fn coalesced_copies_count_from_the_round_that_drives_their_sessions() {
-        let mut outbox = Outbox {
-            socket: Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap()),
-            sender: udp::Sender::new(),
-            tcp: HashMap::new(),
-            waiting: VecDeque::new(),
-            coalescing: Duration::from_millis(2),
-            fan_out: None,
-        };
-        let mut metrics = ShardMetrics::new(0, Instant::now());
-        let t0 = Instant::now();
-        outbox.forwarded(t0, t0);
-        outbox.forwarded(t0, t0 + Duration::from_millis(1));
-        outbox.finish_round(&mut metrics, None);
-        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(1)));
-        assert_eq!(metrics.latency_count, 0, "their sessions are not due yet");
-        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(2)));
-        assert_eq!(
-            metrics.latency_count, 1,
-            "the first packet's sessions were driven"
-        );
-        outbox.finish_round(&mut metrics, Some(t0 + Duration::from_millis(3)));
-        assert_eq!(metrics.latency_count, 2);
-        assert!(outbox.waiting.is_empty());
     }
 }
