@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use media::Encoder;
-use stats::{percentile, proc_sample, ProcSample, Report, Shared};
+use stats::{percentile, proc_sample, ProcSample, Report, Samples, Shared};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -224,6 +224,9 @@ struct Summary {
     latency_ms_p50: Option<f64>,
     latency_ms_p99: Option<f64>,
     latency_ms_max: Option<f64>,
+    /// Latency of the packets ending a video frame: when a subscriber has the whole frame.
+    frame_latency_ms_p50: Option<f64>,
+    frame_latency_ms_p99: Option<f64>,
     send_dropped: u64,
     server_pid: Option<u32>,
     server_cpu_seconds: Option<f64>,
@@ -502,14 +505,22 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         if e > 0 {
             sum.loss_percent = Some(100.0 * (e - got) as f64 / e as f64);
         }
-        let mut lat: Vec<u32> = subs
-            .iter()
-            .flat_map(|r| r.latency_us.iter().copied())
-            .collect();
-        lat.sort_unstable();
-        sum.latency_ms_p50 = percentile(&lat, 50.0).map(|v| f64::from(v) / 1e3);
-        sum.latency_ms_p99 = percentile(&lat, 99.0).map(|v| f64::from(v) / 1e3);
-        sum.latency_ms_max = lat.last().map(|v| f64::from(*v) / 1e3);
+        let sorted = |samples: fn(&Report) -> &Samples| {
+            let mut all: Vec<u32> = subs
+                .iter()
+                .flat_map(|r| samples(r).values.iter().copied())
+                .collect();
+            all.sort_unstable();
+            all
+        };
+        let ms = |v: u32| f64::from(v) / 1e3;
+        let lat = sorted(|r| &r.latency);
+        sum.latency_ms_p50 = percentile(&lat, 50.0).map(ms);
+        sum.latency_ms_p99 = percentile(&lat, 99.0).map(ms);
+        sum.latency_ms_max = lat.last().copied().map(ms);
+        let frames = sorted(|r| &r.frame_latency);
+        sum.frame_latency_ms_p50 = percentile(&frames, 50.0).map(ms);
+        sum.frame_latency_ms_p99 = percentile(&frames, 99.0).map(ms);
     }
     if let (Some(a), Some(b)) = (s0.server, s1.server) {
         let cpu = b.cpu_seconds - a.cpu_seconds;
@@ -632,6 +643,14 @@ fn print_table(s: &Summary) {
                 opt(s.latency_ms_p50, 2),
                 opt(s.latency_ms_p99, 2),
                 opt(s.latency_ms_max, 2)
+            ),
+        ),
+        (
+            "video frame latency p50 / p99",
+            format!(
+                "{} / {} ms",
+                opt(s.frame_latency_ms_p50, 2),
+                opt(s.frame_latency_ms_p99, 2)
             ),
         ),
         (

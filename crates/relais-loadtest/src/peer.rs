@@ -382,7 +382,11 @@ impl Peer {
                     if let Some((tag, seq, sent_us)) = read_trailer(&pkt.payload) {
                         report.record_rx(*pkt.header.ssrc, tag, seq, len);
                         if measuring {
-                            report.record_latency(unix_micros().saturating_sub(sent_us));
+                            // Only video sets the marker here (audio::next_frame never does).
+                            report.record_latency(
+                                unix_micros().saturating_sub(sent_us),
+                                pkt.header.marker,
+                            );
                         }
                     } else {
                         report.packets_received += 1;

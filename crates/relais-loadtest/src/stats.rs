@@ -83,12 +83,39 @@ pub struct Report {
     pub packets_sent: u64,
     /// By subscriber SSRC.
     pub streams: HashMap<u32, StreamRx>,
-    /// Forwarding latency samples, µs (measurement window only, decimated).
-    pub latency_us: Vec<u32>,
-    pub latency_seen: u64,
+    /// Forwarding latency of every packet, µs (measurement window only).
+    pub latency: Samples,
+    /// Forwarding latency of the packets that end a video frame (RTP marker):
+    /// when a subscriber has the whole frame, the packets before it having
+    /// left no later than it. µs, measurement window only.
+    pub frame_latency: Samples,
 }
 
 const MAX_SAMPLES: usize = 20_000;
+
+/// A uniform sample of at most [`MAX_SAMPLES`] values out of all recorded.
+#[derive(Debug, Default)]
+pub struct Samples {
+    pub values: Vec<u32>,
+    pub seen: u64,
+}
+
+impl Samples {
+    pub fn record(&mut self, us: u64) {
+        self.seen += 1;
+        let us = us.min(u32::MAX as u64) as u32;
+        if self.values.len() < MAX_SAMPLES {
+            self.values.push(us);
+        } else {
+            // Keep a uniform sample without a random generator: replace by a hash of the count.
+            let i =
+                (self.seen.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as usize % self.seen as usize;
+            if i < MAX_SAMPLES {
+                self.values[i] = us;
+            }
+        }
+    }
+}
 
 impl Report {
     pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize) {
@@ -117,18 +144,12 @@ impl Report {
         s.count += 1;
     }
 
-    pub fn record_latency(&mut self, us: u64) {
-        self.latency_seen += 1;
-        let us = us.min(u32::MAX as u64) as u32;
-        if self.latency_us.len() < MAX_SAMPLES {
-            self.latency_us.push(us);
-        } else {
-            // Keep a uniform sample without a random generator: replace by a hash of the count.
-            let i = (self.latency_seen.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as usize
-                % self.latency_seen as usize;
-            if i < MAX_SAMPLES {
-                self.latency_us[i] = us;
-            }
+    /// A received packet's forwarding latency; `ends_frame`: it carries the
+    /// RTP marker of a video frame.
+    pub fn record_latency(&mut self, us: u64, ends_frame: bool) {
+        self.latency.record(us);
+        if ends_frame {
+            self.frame_latency.record(us);
         }
     }
 
@@ -215,6 +236,28 @@ mod tests {
     fn own_process_sample() {
         let s = proc_sample(std::process::id()).unwrap();
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
+    }
+
+    #[test]
+    fn frame_latency_counts_only_the_packets_ending_a_frame() {
+        let mut r = Report::default();
+        r.record_latency(900, false);
+        r.record_latency(1_200, true);
+        r.record_latency(300, false);
+        assert_eq!(r.latency.values, [900, 1_200, 300]);
+        assert_eq!(r.frame_latency.values, [1_200]);
+    }
+
+    #[test]
+    fn samples_stay_bounded_and_keep_counting() {
+        let mut s = Samples::default();
+        for us in 0..(2 * MAX_SAMPLES as u64) {
+            s.record(us);
+        }
+        assert_eq!(s.values.len(), MAX_SAMPLES);
+        assert_eq!(s.seen, 2 * MAX_SAMPLES as u64);
+        // Later values replaced some of the first ones.
+        assert!(s.values.iter().any(|&v| v as usize >= MAX_SAMPLES));
     }
 
     #[test]
