@@ -53,6 +53,13 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 const LAYER_STALE_AFTER: Duration = Duration::from_millis(1500);
 /// At most this many tracks announced but not yet carrying media.
 const MAX_PENDING_TRACKS: usize = 20;
+/// Longest a video copy that does not end its frame waits for the one that
+/// does (the RTP marker), so that a frame's copies to a subscriber share one
+/// drive of its session: str0m's fixed cost of a drive is most of a copy's
+/// at moderate load. The subscriber decodes nothing before the frame's last
+/// packet, so the wait costs the picture no time when the frame arrives
+/// within it; a frame spread wider (a paced keyframe) leaves in parts.
+const FRAME_WAIT: Duration = Duration::from_millis(10);
 
 /// What the room asks of the world around it.
 #[derive(Debug)]
@@ -267,9 +274,10 @@ pub struct Room {
     pub(crate) server_rpcs: crate::room_admin::ServerRpcs,
     /// Counters since the shard last collected them ([`Room::take_stats`]).
     pub(crate) stats: MediaStats,
-    /// Copies of media written to subscribers since the room was made; what
-    /// [`Room::handle_receive`] reports is the difference it made.
-    copies_written: u64,
+    /// Copies of media written to subscribers since the room was made that
+    /// leave in the next round (not waiting for the rest of their frame);
+    /// what [`Room::handle_receive`] reports is the difference it made.
+    copies_leaving: u64,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
     pub(crate) span: Span,
@@ -320,7 +328,7 @@ impl Room {
             closed: false,
             server_rpcs: Default::default(),
             stats: MediaStats::default(),
-            copies_written: 0,
+            copies_leaving: 0,
             span,
         }
     }
@@ -1264,8 +1272,10 @@ impl Room {
     }
 
     /// Datagram for one of this room's sessions (the shard found which).
-    /// Returns how many copies of its media were written to subscribers (sent
-    /// when those sessions are next driven, in [`Room::handle_timeout`]).
+    /// Returns how many copies of its media were written to subscribers to be
+    /// sent when those sessions are next driven, in [`Room::handle_timeout`];
+    /// copies of a video packet that does not end its frame wait for the one
+    /// that does ([`FRAME_WAIT`]) and are not counted.
     pub fn handle_receive(
         &mut self,
         now: Instant,
@@ -1273,7 +1283,7 @@ impl Room {
         role: PeerRole,
         receive: Receive<'_>,
     ) -> u64 {
-        let before = self.copies_written;
+        let before = self.copies_leaving;
         let Some(p) = self.participants.get_mut(&key) else {
             return 0;
         };
@@ -1288,7 +1298,7 @@ impl Room {
         }
         self.drain(now, key, role);
         self.process_events(now);
-        self.copies_written - before
+        self.copies_leaving - before
     }
 
     /// Drive the sessions whose deadline has passed; check room timers. With
@@ -1984,14 +1994,19 @@ impl Room {
             // for a whole receive batch — on a fan-out helper, in a large
             // room — not once per packet.
             session.unwritten.push(copy);
-            self.copies_written += 1;
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            session.deadline = now;
+            let due = if is_video && !rewrite.marker {
+                now + FRAME_WAIT
+            } else {
+                self.copies_leaving += 1;
+                now
+            };
+            session.deadline = session.deadline.min(due);
             self.timers.schedule(
                 &mut session.queued,
                 &(sub.subscriber, PeerRole::Subscriber),
-                now,
+                due,
             );
         }
         if need_keyframe {

@@ -213,8 +213,9 @@ impl Shard {
     }
 
     /// One datagram from the network. Returns how many copies of its media
-    /// were written to subscribers: they leave with the next
-    /// [`Shard::handle_timeout`] (0 for anything that is not forwarded media).
+    /// were written to subscribers to leave with the next
+    /// [`Shard::handle_timeout`] (0 for anything that is not forwarded media,
+    /// and for a video packet whose copies wait for the end of their frame).
     pub fn handle_datagram(
         &mut self,
         now: Instant,

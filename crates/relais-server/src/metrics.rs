@@ -68,7 +68,8 @@ pub const RTT_MS: &str = "livekit_rtt_ms";
 /// copy, over the last second.
 pub const FORWARD_LATENCY_NS: &str = "livekit_forward_latency_ns";
 /// Histogram (ms): from a media packet's arrival (the kernel's stamp) to its
-/// last copy handed to the kernel; one sample per forwarded packet.
+/// last copy handed to the kernel; one sample per forwarded audio packet and
+/// per video frame (its last packet: the ones before it leave no later).
 pub const FORWARD_LATENCY_MS: &str = "relais_forward_latency_ms";
 /// Histogram (ms): from the `/rtc` request to the join response queued.
 pub const SESSION_JOIN_LATENCY_MS: &str = "livekit_session_join_latency_ms";

@@ -789,7 +789,9 @@ impl Outbox {
     }
 
     /// A media packet received at `received` had copies written to
-    /// subscribers; they leave in this round.
+    /// subscribers that leave in this round (those of a video packet that
+    /// does not end its frame wait for the frame's last packet, whose own
+    /// sample covers them).
     fn forwarded(&mut self, received: Instant) {
         self.waiting.push(received);
     }

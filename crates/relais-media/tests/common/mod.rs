@@ -189,6 +189,8 @@ pub struct LocalTrack {
     pub keyframe_requests: Vec<Instant>,
     /// Packets sent: (source seq, frame number, keyframe start).
     pub sent: Vec<(u64, u32, bool)>,
+    /// When each packet of `sent` was written to the publisher PC.
+    pub sent_at: Vec<Instant>,
     /// Simulcast layers, low to high (empty: one stream). Each sends every
     /// frame, its payload filled with [`layer_fill`] of its index.
     pub simulcast: Vec<SimulcastTx>,
@@ -246,6 +248,7 @@ impl LocalTrack {
             force_keyframe: true,
             keyframe_requests: Vec::new(),
             sent: Vec::new(),
+            sent_at: Vec::new(),
             simulcast: Vec::new(),
         }
     }
@@ -1194,6 +1197,7 @@ impl Sim {
                     payload.extend_from_slice(&(t.seq as u32).to_be_bytes());
                     tx.write_rtp(RtpWrite::new(pt, t.seq.into(), t.timestamp, now, payload));
                     t.sent.push((t.seq, frame, false));
+                    t.sent_at.push(now);
                     t.seq += 1;
                     t.timestamp = t.timestamp.wrapping_add(960);
                 }
@@ -1214,6 +1218,7 @@ impl Sim {
                                 .nackable(true),
                         );
                         t.sent.push((t.seq, frame, key && first));
+                        t.sent_at.push(now);
                         t.seq += 1;
                     }
                     t.timestamp = t.timestamp.wrapping_add(3000);
