@@ -161,10 +161,11 @@ async def test_audio_and_video_reach_subscriber(relais, rooms, room_name):
 
 
 async def send_tone_and_picture(
-    alice: rtc.Room, bob: rtc.Room
+    alice: rtc.Room, bob: rtc.Room, while_playing=None
 ) -> tuple[np.ndarray, list[rtc.VideoFrame]]:
     """Alice publishes the tone and the 640x360 picture; returns what Bob receives:
-    1 s of audio and 15 video frames."""
+    1 s of audio and 15 video frames. `while_playing` (a coroutine function) is
+    awaited after that, with the media still flowing."""
     subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
     stop = asyncio.Event()
     audio_source = rtc.AudioSource(SAMPLE_RATE, 1)
@@ -216,6 +217,8 @@ async def send_tone_and_picture(
             "bob receives 1 s of audio with signal and 15 video frames",
             20,
         )
+        if while_playing is not None:
+            await while_playing()
     finally:
         await stop_players(stop, players, audio_source, video_source, cancel=True)
     return tone, frames
