@@ -8,7 +8,10 @@
 //! IV/AAD layout; str0m prefers AEAD_AES_256_GCM). The forwarder runs on one
 //! thread; its CPU time (`getrusage(RUSAGE_THREAD)`) is the denominator, so
 //! the feeder and the sink threads are not counted. Report: forwarded packets
-//! per CPU-second.
+//! per CPU-second, and the forwarding latency (the feeder's send time, carried
+//! in the payload, to the `sendmmsg` that hands the packet's last copy to the
+//! kernel) — what any forwarder's latency is made of here at that load: the
+//! queue in front of it and the machine's own pauses.
 
 use std::mem::{size_of, zeroed};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -41,12 +44,35 @@ struct Args {
     /// Packets per sendmmsg call.
     #[arg(long, default_value_t = 64)]
     batch: usize,
+    /// Input packets at random (exponential) intervals, as from many
+    /// independent publishers, instead of evenly spaced.
+    #[arg(long)]
+    poisson: bool,
+    /// Run the forwarder thread on this CPU and the feeder and sink on the
+    /// others, so that they do not share its core.
+    #[arg(long)]
+    forwarder_cpu: Option<usize>,
     #[arg(long)]
     json: bool,
 }
 
 const HDR: usize = 12;
 const TAG: usize = 16;
+/// The feeder's send time at the start of the payload (ns since `epoch`, big-endian).
+const STAMP: usize = 8;
+
+/// Random numbers for the feeder's intervals (xorshift64: enough for timing).
+struct Xorshift(u64);
+
+impl Xorshift {
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}
 
 struct SrtpKey {
     key: LessSafeKey,
@@ -147,6 +173,37 @@ fn set_buf(sock: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) {
     }
 }
 
+/// Keep the calling thread on `cpus` (ignored where the kernel refuses).
+fn pin_thread(cpus: impl IntoIterator<Item = usize>) {
+    // SAFETY: cpu_set_t is plain old data, filled by the CPU_* helpers, and
+    // the call only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = zeroed();
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Every CPU but `cpu`, or all of them on a single-CPU machine.
+fn other_cpus(cpu: usize) -> Vec<usize> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let others: Vec<usize> = (0..n).filter(|c| *c != cpu).collect();
+    if others.is_empty() {
+        (0..n).collect()
+    } else {
+        others
+    }
+}
+
+/// The `q` quantile of sorted samples (nearest rank), in milliseconds.
+fn quantile_ms(sorted_us: &[u32], q: f64) -> Option<f64> {
+    let last = sorted_us.len().checked_sub(1)?;
+    let rank = ((q * sorted_us.len() as f64).ceil() as usize).clamp(1, last + 1) - 1;
+    Some(f64::from(sorted_us[rank]) / 1000.0)
+}
+
 fn v4(a: SocketAddr) -> SocketAddrV4 {
     match a {
         SocketAddr::V4(a) => a,
@@ -156,6 +213,10 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 
 fn main() {
     let args = Args::parse();
+    let payload = args.payload.max(STAMP);
+    // The feeder stamps each packet with its send time since `epoch`.
+    let epoch = Instant::now();
+    let others = args.forwarder_cpu.map(other_cpus);
     let stop = Arc::new(AtomicBool::new(false));
     let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
     set_buf(&sink, libc::SO_RCVBUF, 8 << 20);
@@ -171,8 +232,11 @@ fn main() {
     // Sink: drain what the forwarder sends (its CPU is not counted).
     let sunk = Arc::new(AtomicU64::new(0));
     let sink_thread = {
-        let (stop, sunk) = (stop.clone(), sunk.clone());
+        let (stop, sunk, others) = (stop.clone(), sunk.clone(), others.clone());
         std::thread::spawn(move || {
+            if let Some(cpus) = others {
+                pin_thread(cpus);
+            }
             let mut buf = [0u8; 2048];
             while !stop.load(Ordering::Relaxed) {
                 if sink.recv(&mut buf).is_ok() {
@@ -186,17 +250,26 @@ fn main() {
     let fed = Arc::new(AtomicU64::new(0));
     let feeder = {
         let (stop, fed) = (stop.clone(), fed.clone());
-        let (aes, payload, pps) = (args.aes, args.payload, args.input_pps);
+        let (aes, pps, poisson) = (args.aes, args.input_pps, args.poisson);
         std::thread::spawn(move || {
+            if let Some(cpus) = others {
+                pin_thread(cpus);
+            }
             let key = SrtpKey::new(aes, 1);
             let sock = UdpSocket::bind("127.0.0.1:0").expect("feeder");
             let mut buf = vec![0u8; HDR + payload + TAG];
-            let start = Instant::now();
+            let mut due = Instant::now();
+            let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
             let mut seq: u16 = 0;
             let mut n: u64 = 0;
             while !stop.load(Ordering::Relaxed) {
                 if pps > 0 {
-                    let due = start + Duration::from_secs_f64(n as f64 / pps as f64);
+                    let mean = 1.0 / pps as f64;
+                    due += Duration::from_secs_f64(if poisson {
+                        -mean * random.unit().ln()
+                    } else {
+                        mean
+                    });
                     let now = Instant::now();
                     if due > now {
                         std::thread::sleep(due - now);
@@ -208,6 +281,8 @@ fn main() {
                 buf[4..8].copy_from_slice(&(n as u32 * 3000).to_be_bytes());
                 buf[8..12].copy_from_slice(&0x1234_5678u32.to_be_bytes());
                 buf[HDR..HDR + payload].fill(0x55);
+                let sent_at = epoch.elapsed().as_nanos() as u64;
+                buf[HDR..HDR + STAMP].copy_from_slice(&sent_at.to_be_bytes());
                 let len = key.seal(&mut buf, HDR + payload, 0);
                 let _ = sock.send_to(&buf[..len], input_addr);
                 seq = seq.wrapping_add(1);
@@ -218,6 +293,9 @@ fn main() {
     };
 
     // The forwarder.
+    if let Some(cpu) = args.forwarder_cpu {
+        pin_thread([cpu]);
+    }
     let subs = args.subscribers.max(1);
     let batch = args.batch.clamp(1, 1024);
     let in_key = SrtpKey::new(args.aes, 1);
@@ -229,6 +307,9 @@ fn main() {
     let mut bufs: Vec<[u8; 1500]> = vec![[0u8; 1500]; batch];
     let mut lens: Vec<usize> = vec![0; batch];
     let mut inbuf = [0u8; 1500];
+    // Forwarding latency per input packet, µs; reserved so that recording allocates nothing.
+    let expected = (args.input_pps as f64 * args.duration * 1.5) as usize;
+    let mut latency_us: Vec<u32> = Vec::with_capacity(expected.clamp(1024, 1 << 24));
     let end = Instant::now() + Duration::from_secs_f64(args.duration);
     let cpu0 = thread_cpu();
     let t0 = Instant::now();
@@ -289,6 +370,10 @@ fn main() {
             flush(&mut bufs, &lens, pending, &mut sent);
             pending = 0;
         }
+        let mut stamp = [0u8; STAMP];
+        stamp.copy_from_slice(&inbuf[HDR..HDR + STAMP]);
+        let waited = (epoch.elapsed().as_nanos() as u64).saturating_sub(u64::from_be_bytes(stamp));
+        latency_us.push(u32::try_from(waited / 1000).unwrap_or(u32::MAX));
     }
     let cpu = thread_cpu() - cpu0;
     let wall = t0.elapsed().as_secs_f64();
@@ -296,10 +381,15 @@ fn main() {
     let _ = feeder.join();
     let _ = sink_thread.join();
     let per_cpu_s = sent as f64 / cpu.max(1e-9);
+    latency_us.sort_unstable();
+    let (p50, p99) = (
+        quantile_ms(&latency_us, 0.5),
+        quantile_ms(&latency_us, 0.99),
+    );
     let result = serde_json::json!({
         "subscribers": subs,
         "aes_bits": args.aes,
-        "payload_bytes": args.payload,
+        "payload_bytes": payload,
         "batch": batch,
         "duration_s": wall,
         "input_fed": fed.load(Ordering::Relaxed),
@@ -312,6 +402,11 @@ fn main() {
         "forwarder_cpu_percent": 100.0 * cpu / wall,
         "forwarded_packets_per_cpu_second": per_cpu_s,
         "ns_per_forwarded_packet": 1e9 / per_cpu_s,
+        "arrivals": if args.poisson { "poisson" } else { "even" },
+        "forwarder_cpu": args.forwarder_cpu,
+        "latency_ms_p50": p50,
+        "latency_ms_p99": p99,
+        "latency_ms_max": quantile_ms(&latency_us, 1.0),
     });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result).unwrap());
@@ -319,13 +414,15 @@ fn main() {
         println!(
             "floor: {subs} subscribers, AES-{}-GCM, {} B payload, batch {batch}: {sent} packets out in {cpu:.3} CPU-s \
              ({:.0}% of {wall:.1} s) = {per_cpu_s:.0} forwarded packets per CPU-second ({:.0} ns/packet); \
-             in {received}/{} fed, sink got {}",
+             in {received}/{} fed, sink got {}; latency p50 {:.2} / p99 {:.2} ms",
             args.aes,
-            args.payload,
+            payload,
             100.0 * cpu / wall,
             1e9 / per_cpu_s,
             fed.load(Ordering::Relaxed),
-            sunk.load(Ordering::Relaxed)
+            sunk.load(Ordering::Relaxed),
+            p50.unwrap_or(f64::NAN),
+            p99.unwrap_or(f64::NAN),
         );
     }
 }
