@@ -432,6 +432,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn quantiles_are_nearest_rank_in_milliseconds() {
+        let samples: Vec<u32> = (1..=100).map(|n| n * 1000).collect();
+        assert_eq!(quantile_ms(&samples, 0.5), Some(50.0));
+        assert_eq!(quantile_ms(&samples, 0.99), Some(99.0));
+        assert_eq!(quantile_ms(&samples, 1.0), Some(100.0));
+        assert_eq!(quantile_ms(&samples, 0.0), Some(1.0));
+        assert_eq!(quantile_ms(&[], 0.5), None);
+    }
+
+    #[test]
+    fn poisson_intervals_average_to_the_mean() {
+        let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
+        let n = 100_000;
+        let mean: f64 = (0..n).map(|_| -random.unit().ln()).sum::<f64>() / f64::from(n);
+        assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
+    }
+
+    #[test]
     fn seal_open_round_trip() {
         for aes in [128, 256] {
             let k = SrtpKey::new(aes, 9);
