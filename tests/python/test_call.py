@@ -531,6 +531,29 @@ async def test_metadata_and_attributes_reach_other_participant(
     assert seen.attributes.get("hand") == "up"
 
 
+async def test_messages_larger_than_a_websocket_fragment_arrive_whole(
+    relais, rooms, room_name
+):
+    """Relais writes a signal message over 4 KiB as a fragmented WebSocket message (as
+    LiveKit's server does); the SDK must reassemble a join response and an update, text
+    with multi-byte characters included."""
+    big = "métadonnée " * 600  # 7.2 KB: travels in the token, so under the URI limit
+    bob = await rooms.join(relais, BOB, room_name, metadata=big)
+    alice = await rooms.join(relais, ALICE, room_name, can_update_own_metadata=True)
+    await wait_for(lambda: BOB in alice.remote_participants, "alice to see bob", 10)
+    # Alice learnt Bob from her join response.
+    assert alice.remote_participants[BOB].metadata == big
+
+    bigger = "état " * 4000  # 24 KB
+    metadata = EventLog(bob, "participant_metadata_changed")  # (participant, old, new)
+    await bounded(alice.local_participant.set_metadata(bigger), "set_metadata")
+    await metadata.wait(
+        lambda p, old, new: p.identity == ALICE and new == bigger,
+        10,
+        "bob sees alice's large metadata",
+    )
+
+
 async def test_disconnect_is_seen_by_other_participant(relais, rooms, room_name):
     alice, bob = await join_pair(relais, rooms, room_name)
     left = EventLog(bob, "participant_disconnected")  # (participant,)

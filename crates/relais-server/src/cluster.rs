@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{self, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -33,10 +32,12 @@ use relais_cluster::{
 use relais_control::room_service::RoomBackend;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::room_api::ShardsBackend;
+use crate::websocket::{self, Socket, Upgrade};
 
 /// Header a node adds when it relays a join or forwards a RoomService call;
 /// its value is the sender's node id. The receiver serves the request itself.
@@ -367,7 +368,7 @@ impl Cluster {
     /// Serve a join by relaying the signal connection to `node`.
     pub async fn relay(
         self: Arc<Self>,
-        ws: WebSocketUpgrade,
+        ws: Upgrade,
         node: Box<NodeInfo>,
         uri: &Uri,
         headers: &HeaderMap,
@@ -424,12 +425,14 @@ impl Cluster {
         info!(node = %node.id, address = %node.http_address, "relaying signal connection");
         self.relays.fetch_add(1, Ordering::SeqCst);
         let guard = RelayGuard(self.clone());
-        ws.max_message_size(max_message_size)
-            .on_failed_upgrade(|e| debug!(error = %e, "client upgrade failed"))
-            .on_upgrade(move |client| async move {
+        ws.on_upgrade(
+            max_message_size,
+            || {},
+            move |client| async move {
                 pump(client, upstream).await;
                 drop(guard);
-            })
+            },
+        )
     }
 }
 
@@ -446,25 +449,18 @@ type Upstream =
 
 /// Copy data frames both ways until either side closes. Ping/pong is each
 /// hop's own business (both WebSocket libraries answer pings themselves).
-async fn pump(client: WebSocket, upstream: Upstream) {
+async fn pump(client: Socket, upstream: Upstream) {
     let (mut to_client, mut from_client) = client.split();
     let (mut to_node, mut from_node) = upstream.split();
     loop {
         tokio::select! {
             m = from_client.next() => match m {
-                Some(Ok(ws::Message::Binary(b))) => {
-                    if to_node.send(tungstenite::Message::Binary(b)).await.is_err() { break; }
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    if to_node.send(m).await.is_err() { break; }
                 }
-                Some(Ok(ws::Message::Text(t))) => {
-                    if to_node.send(tungstenite::Message::text(t.as_str())).await.is_err() { break; }
-                }
-                Some(Ok(ws::Message::Ping(_) | ws::Message::Pong(_))) => {}
-                Some(Ok(ws::Message::Close(frame))) => {
-                    let frame = frame.map(|f| tungstenite::protocol::CloseFrame {
-                        code: f.code.into(),
-                        reason: f.reason.as_str().into(),
-                    });
-                    let _ = to_node.send(tungstenite::Message::Close(frame)).await;
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                Some(Ok(m @ Message::Close(_))) => {
+                    let _ = to_node.send(m).await;
                     break;
                 }
                 Some(Err(_)) | None => {
@@ -473,18 +469,11 @@ async fn pump(client: WebSocket, upstream: Upstream) {
                 }
             },
             m = from_node.next() => match m {
-                Some(Ok(tungstenite::Message::Binary(b))) => {
-                    if to_client.send(ws::Message::Binary(b)).await.is_err() { break; }
+                Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => {
+                    if websocket::send(&mut to_client, m).await.is_err() { break; }
                 }
-                Some(Ok(tungstenite::Message::Text(t))) => {
-                    if to_client.send(ws::Message::Text(t.as_str().into())).await.is_err() { break; }
-                }
-                Some(Ok(tungstenite::Message::Close(frame))) => {
-                    let frame = frame.map(|f| ws::CloseFrame {
-                        code: f.code.into(),
-                        reason: f.reason.as_str().into(),
-                    });
-                    let _ = to_client.send(ws::Message::Close(frame)).await;
+                Some(Ok(m @ Message::Close(_))) => {
+                    let _ = to_client.send(m).await;
                     break;
                 }
                 Some(Ok(_)) => {}

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -20,11 +19,10 @@ use tracing::{debug, info, Instrument};
 use crate::metrics;
 use crate::shards::Shards;
 use crate::signal;
+use crate::websocket::Upgrade;
 
 /// Largest signal message accepted on the WebSocket (LiveKit's limit).
 pub const MAX_SIGNAL_MESSAGE: usize = 2 * 1024 * 1024;
-/// Read buffer of a signal WebSocket (messages larger than it are still read whole).
-const SIGNAL_READ_BUFFER: usize = 4 * 1024;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -301,7 +299,7 @@ async fn rtc(
     headers: HeaderMap,
     uri: axum::http::Uri,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let started = std::time::Instant::now();
     let grant = match authenticate(&state, &headers, &query) {
@@ -319,9 +317,7 @@ async fn rtc(
         // Sessions are not kept across signal loss yet: the only frame is a leave
         // asking for a full rejoin, which every SDK handles (protocol.md §1.7).
         debug!(identity = %grant.identity, "resume requested; asking for a full rejoin");
-        return ws
-            .max_message_size(MAX_SIGNAL_MESSAGE)
-            .on_upgrade(signal::refuse_resume);
+        return ws.on_upgrade(MAX_SIGNAL_MESSAGE, || {}, signal::refuse_resume);
     }
     // The room may live on another node: relay the whole signal connection there.
     match state.cluster.route_join(&grant.room, &headers).await {
@@ -371,12 +367,9 @@ async fn rtc(
     span.in_scope(|| info!("signal connection accepted"));
     let on_fail = handle.clone();
     let ping_timeout = state.ping_timeout;
-    // Signal messages are small; the default 128 KiB read buffer is zero-filled
-    // per message and showed up as the top cost of joins in profiles.
-    ws.max_message_size(MAX_SIGNAL_MESSAGE)
-        .read_buffer_size(SIGNAL_READ_BUFFER)
-        .on_failed_upgrade(move |_| {
-            on_fail.remove(relais_proto::livekit::DisconnectReason::JoinFailure)
-        })
-        .on_upgrade(move |socket| signal::run(socket, handle, rx, ping_timeout).instrument(span))
+    ws.on_upgrade(
+        MAX_SIGNAL_MESSAGE,
+        move || on_fail.remove(relais_proto::livekit::DisconnectReason::JoinFailure),
+        move |socket| signal::run(socket, handle, rx, ping_timeout).instrument(span),
+    )
 }

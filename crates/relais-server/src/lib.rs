@@ -18,5 +18,6 @@ mod shedding;
 mod signal;
 mod tcp;
 mod udp;
+mod websocket;
 
 pub use server::run;

@@ -4,21 +4,20 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use prost::Message as _;
 use relais_proto::livekit::{
     leave_request, signal_request, signal_response, DisconnectReason, LeaveRequest, Pong,
     SignalRequest, SignalResponse,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, warn};
 
 use crate::shards::{ShardHandle, ToSignal};
-
-/// WebSocket close code for a message that could not be understood (RFC 6455).
-const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-const CLOSE_NORMAL: u16 = 1000;
+use crate::websocket::{send, Socket};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Encoding {
@@ -70,7 +69,7 @@ fn pong(req: &SignalRequest) -> Option<SignalResponse> {
 
 /// Serve the WebSocket until either side ends the session.
 pub async fn run(
-    socket: WebSocket,
+    socket: Socket,
     room: ShardHandle,
     mut from_room: UnboundedReceiver<ToSignal>,
     ping_timeout: Duration,
@@ -92,7 +91,7 @@ pub async fn run(
                         encoding = Encoding::Json;
                         serde_json::from_str::<SignalRequest>(text.as_str()).map_err(|e| e.to_string())
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
                         last_heard = Instant::now();
                         continue;
                     }
@@ -104,8 +103,8 @@ pub async fn run(
                     Some(Err(e)) => {
                         // Includes messages over the size limit.
                         warn!(?key, error = %e, "signal connection failed");
-                        let _ = sink.send(encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
-                        let _ = sink.send(close(CLOSE_INVALID_PAYLOAD, "signal message rejected")).await;
+                        let _ = send(&mut sink, encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
+                        let _ = send(&mut sink, close(CloseCode::Invalid, "signal message rejected")).await;
                         room.remove(DisconnectReason::SignalClose);
                         return;
                     }
@@ -114,7 +113,7 @@ pub async fn run(
                 match request {
                     Ok(req) => match pong(&req) {
                         Some(reply) => {
-                            if sink.send(encode(&reply, encoding)).await.is_err() {
+                            if send(&mut sink, encode(&reply, encoding)).await.is_err() {
                                 room.remove(DisconnectReason::SignalClose);
                                 return;
                             }
@@ -123,8 +122,8 @@ pub async fn run(
                     },
                     Err(e) => {
                         warn!(?key, error = %e, "malformed signal message; closing");
-                        let _ = sink.send(encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
-                        let _ = sink.send(close(CLOSE_INVALID_PAYLOAD, "malformed signal message")).await;
+                        let _ = send(&mut sink, encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
+                        let _ = send(&mut sink, close(CloseCode::Invalid, "malformed signal message")).await;
                         room.remove(DisconnectReason::SignalClose);
                         return;
                     }
@@ -133,7 +132,7 @@ pub async fn run(
             outgoing = from_room.recv() => {
                 match outgoing {
                     Some(ToSignal::Message(response)) => {
-                        if sink.send(encode(&response, encoding)).await.is_err() {
+                        if send(&mut sink, encode(&response, encoding)).await.is_err() {
                             room.remove(DisconnectReason::SignalClose);
                             return;
                         }
@@ -143,9 +142,9 @@ pub async fn run(
                             let response = SignalResponse {
                                 message: Some(signal_response::Message::Leave(leave_request)),
                             };
-                            let _ = sink.send(encode(&response, encoding)).await;
+                            let _ = send(&mut sink, encode(&response, encoding)).await;
                         }
-                        let _ = sink.send(close(CLOSE_NORMAL, "")).await;
+                        let _ = send(&mut sink, close(CloseCode::Normal, "")).await;
                         return;
                     }
                     None => return,
@@ -154,8 +153,8 @@ pub async fn run(
             _ = liveness.tick() => {
                 if last_heard.elapsed() > ping_timeout {
                     debug!(?key, "no signal message within ping timeout");
-                    let _ = sink.send(encode(&leave(DisconnectReason::SignalClose), encoding)).await;
-                    let _ = sink.send(close(CLOSE_NORMAL, "ping timeout")).await;
+                    let _ = send(&mut sink, encode(&leave(DisconnectReason::SignalClose), encoding)).await;
+                    let _ = send(&mut sink, close(CloseCode::Normal, "ping timeout")).await;
                     room.remove(DisconnectReason::SignalClose);
                     return;
                 }
@@ -166,7 +165,7 @@ pub async fn run(
 
 /// Answer a resume attempt for a session this node does not keep: a single
 /// `leave{STATE_MISMATCH, RECONNECT}` makes the SDK perform a full join.
-pub async fn refuse_resume(mut socket: WebSocket) {
+pub async fn refuse_resume(mut socket: Socket) {
     let response = SignalResponse {
         message: Some(signal_response::Message::Leave(LeaveRequest {
             can_reconnect: true,
@@ -175,11 +174,11 @@ pub async fn refuse_resume(mut socket: WebSocket) {
             ..Default::default()
         })),
     };
-    let _ = socket.send(encode(&response, Encoding::Protobuf)).await;
-    let _ = socket.send(close(CLOSE_NORMAL, "")).await;
+    let _ = send(&mut socket, encode(&response, Encoding::Protobuf)).await;
+    let _ = send(&mut socket, close(CloseCode::Normal, "")).await;
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
+fn close(code: CloseCode, reason: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
         reason: reason.into(),
