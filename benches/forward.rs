@@ -157,7 +157,7 @@ impl World {
                         .push_back((t.destination, t.source, t.contents.to_vec()))
                 }
                 ShardOutput::Signal(k, m) => {
-                    if let Some(m) = m.message {
+                    if let Some(m) = Arc::unwrap_or_clone(m).message {
                         self.signals.push_back((k, m));
                     }
                 }

@@ -66,8 +66,9 @@ const FRAME_WAIT: Duration = Duration::from_millis(10);
 pub enum RoomOutput {
     /// A datagram to send.
     Transmit(Transmit),
-    /// A signal message for one participant's WebSocket.
-    Signal(ParticipantKey, Box<SignalResponse>),
+    /// A signal message for one participant's WebSocket; a broadcast shares
+    /// one message among its recipients.
+    Signal(ParticipantKey, Arc<SignalResponse>),
     /// The participant is gone: send `leave` if given, then close its WebSocket.
     Disconnect(ParticipantKey, Option<LeaveRequest>),
     /// A peer connection was created; datagrams to this ufrag belong to it.
@@ -1224,13 +1225,12 @@ impl Room {
         p.info.tracks.clear();
         p.touch();
         if !p.is_hidden() {
-            let update = ParticipantUpdate {
-                participants: vec![p.info.clone()],
-            };
-            let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
-            for other in keys {
-                self.signal(other, signal_response::Message::Update(update.clone()));
-            }
+            self.signal_each(
+                |_, _| true,
+                signal_response::Message::Update(ParticipantUpdate {
+                    participants: vec![p.info.clone()],
+                }),
+            );
         }
         // LiveKit: a participant that never became ACTIVE "aborted" its connection.
         let event = if was_active {
@@ -1655,19 +1655,24 @@ impl Room {
             self.broadcast_participant(key, false);
             // Qualities too: a newcomer learns everyone's once connected, and
             // everyone learns the newcomer's.
-            let everyone: Vec<ParticipantKey> = self.participants.keys().copied().collect();
-            let all = self.quality_infos(&self.qualities.current(everyone.iter().copied()));
+            let all =
+                self.quality_infos(&self.qualities.current(self.participants.keys().copied()));
             let newcomer = self.quality_infos(&self.qualities.current(std::iter::once(key)));
-            for other in everyone {
-                let updates = if other == key { &all } else { &newcomer };
-                if !updates.is_empty() {
-                    self.signal(
-                        other,
-                        signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
-                            updates: updates.clone(),
-                        }),
-                    );
-                }
+            if !all.is_empty() {
+                self.signal(
+                    key,
+                    signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
+                        updates: all,
+                    }),
+                );
+            }
+            if !newcomer.is_empty() {
+                self.signal_each(
+                    |other, _| other != key,
+                    signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
+                        updates: newcomer,
+                    }),
+                );
             }
             // Speakers are sent as changes: a newcomer learns who speaks now once
             // it is connected (SDKs drop updates that come before their join is done).
@@ -2183,15 +2188,10 @@ impl Room {
         if updates.is_empty() {
             return;
         }
-        let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
-        for key in keys {
-            self.signal(
-                key,
-                signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
-                    updates: updates.clone(),
-                }),
-            );
-        }
+        self.signal_each(
+            |_, _| true,
+            signal_response::Message::ConnectionQuality(ConnectionQualityUpdate { updates }),
+        );
     }
 
     fn quality_infos(
@@ -2248,15 +2248,10 @@ impl Room {
             return;
         }
         let speakers = self.speaker_infos(&changes);
-        let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
-        for key in keys {
-            self.signal(
-                key,
-                signal_response::Message::SpeakersChanged(SpeakersChanged {
-                    speakers: speakers.clone(),
-                }),
-            );
-        }
+        self.signal_each(
+            |_, _| true,
+            signal_response::Message::SpeakersChanged(SpeakersChanged { speakers }),
+        );
     }
 
     /// A data packet from a publisher's `_reliable` or `_lossy` channel: stamp
@@ -2372,24 +2367,36 @@ impl Room {
         };
         let info = p.info.clone();
         let hidden = p.is_hidden();
-        let update = ParticipantUpdate {
-            participants: vec![info],
-        };
-        let keys: Vec<ParticipantKey> = self
-            .participants
-            .keys()
-            .copied()
-            .filter(|k| if *k == key { include_self } else { !hidden })
-            .collect();
-        for k in keys {
-            self.signal(k, signal_response::Message::Update(update.clone()));
+        self.signal_each(
+            |k, _| if k == key { include_self } else { !hidden },
+            signal_response::Message::Update(ParticipantUpdate {
+                participants: vec![info],
+            }),
+        );
+    }
+
+    /// Send one message to every participant `to` accepts: shared, not
+    /// copied, so that an event in a room of N costs one message, not N.
+    pub(crate) fn signal_each(
+        &mut self,
+        to: impl Fn(ParticipantKey, &Participant) -> bool,
+        message: signal_response::Message,
+    ) {
+        let message = Arc::new(SignalResponse {
+            message: Some(message),
+        });
+        for (&key, p) in &self.participants {
+            if to(key, p) {
+                self.outputs
+                    .push_back(RoomOutput::Signal(key, Arc::clone(&message)));
+            }
         }
     }
 
     pub(crate) fn signal(&mut self, key: ParticipantKey, message: signal_response::Message) {
         self.outputs.push_back(RoomOutput::Signal(
             key,
-            Box::new(SignalResponse {
+            Arc::new(SignalResponse {
                 message: Some(message),
             }),
         ));

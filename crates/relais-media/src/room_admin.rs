@@ -298,15 +298,12 @@ impl Room {
     pub fn set_metadata(&mut self, metadata: String) -> livekit::Room {
         self.info.metadata = metadata;
         let info = self.api_info();
-        let keys: Vec<ParticipantKey> = self.participants.keys().copied().collect();
-        for key in keys {
-            self.signal(
-                key,
-                signal_response::Message::RoomUpdate(RoomUpdate {
-                    room: Some(info.clone()),
-                }),
-            );
-        }
+        self.signal_each(
+            |_, _| true,
+            signal_response::Message::RoomUpdate(RoomUpdate {
+                room: Some(info.clone()),
+            }),
+        );
         info
     }
 

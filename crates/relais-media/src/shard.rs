@@ -33,7 +33,7 @@ struct Route {
 #[derive(Debug)]
 pub enum ShardOutput {
     Transmit(Transmit),
-    Signal(ParticipantKey, Box<SignalResponse>),
+    Signal(ParticipantKey, Arc<SignalResponse>),
     Disconnect(ParticipantKey, Option<LeaveRequest>),
     Event { room: String, event: Box<RoomEvent> },
     RoomClosed(String),

@@ -46,7 +46,7 @@ use crate::udp;
 /// What a shard sends to a participant's WebSocket task.
 #[derive(Debug)]
 pub enum ToSignal {
-    Message(Box<SignalResponse>),
+    Message(Arc<SignalResponse>),
     /// Send the leave (if any) and close.
     Close(Option<LeaveRequest>),
 }

@@ -13,7 +13,7 @@ use relais_proto::livekit::{
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, warn};
 
 use crate::shards::{ShardHandle, ToSignal};
@@ -67,6 +67,129 @@ fn pong(req: &SignalRequest) -> Option<SignalResponse> {
     })
 }
 
+/// What the connection does after one event. Deciding it is synchronous, so
+/// that no `SignalRequest`/`SignalResponse` (hundreds of bytes each) lives in
+/// the connection's task across an await: that task is kept per participant.
+enum Step {
+    Continue,
+    /// Send, then go on; a failed send ends the session.
+    Send(Message),
+    /// Send what there is (best effort), tell the room why if it must be
+    /// told, and end.
+    End {
+        messages: [Option<Message>; 2],
+        remove: Option<DisconnectReason>,
+    },
+}
+
+/// One signal connection's state between events.
+struct Connection {
+    key: relais_media::ParticipantKey,
+    encoding: Encoding,
+    last_heard: Instant,
+    ping_timeout: Duration,
+}
+
+impl Connection {
+    fn incoming(
+        &mut self,
+        incoming: Option<Result<Message, tungstenite::Error>>,
+        room: &ShardHandle,
+    ) -> Step {
+        let key = self.key;
+        let request = match incoming {
+            Some(Ok(Message::Binary(bytes))) => {
+                self.encoding = Encoding::Protobuf;
+                SignalRequest::decode(bytes.as_ref()).map_err(|e| e.to_string())
+            }
+            Some(Ok(Message::Text(text))) => {
+                self.encoding = Encoding::Json;
+                serde_json::from_str::<SignalRequest>(text.as_str()).map_err(|e| e.to_string())
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                self.last_heard = Instant::now();
+                return Step::Continue;
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                debug!(?key, "signal connection closed by client");
+                return Step::End {
+                    messages: [None, None],
+                    remove: Some(DisconnectReason::ClientInitiated),
+                };
+            }
+            Some(Err(e)) => {
+                // Includes messages over the size limit.
+                warn!(?key, error = %e, "signal connection failed");
+                return self.refuse(close(CloseCode::Invalid, "signal message rejected"));
+            }
+        };
+        self.last_heard = Instant::now();
+        match request {
+            Ok(req) => match pong(&req) {
+                Some(reply) => Step::Send(encode(&reply, self.encoding)),
+                None => {
+                    room.signal(req);
+                    Step::Continue
+                }
+            },
+            Err(e) => {
+                warn!(?key, error = %e, "malformed signal message; closing");
+                self.refuse(close(CloseCode::Invalid, "malformed signal message"))
+            }
+        }
+    }
+
+    fn outgoing(&self, outgoing: Option<ToSignal>) -> Step {
+        match outgoing {
+            Some(ToSignal::Message(response)) => Step::Send(encode(&response, self.encoding)),
+            Some(ToSignal::Close(leave_request)) => Step::End {
+                messages: [
+                    leave_request.map(|leave_request| {
+                        let response = SignalResponse {
+                            message: Some(signal_response::Message::Leave(leave_request)),
+                        };
+                        encode(&response, self.encoding)
+                    }),
+                    Some(close(CloseCode::Normal, "")),
+                ],
+                remove: None,
+            },
+            None => Step::End {
+                messages: [None, None],
+                remove: None,
+            },
+        }
+    }
+
+    fn liveness(&self) -> Step {
+        if self.last_heard.elapsed() <= self.ping_timeout {
+            return Step::Continue;
+        }
+        debug!(key = ?self.key, "no signal message within ping timeout");
+        Step::End {
+            messages: [
+                Some(encode(&leave(DisconnectReason::SignalClose), self.encoding)),
+                Some(close(CloseCode::Normal, "ping timeout")),
+            ],
+            remove: Some(DisconnectReason::SignalClose),
+        }
+    }
+
+    /// End a session whose client sent what cannot be served.
+    fn refuse(&self, close: Message) -> Step {
+        Step::End {
+            messages: [
+                Some(encode(
+                    &leave(DisconnectReason::UnknownReason),
+                    self.encoding,
+                )),
+                Some(close),
+            ],
+            remove: Some(DisconnectReason::SignalClose),
+        }
+    }
+}
+
 /// Serve the WebSocket until either side ends the session.
 pub async fn run(
     socket: Socket,
@@ -75,89 +198,35 @@ pub async fn run(
     ping_timeout: Duration,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let mut encoding = Encoding::Protobuf;
-    let mut last_heard = Instant::now();
+    let mut connection = Connection {
+        key: room.key(),
+        encoding: Encoding::Protobuf,
+        last_heard: Instant::now(),
+        ping_timeout,
+    };
     let mut liveness = tokio::time::interval(Duration::from_secs(1));
-    let key = room.key();
     loop {
-        tokio::select! {
-            incoming = stream.next() => {
-                let request = match incoming {
-                    Some(Ok(Message::Binary(bytes))) => {
-                        encoding = Encoding::Protobuf;
-                        SignalRequest::decode(bytes.as_ref()).map_err(|e| e.to_string())
-                    }
-                    Some(Ok(Message::Text(text))) => {
-                        encoding = Encoding::Json;
-                        serde_json::from_str::<SignalRequest>(text.as_str()).map_err(|e| e.to_string())
-                    }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                        last_heard = Instant::now();
-                        continue;
-                    }
-                    Some(Ok(Message::Close(_))) | None => {
-                        debug!(?key, "signal connection closed by client");
-                        room.remove(DisconnectReason::ClientInitiated);
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        // Includes messages over the size limit.
-                        warn!(?key, error = %e, "signal connection failed");
-                        let _ = send(&mut sink, encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
-                        let _ = send(&mut sink, close(CloseCode::Invalid, "signal message rejected")).await;
-                        room.remove(DisconnectReason::SignalClose);
-                        return;
-                    }
-                };
-                last_heard = Instant::now();
-                match request {
-                    Ok(req) => match pong(&req) {
-                        Some(reply) => {
-                            if send(&mut sink, encode(&reply, encoding)).await.is_err() {
-                                room.remove(DisconnectReason::SignalClose);
-                                return;
-                            }
-                        }
-                        None => room.signal(req),
-                    },
-                    Err(e) => {
-                        warn!(?key, error = %e, "malformed signal message; closing");
-                        let _ = send(&mut sink, encode(&leave(DisconnectReason::UnknownReason), encoding)).await;
-                        let _ = send(&mut sink, close(CloseCode::Invalid, "malformed signal message")).await;
-                        room.remove(DisconnectReason::SignalClose);
-                        return;
-                    }
-                }
-            }
-            outgoing = from_room.recv() => {
-                match outgoing {
-                    Some(ToSignal::Message(response)) => {
-                        if send(&mut sink, encode(&response, encoding)).await.is_err() {
-                            room.remove(DisconnectReason::SignalClose);
-                            return;
-                        }
-                    }
-                    Some(ToSignal::Close(leave_request)) => {
-                        if let Some(leave_request) = leave_request {
-                            let response = SignalResponse {
-                                message: Some(signal_response::Message::Leave(leave_request)),
-                            };
-                            let _ = send(&mut sink, encode(&response, encoding)).await;
-                        }
-                        let _ = send(&mut sink, close(CloseCode::Normal, "")).await;
-                        return;
-                    }
-                    None => return,
-                }
-            }
-            _ = liveness.tick() => {
-                if last_heard.elapsed() > ping_timeout {
-                    debug!(?key, "no signal message within ping timeout");
-                    let _ = send(&mut sink, encode(&leave(DisconnectReason::SignalClose), encoding)).await;
-                    let _ = send(&mut sink, close(CloseCode::Normal, "ping timeout")).await;
+        let step = tokio::select! {
+            incoming = stream.next() => connection.incoming(incoming, &room),
+            outgoing = from_room.recv() => connection.outgoing(outgoing),
+            _ = liveness.tick() => connection.liveness(),
+        };
+        match step {
+            Step::Continue => {}
+            Step::Send(message) => {
+                if send(&mut sink, message).await.is_err() {
                     room.remove(DisconnectReason::SignalClose);
                     return;
                 }
+            }
+            Step::End { messages, remove } => {
+                for message in messages.into_iter().flatten() {
+                    let _ = send(&mut sink, message).await;
+                }
+                if let Some(reason) = remove {
+                    room.remove(reason);
+                }
+                return;
             }
         }
     }

@@ -822,7 +822,11 @@ impl Sim {
                 }
                 ShardOutput::Signal(key, msg) => {
                     let at = self.now + self.signal_latency_of(key);
-                    insert_by_time(&mut self.to_clients, (at, key, *msg), |e| e.0);
+                    insert_by_time(
+                        &mut self.to_clients,
+                        (at, key, Arc::unwrap_or_clone(msg)),
+                        |e| e.0,
+                    );
                 }
                 ShardOutput::Disconnect(key, leave) => {
                     if let Some(c) = self.clients.iter_mut().find(|c| c.key == key) {
