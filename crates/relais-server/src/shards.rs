@@ -47,8 +47,9 @@ use crate::udp;
 #[derive(Debug)]
 pub enum ToSignal {
     Message(Arc<SignalResponse>),
-    /// Send the leave (if any) and close.
-    Close(Option<LeaveRequest>),
+    /// Send the leave (if any) and close. Boxed: the channel's slots are all
+    /// the size of the largest message, and each connection keeps a block of 32.
+    Close(Option<Box<LeaveRequest>>),
 }
 
 /// Work for a shard thread.
@@ -1001,7 +1002,7 @@ fn flush(
             }
             ShardOutput::Disconnect(key, leave) => {
                 if let Some(tx) = signals.remove(&key) {
-                    let _ = tx.send(ToSignal::Close(leave));
+                    let _ = tx.send(ToSignal::Close(leave.map(Box::new)));
                 }
             }
             ShardOutput::Event { room, event } => {

@@ -146,7 +146,7 @@ impl Connection {
                 messages: [
                     leave_request.map(|leave_request| {
                         let response = SignalResponse {
-                            message: Some(signal_response::Message::Leave(leave_request)),
+                            message: Some(signal_response::Message::Leave(*leave_request)),
                         };
                         encode(&response, self.encoding)
                     }),

@@ -32,8 +32,9 @@ pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 /// Largest frame [`send`] writes; LiveKit's server fragments at the same size.
 pub const FRAGMENT: usize = 4096;
 
-/// Read buffer of a signal WebSocket (larger messages are still read whole).
-const READ_BUFFER: usize = 4096;
+/// Read buffer of a signal WebSocket, kept for the connection's life. Most
+/// client messages are smaller (pings, trickles); an offer takes a few reads.
+const READ_BUFFER: usize = 1024;
 
 /// A request that asked to become a WebSocket (RFC 6455 §4.2.1); the
 /// extractor refuses any other with a 4xx.
