@@ -153,6 +153,47 @@ async def test_join_comes_first_and_describes_the_server(relais, raw_clients):
         assert f"{ip} {port}" in offer.offer.sdp
 
 
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes]:
+    """One WebSocket frame from the server (unmasked): (final, opcode, payload)."""
+    head = await reader.readexactly(2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(await reader.readexactly(2), "big")
+    elif length == 127:
+        length = int.from_bytes(await reader.readexactly(8), "big")
+    return bool(head[0] & 0x80), head[0] & 0x0F, await reader.readexactly(length)
+
+
+async def test_a_large_join_response_arrives_as_4_kib_fragments(relais):
+    """Seen frame by frame: a join response over 4 KiB is one binary message in frames of
+    at most 4 KiB (as LiveKit's server writes it; Relais keeps each connection's write
+    buffer that small), and the frames reassemble to the whole `join`."""
+    metadata = "m" * 9000  # echoed in the join response's own participant
+    token = make_token("fragmented", room_name(), metadata=metadata)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relais.port)
+    try:
+        writer.write(
+            (
+                f"GET /rtc?access_token={token}&protocol=17 HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{relais.port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            ).encode()
+        )
+        head = await bounded(reader.readuntil(b"\r\n\r\n"), "the upgrade answer")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        frames = [await bounded(read_frame(reader), "the first frame")]
+        while not frames[-1][0]:
+            frames.append(await bounded(read_frame(reader), "a continuation frame"))
+    finally:
+        writer.close()
+    assert [op for _, op, _ in frames] == [0x2] + [0x0] * (len(frames) - 1)
+    assert len(frames) >= 3 and all(len(p) <= 4096 for _, _, p in frames)
+    first = proto_rtc.SignalResponse.FromString(b"".join(p for _, _, p in frames))
+    assert first.WhichOneof("message") == "join"
+    assert first.join.participant.metadata == metadata
+
+
 async def test_pings_are_answered_in_the_encoding_of_the_request(relais, raw_clients):
     client = await RawClient.open(relais, "pinger", room_name())
     raw_clients.append(client)

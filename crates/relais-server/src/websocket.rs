@@ -7,7 +7,9 @@
 //! on average for a message sent once. [`send`] writes a message larger than
 //! [`FRAGMENT`] as a fragmented message (RFC 6455 §5.4), as LiveKit's own
 //! server does, so the buffer never holds more than one fragment. axum's
-//! upgrade hides the raw sink that fragments need, hence this module.
+//! upgrade hides the raw sink that fragments need, hence this module. Only
+//! HTTP/1.1 upgrades are served (every SDK's; WebSockets over HTTP/2 are not
+//! offered, as LiveKit's server does not offer them either).
 
 use std::future::Future;
 
