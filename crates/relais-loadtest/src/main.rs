@@ -235,6 +235,9 @@ struct Summary {
     server_rss_before_kib: Option<u64>,
     server_rss_joined_kib: Option<u64>,
     server_rss_per_participant_kib: Option<f64>,
+    /// The server's CPU from before the first join to half a second after
+    /// the ramp (joins, handshakes, the room's updates), per joined participant.
+    server_cpu_ms_per_join: Option<f64>,
     server_peak_rss_kib: Option<u64>,
     loadgen_cpu_seconds: f64,
     loadavg_start: f64,
@@ -536,6 +539,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         let ok = sum.joins_ok.max(1) as f64;
         sum.server_rss_per_participant_kib =
             Some((joined.rss_kib as f64 - before.rss_kib as f64) / ok);
+        sum.server_cpu_ms_per_join = Some((joined.cpu_seconds - before.cpu_seconds) * 1e3 / ok);
     }
     sum.server_peak_rss_kib = server_end.map(|s| s.hwm_kib);
     Ok(sum)
@@ -674,6 +678,10 @@ fn print_table(s: &Summary) {
                 s.server_peak_rss_kib.map_or("-".into(), |v| v.to_string()),
                 opt(s.server_rss_per_participant_kib, 1)
             ),
+        ),
+        (
+            "server CPU per join (ramp)",
+            format!("{} ms", opt(s.server_cpu_ms_per_join, 2)),
         ),
         (
             "load generator CPU (window)",
