@@ -544,6 +544,9 @@ async def test_messages_larger_than_a_websocket_fragment_arrive_whole(
     # Alice learnt Bob from her join response.
     assert alice.remote_participants[BOB].metadata == big
 
+    # Bob learns of Alice (who publishes nothing) with the next batch of updates.
+    await wait_for(lambda: ALICE in bob.remote_participants, "bob to see alice", 10)
+
     bigger = "état " * 4000  # 24 KB
     metadata = EventLog(bob, "participant_metadata_changed")  # (participant, old, new)
     await bounded(alice.local_participant.set_metadata(bigger), "set_metadata")

@@ -102,6 +102,14 @@ async def observer(server, room: str, rooms) -> tuple[rtc.Room, EventLog]:
     return obs, EventLog(obs, "participant_disconnected")
 
 
+async def seen_by(obs: rtc.Room, identity: str) -> None:
+    """Others learn of a participant that publishes nothing with the next batch of
+    participant updates (up to 3 s, as LiveKit sends them)."""
+    await wait_for(
+        lambda: obs.remote_participants.get(identity), f"observer sees {identity}"
+    )
+
+
 async def assert_room_still_works(server, room: str, obs: rtc.Room, rooms) -> None:
     """A new participant joins and its data reaches the observer."""
     received = EventLog(obs, "data_received")
@@ -238,6 +246,7 @@ async def test_malformed_signal_gets_a_leave_and_others_are_undisturbed(
     client = await RawClient.open(relais, "bad", room)
     raw_clients.append(client)
     await client.wait_for("join")
+    await seen_by(obs, "bad")
     await client.ws.send_bytes(payload)
     await client.expect_leave_then_close()
     await gone.wait(
@@ -253,6 +262,7 @@ async def test_oversized_message_is_refused_without_harm(relais, raw_clients, ro
     client = await RawClient.open(relais, "huge", room)
     raw_clients.append(client)
     await client.wait_for("join")
+    await seen_by(obs, "huge")
     big = proto_rtc.SignalRequest(
         update_metadata=proto_rtc.UpdateParticipantMetadata(
             metadata="x" * (2 * MiB + 10)
@@ -285,6 +295,7 @@ async def test_offer_without_ice_credentials_is_refused(relais, raw_clients, roo
     client = await RawClient.open(relais, "noice", room)
     raw_clients.append(client)
     await client.wait_for("join")
+    await seen_by(obs, "noice")
     sdp = (
         "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n"
         "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n"

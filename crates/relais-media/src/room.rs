@@ -61,6 +61,11 @@ const MAX_PENDING_TRACKS: usize = 20;
 /// within it; a frame spread wider (a paced keyframe) leaves in parts.
 const FRAME_WAIT: Duration = Duration::from_millis(10);
 
+/// How often updates about participants that publish nothing go out, all in
+/// one message (LiveKit's interval and rule): otherwise a room filling up
+/// with listeners sends each member one message per newcomer, O(N²).
+const LISTENER_UPDATE_INTERVAL: Duration = Duration::from_secs(3);
+
 /// What the room asks of the world around it.
 #[derive(Debug)]
 pub enum RoomOutput {
@@ -262,6 +267,10 @@ pub struct Room {
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
+    /// Latest info of participants that publish nothing, for everyone at the
+    /// next flush (see [`LISTENER_UPDATE_INTERVAL`]).
+    pub(crate) listener_updates: BTreeMap<ParticipantKey, ParticipantInfo>,
+    pub(crate) next_listener_flush: Instant,
     /// The highest simulcast layer anyone is sent while the shard sheds load;
     /// `usize::MAX` otherwise.
     pub(crate) load_layer_cap: usize,
@@ -322,6 +331,8 @@ impl Room {
             queued: None,
             empty_since: Some(now),
             next_layer_check: now,
+            listener_updates: BTreeMap::new(),
+            next_listener_flush: now,
             load_layer_cap: usize::MAX,
             speakers: ActiveSpeakers::default(),
             qualities: ConnectionQualities::default(),
@@ -460,7 +471,7 @@ impl Room {
             p.info.state = participant_info::State::Joined as i32;
             p.touch();
         }
-        self.broadcast_participant(key, false);
+        self.broadcast_participant(key, false, false);
 
         // The subscriber PC always carries the server's data channels; with fast
         // start it also carries every existing track right away.
@@ -798,7 +809,7 @@ impl Room {
             }
             p.touch();
         }
-        self.broadcast_participant(key, false);
+        self.broadcast_participant(key, false, false);
     }
 
     fn on_update_metadata(&mut self, key: ParticipantKey, req: UpdateParticipantMetadata) {
@@ -883,7 +894,7 @@ impl Room {
         }
         apply_attributes(&mut p.info.attributes, &attributes);
         p.touch();
-        self.broadcast_participant(key, true);
+        self.broadcast_participant(key, true, false);
     }
 
     fn on_update_subscription(
@@ -1225,12 +1236,7 @@ impl Room {
         p.info.tracks.clear();
         p.touch();
         if !p.is_hidden() {
-            self.signal_each(
-                |_, _| true,
-                signal_response::Message::Update(ParticipantUpdate {
-                    participants: vec![p.info.clone()],
-                }),
-            );
+            self.announce(key, p.info.clone(), false, false);
         }
         // LiveKit: a participant that never became ACTIVE "aborted" its connection.
         let event = if was_active {
@@ -1361,6 +1367,7 @@ impl Room {
             self.update_speakers(now);
             self.update_dynacast(now);
             self.update_qualities(now);
+            self.flush_listener_updates(now);
         }
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
@@ -1652,12 +1659,12 @@ impl Room {
                 .push_back(RoomOutput::Event(Box::new(RoomEvent::ParticipantJoined(
                     info,
                 ))));
-            self.broadcast_participant(key, false);
+            self.broadcast_participant(key, false, false);
             // Qualities too: a newcomer learns everyone's once connected, and
-            // everyone learns the newcomer's.
+            // everyone learns the newcomer's when they learn of the newcomer
+            // (SDKs drop the quality of a participant they do not know).
             let all =
                 self.quality_infos(&self.qualities.current(self.participants.keys().copied()));
-            let newcomer = self.quality_infos(&self.qualities.current(std::iter::once(key)));
             if !all.is_empty() {
                 self.signal(
                     key,
@@ -1666,13 +1673,8 @@ impl Room {
                     }),
                 );
             }
-            if !newcomer.is_empty() {
-                self.signal_each(
-                    |other, _| other != key,
-                    signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
-                        updates: newcomer,
-                    }),
-                );
+            if !self.listener_updates.contains_key(&key) {
+                self.announce_qualities(std::iter::once(key));
             }
             // Speakers are sent as changes: a newcomer learns who speaks now once
             // it is connected (SDKs drop updates that come before their join is done).
@@ -1731,7 +1733,7 @@ impl Room {
         let info = p.info.clone();
         info!(participant = %info.identity, track = %sid, "track unpublished");
         self.unpublish(now, sid, &info);
-        self.broadcast_participant(key, false);
+        self.broadcast_participant(key, false, true);
     }
 
     /// A new m-line on a publisher PC: bind it to the pending track with the
@@ -1826,7 +1828,7 @@ impl Room {
                 publisher_info,
                 info,
             ))));
-        self.broadcast_participant(key, false);
+        self.broadcast_participant(key, false, false);
         let subscribers: Vec<ParticipantKey> = self
             .participants
             .keys()
@@ -2260,6 +2262,11 @@ impl Room {
         if self.take_server_rpc_reply(now, key, bytes) {
             return;
         }
+        // Its recipients must know the sender: a listener still waiting for
+        // the next batch of updates is announced now.
+        if self.listener_updates.contains_key(&key) {
+            self.broadcast_participant(key, false, true);
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -2360,19 +2367,79 @@ impl Room {
     }
 
     /// Tell everyone (but the participant itself, unless `include_self`) about
-    /// `key`'s current info. Hidden participants are announced to no one.
-    pub(crate) fn broadcast_participant(&mut self, key: ParticipantKey, include_self: bool) {
+    /// `key`'s current info; see [`Room::announce`] for when. Hidden
+    /// participants are announced to no one.
+    pub(crate) fn broadcast_participant(
+        &mut self,
+        key: ParticipantKey,
+        include_self: bool,
+        immediate: bool,
+    ) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
         let info = p.info.clone();
-        let hidden = p.is_hidden();
+        if p.is_hidden() {
+            if include_self {
+                self.signal(key, participant_update(vec![info]));
+            }
+            return;
+        }
+        self.announce(key, info, include_self, immediate);
+    }
+
+    /// Everyone learns `info` about `key`: at once if it publishes or the
+    /// change is `immediate` (its tracks changed), else with the next batch
+    /// of listener updates; `key` itself at once if `include_self`.
+    fn announce(
+        &mut self,
+        key: ParticipantKey,
+        info: ParticipantInfo,
+        include_self: bool,
+        immediate: bool,
+    ) {
+        if immediate || info.is_publisher {
+            let was_queued = self.listener_updates.remove(&key).is_some();
+            self.signal_each(
+                |k, _| k != key || include_self,
+                participant_update(vec![info]),
+            );
+            if was_queued {
+                self.announce_qualities(std::iter::once(key));
+            }
+            return;
+        }
+        if include_self {
+            self.signal(key, participant_update(vec![info.clone()]));
+        }
+        self.listener_updates.insert(key, info);
+    }
+
+    /// Send the batched listener updates to everyone, in one message, at most
+    /// once per [`LISTENER_UPDATE_INTERVAL`].
+    fn flush_listener_updates(&mut self, now: Instant) {
+        if self.listener_updates.is_empty() || now < self.next_listener_flush {
+            return;
+        }
+        self.next_listener_flush = now + LISTENER_UPDATE_INTERVAL;
+        let infos = std::mem::take(&mut self.listener_updates);
+        let keys: Vec<ParticipantKey> = infos.keys().copied().collect();
         self.signal_each(
-            |k, _| if k == key { include_self } else { !hidden },
-            signal_response::Message::Update(ParticipantUpdate {
-                participants: vec![info],
-            }),
+            |_, _| true,
+            participant_update(infos.into_values().collect()),
         );
+        self.announce_qualities(keys.into_iter());
+    }
+
+    /// Everyone learns the connection quality of `who` (present and visible).
+    fn announce_qualities(&mut self, who: impl Iterator<Item = ParticipantKey>) {
+        let updates = self.quality_infos(&self.qualities.current(who));
+        if !updates.is_empty() {
+            self.signal_each(
+                |_, _| true,
+                signal_response::Message::ConnectionQuality(ConnectionQualityUpdate { updates }),
+            );
+        }
     }
 
     /// Send one message to every participant `to` accepts: shared, not
@@ -2683,4 +2750,8 @@ fn apply_attributes(attributes: &mut BTreeMap<String, String>, update: &BTreeMap
             attributes.insert(k.clone(), v.clone());
         }
     }
+}
+
+fn participant_update(participants: Vec<ParticipantInfo>) -> signal_response::Message {
+    signal_response::Message::Update(ParticipantUpdate { participants })
 }

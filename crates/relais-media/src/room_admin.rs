@@ -160,7 +160,7 @@ impl Room {
                 muted,
             }),
         );
-        self.broadcast_participant(key, false);
+        self.broadcast_participant(key, false, false);
         Ok(updated)
     }
 
@@ -211,7 +211,7 @@ impl Room {
         for sid in revoked {
             self.revoke_track(now, key, &sid);
         }
-        self.broadcast_participant(key, true);
+        self.broadcast_participant(key, true, true);
         self.process_events(now);
         Ok(self.participants[&key].info.clone())
     }
