@@ -1674,7 +1674,8 @@ impl Room {
                 );
             }
             if !self.listener_updates.contains_key(&key) {
-                self.announce_qualities(std::iter::once(key));
+                // The newcomer has its own already, in `all`.
+                self.announce_qualities(std::iter::once(key), Some(key));
             }
             // Speakers are sent as changes: a newcomer learns who speaks now once
             // it is connected (SDKs drop updates that come before their join is done).
@@ -2405,7 +2406,9 @@ impl Room {
                 participant_update(vec![info]),
             );
             if was_queued {
-                self.announce_qualities(std::iter::once(key));
+                // Those who did not know `key` did not keep its quality
+                // either; `key` has its own from when it connected.
+                self.announce_qualities(std::iter::once(key), Some(key));
             }
             return;
         }
@@ -2428,15 +2431,20 @@ impl Room {
             |_, _| true,
             participant_update(infos.into_values().collect()),
         );
-        self.announce_qualities(keys.into_iter());
+        self.announce_qualities(keys.into_iter(), None);
     }
 
-    /// Everyone learns the connection quality of `who` (present and visible).
-    fn announce_qualities(&mut self, who: impl Iterator<Item = ParticipantKey>) {
+    /// Everyone but `except` learns the connection quality of `who` (present
+    /// and visible).
+    fn announce_qualities(
+        &mut self,
+        who: impl Iterator<Item = ParticipantKey>,
+        except: Option<ParticipantKey>,
+    ) {
         let updates = self.quality_infos(&self.qualities.current(who));
         if !updates.is_empty() {
             self.signal_each(
-                |_, _| true,
+                |k, _| Some(k) != except,
                 signal_response::Message::ConnectionQuality(ConnectionQualityUpdate { updates }),
             );
         }

@@ -97,3 +97,22 @@ fn a_listener_who_sends_data_is_announced_first() {
         "the host knows who sent it"
     );
 }
+
+#[test]
+fn a_publishing_newcomer_learns_its_own_quality_once() {
+    let mut sim = Sim::new();
+    sim.join("host");
+    sim.run_until_connected(Duration::from_secs(2));
+    let speaker = sim.join("speaker");
+    // Published before its connection is up: announced at once when it is.
+    sim.publish(speaker, MediaKind::Audio, "mic");
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.run_for(Duration::from_millis(500));
+
+    let own = sim.client(speaker).sid.clone();
+    let about_itself = sim.client(speaker).signals_matching(|m| {
+        matches!(m, Message::ConnectionQuality(q)
+            if q.updates.iter().any(|u| u.participant_sid == own))
+    });
+    assert_eq!(about_itself.len(), 1, "{about_itself:?}");
+}
