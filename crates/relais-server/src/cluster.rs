@@ -425,14 +425,10 @@ impl Cluster {
         info!(node = %node.id, address = %node.http_address, "relaying signal connection");
         self.relays.fetch_add(1, Ordering::SeqCst);
         let guard = RelayGuard(self.clone());
-        ws.on_upgrade(
-            max_message_size,
-            || {},
-            move |client| async move {
-                pump(client, upstream).await;
-                drop(guard);
-            },
-        )
+        ws.on_upgrade(max_message_size, move |client| async move {
+            pump(client, upstream).await;
+            drop(guard);
+        })
     }
 }
 

@@ -317,7 +317,7 @@ async fn rtc(
         // Sessions are not kept across signal loss yet: the only frame is a leave
         // asking for a full rejoin, which every SDK handles (protocol.md §1.7).
         debug!(identity = %grant.identity, "resume requested; asking for a full rejoin");
-        return ws.on_upgrade(MAX_SIGNAL_MESSAGE, || {}, signal::refuse_resume);
+        return ws.on_upgrade(MAX_SIGNAL_MESSAGE, signal::refuse_resume);
     }
     // The room may live on another node: relay the whole signal connection there.
     match state.cluster.route_join(&grant.room, &headers).await {
@@ -367,7 +367,7 @@ async fn rtc(
     span.in_scope(|| info!("signal connection accepted"));
     let on_fail = handle.clone();
     let ping_timeout = state.ping_timeout;
-    ws.on_upgrade(
+    ws.on_upgrade_or_else(
         MAX_SIGNAL_MESSAGE,
         move || on_fail.remove(relais_proto::livekit::DisconnectReason::JoinFailure),
         move |socket| signal::run(socket, handle, rx, ping_timeout).instrument(span),

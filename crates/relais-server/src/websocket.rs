@@ -106,9 +106,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answer `101 Switching Protocols` and, once hyper hands the connection
-    /// over, serve it with `serve` on a task of its own; `failed` runs
-    /// instead if the client is gone by then.
-    pub fn on_upgrade<F, Fut>(
+    /// over, serve it with `serve` on a task of its own.
+    pub fn on_upgrade<F, Fut>(self, max_message: usize, serve: F) -> Response
+    where
+        F: FnOnce(Socket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_upgrade_or_else(max_message, || {}, serve)
+    }
+
+    /// [`Upgrade::on_upgrade`], with `failed` run instead of `serve` if the
+    /// client is gone before the connection is handed over.
+    pub fn on_upgrade_or_else<F, Fut>(
         self,
         max_message: usize,
         failed: impl FnOnce() + Send + 'static,
