@@ -104,7 +104,9 @@ fn a_publishing_newcomer_learns_its_own_quality_once() {
     sim.join("host");
     sim.run_until_connected(Duration::from_secs(2));
     let speaker = sim.join("speaker");
-    // Published before its connection is up: announced at once when it is.
+    // Its track is added before its connection is up, so the others learn of
+    // it (and its quality) at once, before it has its own in the newcomer's
+    // first quality message.
     sim.publish(speaker, MediaKind::Audio, "mic");
     sim.run_until_connected(Duration::from_secs(2));
     sim.run_for(Duration::from_millis(500));
