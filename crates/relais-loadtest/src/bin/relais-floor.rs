@@ -1,8 +1,11 @@
 //! `relais-floor`: the least work an SFU must do per forwarded packet on this
 //! machine, measured — receive SRTP packets (`recvmmsg`), decrypt each once,
 //! re-encrypt it per subscriber with that subscriber's key (new SSRC/seq), and
-//! send the copies to loopback with `sendmmsg`. Nothing else: no ICE, no RTCP,
-//! no rewriting logic, no allocation on the path.
+//! send the copies with `sendmmsg` — to one sink on loopback, or to one sink
+//! per subscriber (`--sink-per-subscriber`) on any address (`--sink-ip`: a
+//! veth peer gives the copies the path an SFU's take in `compare.sh`).
+//! Nothing else: no ICE, no RTCP, no rewriting logic, no allocation on the
+//! path.
 //!
 //! Same crypto as str0m's default backend (aws-lc-rs AEAD AES-GCM, RFC 7714
 //! IV/AAD layout; str0m prefers AEAD_AES_256_GCM). The forwarder runs on one
@@ -14,7 +17,7 @@
 //! queue in front of it and the machine's own pauses.
 
 use std::mem::{size_of, zeroed};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +51,18 @@ struct Args {
     /// independent publishers, instead of evenly spaced.
     #[arg(long)]
     poisson: bool,
+    /// Address the forwarder binds and the feeder sends to.
+    #[arg(long, default_value = "127.0.0.1")]
+    ip: Ipv4Addr,
+    /// Address the sinks bind: the copies' destination. Another interface
+    /// than `--ip` (a veth peer) makes the copies take the path an SFU's do
+    /// in `compare.sh`.
+    #[arg(long, default_value = "127.0.0.1")]
+    sink_ip: Ipv4Addr,
+    /// One sink socket per subscriber, each subscriber's copies sent to its
+    /// own (as an SFU must), instead of every copy to one socket.
+    #[arg(long)]
+    sink_per_subscriber: bool,
     /// Run the forwarder thread on this CPU and the feeder and sink on the
     /// others, so that they do not share its core.
     #[arg(long)]
@@ -197,6 +212,37 @@ fn other_cpus(cpu: usize) -> Vec<usize> {
     }
 }
 
+/// Read every datagram that reaches `sinks` until `stop` (one epoll set,
+/// level-triggered, so one sink or a thousand take the same loop).
+fn drain(sinks: &[UdpSocket], stop: &AtomicBool, sunk: &AtomicU64) {
+    // SAFETY: epoll on fds that outlive this function; the event array is ours.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    assert!(epoll >= 0, "epoll_create1");
+    for (i, sink) in sinks.iter().enumerate() {
+        sink.set_nonblocking(true).expect("nonblocking sink");
+        let mut interest = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: i as u64,
+        };
+        // SAFETY: as above.
+        unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, sink.as_raw_fd(), &mut interest) };
+    }
+    let mut ready = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: as above.
+        let n = unsafe { libc::epoll_wait(epoll, ready.as_mut_ptr(), ready.len() as i32, 100) };
+        for event in &ready[..usize::try_from(n).unwrap_or(0)] {
+            let sink = &sinks[event.u64 as usize];
+            while sink.recv(&mut buf).is_ok() {
+                sunk.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    // SAFETY: closing the fd created above.
+    unsafe { libc::close(epoll) };
+}
+
 /// The `q` quantile of sorted samples (nearest rank), in milliseconds.
 fn quantile_ms(sorted_us: &[u32], q: f64) -> Option<f64> {
     let last = sorted_us.len().checked_sub(1)?;
@@ -207,7 +253,7 @@ fn quantile_ms(sorted_us: &[u32], q: f64) -> Option<f64> {
 fn v4(a: SocketAddr) -> SocketAddrV4 {
     match a {
         SocketAddr::V4(a) => a,
-        SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
     }
 }
 
@@ -218,18 +264,34 @@ fn main() {
     let epoch = Instant::now();
     let others = args.forwarder_cpu.map(other_cpus);
     let stop = Arc::new(AtomicBool::new(false));
-    let sink = UdpSocket::bind("127.0.0.1:0").expect("sink");
-    set_buf(&sink, libc::SO_RCVBUF, 8 << 20);
-    sink.set_read_timeout(Some(Duration::from_millis(100))).ok();
-    let sink_addr = v4(sink.local_addr().unwrap());
-    let input = UdpSocket::bind("127.0.0.1:0").expect("input");
+    let subs = args.subscribers.max(1);
+    let sinks: Vec<UdpSocket> = (0..if args.sink_per_subscriber { subs } else { 1 })
+        .map(|_| {
+            let sink = UdpSocket::bind((args.sink_ip, 0)).expect("sink");
+            set_buf(
+                &sink,
+                libc::SO_RCVBUF,
+                if args.sink_per_subscriber {
+                    1 << 20
+                } else {
+                    8 << 20
+                },
+            );
+            sink
+        })
+        .collect();
+    let dests: Vec<libc::sockaddr_in> = sinks
+        .iter()
+        .map(|s| sockaddr(v4(s.local_addr().unwrap())))
+        .collect();
+    let input = UdpSocket::bind((args.ip, 0)).expect("input");
     set_buf(&input, libc::SO_RCVBUF, 8 << 20);
     input.set_read_timeout(Some(Duration::from_millis(50))).ok();
     let input_addr = input.local_addr().unwrap();
-    let out_sock = UdpSocket::bind("127.0.0.1:0").expect("out");
+    let out_sock = UdpSocket::bind((args.ip, 0)).expect("out");
     set_buf(&out_sock, libc::SO_SNDBUF, 4 << 20);
 
-    // Sink: drain what the forwarder sends (its CPU is not counted).
+    // Sinks: drain what the forwarder sends (their CPU is not counted).
     let sunk = Arc::new(AtomicU64::new(0));
     let sink_thread = {
         let (stop, sunk, others) = (stop.clone(), sunk.clone(), others.clone());
@@ -237,12 +299,7 @@ fn main() {
             if let Some(cpus) = others {
                 pin_thread(cpus);
             }
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if sink.recv(&mut buf).is_ok() {
-                    sunk.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            drain(&sinks, &stop, &sunk);
         })
     };
 
@@ -250,13 +307,13 @@ fn main() {
     let fed = Arc::new(AtomicU64::new(0));
     let feeder = {
         let (stop, fed) = (stop.clone(), fed.clone());
-        let (aes, pps, poisson) = (args.aes, args.input_pps, args.poisson);
+        let (aes, pps, poisson, ip) = (args.aes, args.input_pps, args.poisson, args.ip);
         std::thread::spawn(move || {
             if let Some(cpus) = others {
                 pin_thread(cpus);
             }
             let key = SrtpKey::new(aes, 1);
-            let sock = UdpSocket::bind("127.0.0.1:0").expect("feeder");
+            let sock = UdpSocket::bind((ip, 0)).expect("feeder");
             let mut buf = vec![0u8; HDR + payload + TAG];
             let mut due = Instant::now();
             let mut random = Xorshift(0x9e37_79b9_7f4a_7c15);
@@ -296,16 +353,29 @@ fn main() {
     if let Some(cpu) = args.forwarder_cpu {
         pin_thread([cpu]);
     }
-    let subs = args.subscribers.max(1);
     let batch = args.batch.clamp(1, 1024);
     let in_key = SrtpKey::new(args.aes, 1);
     let sub_keys: Vec<SrtpKey> = (0..subs)
         .map(|i| SrtpKey::new(args.aes, 2 + i as u8))
         .collect();
     let mut sub_seq: Vec<u16> = vec![0; subs];
-    let dest = sockaddr(sink_addr);
     let mut bufs: Vec<[u8; 1500]> = vec![[0u8; 1500]; batch];
-    let mut lens: Vec<usize> = vec![0; batch];
+    // The headers of one sendmmsg, allocated once; each slot's iovec points
+    // at its buffer for good, its length and destination are set per copy.
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: 0,
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain old data.
+    let mut msgs: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
     let mut inbuf = [0u8; 1500];
     // Forwarding latency per input packet, µs; reserved so that recording allocates nothing.
     let expected = (args.input_pps as f64 * args.duration * 1.5) as usize;
@@ -315,24 +385,11 @@ fn main() {
     let t0 = Instant::now();
     let (mut received, mut sent, mut calls, mut send_errors) = (0u64, 0u64, 0u64, 0u64);
     let fd = out_sock.as_raw_fd();
-    let mut flush = |bufs: &mut [[u8; 1500]], lens: &[usize], n: usize, sent: &mut u64| {
-        let mut iov: Vec<libc::iovec> = (0..n)
-            .map(|i| libc::iovec {
-                iov_base: bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: lens[i],
-            })
-            .collect();
-        // SAFETY: mmsghdr is plain old data; pointers below outlive the call.
-        let mut msgs: Vec<libc::mmsghdr> = (0..n).map(|_| unsafe { zeroed() }).collect();
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
-            m.msg_hdr.msg_name = &dest as *const _ as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-        }
+    let mut flush = |msgs: &mut [libc::mmsghdr], sent: &mut u64| {
+        let n = msgs.len();
         let mut off = 0;
         while off < n {
-            // SAFETY: msgs[off..n] are initialised and point at live buffers.
+            // SAFETY: msgs[off..n] point at live buffers and destinations.
             let r = unsafe { libc::sendmmsg(fd, msgs[off..].as_mut_ptr(), (n - off) as u32, 0) };
             calls += 1;
             if r <= 0 {
@@ -359,15 +416,17 @@ fn main() {
             b[2..4].copy_from_slice(&sub_seq[i].to_be_bytes());
             b[8..12].copy_from_slice(&(0x1000_0000u32 + i as u32).to_be_bytes());
             sub_seq[i] = sub_seq[i].wrapping_add(1);
-            lens[pending] = key.seal(b, plain, 0);
+            iovs[pending].iov_len = key.seal(b, plain, 0);
+            msgs[pending].msg_hdr.msg_name =
+                &dests[i % dests.len()] as *const _ as *mut libc::c_void;
             pending += 1;
             if pending == batch {
-                flush(&mut bufs, &lens, pending, &mut sent);
+                flush(&mut msgs[..pending], &mut sent);
                 pending = 0;
             }
         }
         if pending > 0 {
-            flush(&mut bufs, &lens, pending, &mut sent);
+            flush(&mut msgs[..pending], &mut sent);
             pending = 0;
         }
         let mut stamp = [0u8; STAMP];
@@ -391,6 +450,8 @@ fn main() {
         "aes_bits": args.aes,
         "payload_bytes": payload,
         "batch": batch,
+        "sinks": dests.len(),
+        "sink_ip": args.sink_ip.to_string(),
         "duration_s": wall,
         "input_fed": fed.load(Ordering::Relaxed),
         "input_received": received,
@@ -447,6 +508,35 @@ mod tests {
         let n = 100_000;
         let mean: f64 = (0..n).map(|_| -random.unit().ln()).sum::<f64>() / f64::from(n);
         assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
+    }
+
+    #[test]
+    fn drain_reads_every_sink() {
+        let sinks: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let dests: Vec<SocketAddr> = sinks.iter().map(|s| s.local_addr().unwrap()).collect();
+        let (stop, sunk) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let drainer = {
+            let (stop, sunk) = (stop.clone(), sunk.clone());
+            std::thread::spawn(move || drain(&sinks, &stop, &sunk))
+        };
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for (i, dest) in dests.iter().enumerate() {
+            for _ in 0..=i {
+                sender.send_to(b"copy", dest).unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sunk.load(Ordering::Relaxed) < 6 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stop.store(true, Ordering::Relaxed);
+        drainer.join().unwrap();
+        assert_eq!(sunk.load(Ordering::Relaxed), 6);
     }
 
     #[test]
