@@ -33,7 +33,7 @@ VBR=${VBR:-1000000}
 ABR=${ABR:-32000}
 EXTRA=${EXTRA:-}
 UDP_PORTS=${UDP_PORTS:-7882-7883}   # Relais: one shard per port; a single port: a receive thread
-# PIN=1: the server under test (and the floor) on CPU 1, the load generator on CPU 0, so that
+# PIN=1: the server under test on CPU 1 (the floor always is), the load generator on CPU 0, so that
 # they do not compete for a core and "CPU %" is a share of the server's own core.
 PIN=${PIN:-0}
 if [ "$PIN" = 1 ]; then SERVER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0); else SERVER_CPU=(); CLIENT_CPU=(); fi
@@ -84,8 +84,10 @@ PKT_PER_S=$(( ROOMS * (VPUB * 4 * 30 + APUB * 50) ))
 [ "$PKT_PER_S" -ge 50 ] || PKT_PER_S=50
 if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 50)); fi
 # Its copies take the servers' path: over the veth, one destination socket per subscriber
-# (13-25 % more CPU per packet than one sink on loopback; docs/benchmarks.md).
-in_ns "${SERVER_CPU[@]}" "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
+# (18-33 % more CPU per packet than one sink on loopback; docs/benchmarks.md). Its threads
+# always share one core, pinned or not: with its feeder and sink on the other core it pays
+# their wake-ups (up to 2x per packet), and an unpinned floor lands either way by chance.
+in_ns taskset -c 1 "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
   --ip $SRV --sink-ip $CLI --sink-per-subscriber --json > "$OUT/floor.json"
 
 echo "== relais" >&2
