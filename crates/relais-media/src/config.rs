@@ -3,7 +3,7 @@
 use relais_proto::limits::FieldLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use str0m::config::CryptoProvider;
 use str0m::config::DtlsCert;
@@ -19,6 +19,10 @@ pub const LIVEKIT_COMPATIBLE_VERSION: &str = "1.9.0";
 
 /// How often str0m reports per-stream statistics (NACKs, loss, jitter, RTT).
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// str0m's interval between audio sender reports on a session whose audio
+/// Relais sends itself: a day, i.e. none after the first.
+const NO_AUDIO_REPORTS: Duration = Duration::from_secs(86_400);
 
 /// Relais's own version, reported in `ServerInfo.debug_info`.
 pub const RELAIS_VERSION: &str = concat!("relais ", env!("CARGO_PKG_VERSION"));
@@ -49,6 +53,13 @@ pub struct MediaConfig {
     /// them to the shard's session driver in chunks ([`crate::fan_out`]);
     /// fewer are driven in place, where handing out would cost more than it saves.
     pub fan_out_min_sessions: usize,
+    /// Send forwarded audio without str0m (`crate::egress`): Relais protects
+    /// and sends the copies and their sender reports itself. Off by default
+    /// while it is measured with every client.
+    pub direct_audio: bool,
+    /// The caller's clock (`Instant`, as handed to the core) at one wall-clock
+    /// time: the NTP time of the sender reports Relais writes.
+    pub clock_epoch: (Instant, SystemTime),
 }
 
 /// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
@@ -100,6 +111,8 @@ impl MediaConfig {
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
             fan_out_min_sessions: 128,
+            direct_audio: false,
+            clock_epoch: (Instant::now(), SystemTime::now()),
         })
     }
 
@@ -123,6 +136,12 @@ impl MediaConfig {
                 }
             }
             builder = builder.set_extension_map(exts);
+        }
+        if !publisher && self.direct_audio {
+            // Relais reports on the audio it sends itself (`crate::egress`);
+            // str0m's reports would say nothing was sent. Its first report
+            // still goes out at the start (str0m has no switch for it).
+            builder = builder.set_rtcp_report_interval_audio(NO_AUDIO_REPORTS);
         }
         let mut rtc = builder
             .set_ice_lite(true)

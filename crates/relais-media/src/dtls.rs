@@ -7,6 +7,8 @@
 //! signature check: about a quarter of the CPU a join cost, on the shard
 //! thread. The configuration depends only on the MTU str0m passes, so one
 //! `Arc<dimpl::Config>` serves every session; the rest is str0m's provider.
+//! A session armed by [`crate::egress::tap_next_session`] also hands its SRTP
+//! sending keys to Relais's direct egress.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -16,6 +18,8 @@ use str0m::crypto::dtls::{
     DtlsCert, DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
 };
 use str0m::crypto::{CryptoError, CryptoProvider};
+
+use crate::egress::{KeySlot, SrtpSender};
 
 /// str0m's default crypto provider with DTLS sessions built from a shared
 /// dimpl configuration.
@@ -79,6 +83,9 @@ impl DtlsProvider for SharedConfigDtls {
         dtls_version: DtlsVersion,
         mtu: Option<usize>,
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        // Taken whatever the path: a slot armed for this session must not
+        // reach the next one.
+        let keys = crate::egress::take_tapped_slot();
         let Some(config) = self.config(mtu)? else {
             return self.base.new_dtls(cert, now, dtls_version, mtu);
         };
@@ -89,12 +96,16 @@ impl DtlsProvider for SharedConfigDtls {
             DtlsVersion::Auto => dimpl::Dtls::new_auto(config, cert, now),
             _ => return self.base.new_dtls(&cert, now, dtls_version, mtu),
         };
-        Ok(Box::new(Session(dtls)))
+        Ok(Box::new(Session { dtls, keys }))
     }
 }
 
 /// One peer connection's DTLS state machine, as str0m drives it.
-struct Session(dimpl::Dtls);
+struct Session {
+    dtls: dimpl::Dtls,
+    /// Where to put the SRTP sending keys for Relais's direct egress.
+    keys: Option<KeySlot>,
+}
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -104,43 +115,52 @@ impl fmt::Debug for Session {
 
 impl DtlsInstance for Session {
     fn set_active(&mut self, active: bool) {
-        self.0.set_active(active);
+        self.dtls.set_active(active);
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
-        self.0.handle_packet(packet)
+        self.dtls.handle_packet(packet)
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        self.0.poll_output(buf)
+        let output = self.dtls.poll_output(buf);
+        if let (DtlsOutput::KeyingMaterial(material, profile), Some(slot)) = (&output, &self.keys) {
+            let client = self.dtls.is_active();
+            if let Some(sender) =
+                SrtpSender::from_keying_material(material.as_ref(), *profile, client)
+            {
+                let _ = slot.set(sender);
+            }
+        }
+        output
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        self.0.handle_timeout(now)
+        self.dtls.handle_timeout(now)
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
-        self.0.send_application_data(data)
+        self.dtls.send_application_data(data)
     }
 
     fn is_active(&self) -> bool {
-        self.0.is_active()
+        self.dtls.is_active()
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.0.protocol_version()
+        self.dtls.protocol_version()
     }
 
     fn is_closing(&self) -> bool {
-        self.0.is_closing()
+        self.dtls.is_closing()
     }
 
     fn is_closed(&self) -> bool {
-        self.0.is_closed()
+        self.dtls.is_closed()
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.0.close()
+        self.dtls.close()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod config;
 mod dtls;
 mod dynacast;
+mod egress;
 pub mod fan_out;
 pub mod forward;
 mod participant;

@@ -1,6 +1,7 @@
 //! A participant's two peer connections and what it publishes and receives.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,9 +9,11 @@ use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::net::Protocol;
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Patch};
 use str0m::Rtc;
 
+use crate::egress::{DirectStream, KeySlot};
 use crate::timers::Queued;
 
 /// Identifies a participant within a shard; never reused.
@@ -49,6 +52,20 @@ pub(crate) struct PeerSession {
     pub ready: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
+    /// Direct egress (`MediaConfig::direct_audio`, subscriber sessions): the
+    /// SRTP sending keys once DTLS is done, where str0m last sent, and the
+    /// streams Relais sends itself.
+    pub direct: Option<Box<DirectEgress>>,
+}
+
+/// A session's direct egress state ([`crate::egress`]).
+#[derive(Default)]
+pub(crate) struct DirectEgress {
+    pub keys: KeySlot,
+    /// Protocol, source and destination of str0m's last datagram: the
+    /// selected ICE pair.
+    pub route: Option<(Protocol, SocketAddr, SocketAddr)>,
+    pub streams: HashMap<Ssrc, DirectStream>,
 }
 
 /// Most copies a session's queue of unwritten media keeps room for between
@@ -118,6 +135,7 @@ impl PeerSession {
             failed: false,
             ready: false,
             unwritten: Vec::new(),
+            direct: None,
             stats_seen: HashMap::new(),
         }
     }

@@ -35,11 +35,12 @@ use tracing::{debug, info, warn, Span};
 use crate::codec::{CodecKind, Vp8Header, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
+use crate::egress;
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
-    DataKind, Downtrack, ForwardedCopy, Negotiation, Participant, ParticipantKey, PeerRole,
-    PeerSession, SubscriberChange, UNWRITTEN_KEPT,
+    DataKind, DirectEgress, Downtrack, ForwardedCopy, Negotiation, Participant, ParticipantKey,
+    PeerRole, PeerSession, SubscriberChange, UNWRITTEN_KEPT,
 };
 use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
@@ -505,10 +506,17 @@ impl Room {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
         let publisher = role == PeerRole::Publisher;
+        let direct = (!publisher && self.config.direct_audio).then(Box::<DirectEgress>::default);
+        if let Some(direct) = &direct {
+            egress::tap_next_session(direct.keys.clone());
+        }
         let rtc = self
             .config
             .build_rtc(ice_creds(ufrag.clone()), now, publisher);
+        // Disarmed if the build made no DTLS instance of ours.
+        egress::take_tapped_slot();
         let mut session = PeerSession::new(rtc, ufrag, now);
+        session.direct = direct;
         self.timers
             .schedule(&mut session.queued, &(key, role), session.deadline);
         self.outputs.push_back(RoomOutput::SessionOpened {
@@ -1997,6 +2005,18 @@ impl Room {
             // The stream exists: its SSRC was learnt from it, and it is stopped
             // only after this subscription is gone.
             let session = &mut s.subscriber;
+            if let (false, Some(direct)) = (is_video, session.direct.as_deref_mut()) {
+                let outputs = &mut self.outputs;
+                let epoch = self.config.clock_epoch;
+                if egress::send_copy(direct, &copy, incoming.clock_rate, now, epoch, |t| {
+                    outputs.push_back(RoomOutput::Transmit(t))
+                }) {
+                    self.stats.packets_out[kind] += 1;
+                    self.stats.bytes_out[kind] += size;
+                    self.stats.direct_out += 1;
+                    continue;
+                }
+            }
             // Written when the session is next polled, with whatever else
             // the round wrote to it: the next timeout round drives it once
             // for a whole receive batch — on a fan-out helper, in a large
@@ -2576,7 +2596,12 @@ pub(crate) fn poll_session(
                 session.deadline = t;
                 return t;
             }
-            Ok(Output::Transmit(t)) => transmit(t),
+            Ok(Output::Transmit(t)) => {
+                if let Some(direct) = session.direct.as_deref_mut() {
+                    direct.route = Some((t.proto, t.source, t.destination));
+                }
+                transmit(t)
+            }
             Ok(Output::Event(event)) => events.extend([PendingEvent {
                 participant: key,
                 role,

@@ -271,6 +271,10 @@ pub struct RtcConfig {
     /// Relais: how many sessions must be due at once in a room for its shard
     /// to hand them to the helpers. Default 128.
     pub fan_out_min_sessions: usize,
+    /// Relais: send forwarded audio without str0m's per-session drive
+    /// (Relais protects the packets and writes their sender reports). Default
+    /// false: experimental.
+    pub direct_audio: bool,
 }
 
 impl Default for RtcConfig {
@@ -285,6 +289,7 @@ impl Default for RtcConfig {
             node_ip: None,
             fan_out_threads: None,
             fan_out_min_sessions: 128,
+            direct_audio: false,
         }
     }
 }

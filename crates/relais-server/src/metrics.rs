@@ -108,6 +108,9 @@ pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
 /// Counter: sessions driven in chunks, on a shard thread and the fan-out
 /// helpers at once (a round with `rtc.fan_out_min_sessions` or more due).
 pub const FAN_OUT_SESSIONS: &str = "relais_fan_out_sessions_total";
+/// Counter: forwarded RTP packets Relais protected and sent itself, not
+/// through str0m (`rtc.direct_audio`).
+pub const DIRECT_EGRESS_PACKETS: &str = "relais_direct_egress_packets_total";
 /// Counter: of those chunks, the ones a helper thread drove.
 pub const FAN_OUT_HELPER_CHUNKS: &str = "relais_fan_out_helper_chunks_total";
 /// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
@@ -274,6 +277,10 @@ fn describe() {
     describe_counter!(
         FAN_OUT_SESSIONS,
         "Sessions driven in chunks, on a shard thread and the fan-out helpers at once"
+    );
+    describe_counter!(
+        DIRECT_EGRESS_PACKETS,
+        "Forwarded RTP packets Relais protected and sent itself (rtc.direct_audio)"
     );
     describe_counter!(
         FAN_OUT_HELPER_CHUNKS,
@@ -740,6 +747,9 @@ fn flush_media(stats: &MediaStats) {
         if n > 0 {
             counter!(PACKETS_DROPPED, "reason" => reason.label()).increment(n);
         }
+    }
+    if stats.direct_out > 0 {
+        counter!(DIRECT_EGRESS_PACKETS).increment(stats.direct_out);
     }
     if stats.rtc_connected > 0 {
         counter!(PARTICIPANT_JOIN_TOTAL, "state" => "rtc_connected").increment(stats.rtc_connected);

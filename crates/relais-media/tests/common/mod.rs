@@ -298,6 +298,8 @@ pub struct Client {
     pub media_changed: Vec<(Instant, Mid, Direction)>,
     /// NACKs the subscriber PC sent: (media ssrc, lost seq).
     pub nacks_sent: Vec<(Ssrc, u16)>,
+    /// Sender reports the subscriber PC received: (ssrc, sender's packet count).
+    pub sender_reports: Vec<(Ssrc, u32)>,
     /// RTP packets the subscriber PC received on an RTX payload type.
     pub rtx_received: usize,
     pub connected_pub: bool,
@@ -359,6 +361,7 @@ impl Client {
             media_added: Vec::new(),
             media_changed: Vec::new(),
             nacks_sent: Vec::new(),
+            sender_reports: Vec::new(),
             rtx_received: 0,
             connected_pub: false,
             connected_sub: false,
@@ -385,6 +388,21 @@ impl Client {
     }
 
     /// Packets received for one remote track SID.
+    /// The SSRC the subscriber PC receives `track_sid` on.
+    pub fn subscriber_ssrc(&mut self, track_sid: &str) -> Ssrc {
+        let mid = self
+            .media_added
+            .iter()
+            .find(|(_, _, t)| t == track_sid)
+            .map(|(mid, _, _)| *mid)
+            .expect("an m-line for the track");
+        self.subscriber
+            .direct_api()
+            .stream_rx_by_mid(mid, None)
+            .map(|s| s.ssrc())
+            .expect("a stream for the m-line")
+    }
+
     pub fn received(&self, track_sid: &str) -> Vec<&Received> {
         self.rtp_in
             .iter()
@@ -954,6 +972,10 @@ impl Sim {
                             }
                         }
                     }
+                }
+                RawPacket::RtcpRx(Rtcp::SenderReport(sr)) => {
+                    let info = sr.sender_info;
+                    c.sender_reports.push((info.ssrc, info.sender_packet_count));
                 }
                 RawPacket::RtpRx(h, _) => {
                     let is_rtx = c

@@ -1,0 +1,408 @@
+//! Direct egress: forwarded audio protected and sent by Relais itself.
+//!
+//! A copy given to str0m costs a whole session drive — a timeout input and an
+//! output loop that walk every subsystem of the session (ICE, DTLS, SCTP,
+//! every stream) — and audio is one packet per frame, so each audio copy pays
+//! one (docs/benchmarks.md, "Direct audio egress"). With `direct_audio` on, a
+//! subscriber session's audio copies skip str0m: Relais protects them with the
+//! session's SRTP keys (AEAD AES-GCM, RFC 7714) and hands the datagram out at
+//! once, and sends each such stream's RTCP sender report itself. str0m keeps
+//! everything else: ICE, DTLS, the session's RTCP receive side (receiver
+//! reports, PLI), video, data channels.
+//!
+//! The keys come from the session's own DTLS: [`tap_next_session`] arms the
+//! node's DTLS provider (`crate::dtls`) so that the next DTLS instance built on
+//! this thread — the one str0m builds inside `RtcConfig::build` — reports its
+//! SRTP keying material into the session's [`KeySlot`].
+
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use aws_lc_rs::cipher::{
+    Algorithm, EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256,
+};
+use aws_lc_rs::iv::FixedLength;
+use str0m::crypto::dtls::SrtpProfile;
+use str0m::net::Transmit;
+
+use crate::participant::{DirectEgress, ForwardedCopy};
+
+/// Where a session's SRTP sender lands once its DTLS handshake is done.
+pub(crate) type KeySlot = Arc<OnceLock<SrtpSender>>;
+
+thread_local! {
+    static NEXT_SESSION: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
+}
+
+/// Have the next DTLS instance built on this thread report into `slot`.
+pub(crate) fn tap_next_session(slot: KeySlot) {
+    NEXT_SESSION.with(|next| *next.borrow_mut() = Some(slot));
+}
+
+/// The slot armed by [`tap_next_session`], if any (taken: one session each).
+pub(crate) fn take_tapped_slot() -> Option<KeySlot> {
+    NEXT_SESSION.with(|next| next.borrow_mut().take())
+}
+
+/// RFC 3711 §4.3.1 key derivation labels.
+const LABEL_RTP_KEY: u8 = 0x00;
+const LABEL_RTP_SALT: u8 = 0x02;
+const LABEL_RTCP_KEY: u8 = 0x03;
+const LABEL_RTCP_SALT: u8 = 0x05;
+/// Relais's SRTCP indexes start far above str0m's, which counts from zero on
+/// the same keys: the receiver keeps one replay window per SSRC, and str0m's
+/// one early report on a stream Relais then reports on must not make a later
+/// report of Relais's look replayed.
+const FIRST_SRTCP_INDEX: u32 = 1 << 30;
+/// AEAD master and session salt length (RFC 7714 §12).
+const SALT_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+const RTP_HEADER_LEN: usize = 12;
+
+/// One direction's SRTP and SRTCP keys of a session (AEAD AES-GCM only: what
+/// str0m and browsers prefer; a session that negotiated AES-CM keeps str0m's
+/// path).
+pub(crate) struct SrtpSender {
+    rtp: LessSafeKey,
+    rtp_salt: [u8; SALT_LEN],
+    rtcp: LessSafeKey,
+    rtcp_salt: [u8; SALT_LEN],
+    /// The next SRTCP index, shared by every stream Relais reports on.
+    rtcp_index: std::sync::atomic::AtomicU32,
+}
+
+impl SrtpSender {
+    /// The sending keys from DTLS-SRTP keying material (RFC 5764 §4.2: client
+    /// key, server key, client salt, server salt); the DTLS client sends with
+    /// the client's.
+    pub(crate) fn from_keying_material(
+        material: &[u8],
+        profile: SrtpProfile,
+        dtls_client: bool,
+    ) -> Option<Self> {
+        let (key_len, aead, block): (usize, _, &'static Algorithm) = match profile {
+            SrtpProfile::AEAD_AES_128_GCM => (16, &AES_128_GCM, &AES_128),
+            SrtpProfile::AEAD_AES_256_GCM => (32, &AES_256_GCM, &AES_256),
+            _ => return None,
+        };
+        if material.len() != 2 * (key_len + SALT_LEN) {
+            return None;
+        }
+        let (key_at, salt_at) = if dtls_client {
+            (0, 2 * key_len)
+        } else {
+            (key_len, 2 * key_len + SALT_LEN)
+        };
+        let master = &material[key_at..key_at + key_len];
+        let master_salt = &material[salt_at..salt_at + SALT_LEN];
+        let derive = |label: u8, out: &mut [u8]| derive(block, master, master_salt, label, out);
+        let mut key = vec![0u8; key_len];
+        let (mut rtp_salt, mut rtcp_salt) = ([0u8; SALT_LEN], [0u8; SALT_LEN]);
+        derive(LABEL_RTP_KEY, &mut key)?;
+        let rtp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
+        derive(LABEL_RTP_SALT, &mut rtp_salt)?;
+        derive(LABEL_RTCP_KEY, &mut key)?;
+        let rtcp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
+        derive(LABEL_RTCP_SALT, &mut rtcp_salt)?;
+        Some(SrtpSender {
+            rtp,
+            rtp_salt,
+            rtcp,
+            rtcp_salt,
+            rtcp_index: FIRST_SRTCP_INDEX.into(),
+        })
+    }
+
+    /// Encrypt an RTP packet in place (`packet` holds a 12-byte header with no
+    /// extension, then the payload) and append the tag. `roc` is the rollover
+    /// counter of the packet's 16-bit sequence number.
+    pub(crate) fn protect_rtp(&self, packet: &mut Vec<u8>, roc: u32) {
+        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+        // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
+        let mut iv = [0u8; SALT_LEN];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&roc.to_be_bytes());
+        iv[10..12].copy_from_slice(&seq.to_be_bytes());
+        let (header, payload) = packet.split_at_mut(RTP_HEADER_LEN);
+        let tag = self
+            .rtp
+            .seal_in_place_separate_tag(nonce(iv, &self.rtp_salt), Aad::from(&header[..]), payload)
+            .expect("AES-GCM seals any length we send");
+        packet.extend_from_slice(tag.as_ref());
+    }
+
+    /// Protect one RTCP packet (RFC 7714 §9: the first 8 bytes and the
+    /// E-flag with the index authenticated, the rest encrypted).
+    pub(crate) fn protect_rtcp(&self, packet: &mut Vec<u8>) {
+        let index = self
+            .rtcp_index
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            & 0x7fff_ffff;
+        let e_and_index = (0x8000_0000 | index).to_be_bytes();
+        let mut iv = [0u8; SALT_LEN];
+        iv[2..6].copy_from_slice(&packet[4..8]);
+        iv[8..12].copy_from_slice(&index.to_be_bytes());
+        let mut aad = [0u8; 12];
+        aad[..8].copy_from_slice(&packet[..8]);
+        aad[8..].copy_from_slice(&e_and_index);
+        let tag = self
+            .rtcp
+            .seal_in_place_separate_tag(
+                nonce(iv, &self.rtcp_salt),
+                Aad::from(&aad[..]),
+                &mut packet[8..],
+            )
+            .expect("AES-GCM seals any length we send");
+        packet.extend_from_slice(tag.as_ref());
+        packet.extend_from_slice(&e_and_index);
+    }
+}
+
+fn nonce(mut iv: [u8; SALT_LEN], salt: &[u8; SALT_LEN]) -> Nonce {
+    for (byte, s) in iv.iter_mut().zip(salt) {
+        *byte ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+/// RFC 3711 §4.3.1/§4.3.3 with a key derivation rate of 0: the AES
+/// counter-mode keystream under the master key, starting at the master salt
+/// with the label XORed into its byte 7 (the 16-byte block's last two bytes
+/// count the blocks).
+fn derive(
+    block: &'static Algorithm,
+    master: &[u8],
+    master_salt: &[u8],
+    label: u8,
+    out: &mut [u8],
+) -> Option<()> {
+    let mut counter = [0u8; 16];
+    counter[..master_salt.len()].copy_from_slice(master_salt);
+    counter[7] ^= label;
+    let key = EncryptingKey::ctr(UnboundCipherKey::new(block, master).ok()?).ok()?;
+    out.fill(0);
+    key.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(counter)))
+        .ok()?;
+    Some(())
+}
+
+/// An RTP header without extensions, then the payload, with room for the tag.
+pub(crate) fn rtp_packet(
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + payload.len() + TAG_LEN);
+    packet.push(0x80);
+    packet.push((u8::from(marker) << 7) | (pt & 0x7f));
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&timestamp.to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend_from_slice(payload);
+    packet
+}
+
+/// Send `copy` straight out if `egress` can (keys and a route known):
+/// the protected packet, then the stream's sender report when one is due.
+/// False if the copy must go through str0m.
+pub(crate) fn send_copy(
+    egress: &mut DirectEgress,
+    copy: &ForwardedCopy,
+    clock_rate: u32,
+    now: Instant,
+    epoch: (Instant, SystemTime),
+    mut out: impl FnMut(Transmit),
+) -> bool {
+    let (Some(keys), Some((proto, source, destination))) = (egress.keys.get(), egress.route) else {
+        return false;
+    };
+    let ssrc = *copy.ssrc;
+    let mut packet = rtp_packet(
+        *copy.pt,
+        copy.marker,
+        copy.seq as u16,
+        copy.timestamp,
+        ssrc,
+        &copy.payload,
+    );
+    keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
+    let transmit = |contents: Vec<u8>| Transmit {
+        proto,
+        source,
+        destination,
+        contents: contents.into(),
+    };
+    out(transmit(packet));
+    let stream = egress
+        .streams
+        .entry(copy.ssrc)
+        .or_insert_with(|| DirectStream::new(ssrc, clock_rate, now));
+    if let Some(mut report) = stream.sent(
+        copy.timestamp,
+        copy.wallclock,
+        copy.payload.len(),
+        now,
+        epoch,
+    ) {
+        keys.protect_rtcp(&mut report);
+        out(transmit(report));
+    }
+    true
+}
+
+/// How often each directly sent stream reports (RFC 3550's 5 s minimum is
+/// for a session's whole bandwidth; receivers want one a second or so for
+/// lip sync, as str0m's audio default).
+pub(crate) const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a directly sent stream's sender report needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DirectStream {
+    pub ssrc: u32,
+    pub clock_rate: u32,
+    pub packets: u32,
+    pub octets: u32,
+    /// The last packet's RTP timestamp and the instant it stands for.
+    pub last_rtp: (u32, Instant),
+    pub next_report: Instant,
+}
+
+impl DirectStream {
+    pub(crate) fn new(ssrc: u32, clock_rate: u32, now: Instant) -> Self {
+        DirectStream {
+            ssrc,
+            clock_rate,
+            packets: 0,
+            octets: 0,
+            last_rtp: (0, now),
+            next_report: now,
+        }
+    }
+
+    /// Count a sent packet; a sender report if one is due.
+    pub(crate) fn sent(
+        &mut self,
+        timestamp: u32,
+        wallclock: Instant,
+        payload_len: usize,
+        now: Instant,
+        epoch: (Instant, SystemTime),
+    ) -> Option<Vec<u8>> {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+        self.last_rtp = (timestamp, wallclock);
+        if now < self.next_report {
+            return None;
+        }
+        self.next_report = now + SENDER_REPORT_INTERVAL;
+        Some(self.sender_report(now, epoch))
+    }
+
+    /// An RTCP SR (RFC 3550 §6.4.1) for `now`, no report blocks.
+    fn sender_report(&self, now: Instant, epoch: (Instant, SystemTime)) -> Vec<u8> {
+        let (rtp, at) = self.last_rtp;
+        let ahead = now.saturating_duration_since(at).as_secs_f64();
+        let rtp_now = rtp.wrapping_add((ahead * f64::from(self.clock_rate)) as u32);
+        let wall = epoch.1 + now.saturating_duration_since(epoch.0);
+        let ntp = ntp_time(wall);
+        let mut sr = Vec::with_capacity(28 + 4 + TAG_LEN);
+        sr.extend_from_slice(&[0x80, 200, 0, 6]);
+        sr.extend_from_slice(&self.ssrc.to_be_bytes());
+        sr.extend_from_slice(&ntp.to_be_bytes());
+        sr.extend_from_slice(&rtp_now.to_be_bytes());
+        sr.extend_from_slice(&self.packets.to_be_bytes());
+        sr.extend_from_slice(&self.octets.to_be_bytes());
+        sr
+    }
+}
+
+/// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900, 32.32).
+fn ntp_time(wall: SystemTime) -> u64 {
+    const UNIX_TO_NTP: u64 = 2_208_988_800;
+    let since = wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() + UNIX_TO_NTP;
+    let frac = (u64::from(since.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn key_derivation_matches_rfc_3711_test_vectors() {
+        // RFC 3711 Appendix B.3 (AES-128, 112-bit master salt).
+        let master = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
+        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
+        let mut key = [0u8; 16];
+        derive(&AES_128, &master, &salt, LABEL_RTP_KEY, &mut key).unwrap();
+        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        let mut session_salt = [0u8; 14];
+        derive(&AES_128, &master, &salt, LABEL_RTP_SALT, &mut session_salt).unwrap();
+        assert_eq!(session_salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+        let mut auth = [0u8; 20];
+        derive(&AES_128, &master, &salt, 0x01, &mut auth).unwrap();
+        assert_eq!(
+            auth.to_vec(),
+            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+        );
+    }
+
+    #[test]
+    fn only_aead_profiles_and_whole_material_give_a_sender() {
+        let material = [7u8; 2 * (32 + SALT_LEN)];
+        assert!(
+            SrtpSender::from_keying_material(&material, SrtpProfile::AEAD_AES_256_GCM, true)
+                .is_some()
+        );
+        assert!(SrtpSender::from_keying_material(
+            &material[..10],
+            SrtpProfile::AEAD_AES_256_GCM,
+            true
+        )
+        .is_none());
+        assert!(
+            SrtpSender::from_keying_material(&[7u8; 60], SrtpProfile::AES128_CM_SHA1_80, true)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn sender_reports_come_once_a_second_with_the_counts() {
+        let t0 = Instant::now();
+        let epoch = (t0, SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
+        let mut stream = DirectStream::new(0x1234, 48_000, t0);
+        let first = stream
+            .sent(960, t0, 80, t0, epoch)
+            .expect("first packet reports");
+        assert_eq!(&first[..8], &[0x80, 200, 0, 6, 0, 0, 0x12, 0x34]);
+        assert_eq!(
+            u32::from_be_bytes(first[8..12].try_into().unwrap()),
+            2_208_989_800
+        );
+        let later = t0 + Duration::from_millis(20);
+        assert!(stream.sent(1_920, later, 80, later, epoch).is_none());
+        let due = t0 + Duration::from_millis(1_010);
+        let sr = stream.sent(49_440, due, 80, due + Duration::from_millis(10), epoch);
+        let sr = sr.expect("a second later");
+        // RTP time of the report: the last packet's plus 10 ms at 48 kHz.
+        assert_eq!(u32::from_be_bytes(sr[16..20].try_into().unwrap()), 49_920);
+        assert_eq!(u32::from_be_bytes(sr[20..24].try_into().unwrap()), 3);
+        assert_eq!(u32::from_be_bytes(sr[24..28].try_into().unwrap()), 240);
+    }
+}
