@@ -2,7 +2,8 @@
 // Chromium, driven with playwright-core. Used by tests/python/test_browser.py.
 //
 //   node browser_client.mjs --url ws://127.0.0.1:PORT --token JWT --remote IDENTITY
-//       [--publish-camera [--codec vp8|vp9|h264|av1]] [--publish-mic] [--expect-speaker IDENTITY] [--timeout SECONDS] [--hold SECONDS]
+//       [--publish-camera [--codec vp8|vp9|h264|av1]] [--publish-mic] [--expect-speaker IDENTITY]
+//       [--expect-audio IDENTITY] [--timeout SECONDS] [--hold SECONDS]
 //
 // Steps: serve a tiny page (and the livekit-client bundle) from an HTTP server on a free
 // loopback port; open it in Chromium with a fake camera; connect to the room; with
@@ -10,11 +11,13 @@
 // every second, livekit-client's audio defaults); wait for a video track of participant
 // IDENTITY, attach it to a <video> element and poll the receiver's getStats() until
 // inbound-rtp framesDecoded > 0; with --expect-speaker, wait until livekit-client's
-// room.activeSpeakers lists IDENTITY. Then stay connected until stdin closes (or --hold
+// room.activeSpeakers lists IDENTITY; with --expect-audio, wait for an audio track of
+// IDENTITY, attach it and poll its receiver's inbound-rtp stats until 50 packets were
+// received (decrypted) and audio samples came out of the jitter buffer. Then stay connected until stdin closes (or --hold
 // seconds pass) so the other side can go on receiving, disconnect and exit.
 //
 // Protocol: stdout carries one JSON object per line, {"event": ...}: "connected",
-// "published", "published-mic", "decoded", "speaker", "error", "closed". stderr carries the browser console and
+// "published", "published-mic", "decoded", "speaker", "audio", "error", "closed". stderr carries the browser console and
 // page errors as they happen, prefixed with "[browser]". Exit code 0 when every step
 // succeeded. Every wait is bounded by --timeout (default 30 s). Chromium is always
 // closed (playwright kills it at exit if closing takes more than 5 s).
@@ -54,6 +57,7 @@ const { values: opts } = parseArgs({
     'publish-mic': { type: 'boolean', default: false },
     codec: { type: 'string', default: 'vp8' },
     'expect-speaker': { type: 'string' },
+    'expect-audio': { type: 'string' },
     timeout: { type: 'string', default: '30' },
     hold: { type: 'string', default: '60' },
   },
@@ -154,6 +158,42 @@ window.relaisTest = {
       await new Promise((r) => setTimeout(r, 250));
     }
     throw new Error('timed out after ' + timeoutMs + ' ms waiting for framesDecoded > 0 (' + last + ')');
+  },
+
+  // Wait for an audio track from \`identity\`, attach it, and poll its receiver's stats
+  // until 50 packets were received and samples were produced from them.
+  async waitAudio(identity, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    let last = 'no audio track from ' + identity + ' subscribed';
+    let attached = null;
+    while (Date.now() < deadline) {
+      const entry = state.tracks.find((t) => t.participant === identity && t.track.kind === 'audio');
+      if (entry) {
+        if (!attached) {
+          attached = entry.track.attach();
+          document.getElementById('videos').appendChild(attached);
+        }
+        const receiver = entry.track.receiver;
+        if (receiver) {
+          const report = await receiver.getStats();
+          for (const s of report.values()) {
+            if (s.type === 'inbound-rtp' && s.kind === 'audio') {
+              last = 'inbound-rtp: packetsReceived ' + s.packetsReceived +
+                ', totalSamplesReceived ' + s.totalSamplesReceived;
+              if (s.packetsReceived >= 50 && s.totalSamplesReceived > 0) {
+                return { trackSid: entry.track.sid, packetsReceived: s.packetsReceived,
+                         packetsLost: s.packetsLost || 0,
+                         totalSamplesReceived: s.totalSamplesReceived,
+                         concealedSamples: s.concealedSamples || 0,
+                         totalAudioEnergy: s.totalAudioEnergy || 0 };
+              }
+            }
+          }
+        }
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    throw new Error('timed out after ' + timeoutMs + ' ms waiting for received audio (' + last + ')');
   },
 
   // Wait until the room lists \`identity\` among its active speakers.
@@ -320,6 +360,14 @@ async function main() {
         TIMEOUT_MS,
       ]);
       emit('speaker', seen);
+    }
+
+    if (opts['expect-audio']) {
+      const heard = await page.evaluate(([id, ms]) => window.relaisTest.waitAudio(id, ms), [
+        opts['expect-audio'],
+        TIMEOUT_MS,
+      ]);
+      emit('audio', heard);
     }
 
     await stdinClosedOr(HOLD_MS);

@@ -316,6 +316,57 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
         await stop_players(stop, [player], source)
 
 
+@pytest.mark.parametrize("direct_audio", [False, True])
+async def test_browser_receives_the_python_tone(relais_factory, rooms, browser, direct_audio):
+    """Python plays a tone; livekit-client in Chromium receives and plays out its audio
+    (inbound-rtp: packets received and decrypted, samples produced) — through str0m, and
+    sent directly by Relais (`rtc.direct_audio`)."""
+    from test_observability import Scraper, start_with_metrics
+
+    server, port = start_with_metrics(
+        relais_factory, {"rtc": {"direct_audio": True}} if direct_audio else None
+    )
+    metrics = Scraper(port)
+    room_name = f"tone-{uuid.uuid4().hex[:8]}"
+    stop = asyncio.Event()
+    source = rtc.AudioSource(48000, 1)
+    player = asyncio.create_task(play_sine(source, stop))
+    try:
+        py = await rooms.join(server, PY, room_name)
+        mic = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
+        await bounded(
+            py.local_participant.publish_track(
+                mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            ),
+            "python publishes audio",
+            WAIT_S,
+        )
+        await browser.start(
+            "--url", server.url,
+            "--token", make_token(WEB, room_name),
+            "--expect-audio", PY,
+            "--timeout", str(int(WAIT_S)),
+        )  # fmt: skip
+        heard = await browser.wait_event("audio", WAIT_S)
+        assert heard["packetsReceived"] >= 50 and heard["totalSamplesReceived"] > 0, heard
+        assert heard["totalAudioEnergy"] > 0, f"the browser played silence: {heard}"
+        if direct_audio:
+            # The counters reach /metrics a moment after the packets left.
+            direct = await metrics.wait(
+                "audio packets sent directly",
+                "relais_direct_egress_packets_total",
+                lambda v: v >= 50,
+            )
+        else:
+            direct = metrics.value("relais_direct_egress_packets_total")
+            assert direct == 0, direct
+        print(f"direct_audio={direct_audio}: {heard}, {direct:.0f} sent directly")
+        code = await bounded(browser.close(), "browser client exits", WAIT_S)
+        assert code == 0, f"browser client exit code {code}"
+    finally:
+        await stop_players(stop, [player], source)
+
+
 async def python_receives_browser_vp9(server, rooms, browser):
     """Python joins a new room, Chromium joins it publishing its camera in VP9 (SVC, as
     livekit-client sends it); returns Python's subscribed track and publication."""
