@@ -4,11 +4,13 @@
 //! output loop that walk every subsystem of the session (ICE, DTLS, SCTP,
 //! every stream) — and audio is one packet per frame, so each audio copy pays
 //! one (docs/benchmarks.md, "Direct audio egress"). With `direct_audio` on, a
-//! subscriber session's audio copies skip str0m: Relais protects them with the
-//! session's SRTP keys (AEAD AES-GCM, RFC 7714) and hands the datagram out at
-//! once, and sends each such stream's RTCP sender report itself. str0m keeps
-//! everything else: ICE, DTLS, the session's RTCP receive side (receiver
-//! reports, PLI), video, data channels.
+//! subscriber session's audio copies skip str0m: they are queued like any
+//! copy, and when the session's turn comes in the round (on a fan-out helper,
+//! in a large room) Relais protects them with the session's SRTP keys (AEAD
+//! AES-GCM, RFC 7714) and sends them, with each stream's RTCP sender report —
+//! and drives str0m only if it has something else to do (video written to it,
+//! or its own deadline). str0m keeps everything else: ICE, DTLS, the session's
+//! RTCP receive side (receiver reports, PLI), video, data channels.
 //!
 //! The keys come from the session's own DTLS: [`tap_next_session`] arms the
 //! node's DTLS provider (`crate::dtls`) so that the next DTLS instance built on
@@ -27,7 +29,7 @@ use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::net::Transmit;
 
-use crate::participant::{DirectEgress, ForwardedCopy};
+use crate::participant::PeerSession;
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
 pub(crate) type KeySlot = Arc<OnceLock<SrtpSender>>;
@@ -208,51 +210,74 @@ pub(crate) fn rtp_packet(
     packet
 }
 
-/// Send `copy` straight out if `egress` can (keys and a route known):
-/// the protected packet, then the stream's sender report when one is due.
-/// False if the copy must go through str0m.
-pub(crate) fn send_copy(
-    egress: &mut DirectEgress,
-    copy: &ForwardedCopy,
-    clock_rate: u32,
-    now: Instant,
-    epoch: (Instant, SystemTime),
-    mut out: impl FnMut(Transmit),
-) -> bool {
-    let (Some(keys), Some((proto, source, destination))) = (egress.keys.get(), egress.route) else {
-        return false;
+/// Send the session's copies marked direct (and each stream's sender report
+/// when one is due); the others stay queued for str0m. A session whose keys
+/// or route went away (never, in practice) gives them to str0m instead.
+pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmit)) {
+    let Some(direct) = session.direct.as_deref_mut() else {
+        return;
     };
-    let ssrc = *copy.ssrc;
-    let mut packet = rtp_packet(
-        *copy.pt,
-        copy.marker,
-        copy.seq as u16,
-        copy.timestamp,
-        ssrc,
-        &copy.payload,
-    );
-    keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
+    if !session.unwritten.iter().any(|c| c.direct) {
+        return;
+    }
+    let (Some(keys), Some((proto, source, destination))) = (direct.keys.get(), direct.route) else {
+        session.unwritten.iter_mut().for_each(|c| c.direct = false);
+        return;
+    };
     let transmit = |contents: Vec<u8>| Transmit {
         proto,
         source,
         destination,
         contents: contents.into(),
     };
-    out(transmit(packet));
-    let stream = egress
-        .streams
-        .entry(copy.ssrc)
-        .or_insert_with(|| DirectStream::new(ssrc, clock_rate, now));
-    if let Some(mut report) = stream.sent(
-        copy.timestamp,
-        copy.wallclock,
-        copy.payload.len(),
-        now,
-        epoch,
-    ) {
-        keys.protect_rtcp(&mut report);
-        out(transmit(report));
+    let (streams, epoch) = (&mut direct.streams, direct.epoch);
+    session.unwritten.retain(|copy| {
+        if !copy.direct {
+            return true;
+        }
+        let mut packet = rtp_packet(
+            *copy.pt,
+            copy.marker,
+            copy.seq as u16,
+            copy.timestamp,
+            *copy.ssrc,
+            &copy.payload,
+        );
+        keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
+        out(transmit(packet));
+        let report = streams.get_mut(&copy.ssrc).and_then(|stream| {
+            stream.sent(
+                copy.timestamp,
+                copy.wallclock,
+                copy.payload.len(),
+                copy.wallclock,
+                epoch,
+            )
+        });
+        if let Some(mut report) = report {
+            keys.protect_rtcp(&mut report);
+            out(transmit(report));
+        }
+        false
+    });
+}
+
+/// A due session's direct copies sent; true if that was all it was due for
+/// (nothing queued for str0m, str0m's own deadline not reached), so that
+/// str0m is not driven at all — its deadline restored as the session's.
+pub(crate) fn send_direct_only(
+    session: &mut PeerSession,
+    now: Instant,
+    out: impl FnMut(Transmit),
+) -> bool {
+    send_direct(session, out);
+    let Some(direct) = session.direct.as_deref() else {
+        return false;
+    };
+    if !session.unwritten.is_empty() || direct.str0m_due <= now {
+        return false;
     }
+    session.deadline = direct.str0m_due;
     true
 }
 

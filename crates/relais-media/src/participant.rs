@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
@@ -59,13 +59,41 @@ pub(crate) struct PeerSession {
 }
 
 /// A session's direct egress state ([`crate::egress`]).
-#[derive(Default)]
 pub(crate) struct DirectEgress {
     pub keys: KeySlot,
     /// Protocol, source and destination of str0m's last datagram: the
     /// selected ICE pair.
     pub route: Option<(Protocol, SocketAddr, SocketAddr)>,
     pub streams: HashMap<Ssrc, DirectStream>,
+    /// When str0m itself next wants the time (the session's deadline also
+    /// moves earlier for the copies queued to it).
+    pub str0m_due: Instant,
+    /// The core's clock at a wall-clock time, for the sender reports.
+    pub epoch: (Instant, SystemTime),
+}
+
+impl DirectEgress {
+    pub fn new(now: Instant, epoch: (Instant, SystemTime)) -> Self {
+        DirectEgress {
+            keys: KeySlot::default(),
+            route: None,
+            streams: HashMap::new(),
+            str0m_due: now,
+            epoch,
+        }
+    }
+
+    /// Keys and a route known: copies can leave without str0m.
+    pub fn ready(&self) -> bool {
+        self.keys.get().is_some() && self.route.is_some()
+    }
+
+    /// The stream `ssrc` will be sent directly (its sender report state).
+    pub fn register(&mut self, ssrc: Ssrc, clock_rate: u32, now: Instant) {
+        self.streams
+            .entry(ssrc)
+            .or_insert_with(|| DirectStream::new(*ssrc, clock_rate, now));
+    }
 }
 
 /// Most copies a session's queue of unwritten media keeps room for between
@@ -89,6 +117,8 @@ pub(crate) struct ForwardedCopy {
     pub video_orientation: Option<VideoOrientation>,
     pub payload: Arc<[u8]>,
     pub vp8_patch: Option<Vp8Patch>,
+    /// Relais sends it itself, without str0m ([`crate::egress`]).
+    pub direct: bool,
 }
 
 impl ForwardedCopy {

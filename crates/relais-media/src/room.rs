@@ -506,7 +506,8 @@ impl Room {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
         let publisher = role == PeerRole::Publisher;
-        let direct = (!publisher && self.config.direct_audio).then(Box::<DirectEgress>::default);
+        let direct = (!publisher && self.config.direct_audio)
+            .then(|| Box::new(DirectEgress::new(now, self.config.clock_epoch)));
         if let Some(direct) = &direct {
             egress::tap_next_session(direct.keys.clone());
         }
@@ -1394,6 +1395,15 @@ impl Room {
             else {
                 continue;
             };
+            let outputs = &mut self.outputs;
+            if egress::send_direct_only(session, now, |t| {
+                outputs.push_back(RoomOutput::Transmit(t))
+            }) {
+                let wake_at = session.deadline;
+                self.timers
+                    .schedule(&mut session.queued, &(key, role), wake_at);
+                continue;
+            }
             give_time(session, key, role, now);
             self.drain(now, key, role);
         }
@@ -1986,7 +1996,7 @@ impl Room {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
-            let copy = ForwardedCopy {
+            let mut copy = ForwardedCopy {
                 ssrc: out_ssrc,
                 pt: out_pt,
                 seq: rewrite.seq,
@@ -2001,20 +2011,16 @@ impl Room {
                 vp8_patch: vp8_descriptor
                     .as_ref()
                     .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)),
+                direct: false,
             };
             // The stream exists: its SSRC was learnt from it, and it is stopped
             // only after this subscription is gone.
             let session = &mut s.subscriber;
             if let (false, Some(direct)) = (is_video, session.direct.as_deref_mut()) {
-                let outputs = &mut self.outputs;
-                let epoch = self.config.clock_epoch;
-                if egress::send_copy(direct, &copy, incoming.clock_rate, now, epoch, |t| {
-                    outputs.push_back(RoomOutput::Transmit(t))
-                }) {
-                    self.stats.packets_out[kind] += 1;
-                    self.stats.bytes_out[kind] += size;
+                copy.direct = direct.ready();
+                if copy.direct {
+                    direct.register(copy.ssrc, incoming.clock_rate, now);
                     self.stats.direct_out += 1;
-                    continue;
                 }
             }
             // Written when the session is next polled, with whatever else
@@ -2544,6 +2550,10 @@ pub(crate) fn drive_session(
     transmit: impl FnMut(Transmit),
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    let mut transmit = transmit;
+    if egress::send_direct_only(session, now, &mut transmit) {
+        return session.deadline;
+    }
     give_time(session, key, role, now);
     poll_session(session, key, role, now, transmit, events)
 }
@@ -2584,6 +2594,7 @@ pub(crate) fn poll_session(
     mut transmit: impl FnMut(Transmit),
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    egress::send_direct(session, &mut transmit);
     // str0m sends what is written only once it is given the time.
     if write_forwarded(session) {
         if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
@@ -2594,6 +2605,9 @@ pub(crate) fn poll_session(
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
                 session.deadline = t;
+                if let Some(direct) = session.direct.as_deref_mut() {
+                    direct.str0m_due = t;
+                }
                 return t;
             }
             Ok(Output::Transmit(t)) => {
