@@ -1640,11 +1640,17 @@ impl Room {
         else {
             return;
         };
+        // Packets Relais sent itself on this stream, which str0m's count lacks.
+        let direct = p.subscriber.direct.as_deref().and_then(|direct| {
+            let ssrc = p.downtracks.get(&s.mid)?.ssrc?;
+            direct.streams.get(&ssrc)
+        });
+        let sent = s.packets + direct.map_or(0, |d| u64::from(d.packets));
         let seen = p.subscriber.stats_seen.entry((s.mid, s.rid)).or_default();
         let nacks = s.nacks.saturating_sub(seen.nacks);
-        let packets = s.packets.saturating_sub(seen.packets);
+        let packets = sent.saturating_sub(seen.packets);
         seen.nacks = s.nacks;
-        seen.packets = s.packets;
+        seen.packets = sent;
         let (jitter, lost) = match &s.remote {
             Some(remote) => {
                 let lost = remote.packets_lost.saturating_sub(seen.lost);
