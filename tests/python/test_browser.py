@@ -285,15 +285,14 @@ async def test_browser_and_python_exchange_video(
         await stop_players(stop, [player], source, cancel=True)
 
 
-async def test_browser_sees_the_python_speaker(relais, rooms, browser):
-    """Python plays a tone; livekit-client in Chromium lists it among the active speakers
-    (SpeakersChanged → ActiveSpeakersChanged)."""
-    room_name = f"speaker-{uuid.uuid4().hex[:8]}"
+@contextlib.asynccontextmanager
+async def python_plays_a_tone(server, rooms, room_name):
+    """Python joins `room_name` and publishes a tone as its microphone until the block ends."""
     stop = asyncio.Event()
     source = rtc.AudioSource(48000, 1)
     player = asyncio.create_task(play_sine(source, stop))
     try:
-        py = await rooms.join(relais, PY, room_name)
+        py = await rooms.join(server, PY, room_name)
         mic = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
         await bounded(
             py.local_participant.publish_track(
@@ -302,6 +301,16 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
             "python publishes audio",
             WAIT_S,
         )
+        yield py
+    finally:
+        await stop_players(stop, [player], source)
+
+
+async def test_browser_sees_the_python_speaker(relais, rooms, browser):
+    """Python plays a tone; livekit-client in Chromium lists it among the active speakers
+    (SpeakersChanged → ActiveSpeakersChanged)."""
+    room_name = f"speaker-{uuid.uuid4().hex[:8]}"
+    async with python_plays_a_tone(relais, rooms, room_name):
         await browser.start(
             "--url", relais.url,
             "--token", make_token(WEB, room_name),
@@ -312,8 +321,6 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
         assert seen["speakers"] == [PY], seen
         code = await bounded(browser.close(), "browser client exits", WAIT_S)
         assert code == 0, f"browser client exit code {code}"
-    finally:
-        await stop_players(stop, [player], source)
 
 
 @pytest.mark.parametrize("direct_audio", [False, True])
@@ -328,19 +335,7 @@ async def test_browser_receives_the_python_tone(relais_factory, rooms, browser, 
     )
     metrics = Scraper(port)
     room_name = f"tone-{uuid.uuid4().hex[:8]}"
-    stop = asyncio.Event()
-    source = rtc.AudioSource(48000, 1)
-    player = asyncio.create_task(play_sine(source, stop))
-    try:
-        py = await rooms.join(server, PY, room_name)
-        mic = rtc.LocalAudioTrack.create_audio_track("py-tone", source)
-        await bounded(
-            py.local_participant.publish_track(
-                mic, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            ),
-            "python publishes audio",
-            WAIT_S,
-        )
+    async with python_plays_a_tone(server, rooms, room_name):
         await browser.start(
             "--url", server.url,
             "--token", make_token(WEB, room_name),
@@ -363,8 +358,6 @@ async def test_browser_receives_the_python_tone(relais_factory, rooms, browser, 
         print(f"direct_audio={direct_audio}: {heard}, {direct:.0f} sent directly")
         code = await bounded(browser.close(), "browser client exits", WAIT_S)
         assert code == 0, f"browser client exit code {code}"
-    finally:
-        await stop_players(stop, [player], source)
 
 
 async def python_receives_browser_vp9(server, rooms, browser):
