@@ -168,22 +168,25 @@ async def browser():
 
 
 @pytest.mark.parametrize(
-    "order, python_simulcast, browser_codec, python_codec",
+    "order, python_simulcast, browser_codec, python_codec, direct",
     [
-        ("python_first", True, "vp8", rtc.VideoCodec.VP8),
-        ("browser_first", False, "vp8", rtc.VideoCodec.VP8),
-        ("python_first", True, "vp9", rtc.VideoCodec.VP8),
-        ("python_first", True, "vp8", rtc.VideoCodec.VP9),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP8, False),
+        ("browser_first", False, "vp8", rtc.VideoCodec.VP8, False),
+        ("python_first", True, "vp9", rtc.VideoCodec.VP8, False),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP9, False),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP8, True),
     ],
     ids=[
         "python_first-simulcast",
         "browser_first-single_layer",
         "browser_vp9_svc",
         "python_vp9_to_browser",
+        "python_first-simulcast-direct_egress",
     ],
 )
 async def test_browser_and_python_exchange_video(
-    relais, rooms, browser, order, python_simulcast, browser_codec, python_codec
+    relais, relais_factory, rooms, browser, order, python_simulcast, browser_codec,
+    python_codec, direct
 ):
     """`python_first`: the browser joins a room where Python already publishes, with
     simulcast (the browser's first subscriber offer carries the track). `browser_first`:
@@ -191,7 +194,15 @@ async def test_browser_and_python_exchange_video(
     layer (the track reaches the browser by renegotiation). The browser publishes with
     livekit-client's defaults (VP8, simulcast, layers q/h/f) or, in `browser_vp9_svc`,
     VP9 — which livekit-client sends as one SVC stream (L3T3_KEY), as the web client of
-    our first users does by default."""
+    our first users does by default. `direct_egress`: Relais sends the media to both
+    itself (`rtc.direct_audio`, `rtc.direct_video`), not through str0m."""
+    metrics = None
+    if direct:
+        from test_observability import Scraper, start_with_metrics
+
+        config = {"rtc": {"direct_audio": True, "direct_video": True}}
+        relais, port = start_with_metrics(relais_factory, config)
+        metrics = Scraper(port)
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
     source = rtc.VideoSource(WIDTH, HEIGHT)
@@ -276,6 +287,14 @@ async def test_browser_and_python_exchange_video(
         assert decoded["framesDecoded"] > 0, decoded
         assert decoded["trackSid"] == py_pub.sid, decoded
         assert decoded["frameWidth"] > 0 and decoded["frameHeight"] > 0, decoded
+        if metrics is not None:
+            video = await metrics.wait(
+                "video sent directly",
+                "relais_direct_egress_packets_total",
+                lambda v: v > 0,
+                kind="VIDEO",
+            )
+            print(f"{video:.0f} video packets sent directly")
 
         # The browser leaves cleanly when told to (stdin closed): disconnect, Chromium closed.
         code = await bounded(browser.close(), "browser client exits", WAIT_S)

@@ -151,6 +151,7 @@ region: eu-1
         "fan_out_threads": 3,
         "fan_out_min_sessions": 128,
         "direct_audio": False,
+        "direct_video": False,
     }
     assert c["redis"]["address"] == "localhost:6379" and c["redis"]["db"] == 3
     assert c["room"] == {"auto_create": False, "empty_timeout": 30, "departure_timeout": 2, "max_participants": 8}

@@ -119,6 +119,47 @@ impl Vp8Header {
     }
 }
 
+/// New values for the VP8 descriptor fields a forwarder renumbers (see
+/// [`crate::forward::Rewrite`]): written into each subscriber's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Rewrite {
+    pub picture_id: Option<u16>,
+    pub tl0_pic_idx: Option<u8>,
+}
+
+impl Vp8Rewrite {
+    /// Write the new values into the descriptor at the start of `payload`,
+    /// keeping the picture id's width (RFC 7741 §4.2: a 7-bit id keeps its
+    /// low bits); a field the descriptor lacks, or a truncated one, is left.
+    pub fn apply(&self, payload: &mut [u8]) {
+        let Some(&first) = payload.first() else {
+            return;
+        };
+        if first & 0x80 == 0 || payload.len() < 3 {
+            return;
+        }
+        let x = payload[1];
+        let mut at = 2;
+        if x & 0x80 != 0 {
+            let wide = payload[2] & 0x80 != 0;
+            if let Some(id) = self.picture_id {
+                if wide && payload.len() > 3 {
+                    payload[2] = 0x80 | ((id >> 8) as u8 & 0x7f);
+                    payload[3] = id as u8;
+                } else if !wide {
+                    payload[2] = id as u8 & 0x7f;
+                }
+            }
+            at += if wide { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            if let (Some(tl0), Some(byte)) = (self.tl0_pic_idx, payload.get_mut(at)) {
+                *byte = tl0;
+            }
+        }
+    }
+}
+
 /// True when an H.264 RTP payload (RFC 6184) carries an IDR slice or the SPS
 /// that precedes one.
 fn h264_has_idr(payload: &[u8]) -> bool {
@@ -222,6 +263,28 @@ mod tests {
         let continuation = [0x80, 0x80, 0x05, 0x00];
         assert!(!Vp8Header::parse(&continuation).unwrap().keyframe);
         assert!(Vp8Header::parse(&[0x90, 0x80]).is_none());
+    }
+
+    #[test]
+    fn vp8_rewrite_keeps_the_descriptor_shape() {
+        let rewrite = Vp8Rewrite {
+            picture_id: Some(0x0abc),
+            tl0_pic_idx: Some(9),
+        };
+        let mut wide = [0x90, 0xe0, 0x80 | 0x12, 0x34, 7, 0x40, 0x10];
+        rewrite.apply(&mut wide);
+        let h = Vp8Header::parse(&wide).unwrap();
+        assert_eq!((h.picture_id, h.tl0_pic_idx), (Some(0x0abc), Some(9)));
+        assert!(h.picture_id_15bit && h.keyframe);
+        assert_eq!(h.temporal_id, Some(1));
+        // 7-bit id: its low bits; no TL0PICIDX to write.
+        let mut narrow = [0x90, 0x80, 0x05, 0x01];
+        rewrite.apply(&mut narrow);
+        assert_eq!(narrow, [0x90, 0x80, 0x3c, 0x01]);
+        // No extension: untouched.
+        let mut plain = [0x10, 0x00, 0x00];
+        rewrite.apply(&mut plain);
+        assert_eq!(plain, [0x10, 0x00, 0x00]);
     }
 
     #[test]

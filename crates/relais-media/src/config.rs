@@ -20,9 +20,9 @@ pub const LIVEKIT_COMPATIBLE_VERSION: &str = "1.9.0";
 /// How often str0m reports per-stream statistics (NACKs, loss, jitter, RTT).
 pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// str0m's interval between audio sender reports on a session whose audio
-/// Relais sends itself: a day, i.e. none after the first.
-const NO_AUDIO_REPORTS: Duration = Duration::from_secs(86_400);
+/// str0m's interval between sender reports of a kind Relais sends itself on
+/// a session: a day, i.e. none after the first.
+const NO_STR0M_REPORTS: Duration = Duration::from_secs(86_400);
 
 /// Relais's own version, reported in `ServerInfo.debug_info`.
 pub const RELAIS_VERSION: &str = concat!("relais ", env!("CARGO_PKG_VERSION"));
@@ -57,6 +57,9 @@ pub struct MediaConfig {
     /// and sends the copies and their sender reports itself. Off by default
     /// while it is measured with every client.
     pub direct_audio: bool,
+    /// The same for forwarded video: Relais also keeps each stream's recent
+    /// packets and answers the subscriber's NACKs with RTX itself.
+    pub direct_video: bool,
     /// The caller's clock (`Instant`, as handed to the core) at one wall-clock
     /// time: the NTP time of the sender reports Relais writes.
     pub clock_epoch: (Instant, SystemTime),
@@ -112,6 +115,7 @@ impl MediaConfig {
             ping_interval: Duration::from_secs(5),
             fan_out_min_sessions: 128,
             direct_audio: false,
+            direct_video: false,
             clock_epoch: (Instant::now(), SystemTime::now()),
         })
     }
@@ -141,7 +145,15 @@ impl MediaConfig {
             // Relais reports on the audio it sends itself (`crate::egress`);
             // str0m's reports would say nothing was sent. Its first report
             // still goes out at the start (str0m has no switch for it).
-            builder = builder.set_rtcp_report_interval_audio(NO_AUDIO_REPORTS);
+            builder = builder.set_rtcp_report_interval_audio(NO_STR0M_REPORTS);
+        }
+        if !publisher && self.direct_video {
+            // As for audio; and the subscriber's NACKs must reach Relais,
+            // which alone has the packets: str0m hands over the RTCP it
+            // decrypts as raw packets (a subscriber session carries little).
+            builder = builder
+                .set_rtcp_report_interval_video(NO_STR0M_REPORTS)
+                .enable_raw_packets(true);
         }
         let mut rtc = builder
             .set_ice_lite(true)

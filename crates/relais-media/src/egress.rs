@@ -1,4 +1,5 @@
-//! Direct egress: forwarded audio protected and sent by Relais itself.
+//! Direct egress: forwarded audio (and video) protected and sent by Relais
+//! itself.
 //!
 //! A copy given to str0m costs a whole session drive — a timeout input and an
 //! output loop that walk every subsystem of the session (ICE, DTLS, SCTP,
@@ -10,7 +11,10 @@
 //! AES-GCM, RFC 7714) and sends them, with each stream's RTCP sender report —
 //! and drives str0m only if it has something else to do (video written to it,
 //! or its own deadline). str0m keeps everything else: ICE, DTLS, the session's
-//! RTCP receive side (receiver reports, PLI), video, data channels.
+//! RTCP receive side (receiver reports, PLI), data channels — and video,
+//! unless `direct_video` is on too: then each video stream's last packets are
+//! kept here ([`SendHistory`]) and the subscriber's NACKs, which str0m hands
+//! over decrypted, are answered from them on the stream's RTX SSRC.
 //!
 //! The keys come from the session's own DTLS: [`tap_next_session`] arms the
 //! node's DTLS provider (`crate::dtls`) so that the next DTLS instance built on
@@ -27,9 +31,13 @@ use aws_lc_rs::cipher::{
 };
 use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
+use str0m::media::Pt;
 use str0m::net::Transmit;
+use str0m::rtp::rtcp::Nack;
+use str0m::rtp::Ssrc;
 
-use crate::participant::PeerSession;
+use crate::codec::Vp8Rewrite;
+use crate::participant::{ForwardedCopy, PeerSession};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
 pub(crate) type KeySlot = Arc<OnceLock<SrtpSender>>;
@@ -191,23 +199,53 @@ fn derive(
     Some(())
 }
 
-/// An RTP header without extensions, then the payload, with room for the tag.
-pub(crate) fn rtp_packet(
+/// An RTP header without extensions, then the payload — behind the original
+/// sequence number for a retransmission on RTX (RFC 4588 §4), with the VP8
+/// descriptor rewritten if asked — with room for the tag.
+fn rtp_packet(
+    header: RtpFields,
+    osn: Option<u16>,
+    payload: &[u8],
+    vp8: Option<Vp8Rewrite>,
+) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + 2 + payload.len() + TAG_LEN);
+    packet.push(0x80);
+    packet.push((u8::from(header.marker) << 7) | (header.pt & 0x7f));
+    packet.extend_from_slice(&(header.seq as u16).to_be_bytes());
+    packet.extend_from_slice(&header.timestamp.to_be_bytes());
+    packet.extend_from_slice(&header.ssrc.to_be_bytes());
+    if let Some(osn) = osn {
+        packet.extend_from_slice(&osn.to_be_bytes());
+    }
+    let at = packet.len();
+    packet.extend_from_slice(payload);
+    if let Some(vp8) = vp8 {
+        vp8.apply(&mut packet[at..]);
+    }
+    packet
+}
+
+/// The header fields of a packet Relais sends.
+#[derive(Debug, Clone, Copy)]
+struct RtpFields {
     pt: u8,
     marker: bool,
-    seq: u16,
+    /// Extended: the rollover counter in the upper bits.
+    seq: u64,
     timestamp: u32,
     ssrc: u32,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + payload.len() + TAG_LEN);
-    packet.push(0x80);
-    packet.push((u8::from(marker) << 7) | (pt & 0x7f));
-    packet.extend_from_slice(&seq.to_be_bytes());
-    packet.extend_from_slice(&timestamp.to_be_bytes());
-    packet.extend_from_slice(&ssrc.to_be_bytes());
-    packet.extend_from_slice(payload);
-    packet
+}
+
+impl RtpFields {
+    fn of(copy: &ForwardedCopy) -> Self {
+        RtpFields {
+            pt: *copy.pt,
+            marker: copy.marker,
+            seq: copy.seq,
+            timestamp: copy.timestamp,
+            ssrc: *copy.ssrc,
+        }
+    }
 }
 
 /// Send the session's copies marked direct (and each stream's sender report
@@ -235,17 +273,14 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         if !copy.direct {
             return true;
         }
-        let mut packet = rtp_packet(
-            *copy.pt,
-            copy.marker,
-            copy.seq as u16,
-            copy.timestamp,
-            *copy.ssrc,
-            &copy.payload,
-        );
+        let fields = RtpFields::of(copy);
+        let mut packet = rtp_packet(fields, None, &copy.payload, copy.vp8);
         keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
         out(transmit(packet));
         let report = streams.get_mut(&copy.ssrc).and_then(|stream| {
+            if let Some(history) = stream.history.as_deref_mut() {
+                history.keep(fields, &copy.payload, copy.vp8);
+            }
             stream.sent(
                 copy.timestamp,
                 copy.wallclock,
@@ -281,13 +316,141 @@ pub(crate) fn send_direct_only(
     true
 }
 
+/// Answer a subscriber's NACK for a stream Relais sends itself: each lost
+/// packet still kept goes out again, on the stream's RTX SSRC if it has one
+/// (str0m, which never saw these packets, ignores the NACK). Returns how
+/// many were sent.
+pub(crate) fn resend(
+    session: &mut PeerSession,
+    nack: &Nack,
+    now: Instant,
+    mut out: impl FnMut(Transmit),
+) -> u64 {
+    let Some(direct) = session.direct.as_deref_mut() else {
+        return 0;
+    };
+    let (Some(keys), Some((proto, source, destination))) = (direct.keys.get(), direct.route) else {
+        return 0;
+    };
+    let Some(history) = direct
+        .streams
+        .get_mut(&nack.ssrc)
+        .and_then(|s| s.history.as_deref_mut())
+    else {
+        return 0;
+    };
+    let mut sent = 0;
+    for entry in nack.reports.iter() {
+        let lost = (0..16u16)
+            .filter(|bit| entry.blp & (1 << bit) != 0)
+            .map(|bit| entry.pid.wrapping_add(bit + 1));
+        for seq in std::iter::once(entry.pid).chain(lost) {
+            if let Some((mut packet, roc)) = history.repair(seq, now) {
+                keys.protect_rtp(&mut packet, roc);
+                out(Transmit {
+                    proto,
+                    source,
+                    destination,
+                    contents: packet.into(),
+                });
+                sent += 1;
+            }
+        }
+    }
+    sent
+}
+
+/// How a directly sent video stream repairs a loss (from the subscriber's
+/// negotiated codecs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// On the stream's RTX SSRC with the RTX payload type (RFC 4588).
+    Rtx { ssrc: Ssrc, pt: Pt },
+    /// The same packet again (no RTX negotiated).
+    Resend,
+}
+
+/// Packets a video stream keeps for NACKs: about 1–3 s of a camera's video,
+/// past any loss a receiver still asks for; ~14 KiB per stream.
+const HISTORY: usize = 256;
+/// A packet asked for again within this long is not sent again: one loss is
+/// often in several NACKs of a burst.
+const RESEND_GAP: Duration = Duration::from_millis(10);
+
+/// The last [`HISTORY`] packets of a directly sent video stream, by sequence
+/// number, as sent (the payload shared with every other copy).
+pub(crate) struct SendHistory {
+    slots: Box<[Option<Kept>]>,
+    repair: Repair,
+    /// The RTX stream's next sequence number (extended).
+    rtx_seq: u64,
+}
+
+struct Kept {
+    fields: RtpFields,
+    payload: Arc<[u8]>,
+    vp8: Option<Vp8Rewrite>,
+    resent_at: Option<Instant>,
+}
+
+impl SendHistory {
+    pub(crate) fn new(repair: Repair) -> Self {
+        SendHistory {
+            slots: (0..HISTORY).map(|_| None).collect(),
+            repair,
+            // RFC 4588 §4 wants a random start; this one is ours alone.
+            rtx_seq: u64::from(rand::random::<u16>()),
+        }
+    }
+
+    fn keep(&mut self, fields: RtpFields, payload: &Arc<[u8]>, vp8: Option<Vp8Rewrite>) {
+        self.slots[fields.seq as usize % HISTORY] = Some(Kept {
+            fields,
+            payload: payload.clone(),
+            vp8,
+            resent_at: None,
+        });
+    }
+
+    /// The clear packet that repairs the loss of `seq`, and its rollover
+    /// counter; `None` if it is no longer kept or was just sent again.
+    fn repair(&mut self, seq: u16, now: Instant) -> Option<(Vec<u8>, u32)> {
+        let kept = self.slots[usize::from(seq) % HISTORY]
+            .as_mut()
+            .filter(|k| k.fields.seq as u16 == seq)?;
+        if kept
+            .resent_at
+            .is_some_and(|at| now.saturating_duration_since(at) < RESEND_GAP)
+        {
+            return None;
+        }
+        kept.resent_at = Some(now);
+        Some(match self.repair {
+            Repair::Rtx { ssrc, pt } => {
+                let fields = RtpFields {
+                    pt: *pt,
+                    seq: self.rtx_seq,
+                    ssrc: *ssrc,
+                    ..kept.fields
+                };
+                self.rtx_seq += 1;
+                let packet = rtp_packet(fields, Some(seq), &kept.payload, kept.vp8);
+                (packet, (fields.seq >> 16) as u32)
+            }
+            Repair::Resend => {
+                let packet = rtp_packet(kept.fields, None, &kept.payload, kept.vp8);
+                (packet, (kept.fields.seq >> 16) as u32)
+            }
+        })
+    }
+}
+
 /// How often each directly sent stream reports (RFC 3550's 5 s minimum is
 /// for a session's whole bandwidth; receivers want one a second or so for
 /// lip sync, as str0m's audio default).
 pub(crate) const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a directly sent stream's sender report needs.
-#[derive(Debug, Clone, Copy)]
 pub(crate) struct DirectStream {
     pub ssrc: u32,
     pub clock_rate: u32,
@@ -296,6 +459,8 @@ pub(crate) struct DirectStream {
     /// The last packet's RTP timestamp and the instant it stands for.
     pub last_rtp: (u32, Instant),
     pub next_report: Instant,
+    /// Video: what was sent, for NACKs.
+    pub history: Option<Box<SendHistory>>,
 }
 
 impl DirectStream {
@@ -307,6 +472,7 @@ impl DirectStream {
             octets: 0,
             last_rtp: (0, now),
             next_report: now,
+            history: None,
         }
     }
 

@@ -10,10 +10,11 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
 use str0m::net::Protocol;
-use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Patch};
+use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descriptor};
 use str0m::Rtc;
 
-use crate::egress::{DirectStream, KeySlot};
+use crate::codec::Vp8Rewrite;
+use crate::egress::{DirectStream, KeySlot, Repair, SendHistory};
 use crate::timers::Queued;
 
 /// Identifies a participant within a shard; never reused.
@@ -52,7 +53,8 @@ pub(crate) struct PeerSession {
     pub ready: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
-    /// Direct egress (`MediaConfig::direct_audio`, subscriber sessions): the
+    /// Direct egress (`MediaConfig::direct_audio` / `direct_video`,
+    /// subscriber sessions): the
     /// SRTP sending keys once DTLS is done, where str0m last sent, and the
     /// streams Relais sends itself.
     pub direct: Option<Box<DirectEgress>>,
@@ -88,11 +90,20 @@ impl DirectEgress {
         self.keys.get().is_some() && self.route.is_some()
     }
 
-    /// The stream `ssrc` will be sent directly (its sender report state).
-    pub fn register(&mut self, ssrc: Ssrc, clock_rate: u32, now: Instant) {
-        self.streams
-            .entry(ssrc)
-            .or_insert_with(|| DirectStream::new(*ssrc, clock_rate, now));
+    /// The stream `ssrc` will be sent directly (its sender report state; for
+    /// video, how it repairs losses — asked only the first time).
+    pub fn register(
+        &mut self,
+        ssrc: Ssrc,
+        clock_rate: u32,
+        now: Instant,
+        repair: impl FnOnce() -> Option<Repair>,
+    ) {
+        self.streams.entry(ssrc).or_insert_with(|| {
+            let mut stream = DirectStream::new(*ssrc, clock_rate, now);
+            stream.history = repair().map(|r| Box::new(SendHistory::new(r)));
+            stream
+        });
     }
 }
 
@@ -116,13 +127,15 @@ pub(crate) struct ForwardedCopy {
     pub voice_activity: Option<bool>,
     pub video_orientation: Option<VideoOrientation>,
     pub payload: Arc<[u8]>,
-    pub vp8_patch: Option<Vp8Patch>,
+    /// The VP8 picture id / TL0PICIDX this subscriber's copy carries.
+    pub vp8: Option<Vp8Rewrite>,
     /// Relais sends it itself, without str0m ([`crate::egress`]).
     pub direct: bool,
 }
 
 impl ForwardedCopy {
     pub fn into_write(self) -> RtpWrite {
+        let patch = self.vp8.and_then(|r| str0m_vp8_patch(&self.payload, r));
         let ext = ExtensionValues {
             audio_level: self.audio_level,
             voice_activity: self.voice_activity,
@@ -139,11 +152,23 @@ impl ForwardedCopy {
         .marker(self.marker)
         .ext_vals(ext)
         .nackable(self.nackable);
-        match self.vp8_patch {
+        match patch {
             Some(patch) => write.vp8_patch(patch),
             None => write,
         }
     }
+}
+
+/// The rewrite as str0m applies it while it packetizes the copy.
+fn str0m_vp8_patch(payload: &[u8], rewrite: Vp8Rewrite) -> Option<str0m::rtp::Vp8Patch> {
+    let mut builder = Vp8Descriptor::parse(payload).ok()?.patch();
+    if let Some(id) = rewrite.picture_id {
+        builder = builder.picture_id(id);
+    }
+    if let Some(t) = rewrite.tl0_pic_idx {
+        builder = builder.tl0_pic_idx(t);
+    }
+    builder.build().ok()
 }
 
 /// What the previous stats event of a stream said (cumulative values).

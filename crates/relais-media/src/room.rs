@@ -27,12 +27,13 @@ use str0m::format::{Codec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Receive, Transmit};
-use str0m::rtp::{RtpPacket, Ssrc, Vp8Descriptor};
+use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::{RawPacket, RtpPacket, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
-use str0m::{Event, Input, Output};
+use str0m::{Event, Input, Output, Rtc};
 use tracing::{debug, info, warn, Span};
 
-use crate::codec::{CodecKind, Vp8Header, Vp9Layer};
+use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
 use crate::egress;
@@ -506,7 +507,7 @@ impl Room {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
         let publisher = role == PeerRole::Publisher;
-        let direct = (!publisher && self.config.direct_audio)
+        let direct = (!publisher && (self.config.direct_audio || self.config.direct_video))
             .then(|| Box::new(DirectEgress::new(now, self.config.clock_epoch)));
         if let Some(direct) = &direct {
             egress::tap_next_session(direct.keys.clone());
@@ -1536,6 +1537,13 @@ impl Room {
             }
             return;
         }
+        if let Event::RawPacket(raw) = event {
+            // Only subscriber sessions with direct video ask for these.
+            if let (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::Nack(nack))) = (role, *raw) {
+                self.on_direct_nack(now, key, &nack);
+            }
+            return;
+        }
         let span = self.span_for(key);
         let _span = span.enter();
         match event {
@@ -1593,6 +1601,19 @@ impl Room {
             }
             _ => {}
         }
+    }
+
+    /// A subscriber lost packets of a stream Relais sends itself: only
+    /// Relais has them ([`egress::resend`]).
+    fn on_direct_nack(&mut self, now: Instant, key: ParticipantKey, nack: &Nack) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let outputs = &mut self.outputs;
+        let sent = egress::resend(&mut p.subscriber, nack, now, |t| {
+            outputs.push_back(RoomOutput::Transmit(t))
+        });
+        self.stats.direct_resent += sent;
     }
 
     /// str0m's periodic report on a stream a publisher sends us.
@@ -1959,12 +1980,6 @@ impl Room {
             clock_rate: params.spec().clock_rate.get(),
         };
         let is_video = track.kind == MediaKind::Video;
-        // Parsed once for every copy's picture id / TL0PICIDX rewrite.
-        let vp8_descriptor = incoming
-            .vp8
-            .is_some()
-            .then(|| Vp8Descriptor::parse(&pkt.payload).ok())
-            .flatten();
         let mut need_keyframe = false;
         for sub in &mut track.subscribers {
             // Until the subscriber's m-line is negotiated nothing can be sent: leave
@@ -2014,19 +2029,31 @@ impl Room {
                 voice_activity: pkt.header.ext_vals.voice_activity,
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 payload: pkt.payload.clone(),
-                vp8_patch: vp8_descriptor
-                    .as_ref()
-                    .and_then(|d| vp8_patch(d, rewrite.vp8_picture_id, rewrite.vp8_tl0_pic_idx)),
+                vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
+                    .then_some(Vp8Rewrite {
+                        picture_id: rewrite.vp8_picture_id,
+                        tl0_pic_idx: rewrite.vp8_tl0_pic_idx,
+                    }),
                 direct: false,
             };
             // The stream exists: its SSRC was learnt from it, and it is stopped
             // only after this subscription is gone.
             let session = &mut s.subscriber;
-            if let (false, Some(direct)) = (is_video, session.direct.as_deref_mut()) {
+            // Video with a rotation to carry (a header extension Relais does
+            // not write) stays with str0m.
+            let direct_kind = if is_video {
+                self.config.direct_video && copy.video_orientation.is_none()
+            } else {
+                self.config.direct_audio
+            };
+            if let (true, Some(direct)) = (direct_kind, session.direct.as_deref_mut()) {
                 copy.direct = direct.ready();
                 if copy.direct {
-                    direct.register(copy.ssrc, incoming.clock_rate, now);
-                    self.stats.direct_out += 1;
+                    let rtc = &mut session.rtc;
+                    direct.register(copy.ssrc, incoming.clock_rate, now, || {
+                        is_video.then(|| video_repair(rtc, copy.ssrc, copy.pt))
+                    });
+                    self.stats.direct_out[kind] += 1;
                 }
             }
             // Written when the session is next polled, with whatever else
@@ -2760,22 +2787,20 @@ fn matching_pt(candidates: &[PayloadParams], publisher: &PayloadParams) -> Optio
         .map(|c| c.pt())
 }
 
-fn vp8_patch(
-    descriptor: &Vp8Descriptor,
-    picture_id: Option<u16>,
-    tl0: Option<u8>,
-) -> Option<str0m::rtp::Vp8Patch> {
-    if picture_id.is_none() && tl0.is_none() {
-        return None;
+/// How a subscriber's video stream repairs a loss: on its RTX SSRC with the
+/// payload type negotiated to resend `pt`, when it has both.
+fn video_repair(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> egress::Repair {
+    let rtx_pt = rtc
+        .codec_config()
+        .params()
+        .iter()
+        .find(|p| p.pt() == pt)
+        .and_then(|p| p.resend());
+    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx());
+    match (rtx_ssrc, rtx_pt) {
+        (Some(ssrc), Some(pt)) => egress::Repair::Rtx { ssrc, pt },
+        _ => egress::Repair::Resend,
     }
-    let mut builder = descriptor.patch();
-    if let Some(id) = picture_id {
-        builder = builder.picture_id(id);
-    }
-    if let Some(t) = tl0 {
-        builder = builder.tl0_pic_idx(t);
-    }
-    builder.build().ok()
 }
 
 fn enabled_codecs() -> Vec<livekit::Codec> {

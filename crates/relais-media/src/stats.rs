@@ -135,9 +135,13 @@ pub struct MediaStats {
     pub packets_out: [u64; 2],
     /// RTP bytes (header and payload) written to subscribers, by [`Kind`].
     pub bytes_out: [u64; 2],
-    /// Of `packets_out`, those Relais protected and sent itself (direct
-    /// egress, `MediaConfig::direct_audio`) rather than through str0m.
-    pub direct_out: u64,
+    /// Of `packets_out`, by kind, those Relais protected and sent itself
+    /// (direct egress, `MediaConfig::direct_audio` / `direct_video`) rather
+    /// than through str0m.
+    pub direct_out: [u64; 2],
+    /// Packets Relais sent again itself, answering a subscriber's NACK for
+    /// a stream it sends directly (`MediaConfig::direct_video`).
+    pub direct_resent: u64,
     /// Packets not forwarded, by [`DropReason`].
     pub dropped: [u64; DropReason::COUNT],
     /// NACKs by [`Direction`]: sent to publishers / received from subscribers.
@@ -170,7 +174,8 @@ impl MediaStats {
         add(&mut self.plis, &other.plis);
         add(&mut self.firs, &other.firs);
         self.rtc_connected += other.rtc_connected;
-        self.direct_out += other.direct_out;
+        add(&mut self.direct_out, &other.direct_out);
+        self.direct_resent += other.direct_resent;
         let room = MAX_SAMPLES.saturating_sub(self.samples.len());
         let n = other.samples.len().min(room);
         self.samples.extend(other.samples.drain(..n));

@@ -275,6 +275,9 @@ pub struct RtcConfig {
     /// (Relais protects the packets and writes their sender reports). Default
     /// false: experimental.
     pub direct_audio: bool,
+    /// Relais: the same for forwarded video; Relais also answers the
+    /// subscribers' NACKs for it (RTX). Default false: experimental.
+    pub direct_video: bool,
 }
 
 impl Default for RtcConfig {
@@ -290,6 +293,7 @@ impl Default for RtcConfig {
             fan_out_threads: None,
             fan_out_min_sessions: 128,
             direct_audio: false,
+            direct_video: false,
         }
     }
 }

@@ -108,9 +108,12 @@ pub const UDP_BYTES_SENT: &str = "relais_udp_bytes_sent_total";
 /// Counter: sessions driven in chunks, on a shard thread and the fan-out
 /// helpers at once (a round with `rtc.fan_out_min_sessions` or more due).
 pub const FAN_OUT_SESSIONS: &str = "relais_fan_out_sessions_total";
-/// Counter: forwarded RTP packets Relais protected and sent itself, not
-/// through str0m (`rtc.direct_audio`).
+/// Counter `{kind}`: forwarded RTP packets Relais protected and sent itself,
+/// not through str0m (`rtc.direct_audio`, `rtc.direct_video`).
 pub const DIRECT_EGRESS_PACKETS: &str = "relais_direct_egress_packets_total";
+/// Counter: of the directly sent video, packets Relais sent again to answer a
+/// subscriber's NACK (`rtc.direct_video`).
+pub const DIRECT_RESENT_PACKETS: &str = "relais_direct_resent_packets_total";
 /// Counter: of those chunks, the ones a helper thread drove.
 pub const FAN_OUT_HELPER_CHUNKS: &str = "relais_fan_out_helper_chunks_total";
 /// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
@@ -280,7 +283,11 @@ fn describe() {
     );
     describe_counter!(
         DIRECT_EGRESS_PACKETS,
-        "Forwarded RTP packets Relais protected and sent itself (rtc.direct_audio)"
+        "Forwarded RTP packets Relais protected and sent itself (rtc.direct_audio, rtc.direct_video)"
+    );
+    describe_counter!(
+        DIRECT_RESENT_PACKETS,
+        "Directly sent video packets Relais sent again for a subscriber's NACK (rtc.direct_video)"
     );
     describe_counter!(
         FAN_OUT_HELPER_CHUNKS,
@@ -729,6 +736,9 @@ fn flush_media(stats: &MediaStats) {
                 counter!(PACKET_BYTES, &labels).increment(bytes);
             }
         }
+        if stats.direct_out[k] > 0 {
+            counter!(DIRECT_EGRESS_PACKETS, "kind" => t).increment(stats.direct_out[k]);
+        }
     }
     for direction in Direction::ALL {
         let d = direction as usize;
@@ -748,8 +758,8 @@ fn flush_media(stats: &MediaStats) {
             counter!(PACKETS_DROPPED, "reason" => reason.label()).increment(n);
         }
     }
-    if stats.direct_out > 0 {
-        counter!(DIRECT_EGRESS_PACKETS).increment(stats.direct_out);
+    if stats.direct_resent > 0 {
+        counter!(DIRECT_RESENT_PACKETS).increment(stats.direct_resent);
     }
     if stats.rtc_connected > 0 {
         counter!(PARTICIPANT_JOIN_TOTAL, "state" => "rtc_connected").increment(stats.rtc_connected);

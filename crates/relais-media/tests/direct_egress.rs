@@ -1,0 +1,180 @@
+//! Direct egress (`MediaConfig::direct_audio`, `direct_video`): a
+//! subscriber's copies protected and sent by Relais, not str0m — and still
+//! decrypted, in order and whole, by a str0m client, with sender reports it
+//! accepts; lost video is sent again on RTX by Relais.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use relais_media::Shard;
+use str0m::media::MediaKind;
+use str0m::rtp::Ssrc;
+
+fn sim(direct_audio: bool, direct_video: bool) -> Sim {
+    let mut sim = Sim::new();
+    let mut config = sim.config.clone();
+    config.direct_audio = direct_audio;
+    config.direct_video = direct_video;
+    sim.shard = Shard::new(0, config);
+    sim.join("alice");
+    sim.join("bob");
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.publish(0, MediaKind::Audio, "mic-cid");
+    sim.publish(0, MediaKind::Video, "cam-cid");
+    sim
+}
+
+#[test]
+fn audio_sent_directly_arrives_whole_and_in_order() {
+    let mut sim = sim(true, false);
+    sim.run_for(Duration::from_secs(3));
+    let audio_sid = sim.track_sid(0, "mic-cid");
+    let video_sid = sim.track_sid(0, "cam-cid");
+    let stats = sim.shard.take_stats();
+    let ssrc = sim.client_mut(1).subscriber_ssrc(&audio_sid);
+    let bob = sim.client(1);
+    let audio = bob.received(&audio_sid);
+    let sent = sim.client(0).track("mic-cid").sent.len();
+    assert!(
+        audio.len() + 8 >= sent && audio.len() > 100,
+        "received {} of {sent}",
+        audio.len()
+    );
+    for w in audio.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "seq jump");
+        assert_eq!(w[1].source_seq(), w[0].source_seq() + 1, "source gap");
+        assert_eq!(
+            w[1].timestamp.wrapping_sub(w[0].timestamp),
+            960,
+            "20 ms at 48 kHz"
+        );
+    }
+    assert!(audio.iter().all(|r| r.payload[..40] == [0xfc; 40]));
+    // Every audio copy went out directly; video through str0m as before.
+    assert!(
+        stats.direct_out[0] > 100 && stats.direct_out[0] <= stats.packets_out[0],
+        "{:?} direct of {:?} out",
+        stats.direct_out,
+        stats.packets_out
+    );
+    assert_eq!(stats.direct_out[1], 0);
+    assert!(bob.received(&video_sid).len() > 100);
+    // The audio stream's sender reports decrypt and count what was sent.
+    check_sender_reports(bob, ssrc, audio.len(), 51);
+}
+
+/// `ssrc`'s sender reports: str0m's own first one says 0 (it cannot be
+/// switched off); after it only Relais's, once a second, each counting what
+/// it had sent (at most `per_second` more than the one before).
+fn check_sender_reports(client: &Client, ssrc: Ssrc, received: usize, per_second: u32) {
+    let reports: Vec<u32> = client
+        .sender_reports
+        .iter()
+        .filter(|(s, _)| *s == ssrc)
+        .map(|(_, packets)| *packets)
+        .collect();
+    let ours: Vec<u32> = reports.iter().copied().filter(|n| *n > 0).collect();
+    assert!(
+        reports.len() - ours.len() <= 1,
+        "sender reports {reports:?}"
+    );
+    assert!(ours.len() >= 2, "sender reports {reports:?}");
+    assert!(
+        ours.windows(2)
+            .all(|w| w[1] > w[0] && w[1] - w[0] <= per_second),
+        "{reports:?}"
+    );
+    assert!(*ours.last().unwrap() as usize <= received + 1);
+}
+
+#[test]
+fn video_sent_directly_arrives_whole_and_in_order() {
+    let mut sim = sim(true, true);
+    sim.run_for(Duration::from_secs(3));
+    let video_sid = sim.track_sid(0, "cam-cid");
+    let stats = sim.shard.take_stats();
+    let ssrc = sim.client_mut(1).subscriber_ssrc(&video_sid);
+    let bob = sim.client(1);
+    let video = bob.received(&video_sid);
+    let sent = sim.client(0).track("cam-cid").sent.len();
+    assert!(
+        video.len() + 8 >= sent && video.len() > 100,
+        "received {} of {sent}",
+        video.len()
+    );
+    assert!(video[0].is_vp8_keyframe_start(), "starts on a keyframe");
+    for w in video.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "seq jump");
+        assert_eq!(w[1].source_seq(), w[0].source_seq() + 1, "source gap");
+        // The picture id (rewritten into each copy) moves by one per frame.
+        let ids = [&w[0], &w[1]].map(|r| vp8_picture_id(&r.payload).expect("picture id"));
+        let step = ids[1].wrapping_sub(ids[0]) & 0x7fff;
+        assert_eq!(step, u16::from(w[0].marker), "picture ids {ids:?}");
+    }
+    // Every copy went out directly once the keys were there.
+    assert!(
+        stats.direct_out[1] * 10 >= stats.packets_out[1] * 9,
+        "{:?} direct of {:?} out",
+        stats.direct_out,
+        stats.packets_out
+    );
+    check_sender_reports(bob, ssrc, video.len(), 200);
+}
+
+#[test]
+fn lost_direct_video_is_sent_again_on_rtx() {
+    let mut sim = sim(true, true);
+    let b_sub = sim.client(1).sub_addr;
+    sim.run_for(Duration::from_secs(1));
+    let sid = sim.track_sid(0, "cam-cid");
+    let video_pt = sim.client(1).received(&sid)[0].pt;
+    // Drop every 7th VP8 packet (not RTX) to B, 12 of them, each only once.
+    let mut seen = 0u32;
+    let mut dropped_seqs = std::collections::HashSet::new();
+    sim.drop_filter = Some(Box::new(move |d| {
+        if d.destination != b_sub {
+            return false;
+        }
+        let Some(rtp) = rtp_info(&d.contents) else {
+            return false;
+        };
+        if rtp.pt != *video_pt || dropped_seqs.len() >= 12 {
+            return false;
+        }
+        seen += 1;
+        seen.is_multiple_of(7) && dropped_seqs.insert(rtp.seq)
+    }));
+    sim.run_for(Duration::from_secs(3));
+    sim.drop_filter = None;
+    sim.run_for(Duration::from_secs(1));
+
+    let stats = sim.shard.take_stats();
+    let b = sim.client(1);
+    assert_eq!(sim.dropped.len(), 12);
+    let lost: Vec<u16> = sim
+        .dropped
+        .iter()
+        .map(|d| rtp_info(&d.contents).unwrap().seq)
+        .collect();
+    assert!(b.rtx_received >= lost.len(), "{} on RTX", b.rtx_received);
+    assert!(stats.direct_resent >= lost.len() as u64, "{stats:?}");
+    let rx = b.received(&sid);
+    let missing = gaps(rx.iter().map(|r| r.seq));
+    assert!(missing.is_empty(), "B has gaps: {missing:?}");
+    for seq in &lost {
+        let got = rx.iter().find(|r| r.seq as u16 == *seq).expect("recovered");
+        // Recovered whole: the picture id rewrite applied to the repair too.
+        assert!(vp8_picture_id(&got.payload).is_some());
+    }
+}
+
+#[test]
+fn without_it_no_copy_is_sent_directly() {
+    let mut sim = sim(false, false);
+    sim.run_for(Duration::from_secs(2));
+    let audio_sid = sim.track_sid(0, "mic-cid");
+    assert!(sim.client(1).received(&audio_sid).len() > 50);
+    assert_eq!(sim.shard.take_stats().direct_out, [0, 0]);
+}
