@@ -294,7 +294,8 @@ async def test_browser_and_python_exchange_video(
                 lambda v: v > 0,
                 kind="VIDEO",
             )
-            print(f"{video:.0f} video packets sent directly")
+            out = metrics.value("livekit_packet_total", direction="outgoing", kind="VIDEO")
+            print(f"{video:.0f} of {out:.0f} video packets sent directly")
 
         # The browser leaves cleanly when told to (stdin closed): disconnect, Chromium closed.
         code = await bounded(browser.close(), "browser client exits", WAIT_S)

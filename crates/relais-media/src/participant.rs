@@ -9,12 +9,13 @@ use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
-use str0m::net::Protocol;
+use str0m::net::{Protocol, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descriptor};
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
 use crate::egress::{DirectStream, KeySlot, Repair, SendHistory};
+use crate::stun;
 use crate::timers::Queued;
 
 /// Identifies a participant within a shard; never reused.
@@ -63,9 +64,12 @@ pub(crate) struct PeerSession {
 /// A session's direct egress state ([`crate::egress`]).
 pub(crate) struct DirectEgress {
     pub keys: KeySlot,
-    /// Protocol, source and destination of str0m's last datagram: the
-    /// selected ICE pair.
+    /// Protocol, source and destination of the pair str0m sends media on
+    /// (see [`DirectEgress::follow`]).
     pub route: Option<(Protocol, SocketAddr, SocketAddr)>,
+    /// Where the client's last nomination came from (a binding request with
+    /// USE-CANDIDATE; it counts once str0m answers it).
+    pub nominated: Option<(Protocol, SocketAddr)>,
     pub streams: HashMap<Ssrc, DirectStream>,
     /// When str0m itself next wants the time (the session's deadline also
     /// moves earlier for the copies queued to it).
@@ -79,9 +83,20 @@ impl DirectEgress {
         DirectEgress {
             keys: KeySlot::default(),
             route: None,
+            nominated: None,
             streams: HashMap::new(),
             str0m_due: now,
             epoch,
+        }
+    }
+
+    /// Learn the route from a datagram str0m sends: DTLS and SRTP go on the
+    /// nominated pair, and so does its answer to a nomination — but not its
+    /// answers to the checks a client keeps making on other pairs.
+    pub fn follow(&mut self, t: &Transmit) {
+        let to = (t.proto, t.destination);
+        if !stun::is_stun(&t.contents) || self.nominated == Some(to) {
+            self.route = Some((t.proto, t.source, t.destination));
         }
     }
 

@@ -1298,6 +1298,7 @@ impl Room {
         key: ParticipantKey,
         role: PeerRole,
         receive: Receive<'_>,
+        nominates: bool,
     ) -> u64 {
         let before = self.copies_leaving;
         let Some(p) = self.participants.get_mut(&key) else {
@@ -1308,6 +1309,9 @@ impl Room {
         let Some(session) = p.session_mut(role) else {
             return 0;
         };
+        if let (true, Some(direct)) = (nominates, session.direct.as_deref_mut()) {
+            direct.nominated = Some((receive.proto, receive.source));
+        }
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
             debug!(?role, error = %e, "bad datagram");
@@ -2645,7 +2649,7 @@ pub(crate) fn poll_session(
             }
             Ok(Output::Transmit(t)) => {
                 if let Some(direct) = session.direct.as_deref_mut() {
-                    direct.route = Some((t.proto, t.source, t.destination));
+                    direct.follow(&t);
                 }
                 transmit(t)
             }

@@ -249,8 +249,9 @@ impl Shard {
             self.stats.drop_packet(DropReason::Malformed);
             return 0;
         };
+        let nominates = stun::nominates(buf);
         let copies = self.rooms.get_mut(&route.room).map_or(0, |room| {
-            room.handle_receive(now, route.participant, route.role, receive)
+            room.handle_receive(now, route.participant, route.role, receive, nominates)
         });
         self.collect(&route.room);
         copies
