@@ -168,25 +168,25 @@ async def browser():
 
 
 @pytest.mark.parametrize(
-    "order, python_simulcast, browser_codec, python_codec, direct",
+    "order, python_simulcast, browser_codec, python_codec, direct_egress",
     [
-        ("python_first", True, "vp8", rtc.VideoCodec.VP8, False),
-        ("browser_first", False, "vp8", rtc.VideoCodec.VP8, False),
-        ("python_first", True, "vp9", rtc.VideoCodec.VP8, False),
-        ("python_first", True, "vp8", rtc.VideoCodec.VP9, False),
         ("python_first", True, "vp8", rtc.VideoCodec.VP8, True),
+        ("browser_first", False, "vp8", rtc.VideoCodec.VP8, True),
+        ("python_first", True, "vp9", rtc.VideoCodec.VP8, True),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP9, True),
+        ("python_first", True, "vp8", rtc.VideoCodec.VP8, False),
     ],
     ids=[
         "python_first-simulcast",
         "browser_first-single_layer",
         "browser_vp9_svc",
         "python_vp9_to_browser",
-        "python_first-simulcast-direct_egress",
+        "python_first-simulcast-str0m_egress",
     ],
 )
 async def test_browser_and_python_exchange_video(
     relais, relais_factory, rooms, browser, order, python_simulcast, browser_codec,
-    python_codec, direct
+    python_codec, direct_egress
 ):
     """`python_first`: the browser joins a room where Python already publishes, with
     simulcast (the browser's first subscriber offer carries the track). `browser_first`:
@@ -194,13 +194,14 @@ async def test_browser_and_python_exchange_video(
     layer (the track reaches the browser by renegotiation). The browser publishes with
     livekit-client's defaults (VP8, simulcast, layers q/h/f) or, in `browser_vp9_svc`,
     VP9 — which livekit-client sends as one SVC stream (L3T3_KEY), as the web client of
-    our first users does by default. `direct_egress`: Relais sends the media to both
-    itself (`rtc.direct_audio`, `rtc.direct_video`), not through str0m."""
+    our first users does by default. Relais sends the media itself (`rtc.direct_audio`,
+    `rtc.direct_video`, the default) or, in `str0m_egress`, through str0m — the video
+    then with a measured count of none sent directly."""
     metrics = None
-    if direct:
+    if not direct_egress:
         from test_observability import Scraper, start_with_metrics
 
-        config = {"rtc": {"direct_audio": True, "direct_video": True}}
+        config = {"rtc": {"direct_audio": False, "direct_video": False}}
         relais, port = start_with_metrics(relais_factory, config)
         metrics = Scraper(port)
     room_name = f"browser-{uuid.uuid4().hex[:8]}"
@@ -288,14 +289,15 @@ async def test_browser_and_python_exchange_video(
         assert decoded["trackSid"] == py_pub.sid, decoded
         assert decoded["frameWidth"] > 0 and decoded["frameHeight"] > 0, decoded
         if metrics is not None:
-            video = await metrics.wait(
-                "video sent directly",
-                "relais_direct_egress_packets_total",
+            out = await metrics.wait(
+                "video forwarded",
+                "livekit_packet_total",
                 lambda v: v > 0,
+                direction="outgoing",
                 kind="VIDEO",
             )
-            out = metrics.value("livekit_packet_total", direction="outgoing", kind="VIDEO")
-            print(f"{video:.0f} of {out:.0f} video packets sent directly")
+            direct = metrics.value("relais_direct_egress_packets_total")
+            assert direct == 0, f"{direct} of {out} sent directly"
 
         # The browser leaves cleanly when told to (stdin closed): disconnect, Chromium closed.
         code = await bounded(browser.close(), "browser client exits", WAIT_S)
@@ -346,13 +348,11 @@ async def test_browser_sees_the_python_speaker(relais, rooms, browser):
 @pytest.mark.parametrize("direct_audio", [False, True])
 async def test_browser_receives_the_python_tone(relais_factory, rooms, browser, direct_audio):
     """Python plays a tone; livekit-client in Chromium receives and plays out its audio
-    (inbound-rtp: packets received and decrypted, samples produced) — through str0m, and
-    sent directly by Relais (`rtc.direct_audio`)."""
+    (inbound-rtp: packets received and decrypted, samples produced) — sent directly by
+    Relais (`rtc.direct_audio`, the default), and through str0m."""
     from test_observability import Scraper, start_with_metrics
 
-    server, port = start_with_metrics(
-        relais_factory, {"rtc": {"direct_audio": True}} if direct_audio else None
-    )
+    server, port = start_with_metrics(relais_factory, {"rtc": {"direct_audio": direct_audio}})
     metrics = Scraper(port)
     room_name = f"tone-{uuid.uuid4().hex[:8]}"
     async with python_plays_a_tone(server, rooms, room_name):
@@ -371,9 +371,10 @@ async def test_browser_receives_the_python_tone(relais_factory, rooms, browser, 
                 "audio packets sent directly",
                 "relais_direct_egress_packets_total",
                 lambda v: v >= 50,
+                kind="AUDIO",
             )
         else:
-            direct = metrics.value("relais_direct_egress_packets_total")
+            direct = metrics.value("relais_direct_egress_packets_total", kind="AUDIO")
             assert direct == 0, direct
         print(f"direct_audio={direct_audio}: {heard}, {direct:.0f} sent directly")
         code = await bounded(browser.close(), "browser client exits", WAIT_S)

@@ -150,8 +150,8 @@ region: eu-1
         "node_ip": "192.0.2.10",
         "fan_out_threads": 3,
         "fan_out_min_sessions": 128,
-        "direct_audio": False,
-        "direct_video": False,
+        "direct_audio": True,
+        "direct_video": True,
     }
     assert c["redis"]["address"] == "localhost:6379" and c["redis"]["db"] == 3
     assert c["room"] == {"auto_create": False, "empty_timeout": 30, "departure_timeout": 2, "max_participants": 8}

@@ -1,8 +1,8 @@
-"""Direct egress (`rtc.direct_audio`, `rtc.direct_video`): Relais protects and sends
-forwarded media itself, without str0m's drive of the subscriber session, and writes
-those streams' sender reports (and, for video, answers NACKs with RTX). The real SDK
-must decode the tone and the picture as it does through str0m, over UDP and over
-ICE-TCP.
+"""Direct egress (`rtc.direct_audio`, `rtc.direct_video`, both on by default): Relais
+protects and sends forwarded media itself, without str0m's drive of the subscriber
+session, and writes those streams' sender reports (and, for video, answers NACKs with
+RTX). The real SDK must decode the tone and the picture as it does through str0m, over
+UDP and over ICE-TCP; and with both options off, nothing is sent directly.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from conftest import TCP_ONLY, deep_merge
 from test_call import check_tone_and_picture, join_pair, send_tone_and_picture
 from test_observability import Scraper, start_with_metrics
 
-AUDIO = {"rtc": {"direct_audio": True}}
+AUDIO = {"rtc": {"direct_audio": True, "direct_video": False}}
 AUDIO_AND_VIDEO = {"rtc": {"direct_audio": True, "direct_video": True}}
+NEITHER = {"rtc": {"direct_audio": False, "direct_video": False}}
 METRIC = "relais_direct_egress_packets_total"
 
 
@@ -56,7 +57,7 @@ async def test_media_sent_directly_is_decoded(
 
 
 async def test_without_it_nothing_is_sent_directly(relais_factory, rooms, room_name):
-    server, port = start_with_metrics(relais_factory)
+    server, port = start_with_metrics(relais_factory, NEITHER)
     metrics = Scraper(port)
     alice, bob = await join_pair(server, rooms, room_name)
     tone, frames = await send_tone_and_picture(alice, bob)

@@ -114,8 +114,8 @@ impl MediaConfig {
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
             fan_out_min_sessions: 128,
-            direct_audio: false,
-            direct_video: false,
+            direct_audio: true,
+            direct_video: true,
             clock_epoch: (Instant::now(), SystemTime::now()),
         })
     }

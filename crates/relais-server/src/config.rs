@@ -292,8 +292,8 @@ impl Default for RtcConfig {
             node_ip: None,
             fan_out_threads: None,
             fan_out_min_sessions: 128,
-            direct_audio: false,
-            direct_video: false,
+            direct_audio: true,
+            direct_video: true,
         }
     }
 }
