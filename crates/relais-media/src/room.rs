@@ -2060,6 +2060,12 @@ impl Room {
                     self.stats.direct_out[kind] += 1;
                 }
             }
+            if is_video && !copy.direct && self.config.direct_video && session.direct.is_some() {
+                // str0m must not resend it on the RTX SSRC Relais numbers
+                // itself: two senders of one SSRC under one key could repeat
+                // an SRTP nonce. Lost, it costs a keyframe (PLI) instead.
+                copy.nackable = false;
+            }
             // Written when the session is next polled, with whatever else
             // the round wrote to it: the next timeout round drives it once
             // for a whole receive batch — on a fan-out helper, in a large
