@@ -352,3 +352,46 @@ impl Participant {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transmit(to: &str, contents: Vec<u8>) -> Transmit {
+        Transmit {
+            proto: Protocol::Udp,
+            source: "10.0.0.1:7882".parse().unwrap(),
+            destination: to.parse().unwrap(),
+            contents: contents.into(),
+        }
+    }
+
+    /// A STUN binding success response (only its header matters here).
+    fn stun_response() -> Vec<u8> {
+        let mut msg = vec![0x01, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        msg.extend_from_slice(&[7; 12]);
+        msg
+    }
+
+    #[test]
+    fn the_route_follows_the_nominated_pair_not_every_check() {
+        let now = Instant::now();
+        let mut direct = DirectEgress::new(now, (now, SystemTime::now()));
+        let route = |d: &DirectEgress| d.route.map(|(_, _, to)| to.to_string());
+        // Answers to checks on any pair: no route yet.
+        direct.follow(&transmit("192.0.2.1:5000", stun_response()));
+        assert_eq!(route(&direct), None);
+        // The client nominates the pair from .2; str0m answers it: the route.
+        direct.nominated = Some((Protocol::Udp, "192.0.2.2:6000".parse().unwrap()));
+        direct.follow(&transmit("192.0.2.2:6000", stun_response()));
+        assert_eq!(route(&direct).as_deref(), Some("192.0.2.2:6000"));
+        // The client keeps checking the other pair: the route stays.
+        direct.follow(&transmit("192.0.2.1:5000", stun_response()));
+        assert_eq!(route(&direct).as_deref(), Some("192.0.2.2:6000"));
+        // DTLS and SRTP go where str0m sends media.
+        direct.follow(&transmit("192.0.2.3:7000", vec![22, 0xfe, 0xfd]));
+        assert_eq!(route(&direct).as_deref(), Some("192.0.2.3:7000"));
+        direct.follow(&transmit("192.0.2.4:8000", vec![0x80, 96, 0, 1]));
+        assert_eq!(route(&direct).as_deref(), Some("192.0.2.4:8000"));
+    }
+}
