@@ -125,9 +125,10 @@ impl SrtpSender {
         })
     }
 
-    /// Encrypt an RTP packet in place (`packet` holds a 12-byte header with no
-    /// extension, then the payload) and append the tag. `roc` is the rollover
-    /// counter of the packet's 16-bit sequence number.
+    /// Encrypt an RTP packet in place (`packet` holds a header as
+    /// [`rtp_packet`] writes it — no CSRC, at most one extension block — then
+    /// the payload) and append the tag. `roc` is the rollover counter of the
+    /// packet's 16-bit sequence number.
     pub(crate) fn protect_rtp(&self, packet: &mut Vec<u8>, roc: u32) {
         let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
         let seq = u16::from_be_bytes([packet[2], packet[3]]);
@@ -136,7 +137,13 @@ impl SrtpSender {
         iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
         iv[6..10].copy_from_slice(&roc.to_be_bytes());
         iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        let (header, payload) = packet.split_at_mut(RTP_HEADER_LEN);
+        let header_len = if packet[0] & 0x10 != 0 {
+            let words = u16::from_be_bytes([packet[14], packet[15]]);
+            RTP_HEADER_LEN + 4 + 4 * usize::from(words)
+        } else {
+            RTP_HEADER_LEN
+        };
+        let (header, payload) = packet.split_at_mut(header_len);
         let tag = self
             .rtp
             .seal_in_place_separate_tag(nonce(iv, &self.rtp_salt), Aad::from(&header[..]), payload)
@@ -199,21 +206,30 @@ fn derive(
     Some(())
 }
 
-/// An RTP header without extensions, then the payload — behind the original
-/// sequence number for a retransmission on RTX (RFC 4588 §4), with the VP8
-/// descriptor rewritten if asked — with room for the tag.
+/// An RTP header — with the video orientation in a one-byte header
+/// extension (RFC 8285) if the packet carries one — then the payload: behind
+/// the original sequence number for a retransmission on RTX (RFC 4588 §4),
+/// with the VP8 descriptor rewritten if asked; with room for the tag.
 fn rtp_packet(
     header: RtpFields,
     osn: Option<u16>,
     payload: &[u8],
     vp8: Option<Vp8Rewrite>,
 ) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + 2 + payload.len() + TAG_LEN);
-    packet.push(0x80);
+    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
+    packet.push(if header.orientation.is_some() {
+        0x90
+    } else {
+        0x80
+    });
     packet.push((u8::from(header.marker) << 7) | (header.pt & 0x7f));
     packet.extend_from_slice(&(header.seq as u16).to_be_bytes());
     packet.extend_from_slice(&header.timestamp.to_be_bytes());
     packet.extend_from_slice(&header.ssrc.to_be_bytes());
+    if let Some((id, value)) = header.orientation {
+        // One word of elements: ID and length − 1 (0), the value, padding.
+        packet.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01, id << 4, value, 0, 0]);
+    }
     if let Some(osn) = osn {
         packet.extend_from_slice(&osn.to_be_bytes());
     }
@@ -234,16 +250,21 @@ struct RtpFields {
     seq: u64,
     timestamp: u32,
     ssrc: u32,
+    /// The video orientation extension's negotiated ID and the value.
+    orientation: Option<(u8, u8)>,
 }
 
 impl RtpFields {
-    fn of(copy: &ForwardedCopy) -> Self {
+    /// The fields of `copy`, its rotation written with the extension ID the
+    /// subscriber negotiated (none negotiated: the receiver cannot read it).
+    fn of(copy: &ForwardedCopy, orientation_id: Option<u8>) -> Self {
         RtpFields {
             pt: *copy.pt,
             marker: copy.marker,
             seq: copy.seq,
             timestamp: copy.timestamp,
             ssrc: *copy.ssrc,
+            orientation: orientation_id.zip(copy.video_orientation.map(|o| o as u8)),
         }
     }
 }
@@ -273,14 +294,16 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         if !copy.direct {
             return true;
         }
-        let fields = RtpFields::of(copy);
+        let mut stream = streams.get_mut(&copy.ssrc);
+        let mut history = stream.as_mut().and_then(|s| s.history.as_deref_mut());
+        let fields = RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id));
         let mut packet = rtp_packet(fields, None, &copy.payload, copy.vp8);
         keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
         out(transmit(packet));
-        let report = streams.get_mut(&copy.ssrc).and_then(|stream| {
-            if let Some(history) = stream.history.as_deref_mut() {
-                history.keep(fields, &copy.payload, copy.vp8);
-            }
+        if let Some(history) = history.as_mut() {
+            history.keep(fields, &copy.payload, copy.vp8);
+        }
+        let report = stream.and_then(|stream| {
             stream.sent(
                 copy.timestamp,
                 copy.wallclock,
@@ -360,6 +383,15 @@ pub(crate) fn resend(
     sent
 }
 
+/// What a directly sent video stream needs from the subscriber's
+/// negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VideoSend {
+    pub repair: Repair,
+    /// The ID of the video orientation header extension, if negotiated.
+    pub orientation_id: Option<u8>,
+}
+
 /// How a directly sent video stream repairs a loss (from the subscriber's
 /// negotiated codecs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,10 +410,12 @@ const HISTORY: usize = 256;
 const RESEND_GAP: Duration = Duration::from_millis(10);
 
 /// The last [`HISTORY`] packets of a directly sent video stream, by sequence
-/// number, as sent (the payload shared with every other copy).
+/// number, as sent (the payload shared with every other copy), and what the
+/// stream's packets need from the negotiation.
 pub(crate) struct SendHistory {
     slots: Box<[Option<Kept>]>,
     repair: Repair,
+    orientation_id: Option<u8>,
     /// The RTX stream's next sequence number (extended).
     rtx_seq: u64,
 }
@@ -394,10 +428,11 @@ struct Kept {
 }
 
 impl SendHistory {
-    pub(crate) fn new(repair: Repair) -> Self {
+    pub(crate) fn new(video: VideoSend) -> Self {
         SendHistory {
             slots: (0..HISTORY).map(|_| None).collect(),
-            repair,
+            repair: video.repair,
+            orientation_id: video.orientation_id,
             // RFC 4588 §4 wants a random start; this one is ours alone.
             rtx_seq: u64::from(rand::random::<u16>()),
         }

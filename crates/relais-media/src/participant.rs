@@ -14,7 +14,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
-use crate::egress::{DirectStream, KeySlot, Repair, SendHistory};
+use crate::egress::{DirectStream, KeySlot, SendHistory, VideoSend};
 use crate::stun;
 use crate::timers::Queued;
 
@@ -106,17 +106,18 @@ impl DirectEgress {
     }
 
     /// The stream `ssrc` will be sent directly (its sender report state; for
-    /// video, how it repairs losses — asked only the first time).
+    /// video, what its packets need from the negotiation — asked only the
+    /// first time).
     pub fn register(
         &mut self,
         ssrc: Ssrc,
         clock_rate: u32,
         now: Instant,
-        repair: impl FnOnce() -> Option<Repair>,
+        video: impl FnOnce() -> Option<VideoSend>,
     ) {
         self.streams.entry(ssrc).or_insert_with(|| {
             let mut stream = DirectStream::new(*ssrc, clock_rate, now);
-            stream.history = repair().map(|r| Box::new(SendHistory::new(r)));
+            stream.history = video().map(|v| Box::new(SendHistory::new(v)));
             stream
         });
     }

@@ -28,7 +28,7 @@ use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Receive, Transmit};
 use str0m::rtp::rtcp::{Nack, Rtcp};
-use str0m::rtp::{RawPacket, RtpPacket, Ssrc};
+use str0m::rtp::{Extension, RawPacket, RtpPacket, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::{Event, Input, Output, Rtc};
 use tracing::{debug, info, warn, Span};
@@ -2043,10 +2043,8 @@ impl Room {
             // The stream exists: its SSRC was learnt from it, and it is stopped
             // only after this subscription is gone.
             let session = &mut s.subscriber;
-            // Video with a rotation to carry (a header extension Relais does
-            // not write) stays with str0m.
             let direct_kind = if is_video {
-                self.config.direct_video && copy.video_orientation.is_none()
+                self.config.direct_video
             } else {
                 self.config.direct_audio
             };
@@ -2055,7 +2053,7 @@ impl Room {
                 if copy.direct {
                     let rtc = &mut session.rtc;
                     direct.register(copy.ssrc, incoming.clock_rate, now, || {
-                        is_video.then(|| video_repair(rtc, copy.ssrc, copy.pt))
+                        is_video.then(|| video_send(rtc, copy.ssrc, copy.pt))
                     });
                     self.stats.direct_out[kind] += 1;
                 }
@@ -2797,19 +2795,30 @@ fn matching_pt(candidates: &[PayloadParams], publisher: &PayloadParams) -> Optio
         .map(|c| c.pt())
 }
 
-/// How a subscriber's video stream repairs a loss: on its RTX SSRC with the
-/// payload type negotiated to resend `pt`, when it has both.
-fn video_repair(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> egress::Repair {
+/// What a subscriber's video stream needs from its negotiation: how it
+/// repairs a loss (on its RTX SSRC with the payload type negotiated to resend
+/// `pt`, when it has both) and the video orientation extension's ID.
+fn video_send(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> egress::VideoSend {
     let rtx_pt = rtc
         .codec_config()
         .params()
         .iter()
         .find(|p| p.pt() == pt)
         .and_then(|p| p.resend());
-    let rtx_ssrc = rtc.direct_api().stream_tx(&ssrc).and_then(|s| s.rtx());
-    match (rtx_ssrc, rtx_pt) {
+    let (rtx_ssrc, mid) = match rtc.direct_api().stream_tx(&ssrc) {
+        Some(tx) => (tx.rtx(), Some(tx.mid())),
+        None => (None, None),
+    };
+    let orientation_id = mid
+        .and_then(|mid| rtc.media(mid))
+        .and_then(|m| m.remote_extmap().id_of(Extension::VideoOrientation));
+    let repair = match (rtx_ssrc, rtx_pt) {
         (Some(ssrc), Some(pt)) => egress::Repair::Rtx { ssrc, pt },
         _ => egress::Repair::Resend,
+    };
+    egress::VideoSend {
+        repair,
+        orientation_id,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use relais_media::Shard;
 use str0m::media::MediaKind;
-use str0m::rtp::Ssrc;
+use str0m::rtp::{Ssrc, VideoOrientation};
 
 fn sim(direct_audio: bool, direct_video: bool) -> Sim {
     let mut sim = Sim::new();
@@ -121,6 +121,29 @@ fn video_sent_directly_arrives_whole_and_in_order() {
         stats.packets_out
     );
     check_sender_reports(bob, ssrc, video.len(), 200);
+}
+
+#[test]
+fn a_rotation_is_sent_directly_in_its_header_extension() {
+    let mut sim = sim(true, true);
+    sim.client_mut(0).track_mut("cam-cid").orientation = Some(VideoOrientation::Deg90);
+    sim.run_for(Duration::from_secs(2));
+    let video_sid = sim.track_sid(0, "cam-cid");
+    let stats = sim.shard.take_stats();
+    let video = sim.client(1).received(&video_sid);
+    assert!(video.len() > 60, "received {}", video.len());
+    // Each frame's last packet says the rotation, the others nothing.
+    for r in &video {
+        let want = r.marker.then_some(VideoOrientation::Deg90);
+        assert_eq!(r.orientation, want, "seq {} marker {}", r.seq, r.marker);
+    }
+    // And none of it took str0m's path.
+    assert!(
+        stats.direct_out[1] * 10 >= stats.packets_out[1] * 9,
+        "{:?} direct of {:?} out",
+        stats.direct_out,
+        stats.packets_out
+    );
 }
 
 #[test]

@@ -34,7 +34,7 @@ use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::rtcp::Rtcp;
-use str0m::rtp::{RawPacket, RtpWrite, Ssrc};
+use str0m::rtp::{ExtensionValues, RawPacket, RtpWrite, Ssrc, VideoOrientation};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
 /// The node's UDP mux address, the only server candidate.
@@ -100,6 +100,8 @@ pub struct Received {
     pub pt: Pt,
     pub marker: bool,
     pub payload: Arc<[u8]>,
+    /// The video orientation header extension, if the packet had one.
+    pub orientation: Option<VideoOrientation>,
 }
 
 impl Received {
@@ -194,6 +196,9 @@ pub struct LocalTrack {
     /// Simulcast layers, low to high (empty: one stream). Each sends every
     /// frame, its payload filled with [`layer_fill`] of its index.
     pub simulcast: Vec<SimulcastTx>,
+    /// Video: the rotation each frame's last packet says (as a phone held
+    /// sideways sends it), if any.
+    pub orientation: Option<VideoOrientation>,
 }
 
 /// One simulcast layer of a [`LocalTrack`].
@@ -250,6 +255,7 @@ impl LocalTrack {
             sent: Vec::new(),
             sent_at: Vec::new(),
             simulcast: Vec::new(),
+            orientation: None,
         }
     }
 
@@ -380,7 +386,7 @@ impl Client {
             .expect("no such track")
     }
 
-    fn track_mut(&mut self, cid: &str) -> &mut LocalTrack {
+    pub fn track_mut(&mut self, cid: &str) -> &mut LocalTrack {
         self.tracks
             .iter_mut()
             .find(|t| t.cid == cid)
@@ -960,6 +966,7 @@ impl Sim {
                     pt: pkt.header.payload_type,
                     marker: pkt.header.marker,
                     payload: pkt.payload.clone(),
+                    orientation: pkt.header.ext_vals.video_orientation,
                 });
             }
             Event::RawPacket(raw) if !publisher => match *raw {
@@ -1238,9 +1245,15 @@ impl Sim {
                         let mut payload = vp8_payload(t.picture_id, first, key, 200, 0x55);
                         payload.extend_from_slice(&frame.to_be_bytes());
                         payload.extend_from_slice(&(t.seq as u32).to_be_bytes());
+                        let last = i == count - 1;
+                        let ext = ExtensionValues {
+                            video_orientation: t.orientation.filter(|_| last),
+                            ..Default::default()
+                        };
                         tx.write_rtp(
                             RtpWrite::new(pt, t.seq.into(), t.timestamp, now, payload)
-                                .marker(i == count - 1)
+                                .marker(last)
+                                .ext_vals(ext)
                                 .nackable(true),
                         );
                         t.sent.push((t.seq, frame, key && first));
