@@ -7,12 +7,24 @@ UDP and over ICE-TCP; and with both options off, nothing is sent directly.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
+from livekit import rtc
 
-from conftest import TCP_ONLY, deep_merge
-from test_call import check_tone_and_picture, join_pair, send_tone_and_picture
+from conftest import TCP_ONLY, EventLog, bounded, deep_merge
+from media import stop_players
+from test_call import (
+    FPS,
+    HEIGHT,
+    WIDTH,
+    check_tone_and_picture,
+    join_pair,
+    publish_camera,
+    send_tone_and_picture,
+    synthetic_picture,
+)
 from test_observability import Scraper, start_with_metrics
 
 AUDIO = {"rtc": {"direct_audio": True, "direct_video": False}}
@@ -63,3 +75,47 @@ async def test_without_it_nothing_is_sent_directly(relais_factory, rooms, room_n
     tone, frames = await send_tone_and_picture(alice, bob)
     check_tone_and_picture(tone, frames)
     assert metrics.value(METRIC) == 0
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "str0m"])
+async def test_a_rotated_camera_arrives_rotated(relais_factory, rooms, room_name, direct):
+    """A phone held sideways: Alice's frames are captured with a 90° rotation, which the
+    encoder sends as the video orientation header extension; Bob's SDK must report the
+    rotation on the frames it decodes, whether Relais or str0m wrote the extension."""
+    server = relais_factory(AUDIO_AND_VIDEO if direct else NEITHER)
+    alice, bob = await join_pair(server, rooms, room_name)
+    subscribed = EventLog(bob, "track_subscribed")  # (track, publication, participant)
+    stop = asyncio.Event()
+    source = rtc.VideoSource(WIDTH, HEIGHT)
+
+    async def play_rotated() -> None:
+        while not stop.is_set():
+            frame = rtc.VideoFrame(
+                WIDTH, HEIGHT, rtc.VideoBufferType.RGBA, synthetic_picture(0).tobytes()
+            )
+            source.capture_frame(frame, rotation=rtc.VideoRotation.VIDEO_ROTATION_90)
+            await asyncio.sleep(1 / FPS)
+
+    player = asyncio.create_task(play_rotated())
+    try:
+        await publish_camera(alice, source, "sideways", simulcast=False)
+        track, _, _ = await subscribed.wait(
+            lambda t, pub, p: t.kind == rtc.TrackKind.KIND_VIDEO, 20, "bob subscribed"
+        )
+        stream = rtc.VideoStream(track)
+        rotations = []
+        try:
+
+            async def read() -> None:
+                async for event in stream:
+                    rotations.append(event.rotation)
+                    if len(rotations) >= 10:
+                        return
+
+            await bounded(read(), "bob decodes 10 frames", 20)
+        finally:
+            await stream.aclose()
+        print(f"rotations seen: {sorted(set(rotations))}")
+        assert rotations[-1] == rtc.VideoRotation.VIDEO_ROTATION_90, rotations
+    finally:
+        await stop_players(stop, [player], source, cancel=True)
