@@ -153,34 +153,13 @@ fn lost_direct_video_is_sent_again_on_rtx() {
     sim.run_for(Duration::from_secs(1));
     let sid = sim.track_sid(0, "cam-cid");
     let video_pt = sim.client(1).received(&sid)[0].pt;
-    // Drop every 7th VP8 packet (not RTX) to B, 12 of them, each only once.
-    let mut seen = 0u32;
-    let mut dropped_seqs = std::collections::HashSet::new();
-    sim.drop_filter = Some(Box::new(move |d| {
-        if d.destination != b_sub {
-            return false;
-        }
-        let Some(rtp) = rtp_info(&d.contents) else {
-            return false;
-        };
-        if rtp.pt != *video_pt || dropped_seqs.len() >= 12 {
-            return false;
-        }
-        seen += 1;
-        seen.is_multiple_of(7) && dropped_seqs.insert(rtp.seq)
-    }));
-    sim.run_for(Duration::from_secs(3));
-    sim.drop_filter = None;
+    // Lose every 7th VP8 packet (not RTX) to B, 12 of them, each only once.
+    let lost = sim.lose_every_nth(b_sub, video_pt, 7, 12, Duration::from_secs(3));
     sim.run_for(Duration::from_secs(1));
 
     let stats = sim.shard.take_stats();
     let b = sim.client(1);
-    assert_eq!(sim.dropped.len(), 12);
-    let lost: Vec<u16> = sim
-        .dropped
-        .iter()
-        .map(|d| rtp_info(&d.contents).unwrap().seq)
-        .collect();
+    assert_eq!(lost.len(), 12);
     assert!(b.rtx_received >= lost.len(), "{} on RTX", b.rtx_received);
     assert!(stats.direct_resent >= lost.len() as u64, "{stats:?}");
     let rx = b.received(&sid);

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{gaps, rtp_info, Sim};
+use common::{gaps, Sim};
 use relais_media::stats::Direction as StatsDirection;
 use relais_media::{RoomEvent, Shard};
 use relais_proto::livekit::signal_response::Message;
@@ -184,37 +184,12 @@ fn lost_video_is_recovered_by_nack() {
     let before = sim.client(1).received(&sid).len();
     assert!(before > 20);
 
-    // Drop every 7th VP8 packet (not RTX) to B, 12 of them, each only once.
-    let mut seen = 0u32;
-    let mut dropped_seqs = std::collections::HashSet::new();
-    sim.drop_filter = Some(Box::new(move |d| {
-        if d.destination != b_sub {
-            return false;
-        }
-        let Some(rtp) = rtp_info(&d.contents) else {
-            return false;
-        };
-        if rtp.pt != *video_pt || dropped_seqs.len() >= 12 {
-            return false;
-        }
-        seen += 1;
-        seen.is_multiple_of(7) && dropped_seqs.insert(rtp.seq)
-    }));
-    sim.run_for(Duration::from_secs(3));
-    sim.drop_filter = None;
+    // Lose every 7th VP8 packet (not RTX) to B, 12 of them, each only once.
+    let lost = sim.lose_every_nth(b_sub, video_pt, 7, 12, Duration::from_secs(3));
     sim.run_for(Duration::from_secs(1));
 
     let b = sim.client(1);
-    assert_eq!(
-        sim.dropped.len(),
-        12,
-        "the network dropped 12 video packets"
-    );
-    let lost: Vec<u16> = sim
-        .dropped
-        .iter()
-        .map(|d| rtp_info(&d.contents).unwrap().seq)
-        .collect();
+    assert_eq!(lost.len(), 12, "the network dropped 12 video packets");
     for seq in &lost {
         assert!(
             b.nacks_sent.iter().any(|(_, s)| s == seq),

@@ -1271,6 +1271,41 @@ impl Sim {
         }
     }
 
+    /// Have the network lose every `nth` packet of payload type `pt` (RTX
+    /// has its own) sent to `to`, at most `count` of them, each sequence
+    /// number once, while the world runs `during`; returns the sequence
+    /// numbers of the packets lost.
+    pub fn lose_every_nth(
+        &mut self,
+        to: SocketAddr,
+        pt: Pt,
+        nth: u32,
+        count: usize,
+        during: Duration,
+    ) -> Vec<u16> {
+        let mut seen = 0u32;
+        let mut lost = std::collections::HashSet::new();
+        self.drop_filter = Some(Box::new(move |d| {
+            if d.destination != to {
+                return false;
+            }
+            let Some(rtp) = rtp_info(&d.contents) else {
+                return false;
+            };
+            if rtp.pt != *pt || lost.len() >= count {
+                return false;
+            }
+            seen += 1;
+            seen.is_multiple_of(nth) && lost.insert(rtp.seq)
+        }));
+        self.run_for(during);
+        self.drop_filter = None;
+        self.dropped
+            .iter()
+            .map(|d| rtp_info(&d.contents).unwrap().seq)
+            .collect()
+    }
+
     /// The SID the server assigned to a client's track.
     pub fn track_sid(&self, index: usize, cid: &str) -> String {
         self.clients[index]
