@@ -348,7 +348,12 @@ impl Participant {
             .find(|d| d.track_sid == track_sid)
             .map(|d| d.mid);
         if let Some(mid) = mid {
-            self.downtracks.remove(&mid);
+            let downtrack = self.downtracks.remove(&mid);
+            // Its sender report state and kept packets go with it.
+            let ssrc = downtrack.and_then(|d| d.ssrc);
+            if let (Some(ssrc), Some(direct)) = (ssrc, self.subscriber.direct.as_deref_mut()) {
+                direct.streams.remove(&ssrc);
+            }
             self.subscriber_changes.push(SubscriberChange::Stop(mid));
         }
     }
