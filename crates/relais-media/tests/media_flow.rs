@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{gaps, Sim};
+use common::{assert_whole_and_in_order, gaps, Sim};
 use relais_media::stats::Direction as StatsDirection;
 use relais_media::{RoomEvent, Shard};
 use relais_proto::livekit::signal_response::Message;
@@ -74,22 +74,7 @@ fn publish_and_subscribe_audio_and_video() {
     let sent_audio = sim.client(0).track("mic-cid").sent.len();
     let sent_video = sim.client(0).track("cam-cid").sent.len();
     for (sid, sent) in [(&audio_sid, sent_audio), (&video_sid, sent_video)] {
-        let rx = b.received(sid);
-        // Everything but the last few in flight arrives.
-        assert!(
-            rx.len() + 8 >= sent && rx.len() > 40,
-            "{sid}: received {} of {sent}",
-            rx.len()
-        );
-        // Continuous outgoing sequence numbers, in order, one packet per source packet.
-        for w in rx.windows(2) {
-            assert_eq!(w[1].seq, w[0].seq + 1, "{sid}: seq jump");
-            assert_eq!(
-                w[1].source_seq(),
-                w[0].source_seq() + 1,
-                "{sid}: source gap"
-            );
-        }
+        assert_whole_and_in_order(&b.received(sid), sent, 40, sid);
     }
     let video = b.received(&video_sid);
     assert!(

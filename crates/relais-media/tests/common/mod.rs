@@ -125,6 +125,25 @@ impl Received {
     }
 }
 
+/// What a subscriber received of a stream whose publisher sent `sent`
+/// packets: all but the last few in flight (and more than `at_least`), with
+/// continuous outgoing sequence numbers, one per source packet, in order.
+pub fn assert_whole_and_in_order(rx: &[&Received], sent: usize, at_least: usize, what: &str) {
+    assert!(
+        rx.len() + 8 >= sent && rx.len() > at_least,
+        "{what}: received {} of {sent}",
+        rx.len()
+    );
+    for w in rx.windows(2) {
+        assert_eq!(w[1].seq, w[0].seq + 1, "{what}: seq jump");
+        assert_eq!(
+            w[1].source_seq(),
+            w[0].source_seq() + 1,
+            "{what}: source gap"
+        );
+    }
+}
+
 pub fn vp8_keyframe_start(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else {
         return false;
