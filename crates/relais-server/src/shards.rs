@@ -297,6 +297,7 @@ impl Shards {
                         reader: SocketReader::new(socket.clone(), local, &shard_pool),
                         doorbell,
                         socket_first: false,
+                        drained: false,
                     });
                     let inbox = Inbox {
                         commands: rx,
@@ -608,6 +609,11 @@ struct OwnSocket {
     doorbell: Arc<Doorbell>,
     /// Which of the socket and the queue to look at first next time.
     socket_first: bool,
+    /// The last read found the socket empty: it is not read again until
+    /// `ppoll` says it is readable. A round ends when a read finds nothing;
+    /// without this, the shard's next look for work, right after the round,
+    /// would make another read that finds nothing, before it sleeps.
+    drained: bool,
 }
 
 /// A joined participant's way to its shard.
@@ -670,11 +676,12 @@ impl Inbox {
         if let Some(work) = self.try_next() {
             return Ok(Some(work));
         }
-        if let Some(own) = &self.own_socket {
+        if let Some(own) = &mut self.own_socket {
             let (commands, datagrams) = (&self.commands, &self.datagrams);
             own.doorbell.sleep(&own.reader.socket, wait, || {
                 !commands.is_empty() || !datagrams.is_empty()
             });
+            own.drained = false;
             return match self.commands.try_recv() {
                 Ok(command) => Ok(Some(Work::Command(command))),
                 Err(channel::TryRecvError::Disconnected) => Err(()),
@@ -728,10 +735,12 @@ impl Inbox {
 
     /// Fill the (empty) current batch from the shard's own socket, if it has one.
     fn read_own_socket(&mut self) {
-        if let Some(own) = &mut self.own_socket {
+        if let Some(own) = self.own_socket.as_mut().filter(|own| !own.drained) {
             let current = &mut self.current;
-            own.reader
+            let count = own
+                .reader
                 .read(&self.pool, |datagram, _| current.push_back(datagram));
+            own.drained = count == 0;
         }
     }
 
@@ -1158,6 +1167,7 @@ mod tests {
                 reader: SocketReader::new(socket, local, pool),
                 doorbell: Arc::new(Doorbell::new().unwrap()),
                 socket_first: false,
+                drained: false,
             })
         });
         let pool = inbox.pool.clone();
@@ -1179,6 +1189,42 @@ mod tests {
         assert_eq!(seen.len(), on_socket + 3, "{seen:?}");
         assert_eq!(seen[udp::BATCH], 0, "{seen:?}");
         assert_eq!(seen[udp::BATCH + 7..], [1, 2], "{seen:?}");
+    }
+
+    #[test]
+    fn a_socket_found_empty_is_read_again_only_after_a_poll() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        socket.set_nonblocking(true).unwrap();
+        let local = socket.local_addr().unwrap();
+        let (mut inbox, _queue, _command_tx) = inbox_with(|pool| {
+            Some(OwnSocket {
+                reader: SocketReader::new(socket, local, pool),
+                doorbell: Arc::new(Doorbell::new().unwrap()),
+                socket_first: false,
+                drained: false,
+            })
+        });
+        let reads = |inbox: &Inbox| inbox.own_socket.as_ref().unwrap().reader.metrics.syscalls;
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.send_to(&[0], local).unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [0]));
+        // While the socket has datagrams, each look at it reads: a datagram
+        // that arrived meanwhile joins the round.
+        peer.send_to(&[1], local).unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [1]));
+        assert_eq!(reads(&inbox), 2);
+        // The read that ends the round finds it empty; the next look does not
+        // read again, it polls (and finds what arrived in between).
+        assert!(inbox.try_next().is_none());
+        assert_eq!(reads(&inbox), 3);
+        peer.send_to(&[2], local).unwrap();
+        assert!(inbox.try_next().is_none());
+        assert_eq!(reads(&inbox), 3);
+        let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_secs(5)) else {
+            panic!("the poll did not see the datagram");
+        };
+        assert_eq!(d.data, [2]);
+        assert_eq!(reads(&inbox), 4);
     }
 
     #[test]
