@@ -112,6 +112,43 @@ fn video_sent_directly_arrives_whole_and_in_order() {
 }
 
 #[test]
+fn direct_streams_cross_the_sequence_number_wrap() {
+    // The publisher starts near 65,535 and a copy keeps the 16-bit number of
+    // its source, so both streams roll over within seconds: from then on
+    // Relais must encrypt with the next rollover counter (RFC 3711 index).
+    let mut sim = sim(true, true);
+    for cid in ["mic-cid", "cam-cid"] {
+        sim.client_mut(0).track_mut(cid).seq = 65_300;
+    }
+    sim.run_for(Duration::from_secs(8));
+    let stats = sim.shard.take_stats();
+    for (cid, per_second) in [("mic-cid", 51), ("cam-cid", 200)] {
+        let sid = sim.track_sid(0, cid);
+        let ssrc = sim.client_mut(1).subscriber_ssrc(&sid);
+        let bob = sim.client(1);
+        let rx = bob.received(&sid);
+        let sent = sim.client(0).track(cid).sent.len();
+        assert_whole_and_in_order(&rx, sent, 300, cid);
+        let (first, last) = (rx[0].seq, rx[rx.len() - 1].seq);
+        assert!(
+            first < 65_536 && last > 65_536 + 50,
+            "{cid}: {first}..{last}"
+        );
+        check_sender_reports(bob, ssrc, rx.len(), per_second);
+    }
+    assert!(
+        stats
+            .direct_out
+            .iter()
+            .zip(stats.packets_out)
+            .all(|(d, out)| d * 10 >= out * 9),
+        "{:?} direct of {:?} out",
+        stats.direct_out,
+        stats.packets_out
+    );
+}
+
+#[test]
 fn a_rotation_is_sent_directly_in_its_header_extension() {
     let mut sim = sim(true, true);
     sim.client_mut(0).track_mut("cam-cid").orientation = Some(VideoOrientation::Deg90);

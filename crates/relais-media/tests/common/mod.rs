@@ -198,7 +198,8 @@ pub struct LocalTrack {
     pub ssrc: Option<Ssrc>,
     pt: Option<Pt>,
     next_send: Option<Instant>,
-    seq: u64,
+    /// The (extended) sequence number of the next packet sent.
+    pub seq: u64,
     timestamp: u32,
     picture_id: u16,
     pub frames_sent: u32,
