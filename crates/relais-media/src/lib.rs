@@ -14,6 +14,7 @@
 //! * [`forward::TrackForwarder`] — per-subscriber simulcast layer choice and
 //!   sequence-number/timestamp/VP8 picture-id rewriting.
 
+pub mod buffers;
 pub mod codec;
 pub mod config;
 mod dtls;
