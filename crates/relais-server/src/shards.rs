@@ -1088,6 +1088,23 @@ mod tests {
         (inbox, queue, command_tx)
     }
 
+    /// An inbox whose shard reads its own (non-blocking) socket, bound at the
+    /// returned address.
+    fn inbox_with_own_socket() -> (Inbox, DatagramQueue, channel::Sender<Command>, SocketAddr) {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        socket.set_nonblocking(true).unwrap();
+        let local = socket.local_addr().unwrap();
+        let (inbox, queue, command_tx) = inbox_with(|pool| {
+            Some(OwnSocket {
+                reader: SocketReader::new(socket, local, pool),
+                doorbell: Arc::new(Doorbell::new().unwrap()),
+                socket_first: false,
+                drained: false,
+            })
+        });
+        (inbox, queue, command_tx, local)
+    }
+
     #[test]
     fn the_queue_is_bounded_in_datagrams_and_commands_go_first() {
         let (mut inbox, queue, command_tx) = inbox_with(|_| None);
@@ -1159,17 +1176,7 @@ mod tests {
 
     #[test]
     fn own_socket_and_queue_take_turns() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        socket.set_nonblocking(true).unwrap();
-        let local = socket.local_addr().unwrap();
-        let (mut inbox, queue, _command_tx) = inbox_with(|pool| {
-            Some(OwnSocket {
-                reader: SocketReader::new(socket, local, pool),
-                doorbell: Arc::new(Doorbell::new().unwrap()),
-                socket_first: false,
-                drained: false,
-            })
-        });
+        let (mut inbox, queue, _command_tx, local) = inbox_with_own_socket();
         let pool = inbox.pool.clone();
         // Two busy sources: frames queued (0, 1, 2), and more datagrams on the
         // socket (100, 101, ...) than one read takes.
@@ -1193,17 +1200,7 @@ mod tests {
 
     #[test]
     fn a_socket_found_empty_is_read_again_only_after_a_poll() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        socket.set_nonblocking(true).unwrap();
-        let local = socket.local_addr().unwrap();
-        let (mut inbox, _queue, _command_tx) = inbox_with(|pool| {
-            Some(OwnSocket {
-                reader: SocketReader::new(socket, local, pool),
-                doorbell: Arc::new(Doorbell::new().unwrap()),
-                socket_first: false,
-                drained: false,
-            })
-        });
+        let (mut inbox, _queue, _command_tx, local) = inbox_with_own_socket();
         let reads = |inbox: &Inbox| inbox.own_socket.as_ref().unwrap().reader.metrics.syscalls;
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.send_to(&[0], local).unwrap();
