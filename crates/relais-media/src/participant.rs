@@ -1,6 +1,5 @@
 //! A participant's two peer connections and what it publishes and receives.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -17,6 +16,7 @@ use crate::codec::Vp8Rewrite;
 use crate::egress::{DirectStream, KeySlot, SendHistory, VideoSend};
 use crate::stun;
 use crate::timers::Queued;
+use crate::HashMap;
 
 /// Identifies a participant within a shard; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,7 +84,7 @@ impl DirectEgress {
             keys: KeySlot::default(),
             route: None,
             nominated: None,
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             str0m_due: now,
             epoch,
         }
@@ -207,7 +207,7 @@ impl PeerSession {
             ready: false,
             unwritten: Vec::new(),
             direct: None,
-            stats_seen: HashMap::new(),
+            stats_seen: HashMap::default(),
         }
     }
 }

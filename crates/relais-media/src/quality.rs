@@ -10,11 +10,12 @@
 //! begin with): silence is not a bad connection. Only changes are sent; a
 //! newcomer gets everyone's current quality once connected.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use relais_proto::livekit::ConnectionQuality;
+
+use crate::HashMap;
 
 /// How often qualities are worked out (LiveKit updates every 5 s as well).
 pub(crate) const QUALITY_INTERVAL: Duration = Duration::from_secs(5);
@@ -84,7 +85,7 @@ pub(crate) struct ConnectionQualities<K> {
 impl<K> Default for ConnectionQualities<K> {
     fn default() -> Self {
         ConnectionQualities {
-            links: HashMap::new(),
+            links: HashMap::default(),
             next_update: None,
         }
     }

@@ -3,7 +3,7 @@
 //! datagrams and time go in; signal messages, datagrams and events come out of
 //! [`Room::poll_output`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,7 @@ use crate::sdp_order;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
 use crate::timers::{self, Queued, TimerQueue};
+use crate::HashMap;
 
 /// How often the publisher may be asked for a keyframe per track.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
@@ -323,9 +324,9 @@ impl Room {
             info,
             config,
             shard,
-            participants: HashMap::new(),
-            by_identity: HashMap::new(),
-            tracks: HashMap::new(),
+            participants: HashMap::default(),
+            by_identity: HashMap::default(),
+            tracks: HashMap::default(),
             outputs,
             events: VecDeque::new(),
             timers: TimerQueue::default(),
@@ -449,14 +450,14 @@ impl Room {
             publisher: None,
             subscriber,
             pending_tracks: Vec::new(),
-            published_by_mid: HashMap::new(),
-            ssrc_routes: HashMap::new(),
-            publisher_channels: HashMap::new(),
+            published_by_mid: HashMap::default(),
+            ssrc_routes: HashMap::default(),
+            publisher_channels: HashMap::default(),
             subscriber_reliable: None,
             subscriber_lossy: None,
             subscriber_channels_open: 0,
             negotiation: Negotiation::default(),
-            downtracks: HashMap::new(),
+            downtracks: HashMap::default(),
             subscriber_changes: Vec::new(),
             waiting_subscriptions: Vec::new(),
             last_reliable_seq: 0,

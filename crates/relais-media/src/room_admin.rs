@@ -3,7 +3,6 @@
 //! participant and room updates, server-side mutes, server data and
 //! server-initiated RPC.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -17,6 +16,7 @@ use tracing::{debug, info};
 
 use crate::participant::ParticipantKey;
 use crate::room::{Room, RoomEvent, RoomOutput};
+use crate::HashMap;
 
 /// Why an administrative operation on a room failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

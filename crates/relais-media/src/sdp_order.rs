@@ -9,7 +9,7 @@
 //! offer's order (an answer reuses the offer's payload type numbers). Nothing
 //! else in the answer changes.
 
-use std::collections::HashMap;
+use crate::HashMap;
 
 /// One media section of an SDP.
 #[derive(Default)]

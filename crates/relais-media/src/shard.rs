@@ -2,7 +2,7 @@
 //! session a datagram belongs to — first by the ICE ufrag in a STUN request
 //! (the server minted it), then by the remote address it learned from it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +20,7 @@ use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
 use crate::timers::{self, TimerQueue};
+use crate::HashMap;
 
 #[derive(Debug, Clone)]
 struct Route {
@@ -68,11 +69,11 @@ impl Shard {
         Shard {
             index,
             config,
-            rooms: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            addrs_of_ufrag: HashMap::new(),
-            room_of: HashMap::new(),
+            rooms: HashMap::default(),
+            by_ufrag: HashMap::default(),
+            by_addr: HashMap::default(),
+            addrs_of_ufrag: HashMap::default(),
+            room_of: HashMap::default(),
             outputs: VecDeque::new(),
             timers: TimerQueue::default(),
             due: Vec::new(),

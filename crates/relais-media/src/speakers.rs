@@ -12,9 +12,10 @@
 //! The defaults follow LiveKit's (`audio.active_level: 35`,
 //! `min_percentile: 40`, two smoothing intervals).
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
+
+use crate::HashMap;
 
 /// Louder than this (dBov) counts as voice.
 const ACTIVE_LEVEL_DBOV: i8 = -35;
@@ -87,7 +88,7 @@ pub(crate) struct ActiveSpeakers<K> {
 impl<K> Default for ActiveSpeakers<K> {
     fn default() -> Self {
         ActiveSpeakers {
-            speakers: HashMap::new(),
+            speakers: HashMap::default(),
         }
     }
 }
