@@ -238,6 +238,8 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
             direction="outgoing",
             kind="VIDEO",
         )
+        # Bob's two subscriptions are sent by Relais itself (the default).
+        await m.wait("two direct streams", "relais_direct_streams", lambda v: v == 2)
         packets_in = m.value("livekit_packet_total", direction="incoming")
         bytes_in = m.value("livekit_packet_bytes", direction="incoming")
         assert bytes_in > 12 * packets_in, (bytes_in, packets_in)

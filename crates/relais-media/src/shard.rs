@@ -107,6 +107,10 @@ impl Shard {
         };
         for room in self.rooms.values() {
             g.participants += room.participants.len() as u64;
+            for p in room.participants.values() {
+                let direct = p.subscriber.direct.as_deref();
+                g.direct_streams += direct.map_or(0, |d| d.streams.len() as u64);
+            }
             for track in room.tracks.values() {
                 let kind = Kind::of(track.kind) as usize;
                 g.tracks_published[kind] += 1;

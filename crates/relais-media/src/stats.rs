@@ -202,6 +202,9 @@ pub struct ShardGauges {
     pub tracks_published: [u64; 2],
     /// Subscriptions (one per subscriber and track), by [`Kind`].
     pub tracks_subscribed: [u64; 2],
+    /// Streams Relais sends itself (direct egress): each holds its sender
+    /// report state and, for video, its last packets kept for NACKs.
+    pub direct_streams: u64,
 }
 
 #[cfg(test)]

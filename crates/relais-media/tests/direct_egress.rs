@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use relais_media::Shard;
+use relais_proto::livekit::{signal_request, UpdateSubscription};
 use str0m::media::MediaKind;
 use str0m::rtp::{Ssrc, VideoOrientation};
 
@@ -204,4 +205,34 @@ fn without_it_no_copy_is_sent_directly() {
     let audio_sid = sim.track_sid(0, "mic-cid");
     assert!(sim.client(1).received(&audio_sid).len() > 50);
     assert_eq!(sim.shard.take_stats().direct_out, [0, 0]);
+}
+
+#[test]
+fn a_stopped_subscription_takes_its_direct_stream_with_it() {
+    let mut sim = sim(true, true);
+    sim.run_for(Duration::from_secs(2));
+    let video_sid = sim.track_sid(0, "cam-cid");
+    // Bob's two subscriptions, each a stream Relais sends itself.
+    assert_eq!(sim.shard.gauges().direct_streams, 2);
+
+    sim.send_signal(
+        1,
+        signal_request::Message::Subscription(UpdateSubscription {
+            track_sids: vec![video_sid.clone()],
+            subscribe: false,
+            participant_tracks: vec![],
+        }),
+    );
+    sim.run_for(Duration::from_secs(1));
+    // The video stream's state and kept packets went with the subscription;
+    // nothing more of it arrives.
+    assert_eq!(sim.shard.gauges().direct_streams, 1);
+    let video_before = sim.client(1).received(&video_sid).len();
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.client(1).received(&video_sid).len(), video_before);
+
+    // The audio track unpublished: its subscription and stream end too.
+    sim.unpublish(0, "mic-cid");
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sim.shard.gauges().direct_streams, 0);
 }

@@ -91,6 +91,10 @@ pub const SHARD_ACCEPTING_JOINS: &str = "relais_shard_accepting_joins";
 /// Gauge `{shard}`: rooms the shard hosts (new rooms go to the shard with the
 /// most to spare, see `room_directory.rs`).
 pub const SHARD_ROOMS: &str = "relais_shard_rooms";
+/// Gauge: streams this node sends itself (`rtc.direct_audio`,
+/// `rtc.direct_video`), one per subscription once media flows; each video one
+/// keeps its last 256 packets for NACKs.
+pub const DIRECT_STREAMS: &str = "relais_direct_streams";
 /// Counter: `recv` system calls on the media UDP socket.
 pub const UDP_RECEIVE_SYSCALLS: &str = "relais_udp_receive_syscalls_total";
 /// Counter: datagrams those calls returned (÷ syscalls = datagrams per syscall).
@@ -258,6 +262,10 @@ fn describe() {
         "1 while the shard falls behind: every subscriber gets the lowest simulcast layer"
     );
     describe_gauge!(SHARD_ROOMS, "Rooms each shard hosts");
+    describe_gauge!(
+        DIRECT_STREAMS,
+        "Streams the node protects and sends itself, one per subscription carrying media"
+    );
     describe_gauge!(
         SHARD_ACCEPTING_JOINS,
         "1 while the shard takes joins; 0 while it sheds load or is busier than limit.shard_busy_fraction"
@@ -693,6 +701,9 @@ impl ShardMetrics {
         }
         if new.participants != old.participants {
             gauge!(PARTICIPANT_TOTAL).increment(delta(old.participants, new.participants));
+        }
+        if new.direct_streams != old.direct_streams {
+            gauge!(DIRECT_STREAMS).increment(delta(old.direct_streams, new.direct_streams));
         }
         for kind in Kind::ALL {
             let k = kind as usize;
