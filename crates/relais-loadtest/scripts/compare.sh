@@ -9,7 +9,8 @@
 #   crates/relais-loadtest/scripts/compare.sh            # defaults below
 #   VPUB=1 APUB=1 SUBS=100 DUR=15 crates/relais-loadtest/scripts/compare.sh
 #   SKIP_JANUS=1 ...                                      # Relais and the floor only
-#   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0
+#   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0;
+#                                                         # the floor also placed so ("floor ⇄")
 #   SERVER_YAML=$'limit:\n  shard_busy_fraction: 0.9' ...  # more of the server's YAML
 #   RTC_YAML=$'  fan_out_threads: 0' ...          # more keys of its rtc: section
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
@@ -89,6 +90,13 @@ if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 5
 # their wake-ups (up to 2x per packet), and an unpinned floor lands either way by chance.
 in_ns taskset -c 1 "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
   --ip $SRV --sink-ip $CLI --sink-per-subscriber --json > "$OUT/floor.json"
+if [ "$PIN" = 1 ]; then
+  # Pinned, the server's input comes from the load generator's core and its copies wake
+  # receivers there. The floor placed the same way (feeder and sinks on CPU 0, arrivals at
+  # random as from independent publishers) prices those cross-core wake-ups: "floor ⇄".
+  in_ns "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
+    --ip $SRV --sink-ip $CLI --sink-per-subscriber --forwarder-cpu 1 --poisson --json > "$OUT/floor-split.json"
+fi
 
 echo "== relais" >&2
 cat > "$OUT/relais.yaml" <<EOF
@@ -149,6 +157,7 @@ def load(n):
     p = os.path.join(out, n + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
 floor, relais, janus = load("floor"), load("relais"), load("janus")
+split = load("floor-split")
 
 def buckets(name):
     # relais_forward_latency_ms_bucket{...,le="2"} 123  ->  {2.0: 123}
@@ -187,6 +196,10 @@ print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8
 fl = floor["forwarded_packets_per_cpu_second"] if floor else None
 if floor:
     print(f"{'floor':<10} {'':>10} {floor['forwarder_cpu_percent']:>7.1f} {fl:>10.0f} {1.0:>8.2f}")
+if floor and split:
+    sp = split["forwarded_packets_per_cpu_second"]
+    print(f"{'floor ⇄':<10} {'':>10} {split['forwarder_cpu_percent']:>7.1f} {sp:>10.0f} {fl / sp:>8.2f} "
+          f"{'':>7} {'':>8} {'':>8} {'':>8} {'':>9} {'':>9} {split['latency_ms_p50']:>8.2f} {split['latency_ms_p99']:>8.2f}")
 for name, r in (("relais", relais), ("janus", janus)):
     if not r:
         continue
@@ -198,4 +211,6 @@ for name, r in (("relais", relais), ("janus", janus)):
           f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9} "
           f"{f('server_latency_ms_p50',2):>8} {f('server_latency_ms_p99',2):>8} "
           f"{f('frame_latency_ms_p50',2):>8} {f('frame_latency_ms_p99',2):>8}")
+if split and relais and relais.get("forwarded_packets_per_cpu_second"):
+    print(f"relais × floor ⇄ (placed as the server): {split['forwarded_packets_per_cpu_second'] / relais['forwarded_packets_per_cpu_second']:.2f}")
 EOF
