@@ -8,8 +8,7 @@
 //! via `AddTrackRequest` + offer, and connect ICE/DTLS over a simulated
 //! network. Then the publisher's str0m encrypts packets ahead of time
 //! (untimed) and the benchmark times only `Shard::handle_datagram` + draining
-//! the shard's outputs (the subscribers' copies are counted, and their
-//! buffers given back as the server's sender does).
+//! the shard's outputs (the subscribers' copies are counted and dropped).
 //! `forward/direct` is Relais's default egress (the copies protected and sent
 //! by Relais itself), `forward/str0m` every copy through str0m's session drive.
 //!
@@ -26,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use relais_media::buffers;
 use relais_media::fan_out::{DriveChunk, SessionDriver};
 use relais_media::{JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{
@@ -379,7 +377,7 @@ fn ready_world(subs: usize, direct: bool, seq: &mut u64) -> World {
 }
 
 /// Time `iters` publisher packets through the shard: datagram in, timeout
-/// round, copies out (counted, buffers given back). Checks the fan-out happened.
+/// round, copies out (counted, then dropped). Checks the fan-out happened.
 fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) -> Duration {
     let subs = w.clients.len() as u64 - 1;
     let server = w.server;
@@ -403,8 +401,7 @@ fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) ->
             while let Some(o) = w.shard.poll_output() {
                 if let ShardOutput::Transmit(t) = o {
                     copies.fetch_add(1, Ordering::Relaxed);
-                    // Sent: its buffer goes back, as the server's sender does.
-                    buffers::give_back(black_box(t).contents.into());
+                    black_box(t);
                 }
             }
         }
@@ -440,7 +437,7 @@ fn forward(c: &mut Criterion) {
     g.finish();
 }
 
-/// The copies a chunk driven on a helper leaves, counted and given back there
+/// The copies a chunk driven on a helper leaves, counted and dropped there
 /// (the server's driver sends them from there).
 struct CountingDriver {
     pool: Arc<FanOutPool>,
@@ -455,11 +452,7 @@ impl SessionDriver for CountingDriver {
     fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
         self.pool.for_each(chunks, |chunk, _| {
             chunk.drive();
-            let n = chunk
-                .transmits
-                .drain(..)
-                .map(|t| buffers::give_back(black_box(t).contents.into()))
-                .count();
+            let n = chunk.transmits.drain(..).map(black_box).count();
             self.copies.fetch_add(n as u64, Ordering::Relaxed);
         });
     }

@@ -36,7 +36,6 @@ use str0m::net::Transmit;
 use str0m::rtp::rtcp::Nack;
 use str0m::rtp::Ssrc;
 
-use crate::buffers;
 use crate::codec::Vp8Rewrite;
 use crate::participant::{ForwardedCopy, PeerSession};
 
@@ -210,15 +209,14 @@ fn derive(
 /// An RTP header — with the video orientation in a one-byte header
 /// extension (RFC 8285) if the packet carries one — then the payload: behind
 /// the original sequence number for a retransmission on RTX (RFC 4588 §4),
-/// with the VP8 descriptor rewritten if asked; with room for the tag, in a
-/// reused buffer ([`buffers`]).
+/// with the VP8 descriptor rewritten if asked; with room for the tag.
 fn rtp_packet(
     header: RtpFields,
     osn: Option<u16>,
     payload: &[u8],
     vp8: Option<Vp8Rewrite>,
 ) -> Vec<u8> {
-    let mut packet = buffers::take(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
+    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
     packet.push(if header.orientation.is_some() {
         0x90
     } else {

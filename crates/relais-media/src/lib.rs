@@ -14,7 +14,6 @@
 //! * [`forward::TrackForwarder`] — per-subscriber simulcast layer choice and
 //!   sequence-number/timestamp/VP8 picture-id rewriting.
 
-pub mod buffers;
 pub mod codec;
 pub mod config;
 mod dtls;

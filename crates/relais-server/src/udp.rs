@@ -19,7 +19,6 @@ use std::os::fd::AsRawFd;
 use std::ptr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use relais_media::buffers;
 use str0m::net::Transmit;
 use tracing::{debug, info, warn};
 
@@ -530,11 +529,8 @@ impl Sender {
         if resume_gso {
             self.gso = Some(true);
         }
-        // The buffers go back to this thread's pool, for the next copies that
-        // Relais writes itself; the queue keeps its capacity.
-        for transmit in self.queue.drain(..) {
-            buffers::give_back(transmit.contents.into());
-        }
+        // The sent datagrams' buffers are freed; the queue keeps its capacity.
+        self.queue.clear();
         sent
     }
 }
