@@ -17,6 +17,7 @@ use relais_proto::livekit::{
 use str0m::change::SdpPendingOffer;
 use str0m::media::{MediaKind, Mid};
 use tokio::time::{sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::media::Encoder;
@@ -117,7 +118,12 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
         ctx.url.trim_end_matches('/'),
         if spec.subscribe { 1 } else { 0 }
     );
-    let mut ws = match timeout(ctx.join_timeout, tokio_tungstenite::connect_async(url)).await {
+    // tungstenite zeroes its whole read buffer (128 KiB by default) before every
+    // read, and the loop below polls the socket on each of its wake-ups: with
+    // the default that was half of the load generator's CPU.
+    let ws_config = WebSocketConfig::default().read_buffer_size(4096);
+    let connect = tokio_tungstenite::connect_async_with_config(url, Some(ws_config), false);
+    let mut ws = match timeout(ctx.join_timeout, connect).await {
         Err(_) => {
             fail(&mut report, Failure::Timeout, "websocket connect");
             Shared::add(&shared.joins_failed, 1);

@@ -393,7 +393,8 @@ impl Cluster {
         }
         let ws_config = tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(max_message_size))
-            .max_frame_size(Some(max_message_size));
+            .max_frame_size(Some(max_message_size))
+            .read_buffer_size(crate::websocket::READ_BUFFER);
         let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
         let upstream = match tokio::time::timeout(RELAY_CONNECT_TIMEOUT, connect).await {
             Ok(Ok((stream, _))) => stream,

@@ -36,7 +36,9 @@ pub const FRAGMENT: usize = 4096;
 
 /// Read buffer of a signal WebSocket, kept for the connection's life. Most
 /// client messages are smaller (pings, trickles); an offer takes a few reads.
-const READ_BUFFER: usize = 1024;
+/// tungstenite zeroes the whole buffer before every read (its default is
+/// 128 KiB), so a small one also saves that work per message.
+pub const READ_BUFFER: usize = 1024;
 
 /// A request that asked to become a WebSocket (RFC 6455 §4.2.1); the
 /// extractor refuses any other with a 4xx.
