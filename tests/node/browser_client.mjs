@@ -93,7 +93,7 @@ window.relaisTest = {
     state.room = room;
     room.on(LK.RoomEvent.TrackSubscribed, (track, pub, participant) => {
       console.log('track subscribed: ' + track.kind + ' ' + pub.trackSid + ' from ' + participant.identity);
-      state.tracks.push({ track, participant: participant.identity });
+      state.tracks.push({ track, pub, participant: participant.identity });
     });
     room.on(LK.RoomEvent.ActiveSpeakersChanged, (speakers) => {
       state.speakers.push(speakers.map((p) => p.identity));
@@ -143,7 +143,13 @@ window.relaisTest = {
           const report = await receiver.getStats();
           for (const s of report.values()) {
             if (s.type === 'inbound-rtp' && s.kind === 'video') {
-              last = 'inbound-rtp: packetsReceived ' + s.packetsReceived + ', framesDecoded ' + s.framesDecoded;
+              // What a timeout reports: enough to tell "nothing arrived" (paused,
+              // never sent) from "arrived but undecodable" (no keyframe).
+              last = 'inbound-rtp: packetsReceived ' + s.packetsReceived + ', framesDecoded ' +
+                s.framesDecoded + ', keyFramesDecoded ' + s.keyFramesDecoded + ', pliCount ' +
+                s.pliCount + ', nackCount ' + s.nackCount + '; publication enabled ' +
+                entry.pub.isEnabled + ', muted ' + entry.pub.isMuted + ', quality ' +
+                entry.pub.videoQuality;
               if (s.framesDecoded > 0) {
                 return { trackSid: entry.track.sid, framesDecoded: s.framesDecoded,
                          packetsReceived: s.packetsReceived, frameWidth: s.frameWidth || 0,

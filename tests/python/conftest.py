@@ -253,14 +253,18 @@ class RelaisServer:
         except FileNotFoundError:
             return 0
 
-    def tail(self, lines: int = LOG_TAIL_LINES, since: int = 0) -> str:
+    def tail(self, lines: int = LOG_TAIL_LINES, since: int = 0, own: bool = False) -> str:
+        """The log's last `lines` lines from byte `since`; with `own`, only Relais's
+        own lines (its crates' targets), which str0m's per-packet debug lines would
+        otherwise push out of a tail."""
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(since)
                 text = f.read().decode(errors="replace")
         except FileNotFoundError:
             return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [l for l in text.splitlines() if not own or " relais_" in l]
+        return "\n".join(kept[-lines:])
 
     def stop_and_check(self) -> None:
         """Teardown: the server must still be up, stop cleanly, and never have panicked."""
@@ -338,13 +342,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     offsets = getattr(item, "_relais_log_offsets", {})
     for server in list(_LIVE_SERVERS):
         since = offsets.get(id(server), 0)
-        report.sections.append(
-            (
-                f"{server.name} log, last {LOG_TAIL_LINES} lines since this test began "
-                f"({server.log_path})",
-                server.tail(since=since),
+        for own, what in ((True, "its own lines"), (False, "lines")):
+            report.sections.append(
+                (
+                    f"{server.name} log, last {LOG_TAIL_LINES} {what} since this test "
+                    f"began ({server.log_path})",
+                    server.tail(since=since, own=own),
+                )
             )
-        )
 
 
 # --------------------------------------------------------------------------- tokens

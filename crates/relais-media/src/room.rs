@@ -2004,6 +2004,7 @@ impl Room {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
+            let layer_before = sub.forwarder.current_layer();
             let rewrite = match sub.forwarder.forward(&incoming) {
                 Forward::Drop => continue,
                 Forward::NeedKeyframe => {
@@ -2013,6 +2014,9 @@ impl Room {
                 }
                 Forward::Send(r) => r,
             };
+            if layer_before != Some(layer) {
+                debug!(subscriber = %s.info.identity, track = %sid, layer, "forwarding starts on a keyframe");
+            }
             // Up to a higher spatial layer only on a keyframe: ask for one.
             need_keyframe |= sub.forwarder.spatial_up_pending();
             if sub.out_pt.is_none() {
@@ -2121,11 +2125,12 @@ impl Room {
         };
         let mut api = publisher.rtc.direct_api();
         for layer in wanted {
-            if let Some(ssrc) = track.layers.get(layer).and_then(|l| l.ssrc) {
-                if let Some(rx) = api.stream_rx(&ssrc) {
-                    rx.request_keyframe(KeyframeRequestKind::Pli);
-                    self.stats.plis[StatsDirection::Incoming as usize] += 1;
-                }
+            let ssrc = track.layers.get(layer).and_then(|l| l.ssrc);
+            let rx = ssrc.and_then(|ssrc| api.stream_rx(&ssrc));
+            debug!(track = %sid, layer, asked = rx.is_some(), "keyframe wanted from the publisher");
+            if let Some(rx) = rx {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                self.stats.plis[StatsDirection::Incoming as usize] += 1;
             }
         }
         let publisher = track.publisher;
