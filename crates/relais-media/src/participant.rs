@@ -96,7 +96,11 @@ impl DirectEgress {
     pub fn follow(&mut self, t: &Transmit) {
         let to = (t.proto, t.destination);
         if !stun::is_stun(&t.contents) || self.nominated == Some(to) {
-            self.route = Some((t.proto, t.source, t.destination));
+            let route = Some((t.proto, t.source, t.destination));
+            if self.route != route {
+                tracing::debug!(proto = ?t.proto, from = %t.source, to = %t.destination, "direct egress route");
+            }
+            self.route = route;
         }
     }
 
