@@ -491,6 +491,8 @@ impl Room {
             for sid in sids {
                 self.subscribe(key, &sid, false);
             }
+            // Layers nobody watched may be off: back on now, not at the next tick.
+            self.update_dynacast(now);
         }
         self.negotiate_subscriber(now, key);
         Ok(key)
@@ -941,6 +943,7 @@ impl Room {
             };
         }
         if changed {
+            self.update_dynacast(now);
             self.negotiate_subscriber(now, key);
         }
     }
@@ -978,6 +981,9 @@ impl Room {
         for sid in wants_keyframe {
             self.request_keyframe(now, &sid);
         }
+        // A video back on screen needs its layers encoded again at once (fewer
+        // layers are let go only after dynacast's delay anyway).
+        self.update_dynacast(now);
     }
 
     /// Whether `key` may receive one more track of `kind` under its

@@ -6,40 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{layer_fill, Sim};
+use common::{enabled_qualities, layers_received, Sim};
 use relais_media::JoinError;
-use relais_proto::livekit::signal_response::Message;
 use relais_proto::livekit::VideoQuality;
-
-/// The simulcast layers (by payload fill) Bob received in the last `window`.
-fn layers_received(sim: &Sim, sid: &str, window: Duration) -> Vec<usize> {
-    let since = sim.now - window;
-    let mut layers: Vec<usize> = sim
-        .client(1)
-        .received(sid)
-        .into_iter()
-        .filter(|r| r.at >= since)
-        .filter_map(|r| (0..3).find(|l| r.payload.last() == Some(&layer_fill(*l))))
-        .collect();
-    layers.dedup();
-    layers
-}
-
-/// The qualities the latest `SubscribedQualityUpdate` to Alice enables.
-fn enabled_qualities(sim: &Sim) -> Vec<i32> {
-    let updates = sim
-        .client(0)
-        .signals_matching(|m| matches!(m, Message::SubscribedQualityUpdate(_)));
-    let Some(Message::SubscribedQualityUpdate(update)) = updates.last() else {
-        return Vec::new();
-    };
-    update
-        .subscribed_qualities
-        .iter()
-        .filter(|q| q.enabled)
-        .map(|q| q.quality)
-        .collect()
-}
 
 #[test]
 fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_best() {
@@ -52,7 +21,7 @@ fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_bes
     let sid = sim.track_sid(0, "cam");
     let window = Duration::from_millis(500);
     assert_eq!(
-        layers_received(&sim, &sid, window),
+        layers_received(&sim, 1, &sid, window),
         [2],
         "Bob gets the top layer"
     );
@@ -61,14 +30,14 @@ fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_bes
     sim.shard.set_shedding(now, true);
     sim.run_for(Duration::from_secs(2));
     assert_eq!(
-        layers_received(&sim, &sid, window),
+        layers_received(&sim, 1, &sid, window),
         [0],
         "shedding: the lowest layer only"
     );
     // Dynacast lets layers go only after they have been unwanted a while.
     sim.run_for(Duration::from_secs(3));
     assert_eq!(
-        enabled_qualities(&sim),
+        enabled_qualities(&sim, 0),
         [VideoQuality::Low as i32],
         "the publisher is told only the low layer is received"
     );
@@ -77,11 +46,15 @@ fn shedding_caps_subscribers_at_the_lowest_layer_and_lifting_it_restores_the_bes
     sim.shard.set_shedding(now, false);
     sim.run_for(Duration::from_secs(2));
     assert_eq!(
-        layers_received(&sim, &sid, window),
+        layers_received(&sim, 1, &sid, window),
         [2],
         "back to the top layer"
     );
-    assert_eq!(enabled_qualities(&sim).len(), 3, "every layer wanted again");
+    assert_eq!(
+        enabled_qualities(&sim, 0).len(),
+        3,
+        "every layer wanted again"
+    );
 }
 
 #[test]

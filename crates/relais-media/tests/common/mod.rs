@@ -254,6 +254,37 @@ pub fn layer_fill(layer: usize) -> u8 {
     0x60 + layer as u8
 }
 
+/// The simulcast layers (by payload fill) client `index` received of track
+/// `sid` in the last `window`, each run of one layer once.
+pub fn layers_received(sim: &Sim, index: usize, sid: &str, window: Duration) -> Vec<usize> {
+    let since = sim.now - window;
+    let mut layers: Vec<usize> = sim
+        .client(index)
+        .received(sid)
+        .into_iter()
+        .filter(|r| r.at >= since)
+        .filter_map(|r| (0..3).find(|l| r.payload.last() == Some(&layer_fill(*l))))
+        .collect();
+    layers.dedup();
+    layers
+}
+
+/// The qualities the latest `SubscribedQualityUpdate` to client `index` enables.
+pub fn enabled_qualities(sim: &Sim, index: usize) -> Vec<i32> {
+    let updates = sim
+        .client(index)
+        .signals_matching(|m| matches!(m, signal_response::Message::SubscribedQualityUpdate(_)));
+    let Some(signal_response::Message::SubscribedQualityUpdate(update)) = updates.last() else {
+        return Vec::new();
+    };
+    update
+        .subscribed_qualities
+        .iter()
+        .filter(|q| q.enabled)
+        .map(|q| q.quality)
+        .collect()
+}
+
 impl LocalTrack {
     fn new(cid: &str, kind: MediaKind) -> Self {
         LocalTrack {
