@@ -1,7 +1,9 @@
 //! Dynacast: tell a publisher which simulcast layers anyone receives, so its
 //! encoder can stop the others (`SubscribedQualityUpdate`).
 //!
-//! Every room tick a simulcast track works out the layers its subscribers want
+//! Every room tick, and when a subscriber's wishes change (a join, a
+//! subscription, track settings), a simulcast track works out the layers its
+//! subscribers want
 //! (every layer up to the highest one an active subscriber may get; none when
 //! nobody receives the track) and [`LayerDemand`] decides whether to tell the
 //! publisher: at once when more layers are needed, and only after the smaller
