@@ -269,6 +269,24 @@ pub fn layers_received(sim: &Sim, index: usize, sid: &str, window: Duration) -> 
     layers
 }
 
+/// Alice (client 0) publishes a simulcast camera ("cam") that Bob (client 1)
+/// receives: the bench once Bob gets the top layer, and the track's SID.
+pub fn simulcast_to_bob() -> (Sim, String) {
+    let mut sim = Sim::new();
+    sim.join("alice");
+    sim.join("bob");
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.publish_simulcast(0, "cam");
+    sim.run_for(Duration::from_secs(3));
+    let sid = sim.track_sid(0, "cam");
+    assert_eq!(
+        layers_received(&sim, 1, &sid, Duration::from_millis(500)),
+        [2],
+        "Bob gets the top layer"
+    );
+    (sim, sid)
+}
+
 /// The qualities the latest `SubscribedQualityUpdate` to client `index` enables.
 pub fn enabled_qualities(sim: &Sim, index: usize) -> Vec<i32> {
     let updates = sim
