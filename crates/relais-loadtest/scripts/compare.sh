@@ -125,6 +125,17 @@ wait_http "http://$SRV:7880/"
 # The server's forward-latency histogram as the measured window starts (after
 # ramp and warm-up), so that its latency is taken over the same window.
 ( sleep $((RAMP + WARMUP)); in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true ) &
+# Each server thread's scheduler figures at the window's start and end: its CPU time, its
+# time runnable but waiting for a CPU (run delay: what other threads and the host took from
+# it) and its involuntary switches, to tell the server's own queueing from the machine's.
+threads_snapshot() {
+  for t in /proc/"$RPID"/task/*; do
+    printf '%s %s %s %s\n' "${t##*/}" "$(tr -d ' ' < "$t/comm")" "$(cat "$t/schedstat")" \
+      "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")"
+  done 2>/dev/null > "$1" || true
+  awk '/^cpu / {print "steal", $9}' /proc/stat >> "$1"
+}
+( sleep $((RAMP + WARMUP)); threads_snapshot "$OUT/relais-threads-start.txt" ) &
 # PERF=1: a CPU profile of the server over the measured window ($OUT/perf.data).
 if [ "${PERF:-0}" = 1 ]; then
   ( sleep $((RAMP + WARMUP)); perf record -F ${PERF_HZ:-1999} ${PERF_CALLGRAPH:--g} -p "$RPID" -o "$OUT/perf.data" -- sleep "$DUR" >/dev/null 2>&1 ) &
@@ -133,6 +144,7 @@ in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-
   > "$OUT/relais.json"
 # The server's own counters (drops by reason, NACKs, keyframe requests) for the record.
 in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics.txt" 2>/dev/null || true
+threads_snapshot "$OUT/relais-threads-end.txt"
 kill "$RPID" 2>/dev/null || true
 
 if [ -z "${SKIP_JANUS:-}" ]; then
@@ -211,6 +223,27 @@ for name, r in (("relais", relais), ("janus", janus)):
           f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9} "
           f"{f('server_latency_ms_p50',2):>8} {f('server_latency_ms_p99',2):>8} "
           f"{f('frame_latency_ms_p50',2):>8} {f('frame_latency_ms_p99',2):>8}")
+
+def threads(name):
+    # "tid comm cpu_ns run_delay_ns timeslices involuntary" per thread, "steal ticks" last
+    p = os.path.join(out, name)
+    got = {}
+    for line in open(p) if os.path.exists(p) else ():
+        f = line.split()
+        if f[0] == "steal":
+            got["steal"] = int(f[1])
+        elif len(f) == 6:
+            got[f[0]] = (f[1], int(f[2]), int(f[3]), int(f[5]))
+    return got
+t0, t1 = threads("relais-threads-start.txt"), threads("relais-threads-end.txt")
+if t0 and t1:
+    print("server threads over the window (CPU s, run delay s, involuntary switches); busiest first:")
+    rows = [(v[0], (v[1] - t0[k][1]) / 1e9, (v[2] - t0[k][2]) / 1e9, v[3] - t0[k][3])
+            for k, v in t1.items() if k != "steal" and k in t0]
+    for comm, cpu, delay, inv in sorted(rows, key=lambda r: -r[1])[:8]:
+        print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8}")
+    if "steal" in t0 and "steal" in t1:
+        print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
 if split and relais and relais.get("forwarded_packets_per_cpu_second"):
     print(f"relais × floor ⇄ (placed as the server): {split['forwarded_packets_per_cpu_second'] / relais['forwarded_packets_per_cpu_second']:.2f}")
 EOF
