@@ -41,6 +41,7 @@ impl FanOutPool {
         let pool = rayon_core::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("fan-out-{i}"))
+            .start_handler(|_| crate::thread_class::media())
             .build()
             .map_err(std::io::Error::other)?;
         Ok(Some(Arc::new(FanOutPool { pool })))

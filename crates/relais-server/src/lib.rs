@@ -17,6 +17,7 @@ mod shards;
 mod shedding;
 mod signal;
 mod tcp;
+mod thread_class;
 mod udp;
 mod websocket;
 

@@ -50,9 +50,13 @@ fn webhook_notifier(
 
 /// Run the node until SIGINT/SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // The runtime is the control plane: its threads yield to the media threads
+    // (shards, receive thread, fan-out helpers), which set themselves back.
+    crate::thread_class::control_plane();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("relais-io")
+        .on_thread_start(crate::thread_class::control_plane)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(config))

@@ -293,6 +293,7 @@ impl Shards {
             std::thread::Builder::new()
                 .name(format!("shard-{index}"))
                 .spawn(move || {
+                    crate::thread_class::media();
                     let own_socket = own.map(|(local, doorbell)| OwnSocket {
                         reader: SocketReader::new(socket.clone(), local, &shard_pool),
                         doorbell,
@@ -340,6 +341,7 @@ impl Shards {
             std::thread::Builder::new()
                 .name("udp-recv".into())
                 .spawn(move || {
+                    crate::thread_class::media();
                     let reader = SocketReader::new(socket, local, &receiver.pool);
                     receiver.receive_loop(reader)
                 })?;

@@ -1,0 +1,87 @@
+//! Which of the node's threads the kernel runs first when they share a core.
+//!
+//! A media thread (a shard, the shared receive thread, a fan-out helper) that
+//! waits for a core leaves its datagrams waiting in the socket, and near a
+//! busy core the wait compounds: every microsecond taken from a shard at 80 %
+//! becomes several microseconds of backlog. The control plane (the async
+//! runtime: signaling, room API, webhooks, the cluster) wakes a few hundred
+//! times a second, and by default each wake-up preempts the shard it lands
+//! on. Its threads therefore run under `SCHED_BATCH`: the same share of the
+//! CPU as before (same weight, no privilege needed), but a wake-up no longer
+//! preempts a running thread; it runs when the shard sleeps or its slice
+//! ends, a few milliseconds at most, which a signal message does not notice.
+//! Media threads set the normal policy explicitly, since a thread inherits
+//! its creator's and shards are started from the runtime.
+
+/// Mark the calling thread as control plane: it yields to media threads.
+pub fn control_plane() {
+    set_policy(Policy::Batch);
+}
+
+/// Mark the calling thread as media: it preempts control-plane threads.
+pub fn media() {
+    set_policy(Policy::Normal);
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Policy {
+    Normal,
+    Batch,
+}
+
+#[cfg(target_os = "linux")]
+fn set_policy(policy: Policy) {
+    let policy = match policy {
+        Policy::Normal => libc::SCHED_OTHER,
+        Policy::Batch => libc::SCHED_BATCH,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    let result = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if result != 0 {
+        // Not fatal: the node works as before, only with less favoured media.
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            policy,
+            "could not set the thread's scheduling policy"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_policy(_policy: Policy) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn current_policy() -> i32 {
+        // SAFETY: no arguments to get wrong; pid 0 is the calling thread.
+        unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_media_thread_started_by_the_control_plane_is_media_again() {
+        let (control, media_child) = std::thread::spawn(|| {
+            control_plane();
+            let control = current_policy();
+            let media_child = std::thread::spawn(|| {
+                let inherited = current_policy();
+                media();
+                (inherited, current_policy())
+            })
+            .join()
+            .unwrap();
+            (control, media_child)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(control, libc::SCHED_BATCH);
+        assert_eq!(
+            media_child,
+            (libc::SCHED_BATCH, libc::SCHED_OTHER),
+            "a child inherits the batch policy and media() undoes it"
+        );
+    }
+}
