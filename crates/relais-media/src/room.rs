@@ -69,6 +69,9 @@ const FRAME_WAIT: Duration = Duration::from_millis(10);
 /// with listeners sends each member one message per newcomer, O(N²).
 const LISTENER_UPDATE_INTERVAL: Duration = Duration::from_secs(3);
 
+/// How often a room reviews layers, speakers, dynacast and connection quality.
+const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// What the room asks of the world around it.
 #[derive(Debug)]
 pub enum RoomOutput {
@@ -1383,7 +1386,7 @@ impl Room {
             });
 
         if now >= self.next_layer_check {
-            self.next_layer_check = now + Duration::from_millis(500);
+            self.next_layer_check = next_tick(self.next_layer_check, LAYER_CHECK_INTERVAL, now);
             self.update_layer_targets(now);
             self.update_speakers(now);
             self.update_dynacast(now);
@@ -2685,6 +2688,18 @@ pub(crate) fn poll_session(
     }
 }
 
+/// The first of `previous + k·period` (k ≥ 1) after `now`: a periodic
+/// deadline that keeps its phase. Taken from `now` instead, every room whose
+/// check ran in the same late round (they are all handed that round's `now`)
+/// would share one deadline from then on, and a shard's rooms, once so
+/// aligned, would do their checks in one long round that holds up every
+/// packet behind it.
+fn next_tick(previous: Instant, period: Duration, now: Instant) -> Instant {
+    let late = now.saturating_duration_since(previous);
+    let periods = late.as_nanos() / period.as_nanos() + 1;
+    previous + period * u32::try_from(periods).unwrap_or(u32::MAX)
+}
+
 /// A quality sample of one of `track`'s streams; `jitter` in RTP timestamp units.
 fn stream_sample(
     track: &PublishedTrack,
@@ -2863,4 +2878,25 @@ fn apply_attributes(attributes: &mut BTreeMap<String, String>, update: &BTreeMap
 
 fn participant_update(participants: Vec<ParticipantInfo>) -> signal_response::Message {
     signal_response::Message::Update(ParticipantUpdate { participants })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_periodic_deadline_keeps_its_phase_when_late() {
+        let t0 = Instant::now();
+        let period = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        // On time, late within a period, late by several periods.
+        assert_eq!(next_tick(t0, period, t0), t0 + ms(500));
+        assert_eq!(next_tick(t0, period, t0 + ms(120)), t0 + ms(500));
+        assert_eq!(next_tick(t0, period, t0 + ms(1_200)), t0 + ms(1_500));
+        assert_eq!(next_tick(t0, period, t0 + ms(1_500)), t0 + ms(2_000));
+        // Two rooms 200 ms apart, both handled in one late round: still apart.
+        let late = t0 + ms(3_000);
+        assert_eq!(next_tick(t0, period, late), t0 + ms(3_500));
+        assert_eq!(next_tick(t0 + ms(200), period, late), t0 + ms(3_200));
+    }
 }

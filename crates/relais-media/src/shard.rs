@@ -264,6 +264,19 @@ impl Shard {
 
     /// Drive every room whose timer is due, and drop closed rooms.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_timeout_while(now, |_| true);
+    }
+
+    /// Drive rooms whose timer is due, most overdue first, while `more` says
+    /// so. It is asked after each room (at least one is driven) and handed
+    /// the shard, whose outputs it may take meanwhile ([`Shard::poll_output`]).
+    /// Rooms left over stay due — [`Shard::poll_timeout`] is then not after
+    /// `now` — for the caller's next call. A caller with a clock bounds a
+    /// round's timer work this way, so that input waiting behind it is not
+    /// held up when many rooms come due together; and rooms driven in
+    /// different rounds are handed different `now`s, which keeps their timers
+    /// from lining up.
+    pub fn handle_timeout_while(&mut self, now: Instant, mut more: impl FnMut(&mut Shard) -> bool) {
         let mut due = std::mem::take(&mut self.due);
         while let Some((entry, name)) = self.timers.pop_due(now) {
             if let Some(room) = self.rooms.get_mut(&name) {
@@ -272,11 +285,13 @@ impl Shard {
                 }
             }
         }
+        let mut go_on = true;
         for name in due.drain(..) {
             if let Some(room) = self.rooms.get_mut(&name) {
                 // Queued before its deadline moved later: `collect` re-queues it.
-                if room.poll_timeout() <= now {
+                if go_on && room.poll_timeout() <= now {
                     room.handle_timeout(now, &*self.driver);
+                    go_on = more(self);
                 }
             }
             self.collect(&name);

@@ -16,7 +16,11 @@ const IDLE: u64 = 300;
 
 /// Participants whose clients never connect: joined, then silent.
 fn join_idle(sim: &mut Sim, n: u64) {
-    for i in 0..n {
+    join_idle_to(sim, ROOM, 0..n);
+}
+
+fn join_idle_to(sim: &mut Sim, room: &str, numbers: std::ops::Range<u64>) {
+    for i in numbers {
         let params = JoinParams {
             key: ParticipantKey(10_000 + i),
             identity: format!("idle-{i}"),
@@ -33,7 +37,7 @@ fn join_idle(sim: &mut Sim, n: u64) {
             client_info: None,
         };
         sim.shard
-            .join(sim.now, 0, ROOM, true, params)
+            .join(sim.now, 0, room, true, params)
             .expect("join");
     }
 }
@@ -98,4 +102,37 @@ fn busy_and_idle_sessions_are_driven_on_time_among_many() {
     assert!(!sim.clients.iter().any(|c| c.disconnected));
     let room = sim.shard.room(common::ROOM).expect("room");
     assert_eq!(room.num_participants() as u64, IDLE + 2);
+}
+
+/// Rooms that come due together can be driven a few per call: the caller
+/// bounds a round's timer work, the rooms left over stay due and go first
+/// next time, and none is driven twice before the others.
+#[test]
+fn rooms_due_together_are_driven_as_the_caller_allows() {
+    let mut sim = Sim::new();
+    let rooms = ["r1", "r2", "r3"];
+    for (n, room) in (0..).zip(rooms) {
+        join_idle_to(&mut sim, room, n * 10..n * 10 + 2);
+    }
+    let now = sim.now + Duration::from_secs(1);
+    let due = |sim: &Sim| {
+        rooms
+            .iter()
+            .filter(|r| sim.shard.room(r).expect("room").poll_timeout() <= now)
+            .count()
+    };
+    assert_eq!(due(&sim), 3, "all three rooms' checks are due");
+
+    let mut calls = 0;
+    while sim.shard.poll_timeout().is_some_and(|t| t <= now) {
+        sim.shard.handle_timeout_while(now, |_| false);
+        calls += 1;
+        assert_eq!(due(&sim), 3 - calls, "one room per call");
+    }
+    assert_eq!(calls, 3);
+
+    // Without a bound, one call drives every due room.
+    let later = now + Duration::from_secs(1);
+    sim.shard.handle_timeout(later);
+    assert!(sim.shard.poll_timeout().is_some_and(|t| t > later));
 }

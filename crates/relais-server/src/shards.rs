@@ -102,6 +102,13 @@ const STALE_MEDIA_AFTER: Duration = Duration::from_millis(300);
 const MAX_SOCKET_WAIT: Duration = Duration::from_secs(60);
 /// Work items a shard handles before it looks at its timers again.
 const MAX_BATCH: usize = 256;
+/// Longest a shard's round spends on rooms' timers and what they output
+/// (rooms left over run in the next rounds). Rooms' timers tend to come due
+/// together — at the same period, and once handled in one round, handed the
+/// same `now` — and 55 meetings' timers driven at once took 4–14 ms here,
+/// held up every packet queued behind them and made most of the forward
+/// latency's p99.
+const TIMER_BUDGET: Duration = Duration::from_millis(1);
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
 /// Empty batches kept for reuse.
@@ -928,7 +935,11 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
-            shard.handle_timeout(now);
+            let until = now + TIMER_BUDGET;
+            shard.handle_timeout_while(now, |shard| {
+                flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
+                Instant::now() < until
+            });
         }
         flush(
             &mut shard,
