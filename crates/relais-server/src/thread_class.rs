@@ -57,12 +57,17 @@ fn set_policy(policy: Policy) {
         Policy::Normal => (libc::SCHED_OTHER, 0),
         Policy::Batch => (libc::SCHED_BATCH, CONTROL_PLANE_SLICE_NS),
     };
+    // sched_setattr also sets the nice value: keep the one the node was
+    // started with (`nice relais …`). Linux: PRIO_PROCESS 0 is the calling thread.
+    // SAFETY: no pointers; -1 is a valid answer as well as the error value,
+    // and an error leaves the default of 0 either way.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     let set = |slice: u64| {
         let attr = SchedAttr {
             size: std::mem::size_of::<SchedAttr>() as u32,
             policy: policy as u32,
             flags: 0,
-            nice: 0,
+            nice,
             priority: 0,
             runtime_ns: slice,
             deadline_ns: 0,
@@ -90,6 +95,27 @@ fn set_policy(_policy: Policy) {}
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    fn current_nice() -> i32 {
+        // SAFETY: no pointers; the calling thread's nice value.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn the_nice_value_the_node_was_started_with_is_kept() {
+        let (control, media) = std::thread::spawn(|| {
+            // Raising one's own nice value needs no privilege.
+            // SAFETY: no pointers; the calling thread.
+            assert_eq!(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 5) }, 0);
+            control_plane();
+            let control = current_nice();
+            media();
+            (control, current_nice())
+        })
+        .join()
+        .unwrap();
+        assert_eq!((control, media), (5, 5));
+    }
 
     fn current_policy() -> i32 {
         // SAFETY: no arguments to get wrong; pid 0 is the calling thread.
