@@ -50,16 +50,38 @@ LOG_TAIL_LINES = 200
 # --------------------------------------------------------------------------- ports
 
 
+# Ports for servers to listen on come from below the kernel's ephemeral range
+# (32768-60999 by default): a port the kernel hands out for binding to 0 is
+# also what it gives the next outgoing connection, so between the pick and the
+# server's own bind a client socket could take it ("Address already in use",
+# seen once in CI). Below that range only explicit binds compete; this walk
+# never offers a port twice in a run.
+_LISTEN_PORTS = range(20000, 32768)
+_next_listen_port = _LISTEN_PORTS.start + os.getpid() % len(_LISTEN_PORTS)
+
+
+def _free_port(kind: int) -> int:
+    global _next_listen_port
+    for _ in range(len(_LISTEN_PORTS)):
+        port = _next_listen_port
+        _next_listen_port += 1
+        if _next_listen_port >= _LISTEN_PORTS.stop:
+            _next_listen_port = _LISTEN_PORTS.start
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port(socket.SOCK_STREAM)
 
 
 def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_port(socket.SOCK_DGRAM)
 
 
 # --------------------------------------------------------------------------- config
