@@ -233,15 +233,15 @@ def threads(name):
         if f[0] == "steal":
             got["steal"] = int(f[1])
         elif len(f) == 6:
-            got[f[0]] = (f[1], int(f[2]), int(f[3]), int(f[5]))
+            got[f[0]] = (f[1], int(f[2]), int(f[3]), int(f[5]), int(f[4]))
     return got
 t0, t1 = threads("relais-threads-start.txt"), threads("relais-threads-end.txt")
 if t0 and t1:
-    print("server threads over the window (CPU s, run delay s, involuntary switches); busiest first:")
-    rows = [(v[0], (v[1] - t0[k][1]) / 1e9, (v[2] - t0[k][2]) / 1e9, v[3] - t0[k][3])
+    print("server threads over the window (CPU s, run delay s, involuntary switches, times on a CPU); busiest first:")
+    rows = [(v[0], (v[1] - t0[k][1]) / 1e9, (v[2] - t0[k][2]) / 1e9, v[3] - t0[k][3], v[4] - t0[k][4])
             for k, v in t1.items() if k != "steal" and k in t0]
-    for comm, cpu, delay, inv in sorted(rows, key=lambda r: -r[1])[:8]:
-        print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8}")
+    for comm, cpu, delay, inv, slices in sorted(rows, key=lambda r: -r[1])[:8]:
+        print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8} {slices:9}")
     if "steal" in t0 and "steal" in t1:
         print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
 if split and relais and relais.get("forwarded_packets_per_cpu_second"):

@@ -52,6 +52,9 @@ pub(crate) struct PeerSession {
     /// Due in this round and to be handed to the room's session driver
     /// (set and cleared within one [`crate::Room::handle_timeout`]).
     pub ready: bool,
+    /// On the room's list of sessions with copies to send next round
+    /// (`Room::due_now`), or on the round's list of due sessions: listed once.
+    pub listed: bool,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
     /// Direct egress (`MediaConfig::direct_audio` / `direct_video`,
@@ -209,6 +212,7 @@ impl PeerSession {
             connected: false,
             failed: false,
             ready: false,
+            listed: false,
             unwritten: Vec::new(),
             direct: None,
             stats_seen: HashMap::default(),

@@ -268,6 +268,12 @@ pub struct Room {
     pub(crate) timers: SessionTimers,
     /// Scratch list of the sessions due in [`Room::handle_timeout`].
     due: Vec<(ParticipantKey, PeerRole)>,
+    /// Subscriber sessions given copies that leave in the next round, and
+    /// since when the first waits. Kept out of `timers`: a packet to a large
+    /// room would otherwise push every subscriber's session to the top of the
+    /// heap and pop it again — O(log N) cache misses per copy.
+    due_now: Vec<(ParticipantKey, PeerRole)>,
+    due_now_since: Instant,
     /// Where the shard's timer queue has this room.
     pub(crate) queued: Queued,
     /// When the room became empty (or was created empty).
@@ -334,6 +340,8 @@ impl Room {
             events: VecDeque::new(),
             timers: TimerQueue::default(),
             due: Vec::new(),
+            due_now: Vec::new(),
+            due_now_since: now,
             queued: None,
             empty_since: Some(now),
             next_layer_check: now,
@@ -1340,6 +1348,7 @@ impl Room {
         // Collect first: a session driven here may want time again at `now`,
         // which is the next call's business, not a loop in this one.
         let mut due = std::mem::take(&mut self.due);
+        due.append(&mut self.due_now);
         while let Some((entry, (key, role))) = self.timers.pop_due(now) {
             let Some(p) = self.participants.get_mut(&key) else {
                 continue;
@@ -1347,8 +1356,19 @@ impl Room {
             let Some(session) = p.session_mut(role) else {
                 continue;
             };
-            if timers::fire(&mut session.queued, entry) {
+            if timers::fire(&mut session.queued, entry) && !session.listed {
+                session.listed = true;
                 due.push((key, role));
+            }
+        }
+        // Copies forwarded while these are driven list their sessions anew.
+        for &(key, role) in &due {
+            if let Some(session) = self
+                .participants
+                .get_mut(&key)
+                .and_then(|p| p.session_mut(role))
+            {
+                session.listed = false;
             }
         }
         if driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions {
@@ -1501,7 +1521,8 @@ impl Room {
             .empty_since
             .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
         let mut next = self.next_layer_check;
-        for t in [sessions, empty].into_iter().flatten() {
+        let due_now = (!self.due_now.is_empty()).then_some(self.due_now_since);
+        for t in [sessions, empty, due_now].into_iter().flatten() {
             next = next.min(t);
         }
         next
@@ -2092,11 +2113,19 @@ impl Room {
                 now
             };
             session.deadline = session.deadline.min(due);
-            self.timers.schedule(
-                &mut session.queued,
-                &(sub.subscriber, PeerRole::Subscriber),
-                due,
-            );
+            if due > now {
+                self.timers.schedule(
+                    &mut session.queued,
+                    &(sub.subscriber, PeerRole::Subscriber),
+                    due,
+                );
+            } else if !session.listed {
+                session.listed = true;
+                if self.due_now.is_empty() {
+                    self.due_now_since = now;
+                }
+                self.due_now.push((sub.subscriber, PeerRole::Subscriber));
+            }
         }
         if need_keyframe {
             self.request_keyframe(now, &sid);
