@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use relais_media::fan_out::{DriveChunk, SessionDriver};
 use relais_media::{JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{
@@ -380,8 +380,6 @@ fn ready_world(subs: usize, direct: bool, seq: &mut u64) -> World {
 /// round, copies out (counted, then dropped). Checks the fan-out happened.
 fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) -> Duration {
     let subs = w.clients.len() as u64 - 1;
-    let server = w.server;
-    let src = w.clients[0].addr;
     let mut total = Duration::ZERO;
     let mut left = iters as usize;
     copies.store(0, Ordering::Relaxed);
@@ -390,21 +388,7 @@ fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) ->
         left -= n;
         let pkts = w.publisher_packets(n, seq);
         let start = Instant::now();
-        for p in &pkts {
-            w.now += Duration::from_millis(1);
-            let now = w.now;
-            w.shard
-                .handle_datagram(now, Protocol::Udp, src, server, black_box(p));
-            if w.shard.poll_timeout().is_some_and(|t| t <= now) {
-                w.shard.handle_timeout(now);
-            }
-            while let Some(o) = w.shard.poll_output() {
-                if let ShardOutput::Transmit(t) = o {
-                    copies.fetch_add(1, Ordering::Relaxed);
-                    black_box(t);
-                }
-            }
-        }
+        copies.fetch_add(forward_packets(w, &pkts), Ordering::Relaxed);
         total += start.elapsed();
         // Untimed: keep ICE/DTLS/RTCP alive between chunks.
         w.run_for(Duration::from_millis(2), Duration::from_millis(1));
@@ -417,6 +401,51 @@ fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) ->
         "fan-out happened: {out} for {iters}×{subs}"
     );
     total
+}
+
+/// The measured work: each of the publisher's packets into the shard, 1 ms
+/// apart, with the timeout round it makes due; returns the copies that came
+/// out. Not inlined, so that `benches/instructions.sh` can count the
+/// instructions spent in it alone.
+#[inline(never)]
+fn forward_packets(w: &mut World, pkts: &[Vec<u8>]) -> u64 {
+    let (server, src) = (w.server, w.clients[0].addr);
+    let mut copies = 0;
+    for p in pkts {
+        w.now += Duration::from_millis(1);
+        let now = w.now;
+        w.shard
+            .handle_datagram(now, Protocol::Udp, src, server, black_box(p));
+        if w.shard.poll_timeout().is_some_and(|t| t <= now) {
+            w.shard.handle_timeout(now);
+        }
+        while let Some(o) = w.shard.poll_output() {
+            if let ShardOutput::Transmit(t) = o {
+                copies += 1;
+                black_box(t);
+            }
+        }
+    }
+    copies
+}
+
+/// `RELAIS_BENCH_PACKETS=N RELAIS_BENCH_SUBS=S`: instead of timing, put N
+/// packets through the direct egress to S subscribers and say how many copies
+/// went out, for a count of the instructions under callgrind
+/// (`benches/instructions.sh`) — the same on a noisy machine as on a quiet
+/// one, unlike time.
+fn count_packets(packets: usize, subs: usize) {
+    let mut seq = 1000u64;
+    let mut w = ready_world(subs, true, &mut seq);
+    let (mut left, mut copies) = (packets, 0);
+    while left > 0 {
+        let n = left.min(500);
+        left -= n;
+        let pkts = w.publisher_packets(n, &mut seq);
+        copies += forward_packets(&mut w, &pkts);
+        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
+    }
+    println!("forward/direct/{subs}: {packets} packets, {copies} copies");
 }
 
 fn forward(c: &mut Criterion) {
@@ -488,4 +517,13 @@ fn fan_out(c: &mut Criterion) {
 }
 
 criterion_group!(benches, forward, fan_out);
-criterion_main!(benches);
+
+fn main() {
+    let var = |name| std::env::var(name).ok().and_then(|n| n.parse().ok());
+    if let Some(packets) = var("RELAIS_BENCH_PACKETS") {
+        count_packets(packets, var("RELAIS_BENCH_SUBS").unwrap_or(10));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
