@@ -381,18 +381,12 @@ fn ready_world(subs: usize, direct: bool, seq: &mut u64) -> World {
 fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) -> Duration {
     let subs = w.clients.len() as u64 - 1;
     let mut total = Duration::ZERO;
-    let mut left = iters as usize;
     copies.store(0, Ordering::Relaxed);
-    while left > 0 {
-        let n = left.min(500);
-        left -= n;
-        let pkts = w.publisher_packets(n, seq);
+    in_chunks(w, seq, iters as usize, |w, pkts| {
         let start = Instant::now();
-        copies.fetch_add(forward_packets(w, &pkts), Ordering::Relaxed);
+        copies.fetch_add(forward_packets(w, pkts), Ordering::Relaxed);
         total += start.elapsed();
-        // Untimed: keep ICE/DTLS/RTCP alive between chunks.
-        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
-    }
+    });
     // A frame's copies leave with its last packet (every third): a call of
     // fewer packets may time none.
     let out = copies.load(Ordering::Relaxed);
@@ -401,6 +395,24 @@ fn time_packets(w: &mut World, seq: &mut u64, iters: u64, copies: &AtomicU64) ->
         "fan-out happened: {out} for {iters}×{subs}"
     );
     total
+}
+
+/// `count` new publisher packets handed to `measure` in chunks of up to 500,
+/// the world kept alive (ICE, DTLS, RTCP) between chunks, unmeasured.
+fn in_chunks(
+    w: &mut World,
+    seq: &mut u64,
+    count: usize,
+    mut measure: impl FnMut(&mut World, &[Vec<u8>]),
+) {
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(500);
+        left -= n;
+        let pkts = w.publisher_packets(n, seq);
+        measure(w, &pkts);
+        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
+    }
 }
 
 /// The measured work: each of the publisher's packets into the shard, 1 ms
@@ -437,14 +449,10 @@ fn forward_packets(w: &mut World, pkts: &[Vec<u8>]) -> u64 {
 fn count_packets(packets: usize, subs: usize) {
     let mut seq = 1000u64;
     let mut w = ready_world(subs, true, &mut seq);
-    let (mut left, mut copies) = (packets, 0);
-    while left > 0 {
-        let n = left.min(500);
-        left -= n;
-        let pkts = w.publisher_packets(n, &mut seq);
-        copies += forward_packets(&mut w, &pkts);
-        w.run_for(Duration::from_millis(2), Duration::from_millis(1));
-    }
+    let mut copies = 0;
+    in_chunks(&mut w, &mut seq, packets, |w, pkts| {
+        copies += forward_packets(w, pkts)
+    });
     println!("forward/direct/{subs}: {packets} packets, {copies} copies");
 }
 
