@@ -63,6 +63,11 @@ pub struct MediaConfig {
     /// The caller's clock (`Instant`, as handed to the core) at one wall-clock
     /// time: the NTP time of the sender reports Relais writes.
     pub clock_epoch: (Instant, SystemTime),
+    /// Publisher sessions' str0m deadlines are rounded up to a grid this fine
+    /// (from `clock_epoch`), so that their periodic feedback falls due together
+    /// across the shard; zero turns it off. Default 5 ms: a NACK or a feedback
+    /// report leaves at most that much later.
+    pub publisher_timer_grid: Duration,
 }
 
 /// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
@@ -117,6 +122,7 @@ impl MediaConfig {
             direct_audio: true,
             direct_video: true,
             clock_epoch: (Instant::now(), SystemTime::now()),
+            publisher_timer_grid: Duration::from_millis(5),
         })
     }
 

@@ -15,7 +15,7 @@ use str0m::Rtc;
 use crate::codec::Vp8Rewrite;
 use crate::egress::{DirectStream, KeySlot, SendHistory, VideoSend};
 use crate::stun;
-use crate::timers::Queued;
+use crate::timers::{Queued, TimerGrid};
 use crate::HashMap;
 
 /// Identifies a participant within a shard; never reused.
@@ -37,8 +37,10 @@ pub(crate) struct PeerSession {
     /// keeps up to half its slots empty — of that size without the box.
     pub rtc: Box<Rtc>,
     pub ufrag: String,
-    /// str0m's next timeout, as of the last drain.
+    /// str0m's next timeout, as of the last drain (rounded up to `grid`).
     pub deadline: Instant,
+    /// Publisher sessions: the grid their str0m deadlines are rounded up to.
+    pub grid: Option<TimerGrid>,
     /// Where the room's timer queue has this session.
     pub queued: Queued,
     pub connected: bool,
@@ -208,6 +210,7 @@ impl PeerSession {
             rtc: Box::new(rtc),
             ufrag,
             deadline: now,
+            grid: None,
             queued: None,
             connected: false,
             failed: false,

@@ -47,7 +47,7 @@ use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter, SpeakerChange};
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, MediaStats, StreamSample};
-use crate::timers::{self, Queued, TimerQueue};
+use crate::timers::{self, Queued, TimerGrid, TimerQueue};
 use crate::HashMap;
 
 /// How often the publisher may be asked for a keyframe per track.
@@ -533,6 +533,10 @@ impl Room {
         egress::take_tapped_slot();
         let mut session = PeerSession::new(rtc, ufrag, now);
         session.direct = direct;
+        if publisher {
+            session.grid =
+                TimerGrid::new(self.config.clock_epoch.0, self.config.publisher_timer_grid);
+        }
         self.timers
             .schedule(&mut session.queued, &(key, role), session.deadline);
         self.outputs.push_back(RoomOutput::SessionOpened {
@@ -2689,6 +2693,7 @@ pub(crate) fn poll_session(
     loop {
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
+                let t = session.grid.map_or(t, |grid| grid.round_up(t, now));
                 session.deadline = t;
                 if let Some(direct) = session.direct.as_deref_mut() {
                     direct.str0m_due = t;

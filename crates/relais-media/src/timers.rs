@@ -12,7 +12,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A heap entry: when it fires, and an id no other entry has.
 pub(crate) type Entry = (Instant, u64);
@@ -82,10 +82,57 @@ pub(crate) fn fire(queued: &mut Queued, entry: Entry) -> bool {
     }
 }
 
+/// Instants a fixed step apart from a common origin, to which deadlines are
+/// rounded up: periodic work of many sessions (a publisher's NACK and
+/// transport-wide feedback every 33 and 50 ms) then falls due at the same
+/// instants, and the shard wakes once for all of it instead of once for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimerGrid {
+    origin: Instant,
+    step: Duration,
+}
+
+impl TimerGrid {
+    /// None for a zero `step`: deadlines stay as they are.
+    pub fn new(origin: Instant, step: Duration) -> Option<TimerGrid> {
+        (!step.is_zero()).then_some(TimerGrid { origin, step })
+    }
+
+    /// The first grid instant at or after `at`; `at` itself if it is due at
+    /// `now` already (work wanted now is not put off) or before the origin.
+    pub fn round_up(&self, at: Instant, now: Instant) -> Instant {
+        if at <= now {
+            return at;
+        }
+        let Some(since) = at.checked_duration_since(self.origin) else {
+            return at;
+        };
+        let step = self.step.as_nanos();
+        let steps = since.as_nanos().div_ceil(step);
+        u64::try_from(steps * step).map_or(at, |nanos| self.origin + Duration::from_nanos(nanos))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[test]
+    fn a_grid_rounds_future_deadlines_up_to_its_instants() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let us = |n: u64| t0 + Duration::from_micros(n);
+        let grid = TimerGrid::new(t0, Duration::from_millis(5)).expect("a step");
+        // Deadlines 33 and 50 ms apart, from sessions started at odd instants,
+        // land on shared instants.
+        assert_eq!(grid.round_up(us(33_100), ms(1)), ms(35));
+        assert_eq!(grid.round_up(us(31_900), ms(1)), ms(35));
+        assert_eq!(grid.round_up(ms(35), ms(1)), ms(35), "on the grid already");
+        // Due now or overdue: left alone.
+        assert_eq!(grid.round_up(us(33_100), us(33_100)), us(33_100));
+        assert_eq!(grid.round_up(ms(2), ms(3)), ms(2));
+        assert_eq!(TimerGrid::new(t0, Duration::ZERO), None);
+    }
 
     #[test]
     fn fires_the_earliest_and_skips_stale_entries() {

@@ -544,11 +544,13 @@ impl Sim {
     pub fn new() -> Self {
         init_log();
         let now = Instant::now();
-        let config = MediaConfig::new(
+        let mut config = MediaConfig::new(
             vec![relais_media::udp_host_candidate(server_addr()).unwrap()],
             "ND_test".into(),
         )
         .unwrap();
+        // The simulated clock starts now: grids and reports count from it, the same in every run.
+        config.clock_epoch.0 = now;
         Sim {
             start: now,
             now,
