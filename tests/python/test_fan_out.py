@@ -2,10 +2,13 @@
 
 A shard hands the sessions due in a round to the node's helper threads once at least
 `fan_out_min_sessions` are due (64 by default: a large room). With the threshold at 1,
-every round of a two-person call goes through the helpers, so the real SDK's call
-below runs its subscriber and publisher sessions there: driven off the shard thread,
-their datagrams sent by the helper that drove them — or, over ICE-TCP, handed back to
-the shard thread, which owns the TCP connections.
+every round of the real SDK's call below goes through the helpers, so its subscriber and
+publisher sessions are driven there, off the shard thread, their datagrams sent by the
+helper that drove them — or, over ICE-TCP, handed back to the shard thread, which owns
+the TCP connections. A helper is called in only for a round of two chunks or more: a
+third participant, subscribed to alice too, makes each of her packets due at two
+subscriber sessions at once (in a two-person call that took the chance meeting of a
+copy and a publisher's own timer in one round).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ async def test_a_call_runs_through_the_fan_out_helpers(
     server, port = start_with_metrics(relais_factory, config)
     metrics = Scraper(port)
     alice, bob = await join_pair(server, rooms, room_name)
+    await rooms.join(server, "carol", room_name)
 
     async def a_helper_drove_chunks():
         # A helper takes a chunk only if it wakes before the shard thread has
