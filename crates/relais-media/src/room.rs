@@ -1340,6 +1340,7 @@ impl Room {
         }
         self.drain(now, key, role);
         self.process_events(now);
+        self.settle_timers();
         self.copies_leaving - before
     }
 
@@ -1400,6 +1401,7 @@ impl Room {
             self.remove_participant(now, key, reason);
         }
         self.due = due;
+        self.settle_timers();
         let participants = &self.participants;
         self.timers
             .compact(2 * participants.len(), |entry, (key, role)| {
@@ -1422,6 +1424,28 @@ impl Room {
             {
                 info!("closing empty room");
                 self.finish();
+            }
+        }
+    }
+
+    /// Re-queue the sessions at the front of the timer heap whose entry is
+    /// earlier than their deadline — above all a frame wait whose frame has
+    /// left: one per video frame and subscriber, which would wake the shard
+    /// 10 ms after each frame only to be queued again — and drop stale ones.
+    fn settle_timers(&mut self) {
+        let participants = &mut self.participants;
+        while let Some((entry, (key, role))) = self.timers.pop_early_front(|entry, &(key, role)| {
+            participants
+                .get(&key)
+                .and_then(|p| p.session(role))
+                .is_none_or(|s| s.queued != Some(entry) || s.deadline > entry.0)
+        }) {
+            let Some(session) = participants.get_mut(&key).and_then(|p| p.session_mut(role)) else {
+                continue;
+            };
+            if timers::fire(&mut session.queued, entry) {
+                self.timers
+                    .schedule(&mut session.queued, &(key, role), session.deadline);
             }
         }
     }

@@ -344,8 +344,19 @@ impl Shard {
             return;
         };
         let at = room.poll_timeout();
+        // A room whose next deadline moved later is queued again at it, and
+        // entries that are no longer any room's current one leave the front:
+        // otherwise each would wake the shard for nothing.
+        if room.queued.is_some_and(|(queued, _)| queued < at) {
+            room.queued = None;
+        }
         self.timers.schedule(&mut room.queued, name, at);
         let rooms = &self.rooms;
+        while self
+            .timers
+            .pop_early_front(|entry, name| rooms.get(name).is_none_or(|r| r.queued != Some(entry)))
+            .is_some()
+        {}
         self.timers.compact(rooms.len(), |entry, name| {
             rooms.get(name).is_some_and(|r| r.queued == Some(entry))
         });

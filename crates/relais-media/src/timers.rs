@@ -53,6 +53,19 @@ impl<K: Ord + Clone> TimerQueue<K> {
         self.heap.peek().map(|Reverse(((at, _), _))| *at)
     }
 
+    /// The front entry, if `early` says it would only wake its owner early
+    /// (stale, or before the thing's real deadline): the owner re-queues the
+    /// thing at its real deadline now, so that [`TimerQueue::next`] is one.
+    /// Lazy invalidation leaves such entries anywhere in the heap; at the
+    /// front they would each cost a wake-up that finds nothing to do.
+    pub fn pop_early_front(&mut self, early: impl FnOnce(Entry, &K) -> bool) -> Option<(Entry, K)> {
+        let Reverse((entry, key)) = self.heap.peek()?;
+        if !early(*entry, key) {
+            return None;
+        }
+        self.heap.pop().map(|Reverse(e)| e)
+    }
+
     /// The next entry due at `now`, stale or not: pass it to [`fire`].
     pub fn pop_due(&mut self, now: Instant) -> Option<(Entry, K)> {
         if self.next()? > now {
@@ -158,6 +171,27 @@ mod tests {
         let fired: Vec<_> = fired.into_iter().map(|(k, (t, _))| (k, t)).collect();
         assert_eq!(fired, vec![('a', ms(10)), ('b', ms(20))]);
         assert_eq!((a, b), (None, None));
+    }
+
+    #[test]
+    fn early_entries_leave_the_front() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = TimerQueue::default();
+        let (mut a, mut b): (Queued, Queued) = (None, None);
+        // a waits 10 ms (a frame), then its frame leaves and its real deadline
+        // is 200 ms; b's deadline is 50 ms.
+        q.schedule(&mut a, &'a', ms(10));
+        q.schedule(&mut b, &'b', ms(50));
+        let deadline = |k: char| if k == 'a' { ms(200) } else { ms(50) };
+        while let Some((entry, k)) = q.pop_early_front(|(at, _), k| at < deadline(*k)) {
+            let slot = if k == 'a' { &mut a } else { &mut b };
+            assert!(fire(slot, entry), "a's 10 ms entry was current");
+            q.schedule(slot, &k, deadline(k));
+        }
+        assert_eq!(q.next(), Some(ms(50)), "no wake-up at 10 ms");
+        assert_eq!(a.map(|(at, _)| at), Some(ms(200)));
+        assert_eq!(q.pop_early_front(|_, _| false), None);
     }
 
     #[test]

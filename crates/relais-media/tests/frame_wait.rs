@@ -68,6 +68,26 @@ fn a_frame_leaves_with_its_last_packet() {
 }
 
 #[test]
+fn a_frame_that_left_wakes_nobody_at_the_end_of_its_wait() {
+    let mut sim = Sim::new();
+    camera_to_watcher(&mut sim);
+    let mut arrivals = sim.rtp_to_shard.clone();
+    arrivals.dedup();
+    // Had the copies' wait outlived their frame (which arrives whole here),
+    // the shard would be woken FRAME_WAIT after each arrival, for nothing; a
+    // few such instants are due for other reasons.
+    let woken = arrivals
+        .iter()
+        .filter(|&&at| sim.shard_timeouts.contains(&(at + FRAME_WAIT)))
+        .count();
+    assert!(
+        woken * 10 < arrivals.len(),
+        "{woken} of {} arrivals woke the shard at the end of their wait",
+        arrivals.len()
+    );
+}
+
+#[test]
 fn without_its_last_packet_a_frame_leaves_after_the_wait() {
     let mut sim = Sim::new();
     // Every packet ending a frame is lost on its way to the server

@@ -532,6 +532,10 @@ pub struct Sim {
     pub steps: u64,
     /// Copies of media the shard said it wrote, summed over its datagrams.
     pub copies_written: u64,
+    /// When the shard was given the time (its timeout came due).
+    pub shard_timeouts: Vec<Instant>,
+    /// When RTP reached the shard.
+    pub rtp_to_shard: Vec<Instant>,
 }
 
 impl Default for Sim {
@@ -562,6 +566,8 @@ impl Sim {
             drop_filter: None,
             dropped: Vec::new(),
             room_events: Vec::new(),
+            shard_timeouts: Vec::new(),
+            rtp_to_shard: Vec::new(),
             net: VecDeque::new(),
             to_server: VecDeque::new(),
             to_clients: VecDeque::new(),
@@ -832,6 +838,7 @@ impl Sim {
         }
         // Timers.
         if self.shard.poll_timeout().is_some_and(|t| t <= now) {
+            self.shard_timeouts.push(now);
             self.shard.handle_timeout(now);
             self.collect_shard();
         }
@@ -858,6 +865,9 @@ impl Sim {
 
     fn deliver(&mut self, now: Instant, d: Datagram) {
         if d.destination == server_addr() {
+            if rtp_info(&d.contents).is_some() {
+                self.rtp_to_shard.push(now);
+            }
             self.copies_written += self.shard.handle_datagram(
                 now,
                 Protocol::Udp,
