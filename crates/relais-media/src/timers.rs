@@ -8,7 +8,9 @@
 //! let old entries pass for current ones); any other entry for it is stale and
 //! skipped when it comes up. A deadline that moves later keeps its earlier
 //! entry: that entry fires early once and the owner queues the real deadline
-//! then — cheaper than a push per poll.
+//! then — cheaper than a push per poll. Except at the front: there an early
+//! or stale entry would wake the caller for nothing, so owners re-queue or
+//! drop it as soon as it gets there ([`TimerQueue::pop_early_front`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
