@@ -107,8 +107,10 @@ const MAX_BATCH: usize = 256;
 /// together — at the same period, and once handled in one round, handed the
 /// same `now` — and 55 meetings' timers driven at once took 4–14 ms here,
 /// held up every packet queued behind them and made most of the forward
-/// latency's p99.
-const TIMER_BUDGET: Duration = Duration::from_millis(1);
+/// latency's p99. At 1 ms, 90 meetings' rounds still spent up to the whole
+/// budget on timers (publishers share a 5 ms timer grid) while datagrams
+/// waited in the socket.
+const TIMER_BUDGET: Duration = Duration::from_micros(250);
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
 /// Empty batches kept for reuse.
@@ -769,9 +771,9 @@ struct Outbox {
     sender: udp::Sender,
     /// The write queues of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, TcpLink>,
-    /// When the media packets whose copies this round sends were received:
-    /// their forward latency is taken when the round's last datagram is handed
-    /// to the kernel ([`Outbox::finish_round`]).
+    /// When the media packets whose copies are queued were received: their
+    /// forward latency is taken when the queue is next handed to the kernel
+    /// ([`Outbox::send`]).
     waiting: Vec<Instant>,
     /// What the shard's session driver sent on its threads, if it has helpers.
     fan_out: Option<Arc<Mutex<FanOutCounts>>>,
@@ -815,26 +817,28 @@ impl Outbox {
         self.waiting.push(received);
     }
 
-    /// Hand the queued datagrams to the kernel.
+    /// Hand the queued datagrams to the kernel. The media packets waiting
+    /// had all their copies queued (the session driver's threads send theirs
+    /// before the round goes on), so they have left now: their latency is taken.
     fn send(&mut self, metrics: &mut ShardMetrics) {
         if !self.sender.is_empty() {
             metrics.sent(self.sender.send(&self.socket));
         }
+        if !self.waiting.is_empty() {
+            let now = Instant::now();
+            for received in self.waiting.drain(..) {
+                metrics.forwarded(now.saturating_duration_since(received));
+            }
+        }
     }
 
-    /// The end of a round: everything queued is sent (the session driver's
-    /// threads sent theirs before the round went on), so every copy of the
-    /// media received this round has left.
+    /// The end of a round: everything queued is sent.
     fn finish_round(&mut self, metrics: &mut ShardMetrics) {
         self.send(metrics);
         if let Some(counts) = &self.fan_out {
             if let Ok(mut counts) = counts.lock() {
                 metrics.fanned_out(std::mem::take(&mut *counts));
             }
-        }
-        let now = Instant::now();
-        for received in self.waiting.drain(..) {
-            metrics.forwarded(now.saturating_duration_since(received));
         }
     }
 }
@@ -935,6 +939,9 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
+            // What the round forwarded leaves before the timers' work, rather
+            // than waiting behind it.
+            outbox.send(&mut metrics);
             let until = now + TIMER_BUDGET;
             shard.handle_timeout_while(now, |shard| {
                 flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
@@ -1277,7 +1284,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_latency_is_taken_when_the_round_has_sent_everything() {
+    fn forward_latency_is_taken_when_the_last_copy_is_handed_to_the_kernel() {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut outbox = Outbox {
@@ -1294,26 +1301,33 @@ mod tests {
             destination: sink.local_addr().unwrap(),
             contents: vec![0x80; 100].into(),
         };
-        outbox.forwarded(Instant::now());
-        // More copies than one batch: the first batch leaves mid-round.
-        for _ in 0..=udp::BATCH {
+        // A packet's copies are queued, then it waits: nothing has left yet.
+        for _ in 1..udp::BATCH {
             outbox.push(transmit(), &mut metrics);
         }
-        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64);
-        assert_eq!(
-            metrics.latency_count, 0,
-            "sampled before the last copy left"
-        );
+        outbox.forwarded(Instant::now());
+        assert_eq!(metrics.sent.datagrams, 0);
         std::thread::sleep(Duration::from_millis(5));
-        outbox.finish_round(&mut metrics);
-        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
+        // The next packet's first copy fills the batch: the first packet's
+        // copies leave with it and its latency is taken, the second's is not.
+        outbox.push(transmit(), &mut metrics);
+        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64);
         assert_eq!(metrics.latency_count, 1);
         assert!(
             metrics.latency_sum_ns >= 5_000_000,
             "{}",
             metrics.latency_sum_ns
         );
+        outbox.push(transmit(), &mut metrics);
+        outbox.forwarded(Instant::now());
+        assert_eq!(
+            metrics.latency_count, 1,
+            "sampled before its last copy left"
+        );
         outbox.finish_round(&mut metrics);
-        assert_eq!(metrics.latency_count, 1, "one sample per forwarded packet");
+        assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
+        assert_eq!(metrics.latency_count, 2);
+        outbox.finish_round(&mut metrics);
+        assert_eq!(metrics.latency_count, 2, "one sample per forwarded packet");
     }
 }
