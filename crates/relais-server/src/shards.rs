@@ -111,6 +111,10 @@ const MAX_BATCH: usize = 256;
 /// budget on timers (publishers share a 5 ms timer grid) while datagrams
 /// waited in the socket.
 const TIMER_BUDGET: Duration = Duration::from_micros(250);
+/// How long the copies a round forwarded may wait behind its timer work
+/// before they are sent on their own: short timer work (most rounds) goes
+/// out with them in one `sendmmsg`; long work does not hold them back.
+const TIMER_HOLDS_COPIES: Duration = Duration::from_micros(50);
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
 /// Empty batches kept for reuse.
@@ -817,6 +821,11 @@ impl Outbox {
         self.waiting.push(received);
     }
 
+    /// Copies of forwarded media are queued, not yet handed to the kernel.
+    fn holds_forwarded(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
     /// Hand the queued datagrams to the kernel. The media packets waiting
     /// had all their copies queued (the session driver's threads send theirs
     /// before the round goes on), so they have left now: their latency is taken.
@@ -939,13 +948,15 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
         }
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
-            // What the round forwarded leaves before the timers' work, rather
-            // than waiting behind it.
-            outbox.send(&mut metrics);
             let until = now + TIMER_BUDGET;
+            let send_by = now + TIMER_HOLDS_COPIES;
             shard.handle_timeout_while(now, |shard| {
                 flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
-                Instant::now() < until
+                let at = Instant::now();
+                if at >= send_by && outbox.holds_forwarded() {
+                    outbox.send(&mut metrics);
+                }
+                at < until
             });
         }
         flush(
