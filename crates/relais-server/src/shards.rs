@@ -821,9 +821,14 @@ impl Outbox {
         self.waiting.push(received);
     }
 
-    /// Copies of forwarded media are queued, not yet handed to the kernel.
-    fn holds_forwarded(&self) -> bool {
-        !self.waiting.is_empty()
+    /// Timer work that began at `started` has gone on until `now`: the
+    /// copies of media forwarded earlier in the round, if still queued, leave
+    /// once it has taken [`TIMER_HOLDS_COPIES`].
+    fn timer_work_went_on(&mut self, started: Instant, now: Instant, metrics: &mut ShardMetrics) {
+        if !self.waiting.is_empty() && now.saturating_duration_since(started) >= TIMER_HOLDS_COPIES
+        {
+            self.send(metrics);
+        }
     }
 
     /// Hand the queued datagrams to the kernel. The media packets waiting
@@ -949,13 +954,10 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
         let now = Instant::now();
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             let until = now + TIMER_BUDGET;
-            let send_by = now + TIMER_HOLDS_COPIES;
             shard.handle_timeout_while(now, |shard| {
                 flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
                 let at = Instant::now();
-                if at >= send_by && outbox.holds_forwarded() {
-                    outbox.send(&mut metrics);
-                }
+                outbox.timer_work_went_on(now, at, &mut metrics);
                 at < until
             });
         }
@@ -1340,5 +1342,45 @@ mod tests {
         assert_eq!(metrics.latency_count, 2);
         outbox.finish_round(&mut metrics);
         assert_eq!(metrics.latency_count, 2, "one sample per forwarded packet");
+    }
+
+    #[test]
+    fn forwarded_copies_wait_for_short_timer_work_only() {
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut outbox = Outbox {
+            socket: socket.clone(),
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: Vec::new(),
+            fan_out: None,
+        };
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        let copy = || Transmit {
+            proto: Protocol::Udp,
+            source: socket.local_addr().unwrap(),
+            destination: sink.local_addr().unwrap(),
+            contents: vec![0x80; 100].into(),
+        };
+        let started = Instant::now();
+        // A timer's own output (a report) goes out with the round, whenever.
+        outbox.push(copy(), &mut metrics);
+        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES * 4, &mut metrics);
+        assert_eq!(metrics.sent.datagrams, 0);
+        // A forwarded packet's copies wait while the timer work is short...
+        outbox.push(copy(), &mut metrics);
+        outbox.forwarded(started);
+        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES / 2, &mut metrics);
+        assert_eq!(metrics.sent.datagrams, 0);
+        // ...and leave, with what is queued, once it is not.
+        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES, &mut metrics);
+        assert_eq!(metrics.sent.datagrams, 2);
+        assert_eq!(metrics.latency_count, 1);
+        // Sent once: what the timers queue next waits for the round's end.
+        outbox.push(copy(), &mut metrics);
+        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES * 2, &mut metrics);
+        assert_eq!(metrics.sent.datagrams, 2);
+        outbox.finish_round(&mut metrics);
+        assert_eq!(metrics.sent.datagrams, 3);
     }
 }
