@@ -1296,24 +1296,32 @@ mod tests {
         assert!(outbox.tcp.is_empty());
     }
 
-    #[test]
-    fn forward_latency_is_taken_when_the_last_copy_is_handed_to_the_kernel() {
+    /// An outbox on a loopback socket, a maker of 100-byte UDP datagrams to
+    /// a sink socket, and the sink (kept open for the test's length).
+    fn udp_outbox() -> (Outbox, impl Fn() -> Transmit, UdpSocket) {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut outbox = Outbox {
-            socket: socket.clone(),
+        let (source, destination) = (socket.local_addr().unwrap(), sink.local_addr().unwrap());
+        let outbox = Outbox {
+            socket,
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
             waiting: Vec::new(),
             fan_out: None,
         };
-        let mut metrics = ShardMetrics::new(0, Instant::now());
-        let transmit = || Transmit {
+        let transmit = move || Transmit {
             proto: Protocol::Udp,
-            source: socket.local_addr().unwrap(),
-            destination: sink.local_addr().unwrap(),
+            source,
+            destination,
             contents: vec![0x80; 100].into(),
         };
+        (outbox, transmit, sink)
+    }
+
+    #[test]
+    fn forward_latency_is_taken_when_the_last_copy_is_handed_to_the_kernel() {
+        let (mut outbox, transmit, _sink) = udp_outbox();
+        let mut metrics = ShardMetrics::new(0, Instant::now());
         // A packet's copies are queued, then it waits: nothing has left yet.
         for _ in 1..udp::BATCH {
             outbox.push(transmit(), &mut metrics);
@@ -1346,22 +1354,8 @@ mod tests {
 
     #[test]
     fn forwarded_copies_wait_for_short_timer_work_only() {
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut outbox = Outbox {
-            socket: socket.clone(),
-            sender: udp::Sender::new(),
-            tcp: HashMap::new(),
-            waiting: Vec::new(),
-            fan_out: None,
-        };
+        let (mut outbox, copy, _sink) = udp_outbox();
         let mut metrics = ShardMetrics::new(0, Instant::now());
-        let copy = || Transmit {
-            proto: Protocol::Udp,
-            source: socket.local_addr().unwrap(),
-            destination: sink.local_addr().unwrap(),
-            contents: vec![0x80; 100].into(),
-        };
         let started = Instant::now();
         // A timer's own output (a report) goes out with the round, whenever.
         outbox.push(copy(), &mut metrics);
