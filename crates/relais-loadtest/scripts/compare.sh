@@ -11,6 +11,8 @@
 #   SKIP_JANUS=1 ...                                      # Relais and the floor only
 #   PIN=1 ...                                             # server on CPU 1, load generator on CPU 0;
 #                                                         # the floor also placed so ("floor ⇄")
+#   PIN=shared ...                                        # server and load generator both on CPU 1,
+#                                                         # placed as the strict floor is
 #   SERVER_YAML=$'limit:\n  shard_busy_fraction: 0.9' ...  # more of the server's YAML
 #   RTC_YAML=$'  fan_out_threads: 0' ...          # more keys of its rtc: section
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
@@ -36,8 +38,15 @@ EXTRA=${EXTRA:-}
 UDP_PORTS=${UDP_PORTS:-7882-7883}   # Relais: one shard per port; a single port: a receive thread
 # PIN=1: the server under test on CPU 1 (the floor always is), the load generator on CPU 0, so that
 # they do not compete for a core and "CPU %" is a share of the server's own core.
+# PIN=shared: both on CPU 1, where the strict floor's feeder, forwarder and sinks run, so that the
+# server's input and its copies' receivers wake threads on its own core as the floor's do (light
+# loads only: the two share one core, and the load generator's loss says when that is too little).
 PIN=${PIN:-0}
-if [ "$PIN" = 1 ]; then SERVER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0); else SERVER_CPU=(); CLIENT_CPU=(); fi
+case "$PIN" in
+  1) SERVER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 0) ;;
+  shared) SERVER_CPU=(taskset -c 1); CLIENT_CPU=(taskset -c 1) ;;
+  *) SERVER_CPU=(); CLIENT_CPU=() ;;
+esac
 SRV=10.77.0.1
 CLI=10.77.0.2
 mkdir -p "$OUT"
