@@ -49,6 +49,10 @@ case "$PIN" in
 esac
 SRV=10.77.0.1
 CLI=10.77.0.2
+if [ -z "${SKIP_JANUS:-}" ] && ! command -v janus >/dev/null; then
+  echo "janus is not installed (apt-get install -y janus), or set SKIP_JANUS=1" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 # The load generator and the floor open a socket per subscriber.
 ulimit -n 65536 2>/dev/null || true
