@@ -34,7 +34,8 @@ use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::Pt;
 use str0m::net::Transmit;
 use str0m::rtp::rtcp::Nack;
-use str0m::rtp::Ssrc;
+use str0m::rtp::{Extension, Ssrc};
+use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
 use crate::participant::{ForwardedCopy, PeerSession};
@@ -289,13 +290,24 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         destination,
         contents: contents.into(),
     };
-    let (streams, epoch) = (&mut direct.streams, direct.epoch);
+    let (streams, epoch, rtc) = (&mut direct.streams, direct.epoch, &mut session.rtc);
     session.unwritten.retain(|copy| {
         if !copy.direct {
             return true;
         }
-        let mut stream = streams.get_mut(&copy.ssrc);
-        let mut history = stream.as_mut().and_then(|s| s.history.as_deref_mut());
+        // Registered with its first copy, here rather than where copies are
+        // made: a stream's state is then touched once per copy, when it
+        // leaves. Video streams keep what they send, for NACKs.
+        let stream = streams.entry(copy.ssrc).or_insert_with(|| {
+            let mut stream = DirectStream::new(*copy.ssrc, copy.clock_rate, copy.wallclock);
+            stream.history = copy.nackable.then(|| {
+                Box::new(SendHistory::new(VideoSend::negotiated(
+                    rtc, copy.ssrc, copy.pt,
+                )))
+            });
+            stream
+        });
+        let mut history = stream.history.as_deref_mut();
         let fields = RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id));
         let mut packet = rtp_packet(fields, None, &copy.payload, copy.vp8);
         keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
@@ -303,15 +315,13 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         if let Some(history) = history.as_mut() {
             history.keep(fields, &copy.payload, copy.vp8);
         }
-        let report = stream.and_then(|stream| {
-            stream.sent(
-                copy.timestamp,
-                copy.wallclock,
-                copy.payload.len(),
-                copy.wallclock,
-                epoch,
-            )
-        });
+        let report = stream.sent(
+            copy.timestamp,
+            copy.wallclock,
+            copy.payload.len(),
+            copy.wallclock,
+            epoch,
+        );
         if let Some(mut report) = report {
             keys.protect_rtcp(&mut report);
             out(transmit(report));
@@ -390,6 +400,36 @@ pub(crate) struct VideoSend {
     pub repair: Repair,
     /// The ID of the video orientation header extension, if negotiated.
     pub orientation_id: Option<u8>,
+}
+
+impl VideoSend {
+    /// What the subscriber's video stream `ssrc` needs from its negotiation:
+    /// how it repairs a loss (on its RTX SSRC with the payload type
+    /// negotiated to resend `pt`, when it has both) and the video orientation
+    /// extension's ID.
+    fn negotiated(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> Self {
+        let rtx_pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == pt)
+            .and_then(|p| p.resend());
+        let (rtx_ssrc, mid) = match rtc.direct_api().stream_tx(&ssrc) {
+            Some(tx) => (tx.rtx(), Some(tx.mid())),
+            None => (None, None),
+        };
+        let orientation_id = mid
+            .and_then(|mid| rtc.media(mid))
+            .and_then(|m| m.remote_extmap().id_of(Extension::VideoOrientation));
+        let repair = match (rtx_ssrc, rtx_pt) {
+            (Some(ssrc), Some(pt)) => Repair::Rtx { ssrc, pt },
+            _ => Repair::Resend,
+        };
+        VideoSend {
+            repair,
+            orientation_id,
+        }
+    }
 }
 
 /// How a directly sent video stream repairs a loss (from the subscriber's

@@ -13,7 +13,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
-use crate::egress::{DirectStream, KeySlot, SendHistory, VideoSend};
+use crate::egress::{DirectStream, KeySlot};
 use crate::stun;
 use crate::timers::{Queued, TimerGrid};
 use crate::HashMap;
@@ -64,6 +64,8 @@ pub(crate) struct PeerSession {
     /// SRTP sending keys once DTLS is done, where str0m last sent, and the
     /// streams Relais sends itself.
     pub direct: Option<Box<DirectEgress>>,
+    /// `direct` has its keys and route ([`PeerSession::direct_ready`]).
+    direct_ready: bool,
 }
 
 /// A session's direct egress state ([`crate::egress`]).
@@ -113,23 +115,6 @@ impl DirectEgress {
     pub fn ready(&self) -> bool {
         self.keys.get().is_some() && self.route.is_some()
     }
-
-    /// The stream `ssrc` will be sent directly (its sender report state; for
-    /// video, what its packets need from the negotiation — asked only the
-    /// first time).
-    pub fn register(
-        &mut self,
-        ssrc: Ssrc,
-        clock_rate: u32,
-        now: Instant,
-        video: impl FnOnce() -> Option<VideoSend>,
-    ) {
-        self.streams.entry(ssrc).or_insert_with(|| {
-            let mut stream = DirectStream::new(*ssrc, clock_rate, now);
-            stream.history = video().map(|v| Box::new(SendHistory::new(v)));
-            stream
-        });
-    }
 }
 
 /// Most copies a session's queue of unwritten media keeps room for between
@@ -152,6 +137,8 @@ pub(crate) struct ForwardedCopy {
     pub voice_activity: Option<bool>,
     pub video_orientation: Option<VideoOrientation>,
     pub payload: Arc<[u8]>,
+    /// The RTP clock rate of the track (for direct egress's sender reports).
+    pub clock_rate: u32,
     /// The VP8 picture id / TL0PICIDX this subscriber's copy carries.
     pub vp8: Option<Vp8Rewrite>,
     /// Relais sends it itself, without str0m ([`crate::egress`]).
@@ -205,6 +192,17 @@ pub(crate) struct StreamSeen {
 }
 
 impl PeerSession {
+    /// Copies can leave by direct egress: its keys and route are known.
+    /// Once they are, that is kept here, beside what every copy touches
+    /// anyway: the keys sit behind a pointer of their own, and following it
+    /// for each copy was a cache miss per subscriber per packet.
+    pub fn direct_ready(&mut self) -> bool {
+        if !self.direct_ready {
+            self.direct_ready = self.direct.as_deref().is_some_and(DirectEgress::ready);
+        }
+        self.direct_ready
+    }
+
     pub fn new(rtc: Rtc, ufrag: String, now: Instant) -> Self {
         PeerSession {
             rtc: Box::new(rtc),
@@ -218,6 +216,7 @@ impl PeerSession {
             listed: false,
             unwritten: Vec::new(),
             direct: None,
+            direct_ready: false,
             stats_seen: HashMap::default(),
         }
     }
@@ -364,6 +363,8 @@ impl Participant {
             let ssrc = downtrack.and_then(|d| d.ssrc);
             if let (Some(ssrc), Some(direct)) = (ssrc, self.subscriber.direct.as_deref_mut()) {
                 direct.streams.remove(&ssrc);
+                // Copies still queued would register the stream again.
+                self.subscriber.unwritten.retain(|c| c.ssrc != ssrc);
             }
             self.subscriber_changes.push(SubscriberChange::Stop(mid));
         }

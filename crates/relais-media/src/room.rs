@@ -28,9 +28,9 @@ use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Receive, Transmit};
 use str0m::rtp::rtcp::{Nack, Rtcp};
-use str0m::rtp::{Extension, RawPacket, RtpPacket, Ssrc};
+use str0m::rtp::{RawPacket, RtpPacket, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
-use str0m::{Event, Input, Output, Rtc};
+use str0m::{Event, Input, Output};
 use tracing::{debug, info, warn, Span};
 
 use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
@@ -2096,6 +2096,7 @@ impl Room {
                 voice_activity: pkt.header.ext_vals.voice_activity,
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 payload: pkt.payload.clone(),
+                clock_rate: incoming.clock_rate,
                 vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
                     .then_some(Vp8Rewrite {
                         picture_id: rewrite.vp8_picture_id,
@@ -2111,15 +2112,9 @@ impl Room {
             } else {
                 self.config.direct_audio
             };
-            if let (true, Some(direct)) = (direct_kind, session.direct.as_deref_mut()) {
-                copy.direct = direct.ready();
-                if copy.direct {
-                    let rtc = &mut session.rtc;
-                    direct.register(copy.ssrc, incoming.clock_rate, now, || {
-                        is_video.then(|| video_send(rtc, copy.ssrc, copy.pt))
-                    });
-                    self.stats.direct_out[kind] += 1;
-                }
+            if direct_kind && session.direct_ready() {
+                copy.direct = true;
+                self.stats.direct_out[kind] += 1;
             }
             if is_video && !copy.direct && self.config.direct_video && session.direct.is_some() {
                 // str0m must not resend it on the RTX SSRC Relais numbers
@@ -2878,33 +2873,6 @@ fn matching_pt(candidates: &[PayloadParams], publisher: &PayloadParams) -> Optio
     exact
         .or_else(|| candidates.iter().find(same_codec))
         .map(|c| c.pt())
-}
-
-/// What a subscriber's video stream needs from its negotiation: how it
-/// repairs a loss (on its RTX SSRC with the payload type negotiated to resend
-/// `pt`, when it has both) and the video orientation extension's ID.
-fn video_send(rtc: &mut Rtc, ssrc: Ssrc, pt: Pt) -> egress::VideoSend {
-    let rtx_pt = rtc
-        .codec_config()
-        .params()
-        .iter()
-        .find(|p| p.pt() == pt)
-        .and_then(|p| p.resend());
-    let (rtx_ssrc, mid) = match rtc.direct_api().stream_tx(&ssrc) {
-        Some(tx) => (tx.rtx(), Some(tx.mid())),
-        None => (None, None),
-    };
-    let orientation_id = mid
-        .and_then(|mid| rtc.media(mid))
-        .and_then(|m| m.remote_extmap().id_of(Extension::VideoOrientation));
-    let repair = match (rtx_ssrc, rtx_pt) {
-        (Some(ssrc), Some(pt)) => egress::Repair::Rtx { ssrc, pt },
-        _ => egress::Repair::Resend,
-    };
-    egress::VideoSend {
-        repair,
-        orientation_id,
-    }
 }
 
 fn enabled_codecs() -> Vec<livekit::Codec> {
