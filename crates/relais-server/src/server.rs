@@ -95,6 +95,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         if let Err(e) = crate::udp::stamp_arrivals(&socket) {
             warn!(error = %e, "no arrival stamps on the media socket: stale media is aged from when it is read");
         }
+        if let Err(e) = crate::udp::never_fragment(&socket) {
+            warn!(error = %e, "media datagrams may be fragmented (IP_MTU_DISCOVER)");
+        }
         udp.push(socket);
     }
     // ICE over TCP listens where the UDP port does.

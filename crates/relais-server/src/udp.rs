@@ -39,19 +39,7 @@ const GSO_MAX_BYTES: usize = 65_000;
 
 /// Whether the kernel knows UDP GSO (Linux 4.18 and later).
 pub fn gso_supported(socket: &UdpSocket) -> bool {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are live and `len` is `value`'s size.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_UDP,
-            UDP_SEGMENT,
-            ptr::from_mut(&mut value).cast(),
-            &mut len,
-        )
-    };
-    r == 0
+    get_option_at(socket.as_raw_fd(), libc::SOL_UDP, UDP_SEGMENT).is_ok()
 }
 
 /// How long a send may wait for room in a full socket buffer, once per batch,
@@ -98,12 +86,53 @@ pub fn stamp_arrivals(socket: &UdpSocket) -> io::Result<()> {
     set_option(socket.as_raw_fd(), libc::SO_TIMESTAMPNS, 1)
 }
 
+/// Send every datagram with the don't-fragment bit and never fragment
+/// locally (`IP_PMTUDISC_PROBE`, as quinn does for QUIC): WebRTC keeps its
+/// packets under ~1,200 bytes. Without it the kernel numbers each IPv4
+/// datagram from a hashed table of counters shared by every core
+/// (`__ip_select_ident`): work and a contended cache line per copy sent.
+pub fn never_fragment(socket: &UdpSocket) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    match socket.local_addr()? {
+        SocketAddr::V4(_) => set_option_at(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        ),
+        // A dual-stack socket sends IPv4 too.
+        SocketAddr::V6(_) => set_option_at(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )
+        .and_then(|()| {
+            set_option_at(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_PROBE,
+            )
+        }),
+    }
+}
+
 fn set_option(fd: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_option_at(fd, libc::SOL_SOCKET, name, value)
+}
+
+fn set_option_at(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: `value` is a live c_int and its size is passed along.
     let r = unsafe {
         libc::setsockopt(
             fd,
-            libc::SOL_SOCKET,
+            level,
             name,
             ptr::from_ref(&value).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
@@ -117,18 +146,19 @@ fn set_option(fd: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Res
 }
 
 fn get_option(fd: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    get_option_at(fd, libc::SOL_SOCKET, name)
+}
+
+fn get_option_at(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are live and `len` is `value`'s size.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            name,
-            ptr::from_mut(&mut value).cast(),
-            &mut len,
-        )
-    };
+    let r =
+        unsafe { libc::getsockopt(fd, level, name, ptr::from_mut(&mut value).cast(), &mut len) };
     if r == 0 {
         Ok(value)
     } else {
@@ -659,9 +689,25 @@ mod tests {
     }
 
     #[test]
+    fn media_sockets_never_fragment() {
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v6 = UdpSocket::bind("[::]:0").unwrap();
+        for socket in [&v4, &v6] {
+            never_fragment(socket).unwrap();
+            let fd = socket.as_raw_fd();
+            let ip = get_option_at(fd, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER).unwrap();
+            assert_eq!(ip, libc::IP_PMTUDISC_PROBE);
+        }
+        let ip6 = get_option_at(v6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER);
+        assert_eq!(ip6.unwrap(), libc::IPV6_PMTUDISC_PROBE);
+    }
+
+    #[test]
     fn runs_to_one_destination_leave_as_one_gso_message() {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         assert!(gso_supported(&a), "loopback on Linux 4.18+ takes UDP GSO");
+        // As the media socket is: its datagrams carry don't-fragment.
+        never_fragment(&a).unwrap();
         // SAFETY: CMSG_SPACE only computes a size.
         let space = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
         assert!(space <= size_of::<[u64; GSO_CONTROL_WORDS]>());

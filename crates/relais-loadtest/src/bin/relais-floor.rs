@@ -176,13 +176,17 @@ fn thread_cpu() -> f64 {
 }
 
 fn set_buf(sock: &UdpSocket, opt: libc::c_int, bytes: libc::c_int) {
+    set_int(sock, libc::SOL_SOCKET, opt, bytes);
+}
+
+fn set_int(sock: &UdpSocket, level: libc::c_int, opt: libc::c_int, value: libc::c_int) {
     // SAFETY: a valid fd and a c_int option value.
     unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
-            &bytes as *const _ as *const libc::c_void,
+            &value as *const _ as *const libc::c_void,
             size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
@@ -290,6 +294,14 @@ fn main() {
     let input_addr = input.local_addr().unwrap();
     let out_sock = UdpSocket::bind((args.ip, 0)).expect("out");
     set_buf(&out_sock, libc::SO_SNDBUF, 4 << 20);
+    // Don't-fragment, as Relais's media socket: the kernel then skips numbering
+    // each datagram (IP ID), work any forwarder can leave out.
+    set_int(
+        &out_sock,
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        libc::IP_PMTUDISC_PROBE,
+    );
 
     // Sinks: drain what the forwarder sends (their CPU is not counted).
     let sunk = Arc::new(AtomicU64::new(0));
