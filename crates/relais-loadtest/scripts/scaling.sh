@@ -18,8 +18,8 @@ run cmp-a10-s100 VPUB=0 APUB=10 SUBS=100 DUR=15
 for s in 250 500 1000 2000; do
   run relais-v1a1-s$s SKIP_JANUS=1 SUBS=$s DUR=10 RAMP=$((s / 50 + 2))
 done
-# More rooms: each 1 video + 1 audio publisher and 5 subscribers (Relais only).
-for r in 10 50 100; do
+# More rooms, 1 to 100: each 1 video + 1 audio publisher and 5 subscribers (Relais only).
+for r in 1 10 50 100; do
   run relais-rooms$r SKIP_JANUS=1 ROOMS=$r SUBS=5 DUR=10 RAMP=$((r / 5 + 2))
 done
 # Idle joins: 500 subscribers, no publishers, joining over 10 s (join time, RSS per participant).
