@@ -12,9 +12,11 @@
 //! and drives str0m only if it has something else to do (video written to it,
 //! or its own deadline). str0m keeps everything else: ICE, DTLS, the session's
 //! RTCP receive side (receiver reports, PLI), data channels — and video,
-//! unless `direct_video` is on too: then each video stream's last packets are
-//! kept here ([`SendHistory`]) and the subscriber's NACKs, which str0m hands
-//! over decrypted, are answered from them on the stream's RTX SSRC.
+//! unless `direct_video` is on too: then each published layer's last packets
+//! are kept once for all its subscribers ([`TrackHistory`]), each subscriber's
+//! video stream keeps how it sent them ([`SendHistory`]), and the
+//! subscriber's NACKs, which str0m hands over decrypted, are answered from
+//! both on the stream's RTX SSRC.
 //!
 //! The keys come from the session's own DTLS: [`tap_next_session`] arms the
 //! node's DTLS provider (`crate::dtls`) so that the next DTLS instance built on
@@ -34,7 +36,7 @@ use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::Pt;
 use str0m::net::Transmit;
 use str0m::rtp::rtcp::Nack;
-use str0m::rtp::{Extension, Ssrc};
+use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
@@ -301,9 +303,11 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         let stream = streams.entry(copy.ssrc).or_insert_with(|| {
             let mut stream = DirectStream::new(*copy.ssrc, copy.clock_rate, copy.wallclock);
             stream.history = copy.nackable.then(|| {
-                Box::new(SendHistory::new(VideoSend::negotiated(
-                    rtc, copy.ssrc, copy.pt,
-                )))
+                Box::new(SendHistory::new(
+                    VideoSend::negotiated(rtc, copy.ssrc, copy.pt),
+                    copy.ssrc,
+                    copy.wallclock,
+                ))
             });
             stream
         });
@@ -313,7 +317,7 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
         out(transmit(packet));
         if let Some(history) = history.as_mut() {
-            history.keep(fields, &copy.payload, copy.vp8);
+            history.keep(copy);
         }
         let report = stream.sent(
             copy.timestamp,
@@ -351,11 +355,13 @@ pub(crate) fn send_direct_only(
 
 /// Answer a subscriber's NACK for a stream Relais sends itself: each lost
 /// packet still kept goes out again, on the stream's RTX SSRC if it has one
-/// (str0m, which never saw these packets, ignores the NACK). Returns how
-/// many were sent.
-pub(crate) fn resend(
+/// (str0m, which never saw these packets, ignores the NACK). `layer` gives
+/// the kept packets of each layer of the track the stream forwards. Returns
+/// how many were sent.
+pub(crate) fn resend<'a>(
     session: &mut PeerSession,
     nack: &Nack,
+    layer: impl Fn(u8) -> Option<&'a TrackHistory>,
     now: Instant,
     mut out: impl FnMut(Transmit),
 ) -> u64 {
@@ -378,7 +384,7 @@ pub(crate) fn resend(
             .filter(|bit| entry.blp & (1 << bit) != 0)
             .map(|bit| entry.pid.wrapping_add(bit + 1));
         for seq in std::iter::once(entry.pid).chain(lost) {
-            if let Some((mut packet, roc)) = history.repair(seq, now) {
+            if let Some((mut packet, roc)) = history.repair(seq, &layer, now) {
                 keys.protect_rtp(&mut packet, roc);
                 out(Transmit {
                     proto,
@@ -442,79 +448,162 @@ pub(crate) enum Repair {
     Resend,
 }
 
-/// Packets a video stream keeps for NACKs: about 1–3 s of a camera's video,
-/// past any loss a receiver still asks for; ~14 KiB per stream.
+/// Packets kept for NACKs, per published layer and per subscriber stream:
+/// about 1–3 s of a camera's video, past any loss a receiver still asks for.
 const HISTORY: usize = 256;
 /// A packet asked for again within this long is not sent again: one loss is
 /// often in several NACKs of a burst.
 const RESEND_GAP: Duration = Duration::from_millis(10);
 
-/// The last [`HISTORY`] packets of a directly sent video stream, by sequence
-/// number, as sent (the payload shared with every other copy), and what the
-/// stream's packets need from the negotiation.
+/// The last [`HISTORY`] packets a published video layer received, by its
+/// sequence number: kept once for every subscriber, so that a copy sent
+/// costs its subscriber no reference to the payload (an atomic count on a
+/// line long gone from the cache when the slot is overwritten) and its
+/// stream no payload-sized slot. A subscriber never keeps a packet its
+/// layer no longer has: it is sent a subset of the layer's packets, in
+/// order, so its last [`HISTORY`] come from the layer's last [`HISTORY`].
+#[derive(Default)]
+pub(crate) struct TrackHistory {
+    /// Empty until the layer's first packet is kept.
+    slots: Vec<Option<Received>>,
+}
+
+struct Received {
+    seq: u64,
+    payload: Arc<[u8]>,
+    /// The video orientation extension's value the packet came with.
+    orientation: Option<u8>,
+}
+
+impl TrackHistory {
+    pub(crate) fn keep(
+        &mut self,
+        seq: u64,
+        payload: &Arc<[u8]>,
+        orientation: Option<VideoOrientation>,
+    ) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(HISTORY, || None);
+        }
+        self.slots[seq as usize % HISTORY] = Some(Received {
+            seq,
+            payload: payload.clone(),
+            orientation: orientation.map(|o| o as u8),
+        });
+    }
+
+    /// The packet whose sequence number ends in `seq`'s 32 bits, if kept.
+    fn get(&self, seq: u32) -> Option<&Received> {
+        self.slots
+            .get(seq as usize % HISTORY)?
+            .as_ref()
+            .filter(|r| r.seq as u32 == seq)
+    }
+}
+
+/// How a directly sent video stream sent its last [`HISTORY`] packets, by
+/// sequence number — the payloads are its track's ([`TrackHistory`]) — and
+/// what the stream's packets need from the negotiation.
 pub(crate) struct SendHistory {
-    slots: Box<[Option<Kept>]>,
+    slots: Box<[Option<Sent>]>,
+    ssrc: u32,
     repair: Repair,
     orientation_id: Option<u8>,
     /// The RTX stream's next sequence number (extended).
     rtx_seq: u64,
+    /// What [`Sent::resent_ms`] counts from.
+    since: Instant,
 }
 
-struct Kept {
-    fields: RtpFields,
-    payload: Arc<[u8]>,
+/// One packet as a subscriber's stream sent it: 32 bytes, two to a cache
+/// line, written in order.
+#[derive(Clone, Copy)]
+struct Sent {
+    /// Extended: the rollover counter in the upper bits.
+    seq: u64,
+    /// The layer's sequence number it was sent from (its low 32 bits: the
+    /// layer keeps far fewer packets than that).
+    source_seq: u32,
+    timestamp: u32,
+    /// Milliseconds from [`SendHistory::since`] to its last resend, plus
+    /// one; 0: never resent.
+    resent_ms: u32,
     vp8: Option<Vp8Rewrite>,
-    resent_at: Option<Instant>,
+    pt: u8,
+    layer: u8,
+    marker: bool,
 }
 
 impl SendHistory {
-    pub(crate) fn new(video: VideoSend) -> Self {
+    pub(crate) fn new(video: VideoSend, ssrc: Ssrc, now: Instant) -> Self {
         SendHistory {
-            slots: (0..HISTORY).map(|_| None).collect(),
+            slots: vec![None; HISTORY].into_boxed_slice(),
+            ssrc: *ssrc,
             repair: video.repair,
             orientation_id: video.orientation_id,
             // RFC 4588 §4 wants a random start; this one is ours alone.
             rtx_seq: u64::from(rand::random::<u16>()),
+            since: now,
         }
     }
 
-    fn keep(&mut self, fields: RtpFields, payload: &Arc<[u8]>, vp8: Option<Vp8Rewrite>) {
-        self.slots[fields.seq as usize % HISTORY] = Some(Kept {
-            fields,
-            payload: payload.clone(),
-            vp8,
-            resent_at: None,
+    fn keep(&mut self, copy: &ForwardedCopy) {
+        self.slots[copy.seq as usize % HISTORY] = Some(Sent {
+            seq: copy.seq,
+            source_seq: copy.source_seq as u32,
+            timestamp: copy.timestamp,
+            resent_ms: 0,
+            vp8: copy.vp8,
+            pt: *copy.pt,
+            layer: copy.layer,
+            marker: copy.marker,
         });
     }
 
-    /// The clear packet that repairs the loss of `seq`, and its rollover
-    /// counter; `None` if it is no longer kept or was just sent again.
-    fn repair(&mut self, seq: u16, now: Instant) -> Option<(Vec<u8>, u32)> {
-        let kept = self.slots[usize::from(seq) % HISTORY]
+    /// The clear packet that repairs the loss of `seq`, rebuilt from its
+    /// layer's payload (`layer`), and its rollover counter; `None` if it is
+    /// no longer kept or was just sent again.
+    fn repair<'a>(
+        &mut self,
+        seq: u16,
+        layer: impl Fn(u8) -> Option<&'a TrackHistory>,
+        now: Instant,
+    ) -> Option<(Vec<u8>, u32)> {
+        let sent = self.slots[usize::from(seq) % HISTORY]
             .as_mut()
-            .filter(|k| k.fields.seq as u16 == seq)?;
-        if kept
-            .resent_at
-            .is_some_and(|at| now.saturating_duration_since(at) < RESEND_GAP)
+            .filter(|k| k.seq as u16 == seq)?;
+        let received = layer(sent.layer)?.get(sent.source_seq)?;
+        let now_ms = now.saturating_duration_since(self.since).as_millis() as u32 + 1;
+        if sent.resent_ms != 0
+            && now_ms.saturating_sub(sent.resent_ms) < RESEND_GAP.as_millis() as u32
         {
             return None;
         }
-        kept.resent_at = Some(now);
+        sent.resent_ms = now_ms;
+        let sent = *sent;
+        let fields = RtpFields {
+            pt: sent.pt,
+            marker: sent.marker,
+            seq: sent.seq,
+            timestamp: sent.timestamp,
+            ssrc: self.ssrc,
+            orientation: self.orientation_id.zip(received.orientation),
+        };
         Some(match self.repair {
             Repair::Rtx { ssrc, pt } => {
                 let fields = RtpFields {
                     pt: *pt,
                     seq: self.rtx_seq,
                     ssrc: *ssrc,
-                    ..kept.fields
+                    ..fields
                 };
                 self.rtx_seq += 1;
-                let packet = rtp_packet(fields, Some(seq), &kept.payload, kept.vp8);
+                let packet = rtp_packet(fields, Some(seq), &received.payload, sent.vp8);
                 (packet, (fields.seq >> 16) as u32)
             }
             Repair::Resend => {
-                let packet = rtp_packet(kept.fields, None, &kept.payload, kept.vp8);
-                (packet, (kept.fields.seq >> 16) as u32)
+                let packet = rtp_packet(fields, None, &received.payload, sent.vp8);
+                (packet, (fields.seq >> 16) as u32)
             }
         })
     }

@@ -139,6 +139,10 @@ pub(crate) struct ForwardedCopy {
     pub payload: Arc<[u8]>,
     /// The RTP clock rate of the track (for direct egress's sender reports).
     pub clock_rate: u32,
+    /// Where the packet is kept for repair ([`crate::egress::TrackHistory`]):
+    /// the published layer it came on and its sequence number there.
+    pub layer: u8,
+    pub source_seq: u64,
     /// The VP8 picture id / TL0PICIDX this subscriber's copy carries.
     pub vp8: Option<Vp8Rewrite>,
     /// Relais sends it itself, without str0m ([`crate::egress`]).

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn, Span};
 use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
-use crate::egress;
+use crate::egress::{self, TrackHistory};
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
@@ -146,6 +146,9 @@ pub(crate) struct Layer {
     pub(crate) rid: Option<Rid>,
     pub(crate) ssrc: Option<Ssrc>,
     pub(crate) last_seen: Option<Instant>,
+    /// Video with direct egress: the layer's last packets, for subscribers'
+    /// NACKs.
+    pub(crate) kept: TrackHistory,
 }
 
 pub(crate) struct Subscription {
@@ -1672,8 +1675,19 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        // The track the stream forwards holds the packets (few NACKs: a
+        // search of the subscriber's downtracks is cheap enough).
+        let Some(track) = p
+            .downtracks
+            .values()
+            .find(|d| d.ssrc == Some(nack.ssrc))
+            .and_then(|d| self.tracks.get(d.track_sid.as_str()))
+        else {
+            return;
+        };
+        let layer = |i: u8| track.layers.get(usize::from(i)).map(|l| &l.kept);
         let outputs = &mut self.outputs;
-        let sent = egress::resend(&mut p.subscriber, nack, now, |t| {
+        let sent = egress::resend(&mut p.subscriber, nack, layer, now, |t| {
             outputs.push_back(RoomOutput::Transmit(t))
         });
         self.stats.direct_resent += sent;
@@ -1896,6 +1910,7 @@ impl Room {
                 rid: None,
                 ssrc: None,
                 last_seen: None,
+                kept: TrackHistory::default(),
             }]
         } else {
             let mut by_quality: Vec<Rid> = simulcast_rids;
@@ -1906,6 +1921,7 @@ impl Room {
                     rid: Some(rid),
                     ssrc: None,
                     last_seen: None,
+                    kept: TrackHistory::default(),
                 })
                 .collect()
         };
@@ -2043,6 +2059,12 @@ impl Room {
             clock_rate: params.spec().clock_rate.get(),
         };
         let is_video = track.kind == MediaKind::Video;
+        if is_video && self.config.direct_video {
+            let orientation = pkt.header.ext_vals.video_orientation;
+            track.layers[layer]
+                .kept
+                .keep(incoming.seq, &pkt.payload, orientation);
+        }
         let mut need_keyframe = false;
         for sub in &mut track.subscribers {
             // Until the subscriber's m-line is negotiated nothing can be sent: leave
@@ -2097,6 +2119,8 @@ impl Room {
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 payload: pkt.payload.clone(),
                 clock_rate: incoming.clock_rate,
+                layer: layer as u8,
+                source_seq: incoming.seq,
                 vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
                     .then_some(Vp8Rewrite {
                         picture_id: rewrite.vp8_picture_id,
