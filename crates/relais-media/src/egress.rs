@@ -24,6 +24,8 @@
 //! SRTP keying material into the session's [`KeySlot`].
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::num::NonZeroU16;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,7 +41,7 @@ use str0m::rtp::rtcp::Nack;
 use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
-use crate::codec::Vp8Rewrite;
+use crate::codec::{Vp8Header, Vp8Rewrite};
 use crate::participant::{ForwardedCopy, PeerSession};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
@@ -306,7 +308,6 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
                 Box::new(SendHistory::new(
                     VideoSend::negotiated(rtc, copy.ssrc, copy.pt),
                     copy.ssrc,
-                    copy.wallclock,
                 ))
             });
             stream
@@ -457,11 +458,10 @@ const RESEND_GAP: Duration = Duration::from_millis(10);
 
 /// The last [`HISTORY`] packets a published video layer received, by its
 /// sequence number: kept once for every subscriber, so that a copy sent
-/// costs its subscriber no reference to the payload (an atomic count on a
-/// line long gone from the cache when the slot is overwritten) and its
-/// stream no payload-sized slot. A subscriber never keeps a packet its
-/// layer no longer has: it is sent a subset of the layer's packets, in
-/// order, so its last [`HISTORY`] come from the layer's last [`HISTORY`].
+/// costs its subscriber no reference to the payload and no payload-sized
+/// slot. A subscriber never keeps a packet its layer no longer has: it is
+/// sent a subset of the layer's packets, so its last [`HISTORY`] come from
+/// about the layer's last [`HISTORY`].
 #[derive(Default)]
 pub(crate) struct TrackHistory {
     /// Empty until the layer's first packet is kept.
@@ -469,7 +469,7 @@ pub(crate) struct TrackHistory {
 }
 
 struct Received {
-    seq: u64,
+    source: SourcePacket,
     payload: Arc<[u8]>,
     /// The video orientation extension's value the packet came with.
     orientation: Option<u8>,
@@ -478,86 +478,165 @@ struct Received {
 impl TrackHistory {
     pub(crate) fn keep(
         &mut self,
-        seq: u64,
+        source: SourcePacket,
         payload: &Arc<[u8]>,
         orientation: Option<VideoOrientation>,
     ) {
         if self.slots.is_empty() {
             self.slots.resize_with(HISTORY, || None);
         }
-        self.slots[seq as usize % HISTORY] = Some(Received {
-            seq,
+        self.slots[source.seq as usize % HISTORY] = Some(Received {
+            source,
             payload: payload.clone(),
             orientation: orientation.map(|o| o as u8),
         });
     }
 
-    /// The packet whose sequence number ends in `seq`'s 32 bits, if kept.
-    fn get(&self, seq: u32) -> Option<&Received> {
+    fn get(&self, seq: u64) -> Option<&Received> {
         self.slots
             .get(seq as usize % HISTORY)?
             .as_ref()
-            .filter(|r| r.seq as u32 == seq)
+            .filter(|r| r.source.seq == seq)
     }
 }
 
-/// How a directly sent video stream sent its last [`HISTORY`] packets, by
-/// sequence number — the payloads are its track's ([`TrackHistory`]) — and
-/// what the stream's packets need from the negotiation.
+/// The published packet a copy was made from, as its layer received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SourcePacket {
+    pub layer: u8,
+    /// Extended, on its layer.
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+}
+
+/// How a subscriber's copies were made from their published packets, for
+/// as long as that does not change: the forwarder moves sequence numbers,
+/// timestamps and VP8 picture ids by offsets it changes only on a layer
+/// switch or a skipped packet. A copy whose mapping is its stream's last
+/// costs its [`SendHistory`] 4 bytes; a NACKed packet is rebuilt from its
+/// layer's [`TrackHistory`] through the mapping it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapping {
+    layer: u8,
+    pt: u8,
+    seq: u64,
+    timestamp: u32,
+    marker_flipped: bool,
+    /// VP8 descriptor offsets (`None`: the payload is sent as received).
+    vp8: Option<(u16, u8)>,
+}
+
+impl Mapping {
+    /// The mapping `copy` was made with; `None` if no mapping rebuilds it
+    /// (a VP8 rewrite of a descriptor that does not parse: never, as the
+    /// forwarder makes them).
+    fn of(copy: &ForwardedCopy) -> Option<Self> {
+        let source = copy.source;
+        let mut mapping = Mapping {
+            layer: source.layer,
+            pt: *copy.pt,
+            seq: copy.seq.wrapping_sub(source.seq),
+            timestamp: copy.timestamp.wrapping_sub(source.timestamp),
+            marker_flipped: copy.marker != source.marker,
+            vp8: None,
+        };
+        let Some(sent) = copy.vp8 else {
+            return Some(mapping);
+        };
+        let received = Vp8Header::parse(&copy.payload)?;
+        let offset = |to: Option<u16>, from: Option<u16>| match (to, from) {
+            (Some(to), Some(from)) => to.wrapping_sub(from),
+            _ => 0,
+        };
+        let tl0 = |t: Option<u8>| t.map(u16::from);
+        mapping.vp8 = Some((
+            offset(sent.picture_id, received.picture_id),
+            offset(tl0(sent.tl0_pic_idx), tl0(received.tl0_pic_idx)) as u8,
+        ));
+        (mapping.vp8_rewrite(received) == Some(sent)).then_some(mapping)
+    }
+
+    /// The VP8 rewrite of a copy of a packet whose descriptor is `received`.
+    fn vp8_rewrite(&self, received: Vp8Header) -> Option<Vp8Rewrite> {
+        let (picture_id, tl0_pic_idx) = self.vp8?;
+        let mask = if received.picture_id_15bit {
+            0x7fff
+        } else {
+            0x7f
+        };
+        Some(Vp8Rewrite {
+            picture_id: received
+                .picture_id
+                .map(|id| id.wrapping_add(picture_id) & mask),
+            tl0_pic_idx: received.tl0_pic_idx.map(|t| t.wrapping_add(tl0_pic_idx)),
+        })
+    }
+}
+
+/// A sent packet's entry: the low bits of its sequence number and its
+/// mapping's number (never 0, so that an empty slot costs no more room).
+#[derive(Clone, Copy)]
+struct Sent {
+    seq: u16,
+    mapping: NonZeroU16,
+}
+
+/// How a directly sent video stream sent its last [`HISTORY`] packets — each
+/// through one of its last mappings, the payloads its track's
+/// ([`TrackHistory`]) — and what the stream's packets need from the
+/// negotiation.
 pub(crate) struct SendHistory {
-    slots: Box<[Option<Sent>]>,
+    slots: [Option<Sent>; HISTORY],
+    /// The mappings the slots refer to, oldest first, numbered up to
+    /// `current`; at most one per slot, so no more are kept.
+    mappings: VecDeque<(NonZeroU16, Option<Mapping>)>,
+    current: (NonZeroU16, Option<Mapping>),
+    /// The first and the highest sequence number sent (extended).
+    first_seq: u64,
+    last_seq: u64,
     ssrc: u32,
     repair: Repair,
     orientation_id: Option<u8>,
     /// The RTX stream's next sequence number (extended).
     rtx_seq: u64,
-    /// What [`Sent::resent_ms`] counts from.
-    since: Instant,
-}
-
-/// One packet as a subscriber's stream sent it: 32 bytes, two to a cache
-/// line, written in order.
-#[derive(Clone, Copy)]
-struct Sent {
-    /// Extended: the rollover counter in the upper bits.
-    seq: u64,
-    /// The layer's sequence number it was sent from (its low 32 bits: the
-    /// layer keeps far fewer packets than that).
-    source_seq: u32,
-    timestamp: u32,
-    /// Milliseconds from [`SendHistory::since`] to its last resend, plus
-    /// one; 0: never resent.
-    resent_ms: u32,
-    vp8: Option<Vp8Rewrite>,
-    pt: u8,
-    layer: u8,
-    marker: bool,
+    /// Packets sent again lately, not to be sent again within [`RESEND_GAP`].
+    resent: VecDeque<(u64, Instant)>,
 }
 
 impl SendHistory {
-    pub(crate) fn new(video: VideoSend, ssrc: Ssrc, now: Instant) -> Self {
+    pub(crate) fn new(video: VideoSend, ssrc: Ssrc) -> Self {
         SendHistory {
-            slots: vec![None; HISTORY].into_boxed_slice(),
+            slots: [None; HISTORY],
+            mappings: VecDeque::new(),
+            current: (NonZeroU16::MIN, None),
+            first_seq: u64::MAX,
+            last_seq: 0,
             ssrc: *ssrc,
             repair: video.repair,
             orientation_id: video.orientation_id,
             // RFC 4588 §4 wants a random start; this one is ours alone.
             rtx_seq: u64::from(rand::random::<u16>()),
-            since: now,
+            resent: VecDeque::new(),
         }
     }
 
     fn keep(&mut self, copy: &ForwardedCopy) {
+        let mapping = Mapping::of(copy);
+        if self.mappings.is_empty() || mapping != self.current.1 {
+            let number = self.current.0.checked_add(1).unwrap_or(NonZeroU16::MIN);
+            self.current = (number, mapping);
+            if self.mappings.len() == HISTORY {
+                self.mappings.pop_front();
+            }
+            self.mappings.push_back(self.current);
+        }
         self.slots[copy.seq as usize % HISTORY] = Some(Sent {
-            seq: copy.seq,
-            source_seq: copy.source_seq as u32,
-            timestamp: copy.timestamp,
-            resent_ms: 0,
-            vp8: copy.vp8,
-            pt: *copy.pt,
-            layer: copy.layer,
-            marker: copy.marker,
+            seq: copy.seq as u16,
+            mapping: self.current.0,
         });
+        self.first_seq = self.first_seq.min(copy.seq);
+        self.last_seq = self.last_seq.max(copy.seq);
     }
 
     /// The clear packet that repairs the loss of `seq`, rebuilt from its
@@ -569,23 +648,30 @@ impl SendHistory {
         layer: impl Fn(u8) -> Option<&'a TrackHistory>,
         now: Instant,
     ) -> Option<(Vec<u8>, u32)> {
-        let sent = self.slots[usize::from(seq) % HISTORY]
-            .as_mut()
-            .filter(|k| k.seq as u16 == seq)?;
-        let received = layer(sent.layer)?.get(sent.source_seq)?;
-        let now_ms = now.saturating_duration_since(self.since).as_millis() as u32 + 1;
-        if sent.resent_ms != 0
-            && now_ms.saturating_sub(sent.resent_ms) < RESEND_GAP.as_millis() as u32
-        {
+        let behind = u64::from((self.last_seq as u16).wrapping_sub(seq));
+        let extended = self.last_seq.checked_sub(behind)?;
+        if behind >= HISTORY as u64 || extended < self.first_seq {
             return None;
         }
-        sent.resent_ms = now_ms;
-        let sent = *sent;
+        let sent = self.slots[extended as usize % HISTORY].filter(|s| s.seq == seq)?;
+        let (_, mapping) = self.mappings.iter().find(|(n, _)| *n == sent.mapping)?;
+        let mapping = (*mapping)?;
+        let received = layer(mapping.layer)?.get(extended.wrapping_sub(mapping.seq))?;
+        let vp8 = match mapping.vp8 {
+            Some(_) => Some(mapping.vp8_rewrite(Vp8Header::parse(&received.payload)?)?),
+            None => None,
+        };
+        self.resent
+            .retain(|(_, at)| now.saturating_duration_since(*at) < RESEND_GAP);
+        if self.resent.iter().any(|(s, _)| *s == extended) {
+            return None;
+        }
+        self.resent.push_back((extended, now));
         let fields = RtpFields {
-            pt: sent.pt,
-            marker: sent.marker,
-            seq: sent.seq,
-            timestamp: sent.timestamp,
+            pt: mapping.pt,
+            marker: received.source.marker != mapping.marker_flipped,
+            seq: extended,
+            timestamp: received.source.timestamp.wrapping_add(mapping.timestamp),
             ssrc: self.ssrc,
             orientation: self.orientation_id.zip(received.orientation),
         };
@@ -598,11 +684,11 @@ impl SendHistory {
                     ..fields
                 };
                 self.rtx_seq += 1;
-                let packet = rtp_packet(fields, Some(seq), &received.payload, sent.vp8);
+                let packet = rtp_packet(fields, Some(seq), &received.payload, vp8);
                 (packet, (fields.seq >> 16) as u32)
             }
             Repair::Resend => {
-                let packet = rtp_packet(fields, None, &received.payload, sent.vp8);
+                let packet = rtp_packet(fields, None, &received.payload, vp8);
                 (packet, (fields.seq >> 16) as u32)
             }
         })
@@ -759,5 +845,149 @@ mod tests {
         assert_eq!(u32::from_be_bytes(sr[16..20].try_into().unwrap()), 49_920);
         assert_eq!(u32::from_be_bytes(sr[20..24].try_into().unwrap()), 3);
         assert_eq!(u32::from_be_bytes(sr[24..28].try_into().unwrap()), 240);
+    }
+
+    /// A VP8 payload: descriptor with a 15-bit picture id and TL0PICIDX,
+    /// then `body`.
+    fn vp8_payload(picture_id: u16, tl0: u8, body: u8) -> Arc<[u8]> {
+        let id = (0x8000 | picture_id).to_be_bytes();
+        vec![0x90, 0xc0, id[0], id[1], tl0, body, body].into()
+    }
+
+    fn copy_of(source: SourcePacket, payload: &Arc<[u8]>, seq: u64, ts: u32) -> ForwardedCopy {
+        let received = Vp8Header::parse(payload).unwrap();
+        ForwardedCopy {
+            ssrc: 1000.into(),
+            pt: 96.into(),
+            seq,
+            timestamp: ts,
+            wallclock: Instant::now(),
+            marker: source.marker,
+            nackable: true,
+            audio_level: None,
+            voice_activity: None,
+            video_orientation: None,
+            payload: payload.clone(),
+            clock_rate: 90_000,
+            source,
+            vp8: Some(Vp8Rewrite {
+                picture_id: received.picture_id.map(|p| p.wrapping_add(7) & 0x7fff),
+                tl0_pic_idx: received.tl0_pic_idx.map(|t| t.wrapping_add(3)),
+            }),
+            direct: true,
+        }
+    }
+
+    /// Parse a repair sent on the stream itself: (seq, timestamp, marker,
+    /// payload).
+    fn parsed(packet: &[u8]) -> (u16, u32, bool, Vec<u8>) {
+        (
+            u16::from_be_bytes([packet[2], packet[3]]),
+            u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+            packet[1] & 0x80 != 0,
+            packet[RTP_HEADER_LEN..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn a_repair_is_the_packet_as_sent_across_switches_skips_and_late_packets() {
+        let video = VideoSend {
+            repair: Repair::Resend,
+            orientation_id: None,
+        };
+        let mut history = SendHistory::new(video, 1000.into());
+        let mut layers = [TrackHistory::default(), TrackHistory::default()];
+        let mut sent = Vec::new();
+        let mut send = |layers: &mut [TrackHistory; 2],
+                        layer: u8,
+                        seq: u64,
+                        out_seq: u64,
+                        ts_offset: u32,
+                        history: &mut SendHistory| {
+            let source = SourcePacket {
+                layer,
+                seq,
+                timestamp: seq as u32 * 3000 + u32::from(layer),
+                marker: seq.is_multiple_of(3),
+            };
+            let payload = vp8_payload(
+                (seq as u16).wrapping_mul(2) + u16::from(layer),
+                seq as u8,
+                seq as u8,
+            );
+            layers[usize::from(layer)].keep(source, &payload, None);
+            let out_ts = source.timestamp.wrapping_add(ts_offset);
+            let copy = copy_of(source, &payload, out_seq, out_ts);
+            let mut expected = payload.to_vec();
+            copy.vp8.unwrap().apply(&mut expected);
+            history.keep(&copy);
+            sent.push((out_seq as u16, out_ts, copy.marker, expected));
+        };
+        // Layer 0 from 65,530 (out 10 ...), across the 16-bit wrap; 65,534 is
+        // skipped (later ones move down by one); 65,533 arrives late, after
+        // 65,535; then a switch to layer 1.
+        for (seq, out) in [(65_530, 10), (65_531, 11), (65_532, 12), (65_535, 14)] {
+            send(&mut layers, 0, seq, out, 500, &mut history);
+        }
+        send(&mut layers, 0, 65_533, 13, 500, &mut history);
+        for (seq, out) in [(65_536, 15), (65_537, 16)] {
+            send(&mut layers, 0, seq, out, 500, &mut history);
+        }
+        for (seq, out) in [(900, 17), (901, 18)] {
+            send(&mut layers, 1, seq, out, 7_000, &mut history);
+        }
+        // A mapping each time the offsets changed: the skip, the late packet
+        // and back, the switch.
+        assert_eq!(history.mappings.len(), 5);
+        let layer = |i: u8| layers.get(usize::from(i));
+        let now = Instant::now();
+        for (seq, ts, marker, payload) in &sent {
+            let (packet, roc) = history.repair(*seq, layer, now).expect("kept");
+            assert_eq!(roc, 0);
+            assert_eq!(
+                parsed(&packet),
+                (*seq, *ts, *marker, payload.clone()),
+                "seq {seq}"
+            );
+        }
+        // Asked again at once: not sent twice; later: sent again.
+        assert!(history.repair(12, layer, now).is_none());
+        assert!(history.repair(12, layer, now + RESEND_GAP).is_some());
+        // Never sent, or no longer kept by the layer.
+        assert!(history.repair(19, layer, now).is_none());
+        assert!(history.repair(9, layer, now).is_none());
+        layers[1].keep(
+            SourcePacket {
+                layer: 1,
+                seq: 900 + HISTORY as u64,
+                timestamp: 0,
+                marker: false,
+            },
+            &vp8_payload(1, 1, 1),
+            None,
+        );
+        let layer = |i: u8| layers.get(usize::from(i));
+        assert!(history.repair(17, layer, now + RESEND_GAP).is_none());
+        assert!(history.repair(18, layer, now + RESEND_GAP).is_some());
+    }
+
+    #[test]
+    fn a_copy_whose_mapping_stays_costs_no_new_mapping() {
+        let video = VideoSend {
+            repair: Repair::Resend,
+            orientation_id: None,
+        };
+        let mut history = SendHistory::new(video, 1000.into());
+        for seq in 0..1000u64 {
+            let source = SourcePacket {
+                layer: 0,
+                seq: 50 + seq,
+                timestamp: seq as u32 * 3000,
+                marker: false,
+            };
+            let payload = vp8_payload(seq as u16, seq as u8, 0);
+            history.keep(&copy_of(source, &payload, seq, source.timestamp + 11));
+        }
+        assert_eq!(history.mappings.len(), 1);
     }
 }

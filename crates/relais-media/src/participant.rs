@@ -13,7 +13,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
-use crate::egress::{DirectStream, KeySlot};
+use crate::egress::{DirectStream, KeySlot, SourcePacket};
 use crate::stun;
 use crate::timers::{Queued, TimerGrid};
 use crate::HashMap;
@@ -139,10 +139,9 @@ pub(crate) struct ForwardedCopy {
     pub payload: Arc<[u8]>,
     /// The RTP clock rate of the track (for direct egress's sender reports).
     pub clock_rate: u32,
-    /// Where the packet is kept for repair ([`crate::egress::TrackHistory`]):
-    /// the published layer it came on and its sequence number there.
-    pub layer: u8,
-    pub source_seq: u64,
+    /// The published packet it was made from (kept for repair by its
+    /// layer's [`crate::egress::TrackHistory`]).
+    pub source: SourcePacket,
     /// The VP8 picture id / TL0PICIDX this subscriber's copy carries.
     pub vp8: Option<Vp8Rewrite>,
     /// Relais sends it itself, without str0m ([`crate::egress`]).

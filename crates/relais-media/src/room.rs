@@ -36,7 +36,7 @@ use tracing::{debug, info, warn, Span};
 use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
 use crate::config::MediaConfig;
 use crate::dynacast::{self, LayerDemand};
-use crate::egress::{self, TrackHistory};
+use crate::egress::{self, SourcePacket, TrackHistory};
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::participant::{
@@ -2059,13 +2059,14 @@ impl Room {
             clock_rate: params.spec().clock_rate.get(),
         };
         let is_video = track.kind == MediaKind::Video;
-        if is_video && self.config.direct_video {
-            let orientation = pkt.header.ext_vals.video_orientation;
-            track.layers[layer]
-                .kept
-                .keep(incoming.seq, &pkt.payload, orientation);
-        }
+        let source = SourcePacket {
+            layer: layer as u8,
+            seq: incoming.seq,
+            timestamp: incoming.timestamp,
+            marker: incoming.marker,
+        };
         let mut need_keyframe = false;
+        let mut sent_directly = false;
         for sub in &mut track.subscribers {
             // Until the subscriber's m-line is negotiated nothing can be sent: leave
             // its forwarder untouched so that what it first gets is a keyframe, not
@@ -2119,8 +2120,7 @@ impl Room {
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 payload: pkt.payload.clone(),
                 clock_rate: incoming.clock_rate,
-                layer: layer as u8,
-                source_seq: incoming.seq,
+                source,
                 vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
                     .then_some(Vp8Rewrite {
                         picture_id: rewrite.vp8_picture_id,
@@ -2138,6 +2138,7 @@ impl Room {
             };
             if direct_kind && session.direct_ready() {
                 copy.direct = true;
+                sent_directly = true;
                 self.stats.direct_out[kind] += 1;
             }
             if is_video && !copy.direct && self.config.direct_video && session.direct.is_some() {
@@ -2173,6 +2174,14 @@ impl Room {
                 }
                 self.due_now.push((sub.subscriber, PeerRole::Subscriber));
             }
+        }
+        if is_video && sent_directly {
+            // Kept for the subscribers' NACKs; a packet nobody was sent
+            // directly is not (a layer no one watches holds no memory).
+            let orientation = pkt.header.ext_vals.video_orientation;
+            track.layers[layer]
+                .kept
+                .keep(source, &pkt.payload, orientation);
         }
         if need_keyframe {
             self.request_keyframe(now, &sid);
