@@ -508,6 +508,8 @@ pub(crate) struct SourcePacket {
     pub seq: u64,
     pub timestamp: u32,
     pub marker: bool,
+    /// Its VP8 descriptor, if it is VP8.
+    pub vp8: Option<Vp8Header>,
 }
 
 /// How a subscriber's copies were made from their published packets, for
@@ -544,7 +546,7 @@ impl Mapping {
         let Some(sent) = copy.vp8 else {
             return Some(mapping);
         };
-        let received = Vp8Header::parse(&copy.payload)?;
+        let received = source.vp8?;
         let offset = |to: Option<u16>, from: Option<u16>| match (to, from) {
             (Some(to), Some(from)) => to.wrapping_sub(from),
             _ => 0,
@@ -658,7 +660,7 @@ impl SendHistory {
         let mapping = (*mapping)?;
         let received = layer(mapping.layer)?.get(extended.wrapping_sub(mapping.seq))?;
         let vp8 = match mapping.vp8 {
-            Some(_) => Some(mapping.vp8_rewrite(Vp8Header::parse(&received.payload)?)?),
+            Some(_) => Some(mapping.vp8_rewrite(received.source.vp8?)?),
             None => None,
         };
         self.resent
@@ -855,7 +857,7 @@ mod tests {
     }
 
     fn copy_of(source: SourcePacket, payload: &Arc<[u8]>, seq: u64, ts: u32) -> ForwardedCopy {
-        let received = Vp8Header::parse(payload).unwrap();
+        let received = source.vp8.unwrap();
         ForwardedCopy {
             ssrc: 1000.into(),
             pt: 96.into(),
@@ -904,17 +906,18 @@ mod tests {
                         out_seq: u64,
                         ts_offset: u32,
                         history: &mut SendHistory| {
-            let source = SourcePacket {
-                layer,
-                seq,
-                timestamp: seq as u32 * 3000 + u32::from(layer),
-                marker: seq.is_multiple_of(3),
-            };
             let payload = vp8_payload(
                 (seq as u16).wrapping_mul(2) + u16::from(layer),
                 seq as u8,
                 seq as u8,
             );
+            let source = SourcePacket {
+                layer,
+                seq,
+                timestamp: seq as u32 * 3000 + u32::from(layer),
+                marker: seq.is_multiple_of(3),
+                vp8: Vp8Header::parse(&payload),
+            };
             layers[usize::from(layer)].keep(source, &payload, None);
             let out_ts = source.timestamp.wrapping_add(ts_offset);
             let copy = copy_of(source, &payload, out_seq, out_ts);
@@ -956,16 +959,15 @@ mod tests {
         // Never sent, or no longer kept by the layer.
         assert!(history.repair(19, layer, now).is_none());
         assert!(history.repair(9, layer, now).is_none());
-        layers[1].keep(
-            SourcePacket {
-                layer: 1,
-                seq: 900 + HISTORY as u64,
-                timestamp: 0,
-                marker: false,
-            },
-            &vp8_payload(1, 1, 1),
-            None,
-        );
+        let payload = vp8_payload(1, 1, 1);
+        let source = SourcePacket {
+            layer: 1,
+            seq: 900 + HISTORY as u64,
+            timestamp: 0,
+            marker: false,
+            vp8: Vp8Header::parse(&payload),
+        };
+        layers[1].keep(source, &payload, None);
         let layer = |i: u8| layers.get(usize::from(i));
         assert!(history.repair(17, layer, now + RESEND_GAP).is_none());
         assert!(history.repair(18, layer, now + RESEND_GAP).is_some());
@@ -979,13 +981,14 @@ mod tests {
         };
         let mut history = SendHistory::new(video, 1000.into());
         for seq in 0..1000u64 {
+            let payload = vp8_payload(seq as u16, seq as u8, 0);
             let source = SourcePacket {
                 layer: 0,
                 seq: 50 + seq,
                 timestamp: seq as u32 * 3000,
                 marker: false,
+                vp8: Vp8Header::parse(&payload),
             };
-            let payload = vp8_payload(seq as u16, seq as u8, 0);
             history.keep(&copy_of(source, &payload, seq, source.timestamp + 11));
         }
         assert_eq!(history.mappings.len(), 1);

@@ -2064,6 +2064,7 @@ impl Room {
             seq: incoming.seq,
             timestamp: incoming.timestamp,
             marker: incoming.marker,
+            vp8,
         };
         let mut need_keyframe = false;
         let mut sent_directly = false;
