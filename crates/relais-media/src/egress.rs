@@ -515,7 +515,8 @@ pub(crate) struct SourcePacket {
 /// How a subscriber's copies were made from their published packets, for
 /// as long as that does not change: the forwarder moves sequence numbers,
 /// timestamps and VP8 picture ids by offsets it changes only on a layer
-/// switch or a skipped packet. A copy whose mapping is its stream's last
+/// switch or a skipped packet (and a late packet goes out with the offsets
+/// of its time). A copy whose mapping is its stream's last
 /// costs its [`SendHistory`] 4 bytes; a NACKed packet is rebuilt from its
 /// layer's [`TrackHistory`] through the mapping it was sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
