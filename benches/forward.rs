@@ -154,18 +154,17 @@ impl World {
     }
 
     fn collect(&mut self) {
+        let outgoing = self.shard.outgoing();
+        for (t, contents) in outgoing.iter() {
+            self.net
+                .push_back((t.destination, t.source, contents.to_vec()));
+        }
+        outgoing.clear();
         while let Some(out) = self.shard.poll_output() {
-            match out {
-                ShardOutput::Transmit(t) => {
-                    self.net
-                        .push_back((t.destination, t.source, t.contents.to_vec()))
+            if let ShardOutput::Signal(k, m) = out {
+                if let Some(m) = Arc::unwrap_or_clone(m).message {
+                    self.signals.push_back((k, m));
                 }
-                ShardOutput::Signal(k, m) => {
-                    if let Some(m) = Arc::unwrap_or_clone(m).message {
-                        self.signals.push_back((k, m));
-                    }
-                }
-                _ => {}
             }
         }
     }
@@ -431,12 +430,13 @@ fn forward_packets(w: &mut World, pkts: &[Vec<u8>]) -> u64 {
         if w.shard.poll_timeout().is_some_and(|t| t <= now) {
             w.shard.handle_timeout(now);
         }
-        while let Some(o) = w.shard.poll_output() {
-            if let ShardOutput::Transmit(t) = o {
-                copies += 1;
-                black_box(t);
-            }
+        while w.shard.poll_output().is_some() {}
+        let outgoing = w.shard.outgoing();
+        for (t, contents) in outgoing.iter() {
+            copies += 1;
+            black_box((t, contents));
         }
+        outgoing.clear();
     }
     copies
 }
@@ -489,7 +489,8 @@ impl SessionDriver for CountingDriver {
     fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
         self.pool.for_each(chunks, |chunk, _| {
             chunk.drive();
-            let n = chunk.transmits.drain(..).map(black_box).count();
+            let n = chunk.outgoing.iter().map(black_box).count();
+            chunk.outgoing.clear();
             self.copies.fetch_add(n as u64, Ordering::Relaxed);
         });
     }

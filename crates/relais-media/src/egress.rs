@@ -36,12 +36,12 @@ use aws_lc_rs::cipher::{
 use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::Pt;
-use str0m::net::Transmit;
 use str0m::rtp::rtcp::Nack;
 use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
 use crate::codec::{Vp8Header, Vp8Rewrite};
+use crate::outgoing::Outgoing;
 use crate::participant::{ForwardedCopy, PeerSession};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
@@ -130,25 +130,26 @@ impl SrtpSender {
         })
     }
 
-    /// Encrypt an RTP packet in place (`packet` holds a header as
-    /// [`rtp_packet`] writes it — no CSRC, at most one extension block — then
+    /// Encrypt the RTP packet at `packet[at..]` in place (a header as
+    /// [`write_rtp`] writes it — no CSRC, at most one extension block — then
     /// the payload) and append the tag. `roc` is the rollover counter of the
     /// packet's 16-bit sequence number.
-    pub(crate) fn protect_rtp(&self, packet: &mut Vec<u8>, roc: u32) {
-        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+    pub(crate) fn protect_rtp(&self, packet: &mut Vec<u8>, at: usize, roc: u32) {
+        let rtp = &mut packet[at..];
+        let ssrc = u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]);
+        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
         // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
         let mut iv = [0u8; SALT_LEN];
         iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
         iv[6..10].copy_from_slice(&roc.to_be_bytes());
         iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        let header_len = if packet[0] & 0x10 != 0 {
-            let words = u16::from_be_bytes([packet[14], packet[15]]);
+        let header_len = if rtp[0] & 0x10 != 0 {
+            let words = u16::from_be_bytes([rtp[14], rtp[15]]);
             RTP_HEADER_LEN + 4 + 4 * usize::from(words)
         } else {
             RTP_HEADER_LEN
         };
-        let (header, payload) = packet.split_at_mut(header_len);
+        let (header, payload) = rtp.split_at_mut(header_len);
         let tag = self
             .rtp
             .seal_in_place_separate_tag(nonce(iv, &self.rtp_salt), Aad::from(&header[..]), payload)
@@ -211,17 +212,19 @@ fn derive(
     Some(())
 }
 
-/// An RTP header — with the video orientation in a one-byte header
+/// Append an RTP header — with the video orientation in a one-byte header
 /// extension (RFC 8285) if the packet carries one — then the payload: behind
 /// the original sequence number for a retransmission on RTX (RFC 4588 §4),
-/// with the VP8 descriptor rewritten if asked; with room for the tag.
-fn rtp_packet(
+/// with the VP8 descriptor rewritten if asked. The tag is appended when it
+/// is protected ([`SrtpSender::protect_rtp`]).
+fn write_rtp(
+    packet: &mut Vec<u8>,
     header: RtpFields,
     osn: Option<u16>,
     payload: &[u8],
     vp8: Option<Vp8Rewrite>,
-) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
+) {
+    packet.reserve(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
     packet.push(if header.orientation.is_some() {
         0x90
     } else {
@@ -243,7 +246,6 @@ fn rtp_packet(
     if let Some(vp8) = vp8 {
         vp8.apply(&mut packet[at..]);
     }
-    packet
 }
 
 /// The header fields of a packet Relais sends.
@@ -275,24 +277,19 @@ impl RtpFields {
 }
 
 /// Send the session's copies marked direct (and each stream's sender report
-/// when one is due); the others stay queued for str0m. A session whose keys
-/// or route went away (never, in practice) gives them to str0m instead.
-pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmit)) {
+/// when one is due), written into `out` in place; the others stay queued for
+/// str0m. A session whose keys or route went away (never, in practice) gives
+/// them to str0m instead.
+pub(crate) fn send_direct(session: &mut PeerSession, out: &mut Outgoing) {
     let Some(direct) = session.direct.as_deref_mut() else {
         return;
     };
     if !session.unwritten.iter().any(|c| c.direct) {
         return;
     }
-    let (Some(keys), Some((proto, source, destination))) = (direct.keys.get(), direct.route) else {
+    let (Some(keys), Some(route)) = (direct.keys.get(), direct.route) else {
         session.unwritten.iter_mut().for_each(|c| c.direct = false);
         return;
-    };
-    let transmit = |contents: Vec<u8>| Transmit {
-        proto,
-        source,
-        destination,
-        contents: contents.into(),
     };
     let (streams, epoch, rtc) = (&mut direct.streams, direct.epoch, &mut session.rtc);
     session.unwritten.retain(|copy| {
@@ -314,9 +311,12 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         });
         let mut history = stream.history.as_deref_mut();
         let fields = RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id));
-        let mut packet = rtp_packet(fields, None, &copy.payload, copy.vp8);
-        keys.protect_rtp(&mut packet, (copy.seq >> 16) as u32);
-        out(transmit(packet));
+        out.write(route, |buf| {
+            let at = buf.len();
+            write_rtp(buf, fields, None, &copy.payload, copy.vp8);
+            keys.protect_rtp(buf, at, (copy.seq >> 16) as u32);
+            true
+        });
         if let Some(history) = history.as_mut() {
             history.keep(copy);
         }
@@ -329,7 +329,7 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
         );
         if let Some(mut report) = report {
             keys.protect_rtcp(&mut report);
-            out(transmit(report));
+            out.push(route.0, route.1, route.2, &report);
         }
         false
     });
@@ -341,7 +341,7 @@ pub(crate) fn send_direct(session: &mut PeerSession, mut out: impl FnMut(Transmi
 pub(crate) fn send_direct_only(
     session: &mut PeerSession,
     now: Instant,
-    out: impl FnMut(Transmit),
+    out: &mut Outgoing,
 ) -> bool {
     send_direct(session, out);
     let Some(direct) = session.direct.as_deref() else {
@@ -364,12 +364,12 @@ pub(crate) fn resend<'a>(
     nack: &Nack,
     layer: impl Fn(u8) -> Option<&'a TrackHistory>,
     now: Instant,
-    mut out: impl FnMut(Transmit),
+    out: &mut Outgoing,
 ) -> u64 {
     let Some(direct) = session.direct.as_deref_mut() else {
         return 0;
     };
-    let (Some(keys), Some((proto, source, destination))) = (direct.keys.get(), direct.route) else {
+    let (Some(keys), Some(route)) = (direct.keys.get(), direct.route) else {
         return 0;
     };
     let Some(history) = direct
@@ -385,16 +385,15 @@ pub(crate) fn resend<'a>(
             .filter(|bit| entry.blp & (1 << bit) != 0)
             .map(|bit| entry.pid.wrapping_add(bit + 1));
         for seq in std::iter::once(entry.pid).chain(lost) {
-            if let Some((mut packet, roc)) = history.repair(seq, &layer, now) {
-                keys.protect_rtp(&mut packet, roc);
-                out(Transmit {
-                    proto,
-                    source,
-                    destination,
-                    contents: packet.into(),
-                });
-                sent += 1;
-            }
+            let repaired = out.write(route, |buf| {
+                let at = buf.len();
+                let Some(roc) = history.repair(seq, &layer, now, buf) else {
+                    return false;
+                };
+                keys.protect_rtp(buf, at, roc);
+                true
+            });
+            sent += u64::from(repaired);
         }
     }
     sent
@@ -642,15 +641,17 @@ impl SendHistory {
         self.last_seq = self.last_seq.max(copy.seq);
     }
 
-    /// The clear packet that repairs the loss of `seq`, rebuilt from its
-    /// layer's payload (`layer`), and its rollover counter; `None` if it is
-    /// no longer kept or was just sent again.
+    /// Append the clear packet that repairs the loss of `seq`, rebuilt from
+    /// its layer's payload (`layer`), to `out`, and return its rollover
+    /// counter; `None` (and nothing appended) if it is no longer kept or was
+    /// just sent again.
     fn repair<'a>(
         &mut self,
         seq: u16,
         layer: impl Fn(u8) -> Option<&'a TrackHistory>,
         now: Instant,
-    ) -> Option<(Vec<u8>, u32)> {
+        out: &mut Vec<u8>,
+    ) -> Option<u32> {
         let behind = u64::from((self.last_seq as u16).wrapping_sub(seq));
         let extended = self.last_seq.checked_sub(behind)?;
         if behind >= HISTORY as u64 || extended < self.first_seq {
@@ -687,12 +688,12 @@ impl SendHistory {
                     ..fields
                 };
                 self.rtx_seq += 1;
-                let packet = rtp_packet(fields, Some(seq), &received.payload, vp8);
-                (packet, (fields.seq >> 16) as u32)
+                write_rtp(out, fields, Some(seq), &received.payload, vp8);
+                (fields.seq >> 16) as u32
             }
             Repair::Resend => {
-                let packet = rtp_packet(fields, None, &received.payload, vp8);
-                (packet, (fields.seq >> 16) as u32)
+                write_rtp(out, fields, None, &received.payload, vp8);
+                (fields.seq >> 16) as u32
             }
         })
     }
@@ -892,6 +893,21 @@ mod tests {
         )
     }
 
+    /// A repair appended to a buffer that holds other datagrams already:
+    /// the repaired packet alone, or nothing appended.
+    fn repaired<'a>(
+        history: &mut SendHistory,
+        seq: u16,
+        layer: impl Fn(u8) -> Option<&'a TrackHistory>,
+        now: Instant,
+    ) -> Option<(Vec<u8>, u32)> {
+        let mut out = b"earlier datagrams".to_vec();
+        let roc = history.repair(seq, layer, now, &mut out);
+        let packet = out.split_off(b"earlier datagrams".len());
+        assert_eq!(roc.is_none(), packet.is_empty());
+        roc.map(|roc| (packet, roc))
+    }
+
     #[test]
     fn a_repair_is_the_packet_as_sent_across_switches_skips_and_late_packets() {
         let video = VideoSend {
@@ -946,7 +962,7 @@ mod tests {
         let layer = |i: u8| layers.get(usize::from(i));
         let now = Instant::now();
         for (seq, ts, marker, payload) in &sent {
-            let (packet, roc) = history.repair(*seq, layer, now).expect("kept");
+            let (packet, roc) = repaired(&mut history, *seq, layer, now).expect("kept");
             assert_eq!(roc, 0);
             assert_eq!(
                 parsed(&packet),
@@ -955,11 +971,11 @@ mod tests {
             );
         }
         // Asked again at once: not sent twice; later: sent again.
-        assert!(history.repair(12, layer, now).is_none());
-        assert!(history.repair(12, layer, now + RESEND_GAP).is_some());
+        assert!(repaired(&mut history, 12, layer, now).is_none());
+        assert!(repaired(&mut history, 12, layer, now + RESEND_GAP).is_some());
         // Never sent, or no longer kept by the layer.
-        assert!(history.repair(19, layer, now).is_none());
-        assert!(history.repair(9, layer, now).is_none());
+        assert!(repaired(&mut history, 19, layer, now).is_none());
+        assert!(repaired(&mut history, 9, layer, now).is_none());
         let payload = vp8_payload(1, 1, 1);
         let source = SourcePacket {
             layer: 1,
@@ -970,8 +986,8 @@ mod tests {
         };
         layers[1].keep(source, &payload, None);
         let layer = |i: u8| layers.get(usize::from(i));
-        assert!(history.repair(17, layer, now + RESEND_GAP).is_none());
-        assert!(history.repair(18, layer, now + RESEND_GAP).is_some());
+        assert!(repaired(&mut history, 17, layer, now + RESEND_GAP).is_none());
+        assert!(repaired(&mut history, 18, layer, now + RESEND_GAP).is_some());
     }
 
     #[test]

@@ -28,9 +28,9 @@
 
 use std::time::Instant;
 
-use str0m::net::Transmit;
 use tracing::Span;
 
+use crate::outgoing::Outgoing;
 use crate::participant::{ParticipantKey, PeerRole, PeerSession};
 use crate::room::{drive_session, PendingEvent};
 
@@ -42,9 +42,8 @@ pub trait SessionDriver {
 
     /// Drive every chunk once, in any order, on any of the threads; return
     /// when all are driven. The driver may send the datagrams a chunk leaves
-    /// in [`DriveChunk::transmits`] itself (taking them out); those it leaves
-    /// go out through the shard's outputs, after the chunk's session events
-    /// are handled.
+    /// in [`DriveChunk::outgoing`] itself (clearing them); those it leaves
+    /// go out with the shard's, after the chunk's session events are handled.
     fn drive(&self, chunks: &mut [DriveChunk<'_>]);
 }
 
@@ -69,7 +68,7 @@ pub struct DriveChunk<'a> {
     span: Span,
     pub(crate) sessions: Vec<DueSession<'a>>,
     /// What the sessions want sent, in each session's order.
-    pub transmits: Vec<Transmit>,
+    pub outgoing: Outgoing,
     pub(crate) events: Vec<PendingEvent>,
 }
 
@@ -87,7 +86,7 @@ impl<'a> DriveChunk<'a> {
             now,
             span,
             sessions: Vec::with_capacity(capacity),
-            transmits: Vec::new(),
+            outgoing: Outgoing::default(),
             events: Vec::new(),
         }
     }
@@ -103,7 +102,7 @@ impl<'a> DriveChunk<'a> {
                 due.key,
                 due.role,
                 now,
-                |t| self.transmits.push(t),
+                &mut self.outgoing,
                 &mut self.events,
             );
         }

@@ -3,8 +3,9 @@
 //! Everything here is a state machine in the style of str0m, on which it is
 //! built: the caller feeds in time ([`Shard::handle_timeout`]), datagrams
 //! ([`Shard::handle_datagram`]) and signal messages ([`Shard::handle_signal`]),
-//! and drains what comes out with [`Shard::poll_output`] — datagrams to send,
-//! signal messages to deliver, lifecycle events. No sockets, no threads, no
+//! and drains what comes out: datagrams to send ([`Shard::outgoing`], written
+//! in place), and with [`Shard::poll_output`] signal messages to deliver and
+//! lifecycle events. No sockets, no threads, no
 //! clock: a test can drive a whole room deterministically.
 //!
 //! * [`Shard`] — the rooms one core owns and the demultiplexer (ICE ufrag,
@@ -21,6 +22,7 @@ mod dynacast;
 mod egress;
 pub mod fan_out;
 pub mod forward;
+pub mod outgoing;
 mod participant;
 mod quality;
 pub mod room;

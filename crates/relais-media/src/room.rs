@@ -26,7 +26,7 @@ use str0m::channel::{ChannelConfig, Reliability};
 use str0m::format::{Codec, PayloadParams};
 use str0m::ice::IceCreds;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
-use str0m::net::{Receive, Transmit};
+use str0m::net::Receive;
 use str0m::rtp::rtcp::{Nack, Rtcp};
 use str0m::rtp::{RawPacket, RtpPacket, Ssrc};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
@@ -39,6 +39,7 @@ use crate::dynacast::{self, LayerDemand};
 use crate::egress::{self, SourcePacket, TrackHistory};
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::forward::{Forward, Incoming, TrackForwarder};
+use crate::outgoing::Outgoing;
 use crate::participant::{
     DataKind, DirectEgress, Downtrack, ForwardedCopy, Negotiation, Participant, ParticipantKey,
     PeerRole, PeerSession, SubscriberChange, UNWRITTEN_KEPT,
@@ -75,8 +76,6 @@ const LAYER_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// What the room asks of the world around it.
 #[derive(Debug)]
 pub enum RoomOutput {
-    /// A datagram to send.
-    Transmit(Transmit),
     /// A signal message for one participant's WebSocket; a broadcast shares
     /// one message among its recipients.
     Signal(ParticipantKey, Arc<SignalResponse>),
@@ -266,6 +265,9 @@ pub struct Room {
     pub(crate) by_identity: HashMap<String, ParticipantKey>,
     pub(crate) tracks: HashMap<String, PublishedTrack>,
     pub(crate) outputs: VecDeque<RoomOutput>,
+    /// The datagrams to send, written in place; the shard lends its buffer
+    /// for each call and takes it back with the outputs.
+    pub(crate) outgoing: Outgoing,
     pub(crate) events: VecDeque<PendingEvent>,
     /// Every session's next str0m deadline: only due sessions are polled.
     pub(crate) timers: SessionTimers,
@@ -340,6 +342,7 @@ impl Room {
             by_identity: HashMap::default(),
             tracks: HashMap::default(),
             outputs,
+            outgoing: Outgoing::default(),
             events: VecDeque::new(),
             timers: TimerQueue::default(),
             due: Vec::new(),
@@ -1461,10 +1464,7 @@ impl Room {
             else {
                 continue;
             };
-            let outputs = &mut self.outputs;
-            if egress::send_direct_only(session, now, |t| {
-                outputs.push_back(RoomOutput::Transmit(t))
-            }) {
+            if egress::send_direct_only(session, now, &mut self.outgoing) {
                 let wake_at = session.deadline;
                 self.timers
                     .schedule(&mut session.queued, &(key, role), wake_at);
@@ -1520,13 +1520,12 @@ impl Room {
             chunks.push(chunk);
         }
         driver.drive(&mut chunks);
-        for chunk in chunks {
+        for mut chunk in chunks {
+            self.outgoing.append(&mut chunk.outgoing);
             for due in chunk.sessions {
                 self.timers
                     .schedule(&mut due.session.queued, &(due.key, due.role), due.wake_at);
             }
-            self.outputs
-                .extend(chunk.transmits.into_iter().map(RoomOutput::Transmit));
             self.events.extend(chunk.events);
         }
     }
@@ -1578,7 +1577,7 @@ impl Room {
             key,
             role,
             now,
-            &mut self.outputs,
+            &mut self.outgoing,
             &mut self.events,
             &mut self.timers,
         );
@@ -1686,10 +1685,7 @@ impl Room {
             return;
         };
         let layer = |i: u8| track.layers.get(usize::from(i)).map(|l| &l.kept);
-        let outputs = &mut self.outputs;
-        let sent = egress::resend(&mut p.subscriber, nack, layer, now, |t| {
-            outputs.push_back(RoomOutput::Transmit(t))
-        });
+        let sent = egress::resend(&mut p.subscriber, nack, layer, now, &mut self.outgoing);
         self.stats.direct_resent += sent;
     }
 
@@ -2651,18 +2647,11 @@ fn drain_session(
     key: ParticipantKey,
     role: PeerRole,
     now: Instant,
-    outputs: &mut VecDeque<RoomOutput>,
+    out: &mut Outgoing,
     events: &mut VecDeque<PendingEvent>,
     timers: &mut SessionTimers,
 ) {
-    let wake_at = poll_session(
-        session,
-        key,
-        role,
-        now,
-        |t| outputs.push_back(RoomOutput::Transmit(t)),
-        events,
-    );
+    let wake_at = poll_session(session, key, role, now, out, events);
     timers.schedule(&mut session.queued, &(key, role), wake_at);
 }
 
@@ -2689,15 +2678,14 @@ pub(crate) fn drive_session(
     key: ParticipantKey,
     role: PeerRole,
     now: Instant,
-    transmit: impl FnMut(Transmit),
+    out: &mut Outgoing,
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
-    let mut transmit = transmit;
-    if egress::send_direct_only(session, now, &mut transmit) {
+    if egress::send_direct_only(session, now, out) {
         return session.deadline;
     }
     give_time(session, key, role, now);
-    poll_session(session, key, role, now, transmit, events)
+    poll_session(session, key, role, now, out, events)
 }
 
 /// Hand a due session what was forwarded to it, and the time.
@@ -2733,10 +2721,10 @@ pub(crate) fn poll_session(
     key: ParticipantKey,
     role: PeerRole,
     now: Instant,
-    mut transmit: impl FnMut(Transmit),
+    out: &mut Outgoing,
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
-    egress::send_direct(session, &mut transmit);
+    egress::send_direct(session, out);
     // str0m sends what is written only once it is given the time.
     if write_forwarded(session) {
         if let Err(e) = session.rtc.handle_input(Input::Timeout(now)) {
@@ -2757,7 +2745,7 @@ pub(crate) fn poll_session(
                 if let Some(direct) = session.direct.as_deref_mut() {
                     direct.follow(&t);
                 }
-                transmit(t)
+                out.push_transmit(t)
             }
             Ok(Output::Event(event)) => events.extend([PendingEvent {
                 participant: key,

@@ -10,11 +10,12 @@ use std::time::Instant;
 use relais_proto::livekit::{
     DataPacket, DisconnectReason, LeaveRequest, SignalRequest, SignalResponse,
 };
-use str0m::net::{Protocol, Receive, Transmit};
+use str0m::net::{Protocol, Receive};
 use tracing::{debug, info};
 
 use crate::config::MediaConfig;
 use crate::fan_out::{InPlace, SessionDriver};
+use crate::outgoing::Outgoing;
 use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
@@ -30,10 +31,10 @@ struct Route {
     ufrag: Arc<str>,
 }
 
-/// What the shard asks of the I/O layer.
+/// What the shard asks of the I/O layer, besides sending its datagrams
+/// ([`Shard::outgoing`]).
 #[derive(Debug)]
 pub enum ShardOutput {
-    Transmit(Transmit),
     Signal(ParticipantKey, Arc<SignalResponse>),
     Disconnect(ParticipantKey, Option<LeaveRequest>),
     Event { room: String, event: Box<RoomEvent> },
@@ -51,6 +52,9 @@ pub struct Shard {
     addrs_of_ufrag: HashMap<Arc<str>, Vec<(Protocol, SocketAddr)>>,
     pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
     pub(crate) outputs: VecDeque<ShardOutput>,
+    /// The datagrams to send; lent to each room the shard calls, so that
+    /// copies are written in place ([`Outgoing::append`]).
+    outgoing: Outgoing,
     /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
     /// the room's outputs are collected — after everything done to it.
     timers: TimerQueue<Arc<str>>,
@@ -75,6 +79,7 @@ impl Shard {
             addrs_of_ufrag: HashMap::default(),
             room_of: HashMap::default(),
             outputs: VecDeque::new(),
+            outgoing: Outgoing::default(),
             timers: TimerQueue::default(),
             due: Vec::new(),
             stats: MediaStats::default(),
@@ -159,8 +164,7 @@ impl Shard {
         };
         let key = params.key;
         let result = self
-            .rooms
-            .get_mut(&name)
+            .lend(&name)
             .expect("inserted above")
             .join(now, unix_ms, params);
         if result.is_ok() {
@@ -175,7 +179,7 @@ impl Shard {
         let Some(name) = self.room_of.get(&key).cloned() else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(&name) {
+        if let Some(room) = self.lend(&name) {
             room.handle_signal(now, key, req);
         }
         self.collect(&name);
@@ -191,7 +195,7 @@ impl Shard {
         let Some(name) = self.room_of.get(&key).cloned() else {
             return;
         };
-        if let Some(room) = self.rooms.get_mut(&name) {
+        if let Some(room) = self.lend(&name) {
             room.remove_participant(now, key, reason);
         }
         self.collect(&name);
@@ -210,7 +214,7 @@ impl Shard {
         };
         let name = name.clone();
         let _ = r;
-        if let Some(r) = self.rooms.get_mut(&name) {
+        if let Some(r) = self.lend(&name) {
             r.send_data(now, reliable, packet);
         }
         self.collect(&name);
@@ -255,7 +259,7 @@ impl Shard {
             return 0;
         };
         let nominates = stun::nominates(buf);
-        let copies = self.rooms.get_mut(&route.room).map_or(0, |room| {
+        let copies = self.lend(&route.room).map_or(0, |room| {
             room.handle_receive(now, route.participant, route.role, receive, nominates)
         });
         self.collect(&route.room);
@@ -287,14 +291,19 @@ impl Shard {
         }
         let mut go_on = true;
         for name in due.drain(..) {
-            if let Some(room) = self.rooms.get_mut(&name) {
+            let driven = match self.rooms.get_mut(&name) {
                 // Queued before its deadline moved later: `collect` re-queues it.
-                if go_on && room.poll_timeout() <= now {
+                Some(room) if go_on && room.poll_timeout() <= now => {
+                    room.outgoing.append(&mut self.outgoing);
                     room.handle_timeout(now, &*self.driver);
-                    go_on = more(self);
+                    true
                 }
-            }
+                _ => false,
+            };
             self.collect(&name);
+            if driven {
+                go_on = more(self);
+            }
             if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
                 if let Some(mut room) = self.rooms.remove(&name) {
                     self.stats.merge(room.take_stats());
@@ -321,7 +330,7 @@ impl Shard {
         let cap = if shedding { 0 } else { usize::MAX };
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
-            if let Some(room) = self.rooms.get_mut(&name) {
+            if let Some(room) = self.lend(&name) {
                 room.set_load_layer_cap(now, cap);
             }
             self.collect(&name);
@@ -335,6 +344,21 @@ impl Shard {
 
     pub fn poll_output(&mut self) -> Option<ShardOutput> {
         self.outputs.pop_front()
+    }
+
+    /// The datagrams to send, in order. The caller sends them when it likes
+    /// (after each call, or once a batch has gathered) and then clears them.
+    pub fn outgoing(&mut self) -> &mut Outgoing {
+        &mut self.outgoing
+    }
+
+    /// Room `name`, with the shard's outgoing datagrams lent to it for a
+    /// call: what it sends is written after them in place, and taken back
+    /// by [`Shard::collect`].
+    pub(crate) fn lend(&mut self, name: &str) -> Option<&mut Room> {
+        let room = self.rooms.get_mut(name)?;
+        room.outgoing.append(&mut self.outgoing);
+        Some(room)
     }
 
     /// Move a room's outputs out, keeping the routing tables and the room's
@@ -363,9 +387,9 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
+        self.outgoing.append(&mut room.outgoing);
         while let Some(out) = room.poll_output() {
             match out {
-                RoomOutput::Transmit(t) => self.outputs.push_back(ShardOutput::Transmit(t)),
                 RoomOutput::Signal(k, m) => self.outputs.push_back(ShardOutput::Signal(k, m)),
                 RoomOutput::Disconnect(k, leave) => {
                     self.room_of.remove(&k);

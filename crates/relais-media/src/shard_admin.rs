@@ -50,7 +50,7 @@ impl Shard {
             return None;
         }
         let key = key.clone();
-        let result = f(self.rooms.get_mut(&key)?);
+        let result = f(self.lend(&key)?);
         self.collect(&key);
         Some(result)
     }

@@ -23,7 +23,6 @@ use std::net::UdpSocket;
 use std::sync::{Arc, Mutex};
 
 use relais_media::fan_out::{DriveChunk, SessionDriver};
-use str0m::net::Protocol;
 
 use crate::udp;
 
@@ -123,15 +122,11 @@ impl ThreadedDriver {
         };
         // ICE-TCP datagrams go to their connection's queue, which the shard
         // thread owns: a chunk with any is left to the shard.
-        if chunk.transmits.iter().all(|t| t.proto == Protocol::Udp) {
+        if !chunk.outgoing.has_tcp() {
             SENDER.with_borrow_mut(|sender| {
-                for transmit in chunk.transmits.drain(..) {
-                    if sender.push(transmit) {
-                        counts.sent += sender.send(&self.socket);
-                    }
-                }
-                counts.sent += sender.send(&self.socket);
+                counts.sent += sender.send(&self.socket, &chunk.outgoing);
             });
+            chunk.outgoing.clear();
         }
         if let Ok(mut total) = self.counts.lock() {
             total.sent += counts.sent;

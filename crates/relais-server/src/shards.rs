@@ -27,9 +27,10 @@ use crossbeam_queue::ArrayQueue;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::metrics::gauge;
+use relais_media::outgoing::Outgoing;
 use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
-use str0m::net::{Protocol, Transmit};
+use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use tracing::{debug, error, info, warn, Span};
 
@@ -767,9 +768,10 @@ impl Inbox {
     }
 }
 
-/// What a shard sends, in batches of up to [`udp::BATCH`] datagrams: sent
-/// when a batch fills up and whenever the shard is done with a round of work.
-/// ICE-TCP packets go to their connection's write queue instead, never waiting.
+/// Sends what a shard queues in its [`Outgoing`], in batches of up to
+/// [`udp::BATCH`] datagrams: once a batch has gathered, and whenever the
+/// shard is done with a round of work. ICE-TCP packets go to their
+/// connection's write queue.
 struct Outbox {
     socket: Arc<UdpSocket>,
     sender: udp::Sender,
@@ -784,26 +786,24 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&mut self, transmit: Transmit, metrics: &mut ShardMetrics) {
-        if transmit.proto == Protocol::Tcp {
-            self.push_tcp(transmit, metrics);
-        } else if self.sender.push(transmit) {
-            self.send(metrics);
+    /// Send what is queued once it makes a batch.
+    fn send_if_full(&mut self, out: &mut Outgoing, metrics: &mut ShardMetrics) {
+        if out.len() >= udp::BATCH {
+            self.send(out, metrics);
         }
     }
 
-    fn push_tcp(&mut self, transmit: Transmit, metrics: &mut ShardMetrics) {
-        let Some(link) = self.tcp.get(&transmit.destination) else {
+    fn send_tcp(&mut self, destination: SocketAddr, contents: &[u8], metrics: &mut ShardMetrics) {
+        let Some(link) = self.tcp.get(&destination) else {
             metrics.tcp_not_connected += 1;
             return;
         };
-        // No copy: str0m's buffer becomes the frame's body.
-        match link.try_send(Vec::from(transmit.contents)) {
+        match link.try_send(contents.to_vec()) {
             Ok(()) => {}
             Err(tokio_mpsc::error::TrySendError::Full(_)) => metrics.tcp_write_queue_full += 1,
             Err(tokio_mpsc::error::TrySendError::Closed(_)) => {
                 metrics.tcp_not_connected += 1;
-                self.tcp.remove(&transmit.destination);
+                self.tcp.remove(&destination);
             }
         }
     }
@@ -824,19 +824,33 @@ impl Outbox {
     /// Timer work that began at `started` has gone on until `now`: the
     /// copies of media forwarded earlier in the round, if still queued, leave
     /// once it has taken [`TIMER_HOLDS_COPIES`].
-    fn timer_work_went_on(&mut self, started: Instant, now: Instant, metrics: &mut ShardMetrics) {
+    fn timer_work_went_on(
+        &mut self,
+        started: Instant,
+        now: Instant,
+        out: &mut Outgoing,
+        metrics: &mut ShardMetrics,
+    ) {
         if !self.waiting.is_empty() && now.saturating_duration_since(started) >= TIMER_HOLDS_COPIES
         {
-            self.send(metrics);
+            self.send(out, metrics);
         }
     }
 
     /// Hand the queued datagrams to the kernel. The media packets waiting
     /// had all their copies queued (the session driver's threads send theirs
     /// before the round goes on), so they have left now: their latency is taken.
-    fn send(&mut self, metrics: &mut ShardMetrics) {
-        if !self.sender.is_empty() {
-            metrics.sent(self.sender.send(&self.socket));
+    fn send(&mut self, out: &mut Outgoing, metrics: &mut ShardMetrics) {
+        if !out.is_empty() {
+            if out.has_tcp() {
+                for (d, contents) in out.iter() {
+                    if d.proto == Protocol::Tcp {
+                        self.send_tcp(d.destination, contents, metrics);
+                    }
+                }
+            }
+            metrics.sent(self.sender.send(&self.socket, out));
+            out.clear();
         }
         if !self.waiting.is_empty() {
             let now = Instant::now();
@@ -847,8 +861,8 @@ impl Outbox {
     }
 
     /// The end of a round: everything queued is sent.
-    fn finish_round(&mut self, metrics: &mut ShardMetrics) {
-        self.send(metrics);
+    fn finish_round(&mut self, out: &mut Outgoing, metrics: &mut ShardMetrics) {
+        self.send(out, metrics);
         if let Some(counts) = &self.fan_out {
             if let Ok(mut counts) = counts.lock() {
                 metrics.fanned_out(std::mem::take(&mut *counts));
@@ -957,7 +971,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             shard.handle_timeout_while(now, |shard| {
                 flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
                 let at = Instant::now();
-                outbox.timer_work_went_on(now, at, &mut metrics);
+                outbox.timer_work_went_on(now, at, shard.outgoing(), &mut metrics);
                 at < until
             });
         }
@@ -969,7 +983,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             &mut metrics,
         );
         // Nothing waits in the outbox while the shard sleeps.
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(shard.outgoing(), &mut metrics);
         metrics.busy += busy_since.elapsed();
     }
 }
@@ -1024,7 +1038,7 @@ fn handle_command(
     }
 }
 
-/// Route the shard's outputs; datagrams go to the outbox.
+/// Route the shard's outputs; its datagrams leave once they make a batch.
 fn flush(
     shard: &mut Shard,
     signals: &mut HashMap<ParticipantKey, tokio_mpsc::UnboundedSender<ToSignal>>,
@@ -1032,11 +1046,9 @@ fn flush(
     context: &ShardContext,
     metrics: &mut ShardMetrics,
 ) {
+    outbox.send_if_full(shard.outgoing(), metrics);
     while let Some(out) = shard.poll_output() {
         match out {
-            ShardOutput::Transmit(t) => {
-                outbox.push(t, metrics);
-            }
             ShardOutput::Signal(key, message) => {
                 if let Some(tx) = signals.get(&key) {
                     let _ = tx.send(ToSignal::Message(message));
@@ -1269,36 +1281,42 @@ mod tests {
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
         let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
-        let transmit = |contents: &[u8]| Transmit {
-            proto: Protocol::Tcp,
-            source: "192.0.2.2:7881".parse().unwrap(),
-            destination: peer,
-            contents: contents.to_vec().into(),
+        let mut out = Outgoing::default();
+        let tcp = |out: &mut Outgoing, contents: &[u8]| {
+            out.push(
+                Protocol::Tcp,
+                "192.0.2.2:7881".parse().unwrap(),
+                peer,
+                contents,
+            )
         };
 
-        outbox.push(transmit(b"before"), &mut metrics);
+        tcp(&mut out, b"before");
+        outbox.send(&mut out, &mut metrics);
         assert_eq!(metrics.tcp_not_connected, 1);
 
         let (link, mut queue) = tokio_mpsc::channel(2);
         outbox.tcp.insert(peer, link);
         for packet in [b"one", b"two", b"six"] {
-            outbox.push(transmit(packet), &mut metrics);
+            tcp(&mut out, packet);
         }
+        outbox.send(&mut out, &mut metrics);
+        assert!(out.is_empty());
         assert_eq!(queue.try_recv().unwrap(), b"one");
         assert_eq!(queue.try_recv().unwrap(), b"two");
         assert!(queue.try_recv().is_err());
         assert_eq!(metrics.tcp_write_queue_full, 1);
         // Nothing went to the UDP socket.
-        assert!(outbox.sender.is_empty());
+        assert_eq!(metrics.sent.datagrams + metrics.sent.dropped, 0);
 
         drop(queue);
         outbox.forget_closed_tcp();
         assert!(outbox.tcp.is_empty());
     }
 
-    /// An outbox on a loopback socket, a maker of 100-byte UDP datagrams to
+    /// An outbox on a loopback socket, a queuer of 100-byte UDP datagrams to
     /// a sink socket, and the sink (kept open for the test's length).
-    fn udp_outbox() -> (Outbox, impl Fn() -> Transmit, UdpSocket) {
+    fn udp_outbox() -> (Outbox, impl Fn(&mut Outgoing), UdpSocket) {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (source, destination) = (socket.local_addr().unwrap(), sink.local_addr().unwrap());
@@ -1309,29 +1327,28 @@ mod tests {
             waiting: Vec::new(),
             fan_out: None,
         };
-        let transmit = move || Transmit {
-            proto: Protocol::Udp,
-            source,
-            destination,
-            contents: vec![0x80; 100].into(),
-        };
-        (outbox, transmit, sink)
+        let queue =
+            move |out: &mut Outgoing| out.push(Protocol::Udp, source, destination, &[0x80; 100]);
+        (outbox, queue, sink)
     }
 
     #[test]
     fn forward_latency_is_taken_when_the_last_copy_is_handed_to_the_kernel() {
-        let (mut outbox, transmit, _sink) = udp_outbox();
+        let (mut outbox, queue, _sink) = udp_outbox();
+        let mut out = Outgoing::default();
         let mut metrics = ShardMetrics::new(0, Instant::now());
         // A packet's copies are queued, then it waits: nothing has left yet.
         for _ in 1..udp::BATCH {
-            outbox.push(transmit(), &mut metrics);
+            queue(&mut out);
         }
+        outbox.send_if_full(&mut out, &mut metrics);
         outbox.forwarded(Instant::now());
         assert_eq!(metrics.sent.datagrams, 0);
         std::thread::sleep(Duration::from_millis(5));
         // The next packet's first copy fills the batch: the first packet's
         // copies leave with it and its latency is taken, the second's is not.
-        outbox.push(transmit(), &mut metrics);
+        queue(&mut out);
+        outbox.send_if_full(&mut out, &mut metrics);
         assert_eq!(metrics.sent.datagrams, udp::BATCH as u64);
         assert_eq!(metrics.latency_count, 1);
         assert!(
@@ -1339,42 +1356,64 @@ mod tests {
             "{}",
             metrics.latency_sum_ns
         );
-        outbox.push(transmit(), &mut metrics);
+        queue(&mut out);
+        outbox.send_if_full(&mut out, &mut metrics);
         outbox.forwarded(Instant::now());
         assert_eq!(
             metrics.latency_count, 1,
             "sampled before its last copy left"
         );
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut out, &mut metrics);
         assert_eq!(metrics.sent.datagrams, udp::BATCH as u64 + 1);
         assert_eq!(metrics.latency_count, 2);
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut out, &mut metrics);
         assert_eq!(metrics.latency_count, 2, "one sample per forwarded packet");
     }
 
     #[test]
     fn forwarded_copies_wait_for_short_timer_work_only() {
         let (mut outbox, copy, _sink) = udp_outbox();
+        let mut out = Outgoing::default();
         let mut metrics = ShardMetrics::new(0, Instant::now());
         let started = Instant::now();
         // A timer's own output (a report) goes out with the round, whenever.
-        outbox.push(copy(), &mut metrics);
-        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES * 4, &mut metrics);
+        copy(&mut out);
+        outbox.timer_work_went_on(
+            started,
+            started + TIMER_HOLDS_COPIES * 4,
+            &mut out,
+            &mut metrics,
+        );
         assert_eq!(metrics.sent.datagrams, 0);
         // A forwarded packet's copies wait while the timer work is short...
-        outbox.push(copy(), &mut metrics);
+        copy(&mut out);
         outbox.forwarded(started);
-        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES / 2, &mut metrics);
+        outbox.timer_work_went_on(
+            started,
+            started + TIMER_HOLDS_COPIES / 2,
+            &mut out,
+            &mut metrics,
+        );
         assert_eq!(metrics.sent.datagrams, 0);
         // ...and leave, with what is queued, once it is not.
-        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES, &mut metrics);
+        outbox.timer_work_went_on(
+            started,
+            started + TIMER_HOLDS_COPIES,
+            &mut out,
+            &mut metrics,
+        );
         assert_eq!(metrics.sent.datagrams, 2);
         assert_eq!(metrics.latency_count, 1);
         // Sent once: what the timers queue next waits for the round's end.
-        outbox.push(copy(), &mut metrics);
-        outbox.timer_work_went_on(started, started + TIMER_HOLDS_COPIES * 2, &mut metrics);
+        copy(&mut out);
+        outbox.timer_work_went_on(
+            started,
+            started + TIMER_HOLDS_COPIES * 2,
+            &mut out,
+            &mut metrics,
+        );
         assert_eq!(metrics.sent.datagrams, 2);
-        outbox.finish_round(&mut metrics);
+        outbox.finish_round(&mut out, &mut metrics);
         assert_eq!(metrics.sent.datagrams, 3);
     }
 }

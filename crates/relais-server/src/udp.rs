@@ -19,7 +19,8 @@ use std::os::fd::AsRawFd;
 use std::ptr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use str0m::net::Transmit;
+use relais_media::outgoing::Outgoing;
+use str0m::net::Protocol;
 use tracing::{debug, info, warn};
 
 /// Datagrams per `recvmmsg` / `sendmmsg` call.
@@ -367,15 +368,17 @@ impl std::ops::AddAssign for Sent {
     }
 }
 
-/// Outgoing datagrams, queued and sent up to [`BATCH`] per system call; runs
-/// of same-size datagrams to one destination as one GSO message each.
+/// Sends a shard's outgoing datagrams up to [`BATCH`] per system call; runs
+/// of same-size datagrams to one destination as one GSO message each. The
+/// datagrams stay where the media core wrote them ([`Outgoing`]): the
+/// headers point at them.
 pub struct Sender {
-    queue: Vec<Transmit>,
     headers: Headers,
     /// Per message, the `UDP_SEGMENT` control message (in `u64` words, aligned
     /// for `cmsghdr`).
     controls: Vec<[u64; GSO_CONTROL_WORDS]>,
-    /// Per message: its first queued datagram and how many it carries.
+    /// Per message of the window being sent: its first datagram (an index
+    /// into the [`Outgoing`]) and how many it carries.
     messages: Vec<(usize, usize)>,
     /// `None` until the first send looks at the socket.
     gso: Option<bool>,
@@ -387,7 +390,6 @@ const GSO_CONTROL_WORDS: usize = 4;
 impl Sender {
     pub fn new() -> Self {
         Sender {
-            queue: Vec::with_capacity(BATCH),
             headers: Headers::new(),
             controls: vec![[0; GSO_CONTROL_WORDS]; BATCH],
             messages: Vec::with_capacity(BATCH),
@@ -395,34 +397,37 @@ impl Sender {
         }
     }
 
-    /// Queue a datagram; true when the queue is full and must be sent now.
-    pub fn push(&mut self, transmit: Transmit) -> bool {
-        self.queue.push(transmit);
-        self.queue.len() >= BATCH
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Split the queue from datagram `from` on into messages: a run to one
-    /// destination whose datagrams have the size of its first (the last may be
-    /// shorter) is one message, if GSO is on. Fills the headers of message
-    /// `first_message` on; returns how many messages there are in all.
-    fn lay_out(&mut self, from: usize, first_message: usize) -> usize {
+    /// Split the UDP datagrams `from..end` of `out` (a window of at most
+    /// [`BATCH`] starting at `window`) into messages: a run to one destination
+    /// whose datagrams have the size of its first (the last may be shorter) is
+    /// one message, if GSO is on. Fills the headers of message `first_message`
+    /// on; returns how many messages there are in all. ICE-TCP datagrams are
+    /// left out.
+    fn lay_out(
+        &mut self,
+        out: &Outgoing,
+        window: usize,
+        from: usize,
+        end: usize,
+        first_message: usize,
+    ) -> usize {
         self.messages.truncate(first_message);
         let gso = self.gso == Some(true);
+        let udp = |i: usize| out.get(i).filter(|(d, _)| d.proto == Protocol::Udp);
         let mut i = from;
-        while i < self.queue.len() {
-            let first = &self.queue[i];
-            let size = first.contents.len();
+        while i < end {
+            let Some((first, contents)) = udp(i) else {
+                i += 1;
+                continue;
+            };
+            let size = contents.len();
             let mut count = 1;
             let mut bytes = size;
-            while gso && count < GSO_MAX_SEGMENTS {
-                let Some(next) = self.queue.get(i + count) else {
+            while gso && count < GSO_MAX_SEGMENTS && i + count < end {
+                let Some((next, contents)) = udp(i + count) else {
                     break;
                 };
-                let len = next.contents.len();
+                let len = contents.len();
                 if next.destination != first.destination
                     || len > size
                     || len == 0
@@ -442,25 +447,25 @@ impl Sender {
         for m in first_message..self.messages.len() {
             let (first, count) = self.messages[m];
             for t in first..first + count {
-                let contents = &self.queue[t].contents;
-                self.headers.iovecs[t] = libc::iovec {
+                let (_, contents) = out.get(t).expect("laid out above");
+                self.headers.iovecs[t - window] = libc::iovec {
                     // The kernel only reads through this pointer (sendmmsg).
                     iov_base: contents.as_ptr().cast_mut().cast(),
                     iov_len: contents.len(),
                 };
             }
-            let addr_len =
-                write_sockaddr(&self.queue[first].destination, &mut self.headers.addrs[m]);
+            let (d, contents) = out.get(first).expect("laid out above");
+            let addr_len = write_sockaddr(&d.destination, &mut self.headers.addrs[m]);
+            let size = contents.len() as u16;
             let header = &mut self.headers.headers[m];
             // SAFETY: all-zero is a valid msghdr; no control data, no flags.
             header.msg_hdr = unsafe { zeroed() };
             header.msg_hdr.msg_name = ptr::from_mut(&mut self.headers.addrs[m]).cast();
             header.msg_hdr.msg_namelen = addr_len;
-            header.msg_hdr.msg_iov = ptr::from_mut(&mut self.headers.iovecs[first]);
+            header.msg_hdr.msg_iov = ptr::from_mut(&mut self.headers.iovecs[first - window]);
             header.msg_hdr.msg_iovlen = count;
             header.msg_len = 0;
             if count > 1 {
-                let size = self.queue[first].contents.len() as u16;
                 let control = &mut self.controls[m];
                 header.msg_hdr.msg_control = control.as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE of a u16 fits `control` (checked by the
@@ -479,24 +484,50 @@ impl Sender {
         self.messages.len()
     }
 
-    /// Send everything queued, without blocking: a datagram the kernel refuses
-    /// is dropped; a full socket buffer gets one wait of [`SEND_WAIT_MS`], after
-    /// which the rest of the batch is dropped.
-    pub fn send(&mut self, socket: &UdpSocket) -> Sent {
+    /// Send the UDP datagrams of `out` (its ICE-TCP ones are the caller's),
+    /// without blocking: a datagram the kernel refuses is dropped; a full
+    /// socket buffer gets one wait of [`SEND_WAIT_MS`], after which the rest
+    /// is dropped.
+    pub fn send(&mut self, socket: &UdpSocket, out: &Outgoing) -> Sent {
         let mut sent = Sent::default();
         if self.gso.is_none() {
             let supported = gso_supported(socket);
             debug!(supported, "udp gso");
             self.gso = Some(supported);
         }
-        let mut count = self.lay_out(0, 0);
-        let mut next = 0;
         let mut waited = false;
+        let mut window = 0;
+        while window < out.len() {
+            let end = (window + BATCH).min(out.len());
+            if !self.send_window(socket, out, window, end, &mut waited, &mut sent) {
+                let rest = (end..out.len()).filter_map(|i| out.get(i));
+                sent.dropped += rest.filter(|(d, _)| d.proto == Protocol::Udp).count() as u64;
+                break;
+            }
+            window = end;
+        }
+        sent
+    }
+
+    /// Send datagrams `window..end` of `out`; false if the socket's buffer
+    /// stayed full (the rest of the window dropped, counted in `sent`).
+    fn send_window(
+        &mut self,
+        socket: &UdpSocket,
+        out: &Outgoing,
+        window: usize,
+        end: usize,
+        waited: &mut bool,
+        sent: &mut Sent,
+    ) -> bool {
+        let mut count = self.lay_out(out, window, window, end, 0);
+        let mut next = 0;
         let mut resume_gso = false;
+        let mut room = true;
         while next < count {
             sent.syscalls += 1;
             // SAFETY: headers `next..count` point at their own address and
-            // control slots and at iovecs of the queued datagrams, all alive and
+            // control slots and at iovecs of datagrams in `out`, all alive and
             // unmoved during the call. MSG_DONTWAIT: never block the shard.
             let result = unsafe {
                 libc::sendmmsg(
@@ -524,19 +555,20 @@ impl Sender {
             let (first, segments) = self.messages[next];
             match error.raw_os_error() {
                 Some(libc::EINTR) => {}
-                Some(libc::EAGAIN | libc::ENOBUFS) if !waited => {
-                    waited = true;
+                Some(libc::EAGAIN | libc::ENOBUFS) if !*waited => {
+                    *waited = true;
                     wait_writable(socket);
                 }
                 Some(libc::EAGAIN | libc::ENOBUFS) => {
                     let dropped: usize = self.messages[next..count].iter().map(|m| m.1).sum();
                     debug!(dropped, %error, "udp send buffer full");
                     sent.dropped += dropped as u64;
+                    room = false;
                     break;
                 }
                 // EIO: the device cannot checksum GSO segments, so never again;
                 // EINVAL: this route's MTU is below the segment size, so not
-                // for the rest of this batch. Either way the run is resent as
+                // for the rest of this window. Either way the run is resent as
                 // single datagrams.
                 Some(code @ (libc::EIO | libc::EINVAL)) if segments > 1 => {
                     if code == libc::EIO {
@@ -546,11 +578,11 @@ impl Sender {
                         resume_gso = true;
                     }
                     self.gso = Some(false);
-                    count = self.lay_out(first, next);
+                    count = self.lay_out(out, window, first, end, next);
                 }
                 _ => {
-                    let destination = self.queue[first].destination;
-                    debug!(%destination, %error, "udp send failed");
+                    let destination = out.get(first).map(|(d, _)| d.destination);
+                    debug!(?destination, %error, "udp send failed");
                     sent.dropped += segments as u64;
                     next += 1;
                 }
@@ -559,9 +591,7 @@ impl Sender {
         if resume_gso {
             self.gso = Some(true);
         }
-        // The sent datagrams' buffers are freed; the queue keeps its capacity.
-        self.queue.clear();
-        sent
+        room
     }
 }
 
@@ -580,13 +610,8 @@ fn wait_writable(socket: &UdpSocket) {
 mod tests {
     use super::*;
 
-    fn transmit(to: SocketAddr, contents: &[u8]) -> Transmit {
-        Transmit {
-            proto: str0m::net::Protocol::Udp,
-            source: to,
-            destination: to,
-            contents: contents.to_vec().into(),
-        }
+    fn push(out: &mut Outgoing, to: SocketAddr, contents: &[u8]) {
+        out.push(Protocol::Udp, to, to, contents);
     }
 
     #[test]
@@ -611,21 +636,20 @@ mod tests {
         size_buffers(&b);
         let to = b.local_addr().unwrap();
 
-        // More than one batch, of different sizes, in order.
+        // More than one batch, of different sizes, in order; an ICE-TCP
+        // datagram among them is left to the caller.
         let total = BATCH + 6;
         let mut sender = Sender::new();
-        let mut sent = Sent::default();
+        let mut out = Outgoing::default();
         for i in 0..total {
-            if sender.push(transmit(to, &vec![i as u8; 10 + i])) {
-                sent = sender.send(&a);
+            push(&mut out, to, &vec![i as u8; 10 + i]);
+            if i == 3 {
+                out.push(Protocol::Tcp, to, to, b"not on this socket");
             }
         }
-        assert_eq!(sent.syscalls, 1);
-        assert_eq!(sent.datagrams, BATCH as u64);
-        assert!(!sender.is_empty());
-        let rest = sender.send(&a);
-        assert!(sender.is_empty());
-        assert_eq!((rest.datagrams, rest.dropped), (6, 0));
+        let sent = sender.send(&a, &out);
+        assert_eq!(sent.syscalls, 2);
+        assert_eq!((sent.datagrams, sent.dropped), (total as u64, 0));
 
         let mut receiver = Receiver::new();
         let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
@@ -679,12 +703,12 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = b.local_addr().unwrap();
-        let mut sender = Sender::new();
-        sender.push(transmit(to, b"first"));
+        let mut out = Outgoing::default();
+        push(&mut out, to, b"first");
         // Too large for UDP: EMSGSIZE for this one only.
-        sender.push(transmit(to, &vec![0; 70_000]));
-        sender.push(transmit(to, b"third"));
-        let sent = sender.send(&a);
+        push(&mut out, to, &vec![0; 70_000]);
+        push(&mut out, to, b"third");
+        let sent = Sender::new().send(&a, &out);
         assert_eq!((sent.datagrams, sent.dropped, sent.bytes), (2, 1, 10));
     }
 
@@ -731,10 +755,11 @@ mod tests {
         plan.extend((6..9).map(|i| (c, 1000, i)));
         plan.extend([(b, 1000, 9), (b, 1000, 10), (b, 1100, 11)]);
         let mut sender = Sender::new();
+        let mut out = Outgoing::default();
         for &(to, len, tag) in &plan {
-            sender.push(transmit(to, &vec![tag as u8; len]));
+            push(&mut out, to, &vec![tag as u8; len]);
         }
-        let sent = sender.send(&a);
+        let sent = sender.send(&a, &out);
         assert_eq!((sent.syscalls, sent.datagrams, sent.dropped), (1, 12, 0));
         assert_eq!(
             sent.segmented, 11,

@@ -914,17 +914,23 @@ impl Sim {
 
     /// Move the shard's outputs into the network, the WebSocket queues and the event log.
     fn collect_shard(&mut self) {
+        let outgoing = self.shard.outgoing();
+        let sent: Vec<_> = outgoing
+            .iter()
+            .map(|(t, contents)| (t.source, t.destination, contents.to_vec()))
+            .collect();
+        outgoing.clear();
+        for (source, destination, contents) in sent {
+            let d = Datagram {
+                at: self.now + self.latency_between(source, destination),
+                source,
+                destination,
+                contents,
+            };
+            self.send_datagram(d);
+        }
         while let Some(out) = self.shard.poll_output() {
             match out {
-                ShardOutput::Transmit(t) => {
-                    let d = Datagram {
-                        at: self.now + self.latency_between(t.source, t.destination),
-                        source: t.source,
-                        destination: t.destination,
-                        contents: t.contents.to_vec(),
-                    };
-                    self.send_datagram(d);
-                }
                 ShardOutput::Signal(key, msg) => {
                     let at = self.now + self.signal_latency_of(key);
                     insert_by_time(

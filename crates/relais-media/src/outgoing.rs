@@ -1,0 +1,242 @@
+//! Datagrams on their way out, written in place into one buffer.
+//!
+//! A forwarded copy is built where it will be sent from: its header, payload
+//! and SRTP tag are appended to the buffer of an [`Outgoing`] and sealed
+//! there, so that a copy costs no allocation of its own and no move — the I/O
+//! layer points its `sendmmsg` at the bytes and then [clears](Outgoing::clear)
+//! them, keeping the buffer's capacity for the next round. This is the
+//! sans-IO way quinn-proto writes its packets into a buffer the caller owns.
+//!
+//! ```
+//! use relais_media::outgoing::Outgoing;
+//! use str0m::net::Protocol;
+//!
+//! let (from, to) = ("10.0.0.1:7882".parse().unwrap(), "10.0.0.2:5000".parse().unwrap());
+//! let mut out = Outgoing::default();
+//! out.push(Protocol::Udp, from, to, b"one");
+//! out.push(Protocol::Udp, from, to, b"two");
+//! let sent: Vec<&[u8]> = out.iter().map(|(_, bytes)| bytes).collect();
+//! assert_eq!(sent, [&b"one"[..], &b"two"[..]]);
+//! out.clear();
+//! assert!(out.is_empty());
+//! ```
+
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use str0m::net::{Protocol, Transmit};
+
+/// The capacity kept between rounds: a few hundred video datagrams.
+const KEPT_BYTES: usize = 512 << 10;
+
+/// Where a datagram goes: protocol, local address, remote address.
+pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
+
+/// Datagrams to send, in the order they were written.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    datagrams: Vec<Addressed>,
+    /// How many of `datagrams` go over ICE-TCP.
+    tcp: usize,
+}
+
+/// One datagram of an [`Outgoing`]: where it goes (its bytes are
+/// [`Outgoing::bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addressed {
+    pub proto: Protocol,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    start: u32,
+    len: u32,
+}
+
+impl Addressed {
+    fn range(&self) -> Range<usize> {
+        let start = self.start as usize;
+        start..start + self.len as usize
+    }
+}
+
+impl Outgoing {
+    /// How many datagrams are queued.
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    /// Whether any queued datagram goes over ICE-TCP (the rest over UDP).
+    pub fn has_tcp(&self) -> bool {
+        self.tcp > 0
+    }
+
+    /// The `i`th datagram queued.
+    pub fn get(&self, i: usize) -> Option<(&Addressed, &[u8])> {
+        let d = self.datagrams.get(i)?;
+        Some((d, &self.bytes[d.range()]))
+    }
+
+    /// The queued datagrams in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Addressed, &[u8])> {
+        self.datagrams.iter().map(|d| (d, &self.bytes[d.range()]))
+    }
+
+    /// Forget every datagram. The buffers keep their capacity, up to what a
+    /// busy round needs: a burst (a keyframe to a room of a thousand, all
+    /// written in one round) leaves no lasting memory.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.bytes.shrink_to(KEPT_BYTES);
+        self.datagrams.clear();
+        self.datagrams.shrink_to(KEPT_BYTES / 1024);
+        self.tcp = 0;
+    }
+
+    /// Queue a copy of `contents`.
+    pub fn push(
+        &mut self,
+        proto: Protocol,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+    ) {
+        self.write((proto, source, destination), |buf| {
+            buf.extend_from_slice(contents);
+            true
+        });
+    }
+
+    /// Queue what str0m sends (its buffer is copied and freed: none of this
+    /// is per forwarded copy).
+    pub(crate) fn push_transmit(&mut self, t: Transmit) {
+        self.push(t.proto, t.source, t.destination, &t.contents);
+    }
+
+    /// Queue a datagram that `write` appends to the buffer in place; if it
+    /// returns false, whatever it appended is taken back and nothing is
+    /// queued. Returns what `write` did.
+    pub(crate) fn write(&mut self, route: Route, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
+        let start = self.bytes.len();
+        if !write(&mut self.bytes) {
+            self.bytes.truncate(start);
+            return false;
+        }
+        let (proto, source, destination) = route;
+        if proto == Protocol::Tcp {
+            self.tcp += 1;
+        }
+        self.datagrams.push(Addressed {
+            proto,
+            source,
+            destination,
+            // A round's datagrams are sent before their bytes could reach 4 GiB.
+            start: start as u32,
+            len: (self.bytes.len() - start) as u32,
+        });
+        true
+    }
+
+    /// Move `other`'s datagrams after these, leaving it empty: the two
+    /// buffers change places when this one is empty (nothing copied), which
+    /// is how a shard lends its buffer to the room it calls and takes it back.
+    pub fn append(&mut self, other: &mut Outgoing) {
+        if self.is_empty() {
+            std::mem::swap(self, other);
+            other.clear();
+            return;
+        }
+        let offset = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&other.bytes);
+        self.datagrams
+            .extend(other.datagrams.iter().map(|d| Addressed {
+                start: d.start + offset,
+                ..*d
+            }));
+        self.tcp += other.tcp;
+        other.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(port: u16) -> Route {
+        (
+            Protocol::Udp,
+            "10.0.0.1:7882".parse().unwrap(),
+            SocketAddr::from(([10, 0, 0, 2], port)),
+        )
+    }
+
+    fn contents(out: &Outgoing) -> Vec<(u16, Vec<u8>)> {
+        out.iter()
+            .map(|(d, bytes)| (d.destination.port(), bytes.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_write_leaves_nothing_behind() {
+        let mut out = Outgoing::default();
+        out.write(route(1), |buf| {
+            buf.extend_from_slice(b"kept");
+            true
+        });
+        let written = out.write(route(2), |buf| {
+            buf.extend_from_slice(b"half a packet");
+            false
+        });
+        assert!(!written);
+        out.push(Protocol::Tcp, route(3).1, route(3).2, b"next");
+        assert_eq!(
+            contents(&out),
+            [(1, b"kept".to_vec()), (3, b"next".to_vec())]
+        );
+        assert!(out.has_tcp());
+        assert_eq!(out.get(1).map(|(d, _)| d.proto), Some(Protocol::Tcp));
+    }
+
+    #[test]
+    fn a_burst_leaves_no_lasting_memory() {
+        let mut out = Outgoing::default();
+        for _ in 0..4_000 {
+            out.push(route(1).0, route(1).1, route(1).2, &[0; 1_200]);
+        }
+        assert!(out.bytes.capacity() > 4 * KEPT_BYTES);
+        out.clear();
+        assert!(out.bytes.capacity() <= KEPT_BYTES);
+        assert!(out.datagrams.capacity() <= KEPT_BYTES / 1024);
+    }
+
+    #[test]
+    fn appending_swaps_into_an_empty_buffer_and_copies_after_a_full_one() {
+        let mut lent = Outgoing::default();
+        lent.push(route(1).0, route(1).1, route(1).2, b"a");
+        let mut room = Outgoing::default();
+        room.append(&mut lent);
+        assert!(lent.is_empty());
+        room.push(route(2).0, route(2).1, route(2).2, b"bb");
+        let mut shard = Outgoing::default();
+        shard.append(&mut room);
+        assert!(room.is_empty());
+        let mut chunk = Outgoing::default();
+        chunk.push(Protocol::Tcp, route(3).1, route(3).2, b"ccc");
+        shard.append(&mut chunk);
+        assert!(chunk.is_empty() && !chunk.has_tcp());
+        assert_eq!(
+            contents(&shard),
+            [
+                (1, b"a".to_vec()),
+                (2, b"bb".to_vec()),
+                (3, b"ccc".to_vec())
+            ]
+        );
+        assert!(shard.has_tcp());
+        shard.clear();
+        assert!(shard.is_empty() && !shard.has_tcp());
+    }
+}
