@@ -81,12 +81,13 @@ pub(crate) struct DueSession<'a> {
 }
 
 impl<'a> DriveChunk<'a> {
-    pub(crate) fn new(now: Instant, span: Span, capacity: usize) -> Self {
+    /// A chunk for up to `capacity` sessions, writing into `outgoing`.
+    pub(crate) fn new(now: Instant, span: Span, capacity: usize, outgoing: Outgoing) -> Self {
         DriveChunk {
             now,
             span,
             sessions: Vec::with_capacity(capacity),
-            outgoing: Outgoing::default(),
+            outgoing,
             events: Vec::new(),
         }
     }
