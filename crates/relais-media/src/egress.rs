@@ -41,7 +41,7 @@ use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
 use crate::codec::{Vp8Header, Vp8Rewrite};
-use crate::outgoing::Outgoing;
+use crate::outgoing::{Outgoing, MAX_DATAGRAM};
 use crate::participant::{ForwardedCopy, PeerSession};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
@@ -224,7 +224,6 @@ fn write_rtp(
     payload: &[u8],
     vp8: Option<Vp8Rewrite>,
 ) {
-    packet.reserve(RTP_HEADER_LEN + 8 + 2 + payload.len() + TAG_LEN);
     packet.push(if header.orientation.is_some() {
         0x90
     } else {
@@ -311,7 +310,8 @@ pub(crate) fn send_direct(session: &mut PeerSession, out: &mut Outgoing) {
         });
         let mut history = stream.history.as_deref_mut();
         let fields = RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id));
-        out.write(route, |buf| {
+        let max_len = RTP_HEADER_LEN + 8 + copy.payload.len() + TAG_LEN;
+        out.write(route, max_len, |buf| {
             let at = buf.len();
             write_rtp(buf, fields, None, &copy.payload, copy.vp8);
             keys.protect_rtp(buf, at, (copy.seq >> 16) as u32);
@@ -385,7 +385,7 @@ pub(crate) fn resend<'a>(
             .filter(|bit| entry.blp & (1 << bit) != 0)
             .map(|bit| entry.pid.wrapping_add(bit + 1));
         for seq in std::iter::once(entry.pid).chain(lost) {
-            let repaired = out.write(route, |buf| {
+            let repaired = out.write(route, MAX_DATAGRAM, |buf| {
                 let at = buf.len();
                 let Some(roc) = history.repair(seq, &layer, now, buf) else {
                     return false;

@@ -22,12 +22,21 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::ops::Range;
 
 use str0m::net::{Protocol, Transmit};
 
-/// The capacity kept between rounds: a few hundred video datagrams.
-const KEPT_BYTES: usize = 512 << 10;
+/// Bytes are written in blocks of this size: a burst grows by blocks, and
+/// what was written never moves (a growing single buffer would copy it and
+/// hold up to twice the burst).
+const BLOCK_BYTES: usize = 64 << 10;
+
+/// The empty blocks kept between rounds (512 KiB: a few hundred video
+/// datagrams); a burst's others are freed once it is sent.
+const KEPT_BLOCKS: usize = 8;
+
+/// The most a datagram Relais writes takes (WebRTC keeps packets under
+/// ~1,200 bytes; an Ethernet MTU bounds them all).
+pub(crate) const MAX_DATAGRAM: usize = 1_500;
 
 /// Where a datagram goes: protocol, local address, remote address.
 pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
@@ -35,28 +44,25 @@ pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
 /// Datagrams to send, in the order they were written.
 #[derive(Debug, Default)]
 pub struct Outgoing {
-    bytes: Vec<u8>,
+    /// The blocks in use, in order.
+    blocks: Vec<Vec<u8>>,
+    /// Empty blocks, kept for the next round.
+    spare: Vec<Vec<u8>>,
     datagrams: Vec<Addressed>,
     /// How many of `datagrams` go over ICE-TCP.
     tcp: usize,
 }
 
-/// One datagram of an [`Outgoing`]: where it goes (its bytes are
-/// [`Outgoing::bytes`]).
+/// One datagram of an [`Outgoing`]: where it goes (its bytes are in the
+/// [`Outgoing`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Addressed {
     pub proto: Protocol,
     pub source: SocketAddr,
     pub destination: SocketAddr,
+    block: u32,
     start: u32,
     len: u32,
-}
-
-impl Addressed {
-    fn range(&self) -> Range<usize> {
-        let start = self.start as usize;
-        start..start + self.len as usize
-    }
 }
 
 impl Outgoing {
@@ -74,25 +80,34 @@ impl Outgoing {
         self.tcp > 0
     }
 
+    fn bytes(&self, d: &Addressed) -> &[u8] {
+        let start = d.start as usize;
+        &self.blocks[d.block as usize][start..start + d.len as usize]
+    }
+
     /// The `i`th datagram queued.
     pub fn get(&self, i: usize) -> Option<(&Addressed, &[u8])> {
         let d = self.datagrams.get(i)?;
-        Some((d, &self.bytes[d.range()]))
+        Some((d, self.bytes(d)))
     }
 
     /// The queued datagrams in order.
     pub fn iter(&self) -> impl Iterator<Item = (&Addressed, &[u8])> {
-        self.datagrams.iter().map(|d| (d, &self.bytes[d.range()]))
+        self.datagrams.iter().map(|d| (d, self.bytes(d)))
     }
 
-    /// Forget every datagram. The buffers keep their capacity, up to what a
-    /// busy round needs: a burst (a keyframe to a room of a thousand, all
-    /// written in one round) leaves no lasting memory.
+    /// Forget every datagram. Up to [`KEPT_BLOCKS`] blocks are kept for the
+    /// next round: a burst (a keyframe to a room of a thousand, all written
+    /// in one round) leaves no lasting memory.
     pub fn clear(&mut self) {
-        self.bytes.clear();
-        self.bytes.shrink_to(KEPT_BYTES);
+        for mut block in self.blocks.drain(..) {
+            if self.spare.len() < KEPT_BLOCKS {
+                block.clear();
+                self.spare.push(block);
+            }
+        }
         self.datagrams.clear();
-        self.datagrams.shrink_to(KEPT_BYTES / 1024);
+        self.datagrams.shrink_to(KEPT_BLOCKS * BLOCK_BYTES / 1024);
         self.tcp = 0;
     }
 
@@ -104,7 +119,7 @@ impl Outgoing {
         destination: SocketAddr,
         contents: &[u8],
     ) {
-        self.write((proto, source, destination), |buf| {
+        self.write((proto, source, destination), contents.len(), |buf| {
             buf.extend_from_slice(contents);
             true
         });
@@ -116,15 +131,34 @@ impl Outgoing {
         self.push(t.proto, t.source, t.destination, &t.contents);
     }
 
-    /// Queue a datagram that `write` appends to the buffer in place; if it
-    /// returns false, whatever it appended is taken back and nothing is
-    /// queued. Returns what `write` did.
-    pub(crate) fn write(&mut self, route: Route, write: impl FnOnce(&mut Vec<u8>) -> bool) -> bool {
-        let start = self.bytes.len();
-        if !write(&mut self.bytes) {
-            self.bytes.truncate(start);
+    /// Queue a datagram of at most `max_len` bytes that `write` appends to
+    /// the buffer in place; if it returns false, whatever it appended is
+    /// taken back and nothing is queued. Returns what `write` did.
+    pub(crate) fn write(
+        &mut self,
+        route: Route,
+        max_len: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> bool,
+    ) -> bool {
+        let fits = self
+            .blocks
+            .last()
+            .is_some_and(|b| b.capacity() - b.len() >= max_len);
+        if !fits {
+            let block = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(BLOCK_BYTES.max(max_len)));
+            self.blocks.push(block);
+        }
+        let block = self.blocks.len() - 1;
+        let buf = &mut self.blocks[block];
+        let start = buf.len();
+        if !write(buf) {
+            buf.truncate(start);
             return false;
         }
+        let len = buf.len() - start;
         let (proto, source, destination) = route;
         if proto == Protocol::Tcp {
             self.tcp += 1;
@@ -133,30 +167,25 @@ impl Outgoing {
             proto,
             source,
             destination,
-            // A round's datagrams are sent before their bytes could reach 4 GiB.
+            block: block as u32,
             start: start as u32,
-            len: (self.bytes.len() - start) as u32,
+            len: len as u32,
         });
         true
     }
 
     /// Move `other`'s datagrams after these, leaving it empty: the two
-    /// buffers change places when this one is empty (nothing copied), which
-    /// is how a shard lends its buffer to the room it calls and takes it back.
+    /// change places when this one is empty (nothing copied), which is how a
+    /// shard lends its buffer to the room it calls and takes it back.
     pub fn append(&mut self, other: &mut Outgoing) {
         if self.is_empty() {
             std::mem::swap(self, other);
-            other.clear();
-            return;
+        } else {
+            for i in 0..other.len() {
+                let (d, bytes) = other.get(i).expect("in range");
+                self.push(d.proto, d.source, d.destination, bytes);
+            }
         }
-        let offset = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(&other.bytes);
-        self.datagrams
-            .extend(other.datagrams.iter().map(|d| Addressed {
-                start: d.start + offset,
-                ..*d
-            }));
-        self.tcp += other.tcp;
         other.clear();
     }
 }
@@ -182,11 +211,11 @@ mod tests {
     #[test]
     fn a_refused_write_leaves_nothing_behind() {
         let mut out = Outgoing::default();
-        out.write(route(1), |buf| {
+        out.write(route(1), 4, |buf| {
             buf.extend_from_slice(b"kept");
             true
         });
-        let written = out.write(route(2), |buf| {
+        let written = out.write(route(2), 13, |buf| {
             buf.extend_from_slice(b"half a packet");
             false
         });
@@ -206,10 +235,13 @@ mod tests {
         for _ in 0..4_000 {
             out.push(route(1).0, route(1).1, route(1).2, &[0; 1_200]);
         }
-        assert!(out.bytes.capacity() > 4 * KEPT_BYTES);
+        assert!(out.blocks.len() > 4 * KEPT_BLOCKS);
+        assert_eq!(out.get(3_999).map(|(_, b)| b.len()), Some(1_200));
         out.clear();
-        assert!(out.bytes.capacity() <= KEPT_BYTES);
-        assert!(out.datagrams.capacity() <= KEPT_BYTES / 1024);
+        assert!(out.blocks.is_empty());
+        assert_eq!(out.spare.len(), KEPT_BLOCKS);
+        assert!(out.spare.iter().all(|b| b.is_empty()));
+        assert!(out.datagrams.capacity() <= KEPT_BLOCKS * BLOCK_BYTES / 1024);
     }
 
     #[test]
