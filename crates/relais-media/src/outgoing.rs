@@ -174,17 +174,13 @@ impl Outgoing {
         true
     }
 
-    /// Move `other`'s datagrams after these, leaving it empty: the two
-    /// change places when this one is empty (nothing copied), which is how a
-    /// shard lends its buffer to the room it calls and takes it back.
+    /// Copy `other`'s datagrams after these and clear it (leftovers only:
+    /// a shard lends its whole `Outgoing` to the room it calls instead —
+    /// `std::mem::swap`, nothing copied).
     pub fn append(&mut self, other: &mut Outgoing) {
-        if self.is_empty() {
-            std::mem::swap(self, other);
-        } else {
-            for i in 0..other.len() {
-                let (d, bytes) = other.get(i).expect("in range");
-                self.push(d.proto, d.source, d.destination, bytes);
-            }
+        for i in 0..other.len() {
+            let (d, bytes) = other.get(i).expect("in range");
+            self.push(d.proto, d.source, d.destination, bytes);
         }
         other.clear();
     }
@@ -245,17 +241,11 @@ mod tests {
     }
 
     #[test]
-    fn appending_swaps_into_an_empty_buffer_and_copies_after_a_full_one() {
-        let mut lent = Outgoing::default();
-        lent.push(route(1).0, route(1).1, route(1).2, b"a");
-        let mut room = Outgoing::default();
-        room.append(&mut lent);
-        assert!(lent.is_empty());
-        room.push(route(2).0, route(2).1, route(2).2, b"bb");
+    fn appending_copies_in_order_and_empties_the_other() {
         let mut shard = Outgoing::default();
-        shard.append(&mut room);
-        assert!(room.is_empty());
+        shard.push(route(1).0, route(1).1, route(1).2, b"a");
         let mut chunk = Outgoing::default();
+        chunk.push(route(2).0, route(2).1, route(2).2, b"bb");
         chunk.push(Protocol::Tcp, route(3).1, route(3).2, b"ccc");
         shard.append(&mut chunk);
         assert!(chunk.is_empty() && !chunk.has_tcp());

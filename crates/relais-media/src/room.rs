@@ -268,6 +268,8 @@ pub struct Room {
     /// The datagrams to send, written in place; the shard lends its buffer
     /// for each call and takes it back with the outputs.
     pub(crate) outgoing: Outgoing,
+    /// Whether `outgoing` is the shard's, lent for the call in progress.
+    pub(crate) outgoing_lent: bool,
     /// The buffers of the chunks a large room's sessions are driven in,
     /// kept between rounds (a fresh one each round would fault its pages in
     /// anew: a room of 1,000 writes ~300 KiB per chunk).
@@ -347,6 +349,7 @@ impl Room {
             tracks: HashMap::default(),
             outputs,
             outgoing: Outgoing::default(),
+            outgoing_lent: false,
             chunk_buffers: Vec::new(),
             events: VecDeque::new(),
             timers: TimerQueue::default(),

@@ -53,7 +53,7 @@ pub struct Shard {
     pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
     pub(crate) outputs: VecDeque<ShardOutput>,
     /// The datagrams to send; lent to each room the shard calls, so that
-    /// copies are written in place ([`Outgoing::append`]).
+    /// copies are written in place (`lend_outgoing`).
     outgoing: Outgoing,
     /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
     /// the room's outputs are collected — after everything done to it.
@@ -294,7 +294,7 @@ impl Shard {
             let driven = match self.rooms.get_mut(&name) {
                 // Queued before its deadline moved later: `collect` re-queues it.
                 Some(room) if go_on && room.poll_timeout() <= now => {
-                    room.outgoing.append(&mut self.outgoing);
+                    lend_outgoing(&mut self.outgoing, room);
                     room.handle_timeout(now, &*self.driver);
                     true
                 }
@@ -353,11 +353,10 @@ impl Shard {
     }
 
     /// Room `name`, with the shard's outgoing datagrams lent to it for a
-    /// call: what it sends is written after them in place, and taken back
-    /// by [`Shard::collect`].
+    /// call ([`lend_outgoing`]); [`Shard::collect`] takes them back.
     pub(crate) fn lend(&mut self, name: &str) -> Option<&mut Room> {
         let room = self.rooms.get_mut(name)?;
-        room.outgoing.append(&mut self.outgoing);
+        lend_outgoing(&mut self.outgoing, room);
         Some(room)
     }
 
@@ -387,7 +386,13 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
-        self.outgoing.append(&mut room.outgoing);
+        if std::mem::take(&mut room.outgoing_lent) {
+            std::mem::swap(&mut self.outgoing, &mut room.outgoing);
+        }
+        // Written while not lent (never, in practice): copied.
+        if !room.outgoing.is_empty() {
+            self.outgoing.append(&mut room.outgoing);
+        }
         while let Some(out) = room.poll_output() {
             match out {
                 RoomOutput::Signal(k, m) => self.outputs.push_back(ShardOutput::Signal(k, m)),
@@ -427,5 +432,16 @@ impl Shard {
                 }),
             }
         }
+    }
+}
+
+/// Lend the shard's `outgoing` to `room` for a call: what the room sends is
+/// written after the datagrams already queued, in place — the two
+/// `Outgoing`s change places (their kept blocks too), and change back when
+/// the room's outputs are collected; a room holds no buffer of its own.
+fn lend_outgoing(outgoing: &mut Outgoing, room: &mut Room) {
+    if !room.outgoing_lent {
+        std::mem::swap(outgoing, &mut room.outgoing);
+        room.outgoing_lent = true;
     }
 }
