@@ -194,6 +194,19 @@ pub(crate) struct StreamSeen {
     pub lost: u64,
 }
 
+impl StreamSeen {
+    /// Take a stream's new cumulative NACK and packet counts; returns how
+    /// many of each came since the last report.
+    pub fn advance(&mut self, nacks: u64, packets: u64) -> (u64, u64) {
+        let delta = (
+            nacks.saturating_sub(self.nacks),
+            packets.saturating_sub(self.packets),
+        );
+        (self.nacks, self.packets) = (nacks, packets);
+        delta
+    }
+}
+
 impl PeerSession {
     /// Copies can leave by direct egress: its keys and route are known.
     /// Once they are, that is kept here, beside what every copy touches
@@ -340,6 +353,15 @@ impl Participant {
     /// Bump the version so clients accept the next update about this participant.
     pub fn touch(&mut self) {
         self.info.version += 1;
+    }
+
+    /// Forget one of its own tracks: its m-line, its SSRCs and its entry in
+    /// the participant's info.
+    pub fn forget_published(&mut self, sid: &str) {
+        self.published_by_mid.retain(|_, s| s != sid);
+        self.ssrc_routes.retain(|_, (s, _)| &**s != sid);
+        self.info.tracks.retain(|t| t.sid != sid);
+        self.info.is_publisher = !self.info.tracks.is_empty();
     }
 
     /// True if `track_sid` is received or about to be (queued for the next offer).

@@ -1723,20 +1723,14 @@ impl Room {
             return;
         };
         let seen = publisher.stats_seen.entry((s.mid, s.rid)).or_default();
-        let nacks = s.nacks.saturating_sub(seen.nacks);
-        let packets = s.packets.saturating_sub(seen.packets);
-        seen.nacks = s.nacks;
-        seen.packets = s.packets;
+        let (nacks, packets) = seen.advance(s.nacks, s.packets);
         // str0m reports the loss fraction of our last receiver report, not a count.
         let lost = match s.loss.map(f64::from) {
             Some(f) if f > 0.0 && f < 1.0 => (packets as f64 * f / (1.0 - f)).round() as u64,
             _ => 0,
         };
-        let incoming = StatsDirection::Incoming;
-        self.stats.nacks[incoming as usize] += nacks;
-        let sample = stream_sample(track, incoming, s.jitter, s.rtt, lost);
-        self.stats.sample(sample);
-        self.qualities.observe(key, packets, lost, s.rtt);
+        let sample = stream_sample(track, StatsDirection::Incoming, s.jitter, s.rtt, lost);
+        self.record_stream(key, sample, nacks, packets, s.rtt);
     }
 
     /// str0m's periodic report on a stream we send a subscriber, with what the
@@ -1759,10 +1753,7 @@ impl Room {
         });
         let sent = s.packets + direct.map_or(0, |d| u64::from(d.packets));
         let seen = p.subscriber.stats_seen.entry((s.mid, s.rid)).or_default();
-        let nacks = s.nacks.saturating_sub(seen.nacks);
-        let packets = sent.saturating_sub(seen.packets);
-        seen.nacks = s.nacks;
-        seen.packets = sent;
+        let (nacks, packets) = seen.advance(s.nacks, sent);
         let (jitter, lost) = match &s.remote {
             Some(remote) => {
                 let lost = remote.packets_lost.saturating_sub(seen.lost);
@@ -1771,11 +1762,23 @@ impl Room {
             }
             None => (0, 0),
         };
-        let outgoing = StatsDirection::Outgoing;
-        self.stats.nacks[outgoing as usize] += nacks;
-        let sample = stream_sample(track, outgoing, jitter, s.rtt, lost);
+        let sample = stream_sample(track, StatsDirection::Outgoing, jitter, s.rtt, lost);
+        self.record_stream(key, sample, nacks, packets, s.rtt);
+    }
+
+    /// Count what a stream's report said since the last one, in the node's
+    /// stats and in the participant's connection quality.
+    fn record_stream(
+        &mut self,
+        key: ParticipantKey,
+        sample: StreamSample,
+        nacks: u64,
+        packets: u64,
+        rtt: Option<Duration>,
+    ) {
+        self.stats.nacks[sample.direction as usize] += nacks;
+        self.qualities.observe(key, packets, sample.lost, rtt);
         self.stats.sample(sample);
-        self.qualities.observe(key, packets, lost, s.rtt);
     }
 
     fn on_connected(&mut self, key: ParticipantKey, role: PeerRole) {
@@ -1862,10 +1865,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        p.published_by_mid.retain(|_, s| s != sid);
-        p.ssrc_routes.retain(|_, (s, _)| &**s != sid);
-        p.info.tracks.retain(|t| t.sid != sid);
-        p.info.is_publisher = !p.info.tracks.is_empty();
+        p.forget_published(sid);
         p.touch();
         let info = p.info.clone();
         info!(participant = %info.identity, track = %sid, "track unpublished");

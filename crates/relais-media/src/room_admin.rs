@@ -222,10 +222,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        p.published_by_mid.retain(|_, s| s != sid);
-        p.ssrc_routes.retain(|_, (s, _)| &**s != sid);
-        p.info.tracks.retain(|t| t.sid != sid);
-        p.info.is_publisher = !p.info.tracks.is_empty();
+        p.forget_published(sid);
         let info = p.info.clone();
         info!(participant = %info.identity, track = %sid, "track unpublished by the room API");
         self.signal(
