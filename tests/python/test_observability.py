@@ -571,3 +571,22 @@ async def test_human_logs_and_component_levels(relais_factory, rooms):
     # relais_server logs at info ("relais listening") are below its warn level.
     assert "relais listening" not in text
     assert "DEBUG" in text  # relais_media at debug
+
+
+async def test_a_span_filter_logs_one_room_at_debug(relais_factory, rooms):
+    # Span filters take the dynamic filter; targets and levels alone a static one.
+    server = relais_factory({"logging": {"level": "info,[room{room=loud}]=debug"}})
+    await rooms.join(server, "one", "loud")
+    await rooms.join(server, "two", "quiet")
+    await wait_for(
+        lambda: server.log_text().count("participant joining") >= 2, "joins logged", 10
+    )
+    debug = [ln for ln in server.log_text().splitlines() if " DEBUG " in ln]
+    assert any("room{room=loud" in ln for ln in debug), "no debug line about the loud room"
+    assert not any("room{room=quiet" in ln for ln in debug), "the quiet room logged at debug"
+    assert "relais listening" in server.log_text()  # info elsewhere
+    # A span named without fields: a static filter would take "[participant]"
+    # for a target and log nothing at debug.
+    server = relais_factory({"logging": {"level": "warn,[participant]=debug"}})
+    await rooms.join(server, "three", "any")
+    await wait_for(lambda: " DEBUG " in server.log_text(), "debug lines in a participant", 10)

@@ -22,6 +22,10 @@ use clap::{Args, Parser, Subcommand};
 use relais_auth::{generate_api_key, generate_api_secret, AccessToken, TokenVerifier, VideoGrant};
 use serde_json::json;
 use thiserror::Error;
+use tracing_subscriber::filter::{EnvFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{Config, ConfigError, LoggingConfig, UdpPorts};
 
@@ -473,22 +477,37 @@ pub fn check_config(config: &Config) -> Result<String, CliError> {
 /// Human-readable lines by default, one JSON object per line with
 /// `logging.json` (the `room`/`participant` spans' fields under `spans`).
 /// Does nothing if a subscriber is already installed.
+///
+/// Targets and levels only are filtered statically ([`Targets`]). Span and
+/// field filters (`[room{room=standup}]=debug`) need an [`EnvFilter`], which
+/// takes a process-wide lock each time a span is entered or left — every
+/// media packet enters its participant's span, so a node whose filter has
+/// none of those does not pay for it.
 pub fn init_logging(logging: &LoggingConfig) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(logging.filter_directives()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|d| !d.trim().is_empty() && EnvFilter::builder().parse(d).is_ok())
+        .unwrap_or_else(|| logging.filter_directives());
+    match directives.parse::<Targets>() {
+        Ok(targets) if !directives.contains('[') => install_logging(targets, logging.json),
+        _ => install_logging(EnvFilter::new(&directives), logging.json),
+    }
+}
+
+fn install_logging<F>(filter: F, json: bool)
+where
+    F: Layer<Registry> + Send + Sync + 'static,
+{
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    let _ = if logging.json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry
+            .with(lines.json().with_current_span(true).with_span_list(true))
             .try_init()
     } else {
-        builder.try_init()
+        registry.with(lines).try_init()
     };
 }
 
