@@ -29,6 +29,7 @@ for dir in "$@"; do
 done
 ROUNDS=${ROUNDS:-2}
 OUT_DIR=${OUT_DIR:-$(mktemp -d /tmp/relais-ab.XXXXXX)}
+mkdir -p "$OUT_DIR"
 export PIN=${PIN:-1} UDP_PORTS=${UDP_PORTS:-7882} SKIP_JANUS=${SKIP_JANUS:-1}
 export ROOMS=${ROOMS:-30} VPUB=${VPUB:-1} APUB=${APUB:-1} SUBS=${SUBS:-10}
 export DUR=${DUR:-15} RAMP=${RAMP:-5}

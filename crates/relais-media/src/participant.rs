@@ -284,10 +284,18 @@ pub(crate) struct Downtrack {
     pub ssrc: Option<Ssrc>,
 }
 
+/// A span the media core enters for every datagram, shared by reference
+/// count. Entering one while its room is borrowed needs a handle of one's
+/// own, and cloning a `tracing::Span` for that touches what every thread
+/// shares (the dispatcher's reference count, the registry's slot): 150–300 ns
+/// per packet, more with shards on several cores (`benches/logging.rs`). An
+/// `Arc`'s count is the room's alone.
+pub type SharedSpan = Arc<tracing::Span>;
+
 pub(crate) struct Participant {
     pub key: ParticipantKey,
     /// `participant{participant, participant_sid}`, a child of the room's span.
-    pub span: tracing::Span,
+    pub span: SharedSpan,
     pub info: ParticipantInfo,
     pub permission: ParticipantPermission,
     pub protocol: i32,

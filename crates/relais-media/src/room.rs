@@ -42,7 +42,7 @@ use crate::forward::{Forward, Incoming, TrackForwarder};
 use crate::outgoing::Outgoing;
 use crate::participant::{
     DataKind, DirectEgress, Downtrack, ForwardedCopy, Negotiation, Participant, ParticipantKey,
-    PeerRole, PeerSession, SubscriberChange, UNWRITTEN_KEPT,
+    PeerRole, PeerSession, SharedSpan, SubscriberChange, UNWRITTEN_KEPT,
 };
 use crate::quality::{ConnectionQualities, QualityChange};
 use crate::sdp_order;
@@ -313,7 +313,7 @@ pub struct Room {
     copies_leaving: u64,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
-    pub(crate) span: Span,
+    pub(crate) span: SharedSpan,
 }
 
 impl Room {
@@ -334,8 +334,9 @@ impl Room {
         };
         // ERROR level: a span is kept whenever any event is logged, so the room's
         // fields are on every line whatever the configured level.
-        let span =
-            tracing::error_span!(parent: None, "room", room = %info.name, room_sid = %info.sid);
+        let span = SharedSpan::new(
+            tracing::error_span!(parent: None, "room", room = %info.name, room_sid = %info.sid),
+        );
         let mut outputs = VecDeque::new();
         outputs.push_back(RoomOutput::Event(Box::new(RoomEvent::RoomStarted(
             info.clone(),
@@ -379,7 +380,7 @@ impl Room {
     }
 
     /// The span of participant `key` (a child of the room's), or the room's.
-    pub fn span_for(&self, key: ParticipantKey) -> Span {
+    pub fn span_for(&self, key: ParticipantKey) -> SharedSpan {
         self.participants
             .get(&key)
             .map_or_else(|| self.span.clone(), |p| p.span.clone())
@@ -458,12 +459,13 @@ impl Room {
             ..Default::default()
         };
         let span = tracing::error_span!(
-            parent: &self.span,
+            parent: &*self.span,
             "participant",
             participant = %info.identity,
             participant_sid = %info.sid
         );
-        let _participant = span.clone().entered();
+        let span = SharedSpan::new(span);
+        let _participant = Span::clone(&span).entered();
         info!("participant joining");
         let participant = Participant {
             key,
@@ -1506,7 +1508,7 @@ impl Room {
         let mut new_chunk = || {
             DriveChunk::new(
                 now,
-                self.span.clone(),
+                Span::clone(&self.span),
                 size,
                 buffers.pop().unwrap_or_default(),
             )

@@ -22,6 +22,7 @@ use clap::{Args, Parser, Subcommand};
 use relais_auth::{generate_api_key, generate_api_secret, AccessToken, TokenVerifier, VideoGrant};
 use serde_json::json;
 use thiserror::Error;
+use tracing::Dispatch;
 use tracing_subscriber::filter::{EnvFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -471,30 +472,37 @@ pub fn check_config(config: &Config) -> Result<String, CliError> {
     Ok(serde_json::to_string_pretty(&v).unwrap_or_default())
 }
 
-/// Sets up a stderr `tracing` subscriber from the logging settings: the
-/// filter is `logging.level` plus `logging.component_levels`
-/// ([`LoggingConfig::filter_directives`]); `RUST_LOG`, when set, wins.
-/// Human-readable lines by default, one JSON object per line with
-/// `logging.json` (the `room`/`participant` spans' fields under `spans`).
-/// Does nothing if a subscriber is already installed.
+/// Sets up a stderr `tracing` subscriber from the logging settings
+/// ([`log_dispatch`], with `RUST_LOG` when set). Does nothing if a subscriber
+/// is already installed.
+pub fn init_logging(logging: &LoggingConfig) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let _ = log_dispatch(logging, rust_log.as_deref()).try_init();
+}
+
+/// The node's log subscriber: the filter is `logging.level` plus
+/// `logging.component_levels` ([`LoggingConfig::filter_directives`]), or
+/// `rust_log` when it is a valid filter. Human-readable lines on stderr by
+/// default, one JSON object per line with `logging.json` (the
+/// `room`/`participant` spans' fields under `spans`).
 ///
 /// Targets and levels only are filtered statically ([`Targets`]). Span and
 /// field filters (`[room{room=standup}]=debug`) need an [`EnvFilter`], which
 /// takes a process-wide lock each time a span is entered or left — every
 /// media packet enters its participant's span, so a node whose filter has
-/// none of those does not pay for it.
-pub fn init_logging(logging: &LoggingConfig) {
-    let directives = std::env::var("RUST_LOG")
-        .ok()
+/// none of those does not pay for it (`cargo bench -p relais-bench --bench
+/// logging`).
+pub fn log_dispatch(logging: &LoggingConfig, rust_log: Option<&str>) -> Dispatch {
+    let directives = rust_log
         .filter(|d| !d.trim().is_empty() && EnvFilter::builder().parse(d).is_ok())
-        .unwrap_or_else(|| logging.filter_directives());
+        .map_or_else(|| logging.filter_directives(), str::to_string);
     match directives.parse::<Targets>() {
-        Ok(targets) if !directives.contains('[') => install_logging(targets, logging.json),
-        _ => install_logging(EnvFilter::new(&directives), logging.json),
+        Ok(targets) if !directives.contains('[') => log_lines(targets, logging.json),
+        _ => log_lines(EnvFilter::new(&directives), logging.json),
     }
 }
 
-fn install_logging<F>(filter: F, json: bool)
+fn log_lines<F>(filter: F, json: bool) -> Dispatch
 where
     F: Layer<Registry> + Send + Sync + 'static,
 {
@@ -502,13 +510,11 @@ where
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter);
-    let _ = if json {
-        registry
-            .with(lines.json().with_current_span(true).with_span_list(true))
-            .try_init()
+    if json {
+        Dispatch::new(registry.with(lines.json().with_current_span(true).with_span_list(true)))
     } else {
-        registry.with(lines).try_init()
-    };
+        Dispatch::new(registry.with(lines))
+    }
 }
 
 fn fail(e: &CliError) -> ExitCode {

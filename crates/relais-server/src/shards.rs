@@ -1022,7 +1022,7 @@ fn handle_command(
                 .map(|key| {
                     shard
                         .room(&room)
-                        .map_or_else(Span::none, |r| r.span_for(key))
+                        .map_or_else(Span::none, |r| Span::clone(&r.span_for(key)))
                 });
             if result.is_err() {
                 signals.remove(&key);
