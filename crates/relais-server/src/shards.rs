@@ -71,7 +71,8 @@ enum Command {
 }
 
 /// One received datagram (or ICE-TCP frame) on its way to a shard. `data`
-/// comes from, and goes back to, the node's [`Pool`]: the media path
+/// comes from, and goes back to, the node's [`Pool`] (or, for a shard that
+/// reads its own socket, the shard's spare buffers): the media path
 /// allocates nothing per packet.
 pub(crate) struct Datagram {
     pub proto: Protocol,
@@ -118,6 +119,10 @@ const TIMER_BUDGET: Duration = Duration::from_micros(250);
 const TIMER_HOLDS_COPIES: Duration = Duration::from_micros(50);
 /// Receive buffers kept for reuse.
 const BUFFER_POOL: usize = 16384;
+/// Receive buffers a shard that reads its own socket keeps for itself: what
+/// one read and the batch being handled hold, so that its datagrams' buffers
+/// go round without touching the node's shared pool.
+const OWN_SPARE_BUFFERS: usize = 2 * udp::BATCH;
 /// Empty batches kept for reuse.
 const BATCH_POOL: usize = 1024;
 /// Larger than any datagram WebRTC sends (str0m keeps to ~1200 bytes).
@@ -126,8 +131,9 @@ pub(crate) const RECEIVE_BUFFER: usize = 2048;
 /// See [`Command::Admin`]: gets the shard, the time and the Unix time in ms.
 type AdminTask = Box<dyn FnOnce(&mut Shard, Instant, i64) + Send>;
 
-/// Receive buffers and batches, taken by the receive thread and given back by
-/// the shards. Lock-free; once warm, nothing is allocated per packet.
+/// Receive buffers and batches, taken by the receive thread (and ICE-TCP
+/// connections) and given back by the shards. Lock-free; once warm, nothing is
+/// allocated per packet.
 struct Pool {
     buffers: ArrayQueue<Vec<u8>>,
     batches: ArrayQueue<Batch>,
@@ -308,11 +314,8 @@ impl Shards {
                 .name(format!("shard-{index}"))
                 .spawn(move || {
                     crate::thread_class::media();
-                    let own_socket = own.map(|(local, doorbell)| OwnSocket {
-                        reader: SocketReader::new(socket.clone(), local, &shard_pool),
-                        doorbell,
-                        socket_first: false,
-                        drained: false,
+                    let own_socket = own.map(|(local, doorbell)| {
+                        OwnSocket::new(socket.clone(), local, doorbell, &shard_pool)
                     });
                     let inbox = Inbox {
                         commands: rx,
@@ -356,7 +359,7 @@ impl Shards {
                 .name("udp-recv".into())
                 .spawn(move || {
                     crate::thread_class::media();
-                    let reader = SocketReader::new(socket, local, &receiver.pool);
+                    let reader = SocketReader::new(socket, local, || receiver.pool.buffer());
                     receiver.receive_loop(reader)
                 })?;
         }
@@ -490,15 +493,20 @@ impl Shards {
         // Per shard, the datagrams of the current system call.
         let mut batches: Vec<Batch> = (0..self.count()).map(|_| self.pool.batch()).collect();
         loop {
-            reader.read(&self.pool, |datagram, metrics| {
-                match self.route(&mut shard_of_addr, datagram.source, &datagram.data) {
+            reader.read(
+                || self.pool.buffer(),
+                |datagram, metrics| match self.route(
+                    &mut shard_of_addr,
+                    datagram.source,
+                    &datagram.data,
+                ) {
                     Some(shard) => batches[shard].push_back(datagram),
                     None => {
                         metrics.unroutable += 1;
                         self.pool.recycle_buffer(datagram.data);
                     }
-                }
-            });
+                },
+            );
             for (shard, batch) in batches.iter_mut().enumerate() {
                 if batch.is_empty() {
                     continue;
@@ -550,21 +558,21 @@ struct SocketReader {
 
 impl SocketReader {
     /// Built on the thread that reads: the receiver's headers hold raw pointers.
-    fn new(socket: Arc<UdpSocket>, local: SocketAddr, pool: &Pool) -> Self {
+    fn new(socket: Arc<UdpSocket>, local: SocketAddr, mut fresh: impl FnMut() -> Vec<u8>) -> Self {
         SocketReader {
             local,
             socket,
             receiver: udp::Receiver::new(),
-            buffers: (0..udp::BATCH).map(|_| pool.buffer()).collect(),
+            buffers: (0..udp::BATCH).map(|_| fresh()).collect(),
             metrics: ReceiveMetrics::new(Instant::now()),
         }
     }
 
     /// One `recvmmsg` (it blocks as the socket does): each datagram goes to
-    /// `deliver`, its buffer replaced by one from `pool`. Returns how many.
+    /// `deliver`, its buffer replaced by one from `fresh`. Returns how many.
     fn read(
         &mut self,
-        pool: &Pool,
+        mut fresh: impl FnMut() -> Vec<u8>,
         mut deliver: impl FnMut(Datagram, &mut ReceiveMetrics),
     ) -> usize {
         let result = self.receiver.receive(&self.socket, &mut self.buffers);
@@ -607,7 +615,7 @@ impl SocketReader {
                 proto: Protocol::Udp,
                 source,
                 destination: self.local,
-                data: std::mem::replace(buffer, pool.buffer()),
+                data: std::mem::replace(buffer, fresh()),
                 received: read_at.checked_sub(waited).unwrap_or(read_at),
                 opened: None,
             };
@@ -630,6 +638,26 @@ struct OwnSocket {
     /// without this, the shard's next look for work, right after the round,
     /// would make another read that finds nothing, before it sleeps.
     drained: bool,
+    /// Buffers of handled datagrams, for the next reads (see [`OWN_SPARE_BUFFERS`]).
+    spare: Vec<Vec<u8>>,
+}
+
+impl OwnSocket {
+    /// Built on the shard's thread (see [`SocketReader::new`]).
+    fn new(
+        socket: Arc<UdpSocket>,
+        local: SocketAddr,
+        doorbell: Arc<Doorbell>,
+        pool: &Pool,
+    ) -> Self {
+        OwnSocket {
+            reader: SocketReader::new(socket, local, || pool.buffer()),
+            doorbell,
+            socket_first: false,
+            drained: false,
+            spare: Vec::with_capacity(OWN_SPARE_BUFFERS),
+        }
+    }
 }
 
 /// A joined participant's way to its shard.
@@ -752,11 +780,21 @@ impl Inbox {
     /// Fill the (empty) current batch from the shard's own socket, if it has one.
     fn read_own_socket(&mut self) {
         if let Some(own) = self.own_socket.as_mut().filter(|own| !own.drained) {
-            let current = &mut self.current;
-            let count = own
-                .reader
-                .read(&self.pool, |datagram, _| current.push_back(datagram));
+            let (current, pool, spare) = (&mut self.current, &self.pool, &mut own.spare);
+            let count = own.reader.read(
+                || spare.pop().unwrap_or_else(|| pool.buffer()),
+                |datagram, _| current.push_back(datagram),
+            );
             own.drained = count == 0;
+        }
+    }
+
+    /// Give back the buffer of a handled datagram: to the shard's own spare
+    /// buffers while they have room, else to the node's pool.
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        match &mut self.own_socket {
+            Some(own) if own.spare.len() < OWN_SPARE_BUFFERS => own.spare.push(buffer),
+            _ => self.pool.recycle_buffer(buffer),
         }
     }
 
@@ -951,7 +989,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                             outbox.forwarded(d.received);
                         }
                     }
-                    inbox.pool.recycle_buffer(d.data);
+                    inbox.recycle(d.data);
                 }
                 Work::Command(command) => {
                     handle_command(&mut shard, &mut signals, &context.directory, command)
@@ -1140,12 +1178,12 @@ mod tests {
         socket.set_nonblocking(true).unwrap();
         let local = socket.local_addr().unwrap();
         let (inbox, queue, command_tx) = inbox_with(|pool| {
-            Some(OwnSocket {
-                reader: SocketReader::new(socket, local, pool),
-                doorbell: Arc::new(Doorbell::new().unwrap()),
-                socket_first: false,
-                drained: false,
-            })
+            Some(OwnSocket::new(
+                socket,
+                local,
+                Arc::new(Doorbell::new().unwrap()),
+                pool,
+            ))
         });
         (inbox, queue, command_tx, local)
     }
@@ -1196,7 +1234,7 @@ mod tests {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         udp::stamp_arrivals(&socket).unwrap();
         let local = socket.local_addr().unwrap();
-        let mut reader = SocketReader::new(socket, local, &pool);
+        let mut reader = SocketReader::new(socket, local, || pool.buffer());
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         // The kernel starts stamping on arrival a moment after the option is set.
         std::thread::sleep(Duration::from_millis(100));
@@ -1208,7 +1246,7 @@ mod tests {
             peer.send_to(&rtp, local).unwrap();
             std::thread::sleep(STALE_MEDIA_AFTER + Duration::from_millis(50));
             let mut received = Vec::new();
-            assert_eq!(reader.read(&pool, |d, _| received.push(d)), 1);
+            assert_eq!(reader.read(|| pool.buffer(), |d, _| received.push(d)), 1);
             let age = received[0].received.elapsed();
             assert!(is_rtp_or_rtcp(&received[0].data));
             if age > STALE_MEDIA_AFTER {
@@ -1241,6 +1279,43 @@ mod tests {
         assert_eq!(seen.len(), on_socket + 3, "{seen:?}");
         assert_eq!(seen[udp::BATCH], 0, "{seen:?}");
         assert_eq!(seen[udp::BATCH + 7..], [1, 2], "{seen:?}");
+    }
+
+    #[test]
+    fn an_own_socket_shard_recycles_its_buffers_without_the_node_pool() {
+        let (mut inbox, _queue, _command_tx, local) = inbox_with_own_socket();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut first_round = Vec::new();
+        for round in 0..3u8 {
+            for i in 0..5u8 {
+                peer.send_to(&[round, i], local).unwrap();
+            }
+            for i in 0..5u8 {
+                let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_millis(500)) else {
+                    panic!("datagram {i} of round {round} not read");
+                };
+                assert_eq!(d.data, [round, i]);
+                if round == 0 {
+                    first_round.push(d.data.as_ptr());
+                }
+                inbox.recycle(d.data);
+            }
+            // The handled buffers are the shard's, not the node's.
+            assert_eq!(inbox.pool.buffers.len(), 0, "round {round}");
+        }
+        let spare = &inbox.own_socket.as_ref().unwrap().spare;
+        assert!(first_round
+            .iter()
+            .all(|p| spare.iter().any(|b| b.as_ptr() == *p)));
+        // Beyond what one read and one batch hold, buffers go back to the node.
+        for _ in spare.len()..OWN_SPARE_BUFFERS + 3 {
+            inbox.recycle(Vec::with_capacity(RECEIVE_BUFFER));
+        }
+        assert_eq!(
+            inbox.own_socket.as_ref().unwrap().spare.len(),
+            OWN_SPARE_BUFFERS
+        );
+        assert_eq!(inbox.pool.buffers.len(), 3);
     }
 
     #[test]
