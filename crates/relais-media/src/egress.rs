@@ -41,7 +41,7 @@ use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
 use crate::codec::{Vp8Header, Vp8Rewrite};
-use crate::outgoing::{Outgoing, MAX_DATAGRAM};
+use crate::outgoing::Outgoing;
 use crate::participant::{ForwardedCopy, PeerSession};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
@@ -130,31 +130,33 @@ impl SrtpSender {
         })
     }
 
-    /// Encrypt the RTP packet at `packet[at..]` in place (a header as
-    /// [`write_rtp`] writes it — no CSRC, at most one extension block — then
-    /// the payload) and append the tag. `roc` is the rollover counter of the
-    /// packet's 16-bit sequence number.
-    pub(crate) fn protect_rtp(&self, packet: &mut Vec<u8>, at: usize, roc: u32) {
-        let rtp = &mut packet[at..];
-        let ssrc = u32::from_be_bytes([rtp[8], rtp[9], rtp[10], rtp[11]]);
-        let seq = u16::from_be_bytes([rtp[2], rtp[3]]);
+    /// Write `packet` protected into the start of `buf` (at least
+    /// [`RtpPacket::max_len`] bytes) and return its length. The payload is
+    /// sealed from where it is kept straight into `buf`: only what differs
+    /// from it (the first bytes, see [`RtpPacket::head`]) is copied.
+    pub(crate) fn seal_rtp(&self, packet: &RtpPacket, buf: &mut [u8]) -> usize {
+        let header_len = packet.write_header(buf);
+        let (header, body) = buf.split_at_mut(header_len);
+        let fields = packet.header;
         // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
         let mut iv = [0u8; SALT_LEN];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&roc.to_be_bytes());
-        iv[10..12].copy_from_slice(&seq.to_be_bytes());
-        let header_len = if rtp[0] & 0x10 != 0 {
-            let words = u16::from_be_bytes([rtp[14], rtp[15]]);
-            RTP_HEADER_LEN + 4 + 4 * usize::from(words)
-        } else {
-            RTP_HEADER_LEN
-        };
-        let (header, payload) = rtp.split_at_mut(header_len);
-        let tag = self
-            .rtp
-            .seal_in_place_separate_tag(nonce(iv, &self.rtp_salt), Aad::from(&header[..]), payload)
+        iv[2..6].copy_from_slice(&fields.ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&((fields.seq >> 16) as u32).to_be_bytes());
+        iv[10..12].copy_from_slice(&(fields.seq as u16).to_be_bytes());
+        let (head, head_len, taken) = packet.head();
+        let rest = &packet.payload[taken..];
+        let (head_out, rest_out) = body.split_at_mut(head_len);
+        self.rtp
+            .seal_out_of_place_scatter(
+                nonce(iv, &self.rtp_salt),
+                Aad::from(&header[..]),
+                &head[..head_len],
+                head_out,
+                rest,
+                &mut rest_out[..rest.len() + TAG_LEN],
+            )
             .expect("AES-GCM seals any length we send");
-        packet.extend_from_slice(tag.as_ref());
+        header_len + head_len + rest.len() + TAG_LEN
     }
 
     /// Protect one RTCP packet (RFC 7714 §9: the first 8 bytes and the
@@ -212,38 +214,76 @@ fn derive(
     Some(())
 }
 
-/// Append an RTP header — with the video orientation in a one-byte header
-/// extension (RFC 8285) if the packet carries one — then the payload: behind
-/// the original sequence number for a retransmission on RTX (RFC 4588 §4),
-/// with the VP8 descriptor rewritten if asked. The tag is appended when it
-/// is protected ([`SrtpSender::protect_rtp`]).
-fn write_rtp(
-    packet: &mut Vec<u8>,
+/// The plaintext bytes a packet may not share with the payload it was
+/// received with: a retransmission's original sequence number, and the
+/// payload's first bytes, which hold a VP8 descriptor (at most 6 bytes)
+/// that the forwarder rewrites. Sealed apart from the rest of the payload
+/// (measured: one AES block apart costs AES-GCM less than copying the whole
+/// payload to change it in place).
+const HEAD_MAX: usize = 2 + 16;
+
+/// An RTP packet to send: an RTP header — with the video orientation in a
+/// one-byte header extension (RFC 8285) if the packet carries one — then
+/// the payload: behind the original sequence number for a retransmission on
+/// RTX (RFC 4588 §4), with the VP8 descriptor rewritten if asked. Written
+/// protected by [`SrtpSender::seal_rtp`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RtpPacket<'a> {
     header: RtpFields,
     osn: Option<u16>,
-    payload: &[u8],
+    payload: &'a [u8],
     vp8: Option<Vp8Rewrite>,
-) {
-    packet.push(if header.orientation.is_some() {
-        0x90
-    } else {
-        0x80
-    });
-    packet.push((u8::from(header.marker) << 7) | (header.pt & 0x7f));
-    packet.extend_from_slice(&(header.seq as u16).to_be_bytes());
-    packet.extend_from_slice(&header.timestamp.to_be_bytes());
-    packet.extend_from_slice(&header.ssrc.to_be_bytes());
-    if let Some((id, value)) = header.orientation {
-        // One word of elements: ID and length − 1 (0), the value, padding.
-        packet.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01, id << 4, value, 0, 0]);
+}
+
+impl RtpPacket<'_> {
+    /// The most its protected packet takes.
+    pub(crate) fn max_len(&self) -> usize {
+        RTP_HEADER_LEN + 8 + 2 + self.payload.len() + TAG_LEN
     }
-    if let Some(osn) = osn {
-        packet.extend_from_slice(&osn.to_be_bytes());
+
+    /// Write the header at the start of `buf`; returns its length.
+    fn write_header(&self, buf: &mut [u8]) -> usize {
+        let header = self.header;
+        buf[0] = if header.orientation.is_some() {
+            0x90
+        } else {
+            0x80
+        };
+        buf[1] = (u8::from(header.marker) << 7) | (header.pt & 0x7f);
+        buf[2..4].copy_from_slice(&(header.seq as u16).to_be_bytes());
+        buf[4..8].copy_from_slice(&header.timestamp.to_be_bytes());
+        buf[8..12].copy_from_slice(&header.ssrc.to_be_bytes());
+        match header.orientation {
+            // One word of elements: ID and length − 1 (0), the value, padding.
+            Some((id, value)) => {
+                buf[12..20].copy_from_slice(&[0xbe, 0xde, 0x00, 0x01, id << 4, value, 0, 0]);
+                20
+            }
+            None => RTP_HEADER_LEN,
+        }
     }
-    let at = packet.len();
-    packet.extend_from_slice(payload);
-    if let Some(vp8) = vp8 {
-        vp8.apply(&mut packet[at..]);
+
+    /// The plaintext's first bytes as sent if they differ from the payload
+    /// kept (see [`HEAD_MAX`]), how many they are, and how many of the
+    /// payload's they stand for; none if the payload is sent as received.
+    fn head(&self) -> ([u8; HEAD_MAX], usize, usize) {
+        let mut head = [0u8; HEAD_MAX];
+        if self.osn.is_none() && self.vp8.is_none() {
+            return (head, 0, 0);
+        }
+        let at = match self.osn {
+            Some(osn) => {
+                head[..2].copy_from_slice(&osn.to_be_bytes());
+                2
+            }
+            None => 0,
+        };
+        let taken = self.payload.len().min(HEAD_MAX - 2);
+        head[at..at + taken].copy_from_slice(&self.payload[..taken]);
+        if let Some(vp8) = self.vp8 {
+            vp8.apply(&mut head[at..at + taken]);
+        }
+        (head, at + taken, taken)
     }
 }
 
@@ -309,14 +349,13 @@ pub(crate) fn send_direct(session: &mut PeerSession, out: &mut Outgoing) {
             stream
         });
         let mut history = stream.history.as_deref_mut();
-        let fields = RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id));
-        let max_len = RTP_HEADER_LEN + 8 + copy.payload.len() + TAG_LEN;
-        out.write(route, max_len, |buf| {
-            let at = buf.len();
-            write_rtp(buf, fields, None, &copy.payload, copy.vp8);
-            keys.protect_rtp(buf, at, (copy.seq >> 16) as u32);
-            true
-        });
+        let packet = RtpPacket {
+            header: RtpFields::of(copy, history.as_ref().and_then(|h| h.orientation_id)),
+            osn: None,
+            payload: &copy.payload,
+            vp8: copy.vp8,
+        };
+        out.write(route, packet.max_len(), |buf| keys.seal_rtp(&packet, buf));
         if let Some(history) = history.as_mut() {
             history.keep(copy);
         }
@@ -385,15 +424,10 @@ pub(crate) fn resend<'a>(
             .filter(|bit| entry.blp & (1 << bit) != 0)
             .map(|bit| entry.pid.wrapping_add(bit + 1));
         for seq in std::iter::once(entry.pid).chain(lost) {
-            let repaired = out.write(route, MAX_DATAGRAM, |buf| {
-                let at = buf.len();
-                let Some(roc) = history.repair(seq, &layer, now, buf) else {
-                    return false;
-                };
-                keys.protect_rtp(buf, at, roc);
-                true
-            });
-            sent += u64::from(repaired);
+            if let Some(packet) = history.repair(seq, &layer, now) {
+                out.write(route, packet.max_len(), |buf| keys.seal_rtp(&packet, buf));
+                sent += 1;
+            }
         }
     }
     sent
@@ -641,17 +675,15 @@ impl SendHistory {
         self.last_seq = self.last_seq.max(copy.seq);
     }
 
-    /// Append the clear packet that repairs the loss of `seq`, rebuilt from
-    /// its layer's payload (`layer`), to `out`, and return its rollover
-    /// counter; `None` (and nothing appended) if it is no longer kept or was
-    /// just sent again.
+    /// The packet that repairs the loss of `seq`, rebuilt from its layer's
+    /// payload (`layer`); `None` if it is no longer kept or was just sent
+    /// again.
     fn repair<'a>(
         &mut self,
         seq: u16,
         layer: impl Fn(u8) -> Option<&'a TrackHistory>,
         now: Instant,
-        out: &mut Vec<u8>,
-    ) -> Option<u32> {
+    ) -> Option<RtpPacket<'a>> {
         let behind = u64::from((self.last_seq as u16).wrapping_sub(seq));
         let extended = self.last_seq.checked_sub(behind)?;
         if behind >= HISTORY as u64 || extended < self.first_seq {
@@ -679,22 +711,24 @@ impl SendHistory {
             ssrc: self.ssrc,
             orientation: self.orientation_id.zip(received.orientation),
         };
-        Some(match self.repair {
+        let (header, osn) = match self.repair {
             Repair::Rtx { ssrc, pt } => {
-                let fields = RtpFields {
+                let rtx = RtpFields {
                     pt: *pt,
                     seq: self.rtx_seq,
                     ssrc: *ssrc,
                     ..fields
                 };
                 self.rtx_seq += 1;
-                write_rtp(out, fields, Some(seq), &received.payload, vp8);
-                (fields.seq >> 16) as u32
+                (rtx, Some(seq))
             }
-            Repair::Resend => {
-                write_rtp(out, fields, None, &received.payload, vp8);
-                (fields.seq >> 16) as u32
-            }
+            Repair::Resend => (fields, None),
+        };
+        Some(RtpPacket {
+            header,
+            osn,
+            payload: &received.payload,
+            vp8,
         })
     }
 }
@@ -893,19 +927,107 @@ mod tests {
         )
     }
 
-    /// A repair appended to a buffer that holds other datagrams already:
-    /// the repaired packet alone, or nothing appended.
+    /// `packet` as it is before it is protected.
+    fn clear(packet: &RtpPacket) -> Vec<u8> {
+        let mut buf = vec![0; packet.max_len()];
+        let header_len = packet.write_header(&mut buf);
+        buf.truncate(header_len);
+        if let Some(osn) = packet.osn {
+            buf.extend_from_slice(&osn.to_be_bytes());
+        }
+        let at = buf.len();
+        buf.extend_from_slice(packet.payload);
+        if let Some(vp8) = packet.vp8 {
+            vp8.apply(&mut buf[at..]);
+        }
+        buf
+    }
+
+    /// A repair as it is before it is protected, and its rollover counter.
     fn repaired<'a>(
         history: &mut SendHistory,
         seq: u16,
         layer: impl Fn(u8) -> Option<&'a TrackHistory>,
         now: Instant,
     ) -> Option<(Vec<u8>, u32)> {
-        let mut out = b"earlier datagrams".to_vec();
-        let roc = history.repair(seq, layer, now, &mut out);
-        let packet = out.split_off(b"earlier datagrams".len());
-        assert_eq!(roc.is_none(), packet.is_empty());
-        roc.map(|roc| (packet, roc))
+        let packet = history.repair(seq, layer, now)?;
+        Some((clear(&packet), (packet.header.seq >> 16) as u32))
+    }
+
+    #[test]
+    fn a_sealed_packet_opens_to_the_packet_as_sent() {
+        let material = [7u8; 2 * (16 + SALT_LEN)];
+        let sender =
+            SrtpSender::from_keying_material(&material, SrtpProfile::AEAD_AES_128_GCM, true)
+                .unwrap();
+        let long: Vec<u8> = (0..200u8).collect();
+        let vp8 = vp8_payload(300, 9, 0x55);
+        let rewrite = Vp8Rewrite {
+            picture_id: Some(1234),
+            tl0_pic_idx: Some(77),
+        };
+        let header = RtpFields {
+            pt: 96,
+            marker: true,
+            seq: (3 << 16) | 65_000,
+            timestamp: 0x0102_0304,
+            ssrc: 0xdead_beef,
+            orientation: None,
+        };
+        let rotated = RtpFields {
+            orientation: Some((4, 2)),
+            ..header
+        };
+        let packets = [
+            (header, None, &long[..], None),
+            (header, None, &vp8[..], Some(rewrite)),
+            (rotated, Some(41_000), &vp8[..], Some(rewrite)),
+            (rotated, Some(41_000), &long[..], None),
+            (header, None, &long[..5], None),
+            (header, None, &long[..16], None),
+            (header, None, &long[..17], None),
+        ];
+        for (header, osn, payload, vp8) in packets {
+            let packet = RtpPacket {
+                header,
+                osn,
+                payload,
+                vp8,
+            };
+            let mut buf = vec![0xaa; packet.max_len() + 3];
+            let len = sender.seal_rtp(&packet, &mut buf);
+            let clear = clear(&packet);
+            assert_eq!(len, clear.len() + TAG_LEN);
+            let header_len = if header.orientation.is_some() { 20 } else { 12 };
+            assert_eq!(buf[..header_len], clear[..header_len]);
+            let mut iv = [0u8; SALT_LEN];
+            iv[2..6].copy_from_slice(&header.ssrc.to_be_bytes());
+            iv[6..10].copy_from_slice(&3u32.to_be_bytes());
+            iv[10..12].copy_from_slice(&65_000u16.to_be_bytes());
+            let (aad, sealed) = buf[..len].split_at_mut(header_len);
+            let opened = sender
+                .rtp
+                .open_in_place(nonce(iv, &sender.rtp_salt), Aad::from(&aad[..]), sealed)
+                .expect("opens with the session's key");
+            assert_eq!(opened, &clear[header_len..], "{packet:?}");
+            // The kept payload is never written to.
+            assert_eq!(packet.payload, payload);
+        }
+        // The VP8 descriptor went out rewritten, the rest as received.
+        let expected = {
+            let mut p = vp8.to_vec();
+            rewrite.apply(&mut p);
+            p
+        };
+        let packet = RtpPacket {
+            header,
+            osn: Some(41_000),
+            payload: &vp8,
+            vp8: Some(rewrite),
+        };
+        assert_eq!(clear(&packet)[12..14], 41_000u16.to_be_bytes());
+        assert_eq!(clear(&packet)[14..], expected[..]);
+        assert_ne!(expected[..], vp8[..]);
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Datagrams on their way out, written in place into one buffer.
 //!
-//! A forwarded copy is built where it will be sent from: its header, payload
-//! and SRTP tag are appended to the buffer of an [`Outgoing`] and sealed
-//! there, so that a copy costs no allocation of its own and no move — the I/O
-//! layer points its `sendmmsg` at the bytes and then [clears](Outgoing::clear)
-//! them, keeping the buffer's capacity for the next round. This is the
-//! sans-IO way quinn-proto writes its packets into a buffer the caller owns.
+//! A forwarded copy is built where it will be sent from: its header is
+//! written and its payload sealed (SRTP) straight into the buffer of an
+//! [`Outgoing`], so that a copy costs no allocation of its own and no move —
+//! the I/O layer points its `sendmmsg` at the bytes and then
+//! [clears](Outgoing::clear) them, keeping the buffer for the next round. This
+//! is the sans-IO way quinn-proto writes its packets into a buffer the caller
+//! owns.
 //!
 //! ```
 //! use relais_media::outgoing::Outgoing;
@@ -27,16 +28,14 @@ use str0m::net::{Protocol, Transmit};
 
 /// Bytes are written in blocks of this size: a burst grows by blocks, and
 /// what was written never moves (a growing single buffer would copy it and
-/// hold up to twice the burst).
+/// hold up to twice the burst). A block is zeroed once, when allocated, so
+/// that a datagram is written into initialised bytes without clearing them
+/// first.
 const BLOCK_BYTES: usize = 64 << 10;
 
 /// The empty blocks kept between rounds (512 KiB: a few hundred video
 /// datagrams); a burst's others are freed once it is sent.
 const KEPT_BLOCKS: usize = 8;
-
-/// The most a datagram Relais writes takes (WebRTC keeps packets under
-/// ~1,200 bytes; an Ethernet MTU bounds them all).
-pub(crate) const MAX_DATAGRAM: usize = 1_500;
 
 /// Where a datagram goes: protocol, local address, remote address.
 pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
@@ -45,12 +44,32 @@ pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
 #[derive(Debug, Default)]
 pub struct Outgoing {
     /// The blocks in use, in order.
-    blocks: Vec<Vec<u8>>,
+    blocks: Vec<Block>,
     /// Empty blocks, kept for the next round.
-    spare: Vec<Vec<u8>>,
+    spare: Vec<Block>,
     datagrams: Vec<Addressed>,
     /// How many of `datagrams` go over ICE-TCP.
     tcp: usize,
+}
+
+/// Bytes of an [`Outgoing`]: the first `used` hold datagrams.
+#[derive(Debug)]
+struct Block {
+    bytes: Box<[u8]>,
+    used: usize,
+}
+
+impl Block {
+    fn new(len: usize) -> Self {
+        Block {
+            bytes: vec![0; len].into_boxed_slice(),
+            used: 0,
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.bytes.len() - self.used
+    }
 }
 
 /// One datagram of an [`Outgoing`]: where it goes (its bytes are in the
@@ -82,7 +101,7 @@ impl Outgoing {
 
     fn bytes(&self, d: &Addressed) -> &[u8] {
         let start = d.start as usize;
-        &self.blocks[d.block as usize][start..start + d.len as usize]
+        &self.blocks[d.block as usize].bytes[start..start + d.len as usize]
     }
 
     /// The `i`th datagram queued.
@@ -102,7 +121,7 @@ impl Outgoing {
     pub fn clear(&mut self) {
         for mut block in self.blocks.drain(..) {
             if self.spare.len() < KEPT_BLOCKS {
-                block.clear();
+                block.used = 0;
                 self.spare.push(block);
             }
         }
@@ -120,8 +139,8 @@ impl Outgoing {
         contents: &[u8],
     ) {
         self.write((proto, source, destination), contents.len(), |buf| {
-            buf.extend_from_slice(contents);
-            true
+            buf[..contents.len()].copy_from_slice(contents);
+            contents.len()
         });
     }
 
@@ -131,34 +150,28 @@ impl Outgoing {
         self.push(t.proto, t.source, t.destination, &t.contents);
     }
 
-    /// Queue a datagram of at most `max_len` bytes that `write` appends to
-    /// the buffer in place; if it returns false, whatever it appended is
-    /// taken back and nothing is queued. Returns what `write` did.
+    /// Queue a datagram of at most `max_len` bytes that `write` writes at
+    /// the start of the buffer it is given (`max_len` bytes long, holding
+    /// whatever an earlier datagram left there) and whose length it returns.
     pub(crate) fn write(
         &mut self,
         route: Route,
         max_len: usize,
-        write: impl FnOnce(&mut Vec<u8>) -> bool,
-    ) -> bool {
-        let fits = self
-            .blocks
-            .last()
-            .is_some_and(|b| b.capacity() - b.len() >= max_len);
-        if !fits {
-            let block = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(BLOCK_BYTES.max(max_len)));
+        write: impl FnOnce(&mut [u8]) -> usize,
+    ) {
+        if self.blocks.last().is_none_or(|b| b.free() < max_len) {
+            let block = match self.spare.pop() {
+                Some(block) if block.free() >= max_len => block,
+                _ => Block::new(BLOCK_BYTES.max(max_len)),
+            };
             self.blocks.push(block);
         }
         let block = self.blocks.len() - 1;
         let buf = &mut self.blocks[block];
-        let start = buf.len();
-        if !write(buf) {
-            buf.truncate(start);
-            return false;
-        }
-        let len = buf.len() - start;
+        let start = buf.used;
+        let len = write(&mut buf.bytes[start..start + max_len]);
+        assert!(len <= max_len, "a datagram longer than announced");
+        buf.used += len;
         let (proto, source, destination) = route;
         if proto == Protocol::Tcp {
             self.tcp += 1;
@@ -171,7 +184,6 @@ impl Outgoing {
             start: start as u32,
             len: len as u32,
         });
-        true
     }
 
     /// Copy `other`'s datagrams after these and clear it (leftovers only:
@@ -205,22 +217,19 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_write_leaves_nothing_behind() {
+    fn a_datagram_takes_what_it_wrote_not_what_it_announced() {
         let mut out = Outgoing::default();
-        out.write(route(1), 4, |buf| {
-            buf.extend_from_slice(b"kept");
-            true
+        out.write(route(1), 100, |buf| {
+            buf[..4].copy_from_slice(b"kept");
+            4
         });
-        let written = out.write(route(2), 13, |buf| {
-            buf.extend_from_slice(b"half a packet");
-            false
-        });
-        assert!(!written);
         out.push(Protocol::Tcp, route(3).1, route(3).2, b"next");
         assert_eq!(
             contents(&out),
             [(1, b"kept".to_vec()), (3, b"next".to_vec())]
         );
+        assert_eq!(out.blocks.len(), 1);
+        assert_eq!(out.blocks[0].used, 8);
         assert!(out.has_tcp());
         assert_eq!(out.get(1).map(|(d, _)| d.proto), Some(Protocol::Tcp));
     }
@@ -236,7 +245,7 @@ mod tests {
         out.clear();
         assert!(out.blocks.is_empty());
         assert_eq!(out.spare.len(), KEPT_BLOCKS);
-        assert!(out.spare.iter().all(|b| b.is_empty()));
+        assert!(out.spare.iter().all(|b| b.used == 0));
         assert!(out.datagrams.capacity() <= KEPT_BLOCKS * BLOCK_BYTES / 1024);
     }
 
