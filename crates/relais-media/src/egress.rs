@@ -389,6 +389,7 @@ pub(crate) fn send_direct_only(
     if !session.unwritten.is_empty() || direct.str0m_due <= now {
         return false;
     }
+    session.frame_wait = None;
     session.deadline = direct.str0m_due;
     true
 }

@@ -57,6 +57,9 @@ pub(crate) struct PeerSession {
     /// On the room's list of sessions with copies to send next round
     /// (`Room::due_now`), or on the round's list of due sessions: listed once.
     pub listed: bool,
+    /// Until when the copies of an unfinished video frame wait for the rest
+    /// of it (`Room::frame_waits`); cleared when the session is polled.
+    pub frame_wait: Option<Instant>,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
     /// Direct egress (`MediaConfig::direct_audio` / `direct_video`,
@@ -230,6 +233,7 @@ impl PeerSession {
             failed: false,
             ready: false,
             listed: false,
+            frame_wait: None,
             unwritten: Vec::new(),
             direct: None,
             direct_ready: false,

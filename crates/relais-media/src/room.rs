@@ -285,6 +285,13 @@ pub struct Room {
     /// heap and pop it again — O(log N) cache misses per copy.
     due_now: Vec<(ParticipantKey, PeerRole)>,
     due_now_since: Instant,
+    /// Subscriber sessions holding the copies of an unfinished video frame
+    /// ([`FRAME_WAIT`]), by when they leave anyway. In order, as every wait
+    /// is equally long: a queue, not the timer heap, which a frame that ends
+    /// in time (nearly all) would leave an entry behind in to pop and re-queue
+    /// — per frame and subscriber. An entry no longer the session's
+    /// ([`PeerSession::frame_wait`]) is dropped when it comes up.
+    frame_waits: VecDeque<(Instant, ParticipantKey)>,
     /// Where the shard's timer queue has this room.
     pub(crate) queued: Queued,
     /// When the room became empty (or was created empty).
@@ -357,6 +364,7 @@ impl Room {
             due: Vec::new(),
             due_now: Vec::new(),
             due_now_since: now,
+            frame_waits: VecDeque::new(),
             queued: None,
             empty_since: Some(now),
             next_layer_check: now,
@@ -1370,6 +1378,23 @@ impl Room {
         // which is the next call's business, not a loop in this one.
         let mut due = std::mem::take(&mut self.due);
         due.append(&mut self.due_now);
+        while let Some(&(until, key)) = self.frame_waits.front() {
+            if until > now {
+                break;
+            }
+            self.frame_waits.pop_front();
+            let Some(session) = self.participants.get_mut(&key).map(|p| &mut p.subscriber) else {
+                continue;
+            };
+            if session.frame_wait == Some(until) {
+                session.frame_wait = None;
+                session.deadline = session.deadline.min(until);
+                if !session.listed {
+                    session.listed = true;
+                    due.push((key, PeerRole::Subscriber));
+                }
+            }
+        }
         while let Some((entry, (key, role))) = self.timers.pop_due(now) {
             let Some(p) = self.participants.get_mut(&key) else {
                 continue;
@@ -1445,11 +1470,20 @@ impl Room {
     }
 
     /// Re-queue the sessions at the front of the timer heap whose entry is
-    /// earlier than their deadline — above all a frame wait whose frame has
-    /// left: one per video frame and subscriber, which would wake the shard
-    /// 10 ms after each frame only to be queued again — and drop stale ones.
+    /// earlier than their deadline, drop stale ones, and drop the frame waits
+    /// at the front whose frame has left: each would wake the shard for
+    /// nothing.
     fn settle_timers(&mut self) {
         let participants = &mut self.participants;
+        while let Some(&(until, key)) = self.frame_waits.front() {
+            if participants
+                .get(&key)
+                .is_some_and(|p| p.subscriber.frame_wait == Some(until))
+            {
+                break;
+            }
+            self.frame_waits.pop_front();
+        }
         while let Some((entry, (key, role))) = self.timers.pop_early_front(|entry, &(key, role)| {
             participants
                 .get(&key)
@@ -1572,7 +1606,8 @@ impl Room {
             .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
         let mut next = self.next_layer_check;
         let due_now = (!self.due_now.is_empty()).then_some(self.due_now_since);
-        for t in [sessions, empty, due_now].into_iter().flatten() {
+        let frame_wait = self.frame_waits.front().map(|&(until, _)| until);
+        for t in [sessions, empty, due_now, frame_wait].into_iter().flatten() {
             next = next.min(t);
         }
         next
@@ -2171,20 +2206,17 @@ impl Room {
             session.unwritten.push(copy);
             self.stats.packets_out[kind] += 1;
             self.stats.bytes_out[kind] += size;
-            let due = if is_video && !rewrite.marker {
-                now + FRAME_WAIT
-            } else {
-                self.copies_leaving += 1;
-                now
-            };
-            session.deadline = session.deadline.min(due);
-            if due > now {
-                self.timers.schedule(
-                    &mut session.queued,
-                    &(sub.subscriber, PeerRole::Subscriber),
-                    due,
-                );
-            } else if !session.listed {
+            if is_video && !rewrite.marker {
+                if session.frame_wait.is_none() {
+                    let until = now + FRAME_WAIT;
+                    session.frame_wait = Some(until);
+                    self.frame_waits.push_back((until, sub.subscriber));
+                }
+                continue;
+            }
+            self.copies_leaving += 1;
+            session.deadline = session.deadline.min(now);
+            if !session.listed {
                 session.listed = true;
                 if self.due_now.is_empty() {
                     self.due_now_since = now;
@@ -2744,6 +2776,8 @@ pub(crate) fn poll_session(
     out: &mut Outgoing,
     events: &mut impl Extend<PendingEvent>,
 ) -> Instant {
+    // Whatever the session holds leaves now.
+    session.frame_wait = None;
     egress::send_direct(session, out);
     // str0m sends what is written only once it is given the time.
     if write_forwarded(session) {
