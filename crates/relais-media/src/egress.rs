@@ -374,6 +374,25 @@ pub(crate) fn send_direct(session: &mut PeerSession, out: &mut Outgoing) {
     });
 }
 
+/// Read what [`send_direct`] reads first of a session's direct egress state —
+/// its box, its keys and the stream of its first copy — ahead of sending:
+/// in a pass over many sessions these reads do not wait on one another, so
+/// their cache misses overlap, where the sends would take them one by one.
+pub(crate) fn warm(session: &PeerSession) {
+    let Some(direct) = session.direct.as_deref() else {
+        return;
+    };
+    let Some(first) = session.unwritten.first() else {
+        return;
+    };
+    let keys = direct.keys.get().is_some();
+    let stream = direct
+        .streams
+        .get(&first.ssrc)
+        .map(|s| (s.packets, s.history.as_deref().map(|h| h.last_seq)));
+    std::hint::black_box((keys, stream));
+}
+
 /// A due session's direct copies sent; true if that was all it was due for
 /// (nothing queued for str0m, str0m's own deadline not reached), so that
 /// str0m is not driven at all — its deadline restored as the session's.

@@ -97,6 +97,9 @@ impl<'a> DriveChunk<'a> {
     pub fn drive(&mut self) {
         let _span = self.span.enter();
         let now = self.now;
+        for due in &self.sessions {
+            crate::egress::warm(due.session);
+        }
         for due in &mut self.sessions {
             due.wake_at = drive_session(
                 due.session,

@@ -1407,6 +1407,7 @@ impl Room {
                 due.push((key, role));
             }
         }
+        let in_chunks = driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions;
         // Copies forwarded while these are driven list their sessions anew.
         for &(key, role) in &due {
             if let Some(session) = self
@@ -1415,9 +1416,13 @@ impl Room {
                 .and_then(|p| p.session_mut(role))
             {
                 session.listed = false;
+                // Driven here: warmed here (a chunk warms its own, where it is driven).
+                if !in_chunks {
+                    egress::warm(session);
+                }
             }
         }
-        if driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions {
+        if in_chunks {
             self.drive_in_chunks(now, &due, driver);
         } else {
             self.drive_in_place(now, &due);
