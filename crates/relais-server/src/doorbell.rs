@@ -48,8 +48,18 @@ impl Doorbell {
     /// Sleep until `socket` has a datagram, the doorbell rings, or `timeout`
     /// passes. `has_work` is asked after the sleep is announced: work queued
     /// before that moment rang no bell, so it must be seen here.
-    pub fn sleep(&self, socket: &UdpSocket, timeout: Duration, has_work: impl FnOnce() -> bool) {
+    ///
+    /// Returns whether the socket may have something to read: false only when
+    /// `ppoll` saw it had nothing (a ring or the timeout ended the sleep), so
+    /// that the caller spares itself a read that would find it empty.
+    pub fn sleep(
+        &self,
+        socket: &UdpSocket,
+        timeout: Duration,
+        has_work: impl FnOnce() -> bool,
+    ) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
+        let mut socket_ready = true;
         if !has_work() {
             let mut files = [
                 libc::pollfd {
@@ -74,8 +84,13 @@ impl Doorbell {
                 // SAFETY: reads 8 bytes into a live u64 (resets the counter).
                 unsafe { libc::read(self.eventfd.as_raw_fd(), (&raw mut count).cast(), 8) };
             }
+            // Any event counts, not only POLLIN: a pending error (an ICMP
+            // "port unreachable") is cleared by the read, and would otherwise
+            // end every later sleep at once. A failed ppoll (EINTR) saw nothing.
+            socket_ready = ready < 0 || files[0].revents != 0;
         }
         self.sleeping.store(false, Ordering::SeqCst);
+        socket_ready
     }
 }
 
@@ -90,9 +105,9 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let bell = Arc::new(Doorbell::new().unwrap());
 
-        // Nothing happens: the timeout ends the sleep.
+        // Nothing happens: the timeout ends the sleep, the socket has nothing.
         let start = Instant::now();
-        bell.sleep(&socket, Duration::from_millis(30), || false);
+        assert!(!bell.sleep(&socket, Duration::from_millis(30), || false));
         assert!(start.elapsed() >= Duration::from_millis(30));
 
         // A ring from another thread ends it early.
@@ -102,7 +117,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             ringer.ring();
         });
-        bell.sleep(&socket, Duration::from_secs(10), || false);
+        assert!(!bell.sleep(&socket, Duration::from_secs(10), || false));
         assert!(start.elapsed() < Duration::from_secs(5));
         thread.join().unwrap();
 
@@ -111,16 +126,17 @@ mod tests {
         bell.sleep(&socket, Duration::from_millis(30), || false);
         assert!(start.elapsed() >= Duration::from_millis(30));
 
-        // Work seen after announcing the sleep: no sleep at all.
+        // Work seen after announcing the sleep: no sleep at all, and no look
+        // at the socket either (it may have something).
         let start = Instant::now();
-        bell.sleep(&socket, Duration::from_secs(10), || true);
+        assert!(bell.sleep(&socket, Duration::from_secs(10), || true));
         assert!(start.elapsed() < Duration::from_secs(5));
 
         // A datagram ends it.
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.send_to(b"x", socket.local_addr().unwrap()).unwrap();
         let start = Instant::now();
-        bell.sleep(&socket, Duration::from_secs(10), || false);
+        assert!(bell.sleep(&socket, Duration::from_secs(10), || false));
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
