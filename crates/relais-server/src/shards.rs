@@ -633,11 +633,12 @@ struct OwnSocket {
     doorbell: Arc<Doorbell>,
     /// Which of the socket and the queue to look at first next time.
     socket_first: bool,
-    /// The last read emptied the socket: it is not read again until `ppoll`
-    /// says it is readable. A read that returns less than a full batch took
-    /// all there was; reading again at once would most often find nothing (at
-    /// light load, one read in two did), and a datagram that arrives
-    /// meanwhile is seen by the `ppoll` before the shard sleeps.
+    /// The last read found the socket empty: it is not read again until
+    /// `ppoll` says it is readable. A round ends when a read finds nothing;
+    /// without this, the shard's next look for work, right after the round,
+    /// would make another read that finds nothing, before it sleeps. Nor is it
+    /// read after a sleep that a ring or the timeout ended with the socket
+    /// still empty.
     drained: bool,
     /// Buffers of handled datagrams, for the next reads (see [`OWN_SPARE_BUFFERS`]).
     spare: Vec<Vec<u8>>,
@@ -786,7 +787,7 @@ impl Inbox {
                 || spare.pop().unwrap_or_else(|| pool.buffer()),
                 |datagram, _| current.push_back(datagram),
             );
-            own.drained = count < udp::BATCH;
+            own.drained = count == 0;
         }
     }
 
@@ -1320,32 +1321,35 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_read_short_is_read_again_only_after_a_poll_finds_it_readable() {
+    fn a_socket_found_empty_is_read_again_only_after_a_poll() {
         let (mut inbox, _queue, _command_tx, local) = inbox_with_own_socket();
         let reads = |inbox: &Inbox| inbox.own_socket.as_ref().unwrap().reader.metrics.syscalls;
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
-        // A full batch may have left more behind: the next look reads again.
-        for i in 0..=udp::BATCH {
-            peer.send_to(&[i as u8], local).unwrap();
-        }
-        for i in 0..=udp::BATCH {
-            assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [i as u8]));
-        }
+        peer.send_to(&[0], local).unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [0]));
+        // While the socket has datagrams, each look at it reads: a datagram
+        // that arrived meanwhile joins the round.
+        peer.send_to(&[1], local).unwrap();
+        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [1]));
         assert_eq!(reads(&inbox), 2);
-        // The second read returned less than a batch: it took all there was.
-        // The next look does not read, even though a datagram arrived
-        // meanwhile; the poll before sleeping finds it.
-        peer.send_to(&[7], local).unwrap();
+        // The read that ends the round finds it empty; the next look does not
+        // read again, it polls (and finds what arrived in between).
         assert!(inbox.try_next().is_none());
-        assert_eq!(reads(&inbox), 2);
+        assert_eq!(reads(&inbox), 3);
+        peer.send_to(&[2], local).unwrap();
+        assert!(inbox.try_next().is_none());
+        assert_eq!(reads(&inbox), 3);
         let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_secs(5)) else {
             panic!("the poll did not see the datagram");
         };
-        assert_eq!(d.data, [7]);
-        assert_eq!(reads(&inbox), 3);
-        // A sleep that the timeout ends saw the socket had nothing: no read.
+        assert_eq!(d.data, [2]);
+        assert_eq!(reads(&inbox), 4);
+        // The socket is empty again: the round's last look reads and finds
+        // nothing; a sleep that the timeout ends saw nothing and reads nothing.
+        assert!(inbox.try_next().is_none());
+        assert_eq!(reads(&inbox), 5);
         assert!(matches!(inbox.next(Duration::from_millis(20)), Ok(None)));
-        assert_eq!(reads(&inbox), 3);
+        assert_eq!(reads(&inbox), 5);
     }
 
     #[test]
