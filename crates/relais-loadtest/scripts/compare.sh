@@ -78,7 +78,7 @@ in_ns ip link set v1 up
 
 wait_http() { # url
   for _ in $(seq 1 100); do
-    if in_ns curl -fsS -o /dev/null "$1"; then return 0; fi
+    if in_ns curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
     sleep 0.1
   done
   echo "server at $1 did not come up" >&2
