@@ -1,0 +1,115 @@
+"""The benchmark tools run against a real server: `relais-loadtest` joins a room
+of Relais over the LiveKit protocol and reports what its subscribers got and
+what the server spent; `relais-floor` forwards and reports its own cost.
+
+These check that the tools measure (joins, packets, loss, the server's CPU and
+memory), not how fast anything is: figures live in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import API_KEY, API_SECRET, RelaisServer, relais_bin
+
+TOOL_TIMEOUT_S = 60
+
+
+def tool(name: str) -> Path:
+    """A workspace binary built next to the server's (`cargo build --workspace --bins`)."""
+    path = relais_bin().parent / name
+    assert path.is_file(), f"{path} missing: build the workspace's binaries"
+    return path
+
+
+def run_json(args: list[str]) -> dict:
+    done = subprocess.run(
+        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, f"{args[0]} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return json.loads(done.stdout)
+
+
+def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisServer):
+    if os.environ.get("RELAIS_TCP_ONLY") == "1":
+        pytest.skip("the load generator's peers speak ICE over UDP only")
+    assert relais.proc is not None
+    summary = run_json(
+        [
+            str(tool("relais-loadtest")),
+            "--url", relais.url,
+            "--api-key", API_KEY,
+            "--api-secret", API_SECRET,
+            "--room-prefix", "loadtest",
+            "--rooms", "1",
+            "--video-publishers", "1",
+            "--audio-publishers", "1",
+            "--subscribers", "3",
+            "--ramp", "0.5",
+            "--warmup", "1.5",
+            "--duration", "3",
+            "--server-pid", str(relais.proc.pid),
+            "--json",
+        ]
+    )
+    assert summary["joins_ok"] == 5, summary["failure_examples"]
+    assert summary["joins_failed"] == 0
+    assert summary["connected"] == 5
+    assert summary["publishers_live"] == 2
+    # Every subscriber gets both tracks: ~30 video frames of a few packets and
+    # 50 audio packets a second, over the 3-second window.
+    assert summary["subscribers_measured"] == 3
+    assert summary["per_subscriber_packets_min"] > 100, summary
+    assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
+    assert summary["latency_ms_p50"] is not None and summary["latency_ms_p50"] > 0
+    assert summary["frame_latency_ms_p50"] is not None
+    # What the server spent, read from /proc while the run lasted.
+    assert summary["server_cpu_seconds"] > 0
+    assert summary["forwarded_packets_per_cpu_second"] > 0
+    assert summary["server_peak_rss_kib"] > 0
+    assert summary["join_ms_p99"] is not None and summary["join_ms_p99"] > 0
+    assert relais.alive()
+
+
+def test_load_generator_counts_refused_joins(relais: RelaisServer):
+    """A wrong secret: every join is refused and counted, the run still ends."""
+    summary = run_json(
+        [
+            str(tool("relais-loadtest")),
+            "--url", relais.url,
+            "--api-key", API_KEY,
+            "--api-secret", "not-the-secret",
+            "--subscribers", "2",
+            "--ramp", "0.2",
+            "--warmup", "0.2",
+            "--duration", "0.5",
+            "--json",
+        ]
+    )
+    assert summary["joins_ok"] == 0
+    assert summary["joins_failed"] == 3
+    assert summary["failures"] == {"refused": 3}
+    assert relais.alive()
+
+
+def test_floor_forwards_and_reports_its_cost():
+    result = run_json(
+        [
+            str(tool("relais-floor")),
+            "--subscribers", "10",
+            "--duration", "1",
+            "--input-pps", "500",
+            "--json",
+        ]
+    )
+    # Every packet that came in left once per subscriber.
+    assert result["input_received"] > 100
+    assert result["packets_out"] == 10 * result["input_received"]
+    assert result["send_errors"] == 0
+    assert result["forwarder_cpu_seconds"] > 0
+    assert result["forwarded_packets_per_cpu_second"] > 0
