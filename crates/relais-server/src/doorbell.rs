@@ -86,7 +86,8 @@ impl Doorbell {
             }
             // Any event counts, not only POLLIN: a pending error (an ICMP
             // "port unreachable") is cleared by the read, and would otherwise
-            // end every later sleep at once. A failed ppoll (EINTR) saw nothing.
+            // end every later sleep at once. A failed ppoll (EINTR) tells
+            // nothing either way: read to be sure.
             socket_ready = ready < 0 || files[0].revents != 0;
         }
         self.sleeping.store(false, Ordering::SeqCst);
