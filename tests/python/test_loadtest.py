@@ -76,6 +76,33 @@ def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisSe
     assert relais.alive()
 
 
+def test_load_generator_publishes_simulcast_and_gets_the_top_layer(relais: RelaisServer):
+    """Three layers at 1/16, 1/4 and all of 1 Mbit/s: ~8, ~28 and ~110 packets
+    a second. With nothing limiting them, subscribers get the top layer."""
+    if os.environ.get("RELAIS_TCP_ONLY") == "1":
+        pytest.skip("the load generator's peers speak ICE over UDP only")
+    summary = run_json(
+        [
+            str(tool("relais-loadtest")),
+            "--url", relais.url,
+            "--api-key", API_KEY,
+            "--api-secret", API_SECRET,
+            "--room-prefix", "simulcast",
+            "--simulcast",
+            "--video-bitrate", "1000000",
+            "--subscribers", "2",
+            "--ramp", "0.5",
+            "--warmup", "1.5",
+            "--duration", "3",
+            "--json",
+        ]
+    )
+    assert summary["joins_ok"] == 3, summary["failure_examples"]
+    assert summary["simulcast"] is True
+    assert summary["per_subscriber_pps"] > 80, summary
+    assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
+
+
 def test_load_generator_counts_refused_joins(relais: RelaisServer):
     """A wrong secret: every join is refused and counted, the run still ends."""
     summary = run_json(
