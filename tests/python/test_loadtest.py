@@ -19,6 +19,10 @@ from conftest import API_KEY, API_SECRET, RelaisServer, relais_bin
 
 TOOL_TIMEOUT_S = 60
 
+# A room that lives for a few seconds: joins spread over half a second, a
+# 3-second measurement window after 1.5 s of warm-up.
+SHORT_RUN = ["--ramp", "0.5", "--warmup", "1.5", "--duration", "3"]
+
 
 def tool(name: str) -> Path:
     """A workspace binary built next to the server's (`cargo build --workspace --bins`)."""
@@ -35,27 +39,36 @@ def run_json(args: list[str]) -> dict:
     return json.loads(done.stdout)
 
 
-def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisServer):
-    if os.environ.get("RELAIS_TCP_ONLY") == "1":
-        pytest.skip("the load generator's peers speak ICE over UDP only")
-    assert relais.proc is not None
-    summary = run_json(
+def load_test(relais: RelaisServer, *args: str, secret: str = API_SECRET) -> dict:
+    """`relais-loadtest` against `relais`; its JSON summary."""
+    return run_json(
         [
             str(tool("relais-loadtest")),
             "--url", relais.url,
             "--api-key", API_KEY,
-            "--api-secret", API_SECRET,
-            "--room-prefix", "loadtest",
-            "--rooms", "1",
-            "--video-publishers", "1",
-            "--audio-publishers", "1",
-            "--subscribers", "3",
-            "--ramp", "0.5",
-            "--warmup", "1.5",
-            "--duration", "3",
-            "--server-pid", str(relais.proc.pid),
+            "--api-secret", secret,
             "--json",
+            *args,
         ]
+    )
+
+
+def needs_udp() -> None:
+    if os.environ.get("RELAIS_TCP_ONLY") == "1":
+        pytest.skip("the load generator's peers speak ICE over UDP only")
+
+
+def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisServer):
+    needs_udp()
+    assert relais.proc is not None
+    summary = load_test(
+        relais,
+        "--room-prefix", "loadtest",
+        "--video-publishers", "1",
+        "--audio-publishers", "1",
+        "--subscribers", "3",
+        "--server-pid", str(relais.proc.pid),
+        *SHORT_RUN,
     )
     assert summary["joins_ok"] == 5, summary["failure_examples"]
     assert summary["joins_failed"] == 0
@@ -79,23 +92,14 @@ def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisSe
 def test_load_generator_publishes_simulcast_and_gets_the_top_layer(relais: RelaisServer):
     """Three layers at 1/16, 1/4 and all of 1 Mbit/s: ~8, ~28 and ~110 packets
     a second. With nothing limiting them, subscribers get the top layer."""
-    if os.environ.get("RELAIS_TCP_ONLY") == "1":
-        pytest.skip("the load generator's peers speak ICE over UDP only")
-    summary = run_json(
-        [
-            str(tool("relais-loadtest")),
-            "--url", relais.url,
-            "--api-key", API_KEY,
-            "--api-secret", API_SECRET,
-            "--room-prefix", "simulcast",
-            "--simulcast",
-            "--video-bitrate", "1000000",
-            "--subscribers", "2",
-            "--ramp", "0.5",
-            "--warmup", "1.5",
-            "--duration", "3",
-            "--json",
-        ]
+    needs_udp()
+    summary = load_test(
+        relais,
+        "--room-prefix", "simulcast",
+        "--simulcast",
+        "--video-bitrate", "1000000",
+        "--subscribers", "2",
+        *SHORT_RUN,
     )
     assert summary["joins_ok"] == 3, summary["failure_examples"]
     assert summary["simulcast"] is True
@@ -105,18 +109,13 @@ def test_load_generator_publishes_simulcast_and_gets_the_top_layer(relais: Relai
 
 def test_load_generator_counts_refused_joins(relais: RelaisServer):
     """A wrong secret: every join is refused and counted, the run still ends."""
-    summary = run_json(
-        [
-            str(tool("relais-loadtest")),
-            "--url", relais.url,
-            "--api-key", API_KEY,
-            "--api-secret", "not-the-secret",
-            "--subscribers", "2",
-            "--ramp", "0.2",
-            "--warmup", "0.2",
-            "--duration", "0.5",
-            "--json",
-        ]
+    summary = load_test(
+        relais,
+        "--subscribers", "2",
+        "--ramp", "0.2",
+        "--warmup", "0.2",
+        "--duration", "0.5",
+        secret="not-the-secret",
     )
     assert summary["joins_ok"] == 0
     assert summary["joins_failed"] == 3
