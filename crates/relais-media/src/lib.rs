@@ -26,7 +26,6 @@ pub mod outgoing;
 mod participant;
 mod quality;
 pub mod room;
-mod room_admin;
 mod sdp_order;
 pub mod shard;
 mod shard_admin;
@@ -44,8 +43,8 @@ pub use config::{
     tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults, SubscriptionLimits,
 };
 pub use participant::{ParticipantKey, PeerRole};
+pub use room::{AdminError, RpcFailure, RpcReply};
 pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
-pub use room_admin::{AdminError, RpcFailure, RpcReply};
 pub use shard::{Shard, ShardOutput};
 pub use stats::{MediaStats, ShardGauges};
 

@@ -15,8 +15,9 @@ use relais_proto::livekit::{
 use tracing::{debug, info};
 
 use crate::participant::ParticipantKey;
-use crate::room::{Room, RoomEvent, RoomOutput};
 use crate::HashMap;
+
+use super::{Room, RoomEvent, RoomOutput};
 
 /// Why an administrative operation on a room failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
