@@ -48,11 +48,11 @@ for round in $(seq 1 "$ROUNDS"); do
 import json, sys
 out, round_, name = sys.argv[1:]
 relais = json.load(open(f"{out}/relais.json"))
-floor = json.load(open(f"{out}/floor.json"))
+summary = json.load(open(f"{out}/summary.json"))
 def get(d, key):
     return d.get(key, d.get("server", {}).get(key))
 rate = get(relais, "forwarded_packets_per_cpu_second") or 0
-floor_rate = get(floor, "forwarded_packets_per_cpu_second") or 0
+floor_rate = summary["floor_packets_per_cpu_second"] or 0
 # compare.sh prints the server's own latency (from its histogram) in its
 # table, and the ratio to the floor placed as the server (PIN=1) below it.
 p99, placed = "?", "-"

@@ -101,8 +101,14 @@ if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 5
 # (18-33 % more CPU per packet than one sink on loopback; docs/benchmarks.md). Its threads
 # always share one core, pinned or not: with its feeder and sink on the other core it pays
 # their wake-ups (up to 2x per packet), and an unpinned floor lands either way by chance.
-in_ns taskset -c 1 "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
-  --ip $SRV --sink-ip $CLI --sink-per-subscriber --json > "$OUT/floor.json"
+# Measured before the servers and again after Relais: a VM's speed drifts within a run, and
+# a floor taken on both sides of the server's window is the fairer denominator (the two
+# apart say how far it drifted).
+strict_floor() { # output file
+  in_ns taskset -c 1 "$BIN/relais-floor" --subscribers "$SUBS" --duration 5 --input-pps "$PKT_PER_S" --payload "$FLOOR_PAYLOAD" \
+    --ip $SRV --sink-ip $CLI --sink-per-subscriber --json > "$1"
+}
+strict_floor "$OUT/floor.json"
 if [ "$PIN" = 1 ]; then
   # Pinned, the server's input comes from the load generator's core and its copies wake
   # receivers there. The floor placed the same way (feeder and sinks on CPU 0, arrivals at
@@ -159,6 +165,9 @@ in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-
 in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics.txt" 2>/dev/null || true
 threads_snapshot "$OUT/relais-threads-end.txt"
 kill "$RPID" 2>/dev/null || true
+wait "$RPID" 2>/dev/null || true
+echo "== floor again" >&2
+strict_floor "$OUT/floor-after.json"
 
 if [ -z "${SKIP_JANUS:-}" ]; then
   echo "== janus" >&2
@@ -183,6 +192,9 @@ def load(n):
     return json.load(open(p)) if os.path.exists(p) else None
 floor, relais, janus = load("floor"), load("relais"), load("janus")
 split = load("floor-split")
+# The strict floor before and after the servers: its cost per packet is the two runs' mean.
+floors = [f["forwarded_packets_per_cpu_second"] for f in (floor, load("floor-after")) if f]
+fl = len(floors) / sum(1 / r for r in floors) if floors else None
 
 def buckets(name):
     # relais_forward_latency_ms_bucket{...,le="2"} 123  ->  {2.0: 123}
@@ -218,7 +230,6 @@ if relais is not None:
     relais["server_latency_ms_p99"] = quantile(0.99, window)
 print(f"results in {out}")
 print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9} {'srv p50':>8} {'srv p99':>8} {'frm p50':>8} {'frm p99':>8}")
-fl = floor["forwarded_packets_per_cpu_second"] if floor else None
 if floor:
     print(f"{'floor':<10} {'':>10} {floor['forwarder_cpu_percent']:>7.1f} {fl:>10.0f} {1.0:>8.2f}")
 if floor and split:
@@ -259,4 +270,13 @@ if t0 and t1:
         print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
 if split and relais and relais.get("forwarded_packets_per_cpu_second"):
     print(f"relais × floor ⇄ (placed as the server): {split['forwarded_packets_per_cpu_second'] / relais['forwarded_packets_per_cpu_second']:.2f}")
+if len(floors) == 2:
+    print(f"strict floor before / after the servers: {floors[0]:.0f} / {floors[1]:.0f} pkt/CPU-s "
+          f"(drift {100 * (floors[1] / floors[0] - 1):+.1f} %)")
+# What a run comes to, for scripts that compare runs (ab.sh).
+relais_rate = (relais or {}).get("forwarded_packets_per_cpu_second")
+json.dump({"floor_packets_per_cpu_second": fl, "floor_runs": floors,
+           "relais_packets_per_cpu_second": relais_rate,
+           "relais_times_floor": fl / relais_rate if (fl and relais_rate) else None},
+          open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
