@@ -87,6 +87,10 @@ setup_system_packages() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   [[ -x /usr/bin/chromium ]] || command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  # The benchmark script's test (tests/python/test_loadtest.py) builds a veth pair and polls
+  # the server over HTTP.
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   if [[ -f $NODE_DIR/package.json ]]; then
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
@@ -95,7 +99,7 @@ setup_system_packages() {
     echo "installing: ${missing[*]}"
     apt_install "${missing[@]}"
   else
-    echo "system packages present: redis-server, chromium, python3"
+    echo "system packages present: redis-server, chromium, python3, iproute2, curl"
   fi
 }
 

@@ -139,3 +139,45 @@ def test_floor_forwards_and_reports_its_cost():
     assert result["send_errors"] == 0
     assert result["forwarder_cpu_seconds"] > 0
     assert result["forwarded_packets_per_cpu_second"] > 0
+
+
+def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
+    """`compare.sh`, the three-way benchmark (Janus left out), end to end in its own
+    network namespace: the strict floor before and after Relais, and the ratio
+    taken against their mean cost per packet."""
+    needs_udp()
+    if os.geteuid() != 0:
+        pytest.skip("compare.sh creates a network namespace: needs root")
+    from conftest import REPO_ROOT
+
+    out = tmp_path / "run"
+    env = dict(
+        os.environ,
+        BIN=str(relais_bin().parent),
+        OUT=str(out),
+        SKIP_JANUS="1",
+        SUBS="3",
+        RAMP="1",
+        WARMUP="1",
+        DUR="3",
+    )
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/compare.sh")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "strict floor before / after the servers" in done.stdout, done.stdout
+
+    relais = json.loads((out / "relais.json").read_text())
+    assert relais["joins_ok"] == 5, relais["failure_examples"]
+    assert relais["per_subscriber_packets_min"] > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    before, after = summary["floor_runs"]
+    assert before > 0 and after > 0
+    # The floor is the mean of the two runs' cost per packet, so it lies between them.
+    floor = summary["floor_packets_per_cpu_second"]
+    assert min(before, after) <= floor <= max(before, after)
+    rate = summary["relais_packets_per_cpu_second"]
+    assert rate == relais["forwarded_packets_per_cpu_second"]
+    assert summary["relais_times_floor"] == pytest.approx(floor / rate)
