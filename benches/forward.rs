@@ -446,14 +446,38 @@ fn forward_packets(w: &mut World, pkts: &[Vec<u8>]) -> u64 {
 /// went out, for a count of the instructions under callgrind
 /// (`benches/instructions.sh`) — the same on a noisy machine as on a quiet
 /// one, unlike time.
-fn count_packets(packets: usize, subs: usize) {
+///
+/// With `RELAIS_BENCH_COLD=1` each packet goes in alone after the caches were
+/// overwritten (outside `forward_packets`): under callgrind's cache
+/// simulation the last-level misses per packet are then the cache lines a
+/// packet touches from a cold start, as when its shard wakes on a core that
+/// ran something else meanwhile (`benches/cold-lines.sh`).
+fn count_packets(packets: usize, subs: usize, cold: bool) {
     let mut seq = 1000u64;
     let mut w = ready_world(subs, true, &mut seq);
     let mut copies = 0;
+    let mut other_work = vec![0u8; if cold { 16 << 20 } else { 0 }];
     in_chunks(&mut w, &mut seq, packets, |w, pkts| {
-        copies += forward_packets(w, pkts)
+        if !cold {
+            copies += forward_packets(w, pkts);
+            return;
+        }
+        for one in pkts.chunks(1) {
+            evict(&mut other_work);
+            copies += forward_packets(w, one);
+        }
     });
     println!("forward/direct/{subs}: {packets} packets, {copies} copies");
+}
+
+/// Writes every cache line of `buf`: what the core's other work leaves in
+/// the caches.
+#[inline(never)]
+fn evict(buf: &mut [u8]) {
+    for line in buf.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    black_box(buf);
 }
 
 fn forward(c: &mut Criterion) {
@@ -530,7 +554,8 @@ criterion_group!(benches, forward, fan_out);
 fn main() {
     let var = |name| std::env::var(name).ok().and_then(|n| n.parse().ok());
     if let Some(packets) = var("RELAIS_BENCH_PACKETS") {
-        count_packets(packets, var("RELAIS_BENCH_SUBS").unwrap_or(10));
+        let cold = std::env::var_os("RELAIS_BENCH_COLD").is_some_and(|v| v == "1");
+        count_packets(packets, var("RELAIS_BENCH_SUBS").unwrap_or(10), cold);
         return;
     }
     benches();
