@@ -3,7 +3,7 @@
 //
 //   node browser_client.mjs --url ws://127.0.0.1:PORT --token JWT --remote IDENTITY
 //       [--publish-camera [--codec vp8|vp9|h264|av1]] [--publish-mic] [--expect-speaker IDENTITY]
-//       [--expect-audio IDENTITY] [--timeout SECONDS] [--hold SECONDS]
+//       [--expect-audio IDENTITY] [--expect-send-estimate KBPS] [--timeout SECONDS] [--hold SECONDS]
 //
 // Steps: serve a tiny page (and the livekit-client bundle) from an HTTP server on a free
 // loopback port; open it in Chromium with a fake camera; connect to the room; with
@@ -13,11 +13,16 @@
 // inbound-rtp framesDecoded > 0; with --expect-speaker, wait until livekit-client's
 // room.activeSpeakers lists IDENTITY; with --expect-audio, wait for an audio track of
 // IDENTITY, attach it and poll its receiver's inbound-rtp stats until 50 packets were
-// received (decrypted) and audio samples came out of the jitter buffer. Then stay connected until stdin closes (or --hold
+// received (decrypted) and audio samples came out of the jitter buffer; with
+// --expect-send-estimate, wait until the camera's sender reports a send-side bandwidth
+// estimate (candidate-pair availableOutgoingBitrate) of at least KBPS — it grows past
+// Chromium's start value only on the server's transport-wide congestion feedback — and
+// report the lowest estimate over the 10 s after that.
+// Then stay connected until stdin closes (or --hold
 // seconds pass) so the other side can go on receiving, disconnect and exit.
 //
 // Protocol: stdout carries one JSON object per line, {"event": ...}: "connected",
-// "published", "published-mic", "decoded", "speaker", "audio", "error", "closed". stderr carries the browser console and
+// "published", "published-mic", "decoded", "speaker", "audio", "send-estimate", "error", "closed". stderr carries the browser console and
 // page errors as they happen, prefixed with "[browser]". Exit code 0 when every step
 // succeeded. Every wait is bounded by --timeout (default 30 s). Chromium is always
 // closed (playwright kills it at exit if closing takes more than 5 s).
@@ -58,6 +63,7 @@ const { values: opts } = parseArgs({
     codec: { type: 'string', default: 'vp8' },
     'expect-speaker': { type: 'string' },
     'expect-audio': { type: 'string' },
+    'expect-send-estimate': { type: 'string' },
     timeout: { type: 'string', default: '30' },
     hold: { type: 'string', default: '60' },
   },
@@ -68,6 +74,8 @@ if (!opts.url || !opts.token) {
 }
 const TIMEOUT_MS = Math.min(Number(opts.timeout), 30) * 1000;
 const HOLD_MS = Number(opts.hold) * 1000;
+// How long --expect-send-estimate watches the estimate after it first reaches the value.
+const SEND_ESTIMATE_HOLD_MS = 10000;
 
 // The page: livekit-client plus a few helpers the driver calls with page.evaluate.
 const PAGE = `<!doctype html>
@@ -236,6 +244,37 @@ window.relaisTest = {
     return out;
   },
 
+  // Wait until the camera's send-side bandwidth estimate reaches minBps, then watch it
+  // for holdMs more (an estimate fed by feedback on the first packets only falls back
+  // once the feedback stops); returns the lowest estimate over that window, the
+  // estimates seen (one per poll) and the layers' stats at the end.
+  async waitSendEstimate(minBps, holdMs, timeoutMs) {
+    const deadline = Date.now() + timeoutMs;
+    const seen = [];
+    let reached = null;
+    let lowest = Infinity;
+    while (Date.now() < deadline) {
+      for (const pub of state.room.localParticipant.videoTrackPublications.values()) {
+        const sender = pub.track && pub.track.sender;
+        if (!sender) continue;
+        const report = await sender.getStats();
+        for (const s of report.values()) {
+          if (s.type !== 'candidate-pair' || !s.nominated || !s.availableOutgoingBitrate) continue;
+          const bps = Math.round(s.availableOutgoingBitrate);
+          seen.push(bps);
+          if (reached === null && bps >= minBps) reached = Date.now();
+          if (reached !== null) lowest = Math.min(lowest, bps);
+        }
+      }
+      if (reached !== null && Date.now() - reached >= holdMs) {
+        return { lowest, seen, layers: await this.senderStats() };
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    throw new Error('timed out after ' + timeoutMs + ' ms waiting for a send estimate of ' +
+      minBps + ' bps held for ' + holdMs + ' ms (seen: ' + JSON.stringify(seen.slice(-40)) + ')');
+  },
+
   async disconnect() {
     if (state.room) await withTimeout(state.room.disconnect(), 5000, 'room.disconnect');
   },
@@ -374,6 +413,15 @@ async function main() {
         TIMEOUT_MS,
       ]);
       emit('audio', heard);
+    }
+
+    if (opts['expect-send-estimate']) {
+      const estimate = await page.evaluate(([bps, hold, ms]) => window.relaisTest.waitSendEstimate(bps, hold, ms), [
+        Number(opts['expect-send-estimate']) * 1000,
+        SEND_ESTIMATE_HOLD_MS,
+        TIMEOUT_MS,
+      ]);
+      emit('send-estimate', estimate);
     }
 
     await stdinClosedOr(HOLD_MS);

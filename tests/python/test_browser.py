@@ -509,3 +509,28 @@ async def test_python_hears_the_browser_microphone(relais, rooms, browser):
     print(f"python received {frames} audio frames from the browser, peak {peak}")
     assert frames >= 300, frames
     assert peak > 1000, f"only silence from the browser's microphone (peak {peak})"
+
+
+async def test_browser_send_estimate_grows_on_the_servers_feedback(relais, rooms, browser):
+    """Chromium's congestion control starts its send-side bandwidth estimate low
+    (300 kbit/s) and raises it only on the transport-wide congestion feedback the server
+    sends for what it received, its bandwidth probes included. With that feedback
+    working, the camera's sender reports an estimate (candidate-pair
+    availableOutgoingBitrate) past 1 Mbit/s within seconds, and keeps it there; without
+    it the estimate stays at its start, or falls back to it, and the congestion window
+    holds the video back. A Python participant
+    in the room subscribes, so that dynacast keeps the camera's layers on."""
+    room_name = f"browser-bwe-{uuid.uuid4().hex[:8]}"
+    await rooms.join(relais, PY, room_name)
+    await browser.start(
+        "--url", relais.url,
+        "--token", make_token(WEB, room_name),
+        "--publish-camera",
+        "--expect-send-estimate", "1000",
+        "--timeout", str(int(WAIT_S)),
+    )  # fmt: skip
+    await browser.wait_event("published", WAIT_S)
+    estimate = await browser.wait_event("send-estimate", WAIT_S + 5)
+    print(f"send estimates seen (bit/s): {estimate['seen']}; layers: {estimate['layers']}")
+    # Held for 10 s: feedback on the first packets alone lifts it, then it falls back.
+    assert estimate["lowest"] >= 1_000_000, estimate
