@@ -136,17 +136,16 @@ impl MediaConfig {
     /// publisher connection keeps it: the client's own estimate of its uplink
     /// needs our feedback.
     pub(crate) fn build_rtc(&self, creds: IceCreds, now: Instant, publisher: bool) -> Rtc {
-        let mut builder = Rtc::builder();
-        if !publisher {
-            // The standard map without it (the map has no removal).
-            let mut exts = ExtensionMap::empty();
-            for (id, ext) in ExtensionMap::standard().iter() {
-                if *ext != Extension::TransportSequenceNumber {
-                    exts.set(id, ext.clone());
-                }
+        // The standard map without the transport-wide sequence number (the
+        // map has no removal): a subscriber session's congestion control is
+        // not str0m's, and a publisher's feedback is Relais's (`crate::twcc`).
+        let mut exts = ExtensionMap::empty();
+        for (id, ext) in ExtensionMap::standard().iter() {
+            if *ext != Extension::TransportSequenceNumber {
+                exts.set(id, ext.clone());
             }
-            builder = builder.set_extension_map(exts);
         }
+        let mut builder = Rtc::builder().set_extension_map(exts);
         if !publisher && self.direct_audio {
             // Relais reports on the audio it sends itself (`crate::egress`);
             // str0m's reports would say nothing was sent. Its first report

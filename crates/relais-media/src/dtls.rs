@@ -7,9 +7,11 @@
 //! signature check: about a quarter of the CPU a join cost, on the shard
 //! thread. The configuration depends only on the MTU str0m passes, so one
 //! `Arc<dimpl::Config>` serves every session; the rest is str0m's provider.
-//! A session armed by [`crate::egress::tap_next_session`] also hands its SRTP
-//! sending keys to Relais's direct egress.
+//! A session armed by [`tap_next_session`] also hands its sending keys to
+//! Relais: the SRTP keys to its direct egress, the SRTCP keys to the
+//! congestion feedback it sends a publisher.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -20,6 +22,33 @@ use str0m::crypto::dtls::{
 use str0m::crypto::{CryptoError, CryptoProvider};
 
 use crate::egress::{KeySlot, SrtpSender};
+use crate::srtcp::SrtcpSender;
+
+/// Where a session's SRTCP sending keys land once its DTLS handshake is done.
+pub(crate) type SrtcpSlot = Arc<OnceLock<SrtcpSender>>;
+
+/// Where the next DTLS instance built on a thread reports its sending keys.
+#[derive(Default)]
+pub(crate) struct KeyTaps {
+    /// SRTP and SRTCP, AES-GCM only (the direct egress).
+    pub srtp: Option<KeySlot>,
+    /// SRTCP alone, any profile (the congestion feedback to a publisher).
+    pub srtcp: Option<SrtcpSlot>,
+}
+
+thread_local! {
+    static NEXT_SESSION: RefCell<KeyTaps> = RefCell::default();
+}
+
+/// Have the next DTLS instance built on this thread report into `taps`.
+pub(crate) fn tap_next_session(taps: KeyTaps) {
+    NEXT_SESSION.with(|next| *next.borrow_mut() = taps);
+}
+
+/// The taps armed by [`tap_next_session`] (taken: one session each).
+pub(crate) fn take_taps() -> KeyTaps {
+    NEXT_SESSION.with(|next| std::mem::take(&mut *next.borrow_mut()))
+}
 
 /// str0m's default crypto provider with DTLS sessions built from a shared
 /// dimpl configuration.
@@ -85,7 +114,7 @@ impl DtlsProvider for SharedConfigDtls {
     ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
         // Taken whatever the path: a slot armed for this session must not
         // reach the next one.
-        let keys = crate::egress::take_tapped_slot();
+        let keys = take_taps();
         let Some(config) = self.config(mtu)? else {
             return self.base.new_dtls(cert, now, dtls_version, mtu);
         };
@@ -103,8 +132,8 @@ impl DtlsProvider for SharedConfigDtls {
 /// One peer connection's DTLS state machine, as str0m drives it.
 struct Session {
     dtls: dimpl::Dtls,
-    /// Where to put the SRTP sending keys for Relais's direct egress.
-    keys: Option<KeySlot>,
+    /// Where to put the sending keys Relais uses.
+    keys: KeyTaps,
 }
 
 impl fmt::Debug for Session {
@@ -124,12 +153,21 @@ impl DtlsInstance for Session {
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let output = self.dtls.poll_output(buf);
-        if let (DtlsOutput::KeyingMaterial(material, profile), Some(slot)) = (&output, &self.keys) {
+        if let DtlsOutput::KeyingMaterial(material, profile) = &output {
             let client = self.dtls.is_active();
-            if let Some(sender) =
-                SrtpSender::from_keying_material(material.as_ref(), *profile, client)
-            {
-                let _ = slot.set(sender);
+            if let Some(slot) = &self.keys.srtp {
+                if let Some(sender) =
+                    SrtpSender::from_keying_material(material.as_ref(), *profile, client)
+                {
+                    let _ = slot.set(sender);
+                }
+            }
+            if let Some(slot) = &self.keys.srtcp {
+                if let Some(sender) =
+                    SrtcpSender::from_keying_material(material.as_ref(), *profile, client)
+                {
+                    let _ = slot.set(sender);
+                }
             }
         }
         output

@@ -18,22 +18,17 @@
 //! subscriber's NACKs, which str0m hands over decrypted, are answered from
 //! both on the stream's RTX SSRC.
 //!
-//! The keys come from the session's own DTLS: [`tap_next_session`] arms the
-//! node's DTLS provider (`crate::dtls`) so that the next DTLS instance built on
-//! this thread — the one str0m builds inside `RtcConfig::build` — reports its
-//! SRTP keying material into the session's [`KeySlot`].
+//! The keys come from the session's own DTLS: [`crate::dtls::tap_next_session`]
+//! arms the node's DTLS provider so that the next DTLS instance built on this
+//! thread — the one str0m builds inside `RtcConfig::build` — reports its SRTP
+//! keying material into the session's [`KeySlot`].
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
-use aws_lc_rs::cipher::{
-    Algorithm, EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256,
-};
-use aws_lc_rs::iv::FixedLength;
+use aws_lc_rs::aead::{Aad, LessSafeKey, UnboundKey};
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::Pt;
 use str0m::rtp::rtcp::Nack;
@@ -43,36 +38,11 @@ use str0m::Rtc;
 use crate::codec::{Vp8Header, Vp8Rewrite};
 use crate::outgoing::Outgoing;
 use crate::participant::{ForwardedCopy, PeerSession};
+use crate::srtcp::{self, derive, nonce, SrtcpSender, LABEL_RTP_KEY, LABEL_RTP_SALT, SALT_LEN};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
 pub(crate) type KeySlot = Arc<OnceLock<SrtpSender>>;
 
-thread_local! {
-    static NEXT_SESSION: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
-}
-
-/// Have the next DTLS instance built on this thread report into `slot`.
-pub(crate) fn tap_next_session(slot: KeySlot) {
-    NEXT_SESSION.with(|next| *next.borrow_mut() = Some(slot));
-}
-
-/// The slot armed by [`tap_next_session`], if any (taken: one session each).
-pub(crate) fn take_tapped_slot() -> Option<KeySlot> {
-    NEXT_SESSION.with(|next| next.borrow_mut().take())
-}
-
-/// RFC 3711 §4.3.1 key derivation labels.
-const LABEL_RTP_KEY: u8 = 0x00;
-const LABEL_RTP_SALT: u8 = 0x02;
-const LABEL_RTCP_KEY: u8 = 0x03;
-const LABEL_RTCP_SALT: u8 = 0x05;
-/// Relais's SRTCP indexes start far above str0m's, which counts from zero on
-/// the same keys: the receiver keeps one replay window per SSRC, and str0m's
-/// one early report on a stream Relais then reports on must not make a later
-/// report of Relais's look replayed.
-const FIRST_SRTCP_INDEX: u32 = 1 << 30;
-/// AEAD master and session salt length (RFC 7714 §12).
-const SALT_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 const RTP_HEADER_LEN: usize = 12;
 
@@ -82,51 +52,29 @@ const RTP_HEADER_LEN: usize = 12;
 pub(crate) struct SrtpSender {
     rtp: LessSafeKey,
     rtp_salt: [u8; SALT_LEN],
-    rtcp: LessSafeKey,
-    rtcp_salt: [u8; SALT_LEN],
-    /// The next SRTCP index, shared by every stream Relais reports on.
-    rtcp_index: std::sync::atomic::AtomicU32,
+    rtcp: SrtcpSender,
 }
 
 impl SrtpSender {
-    /// The sending keys from DTLS-SRTP keying material (RFC 5764 §4.2: client
-    /// key, server key, client salt, server salt); the DTLS client sends with
-    /// the client's.
+    /// The sending keys from DTLS-SRTP keying material; the DTLS client sends
+    /// with the client's.
     pub(crate) fn from_keying_material(
         material: &[u8],
         profile: SrtpProfile,
         dtls_client: bool,
     ) -> Option<Self> {
-        let (key_len, aead, block): (usize, _, &'static Algorithm) = match profile {
-            SrtpProfile::AEAD_AES_128_GCM => (16, &AES_128_GCM, &AES_128),
-            SrtpProfile::AEAD_AES_256_GCM => (32, &AES_256_GCM, &AES_256),
-            _ => return None,
-        };
-        if material.len() != 2 * (key_len + SALT_LEN) {
-            return None;
-        }
-        let (key_at, salt_at) = if dtls_client {
-            (0, 2 * key_len)
-        } else {
-            (key_len, 2 * key_len + SALT_LEN)
-        };
-        let master = &material[key_at..key_at + key_len];
-        let master_salt = &material[salt_at..salt_at + SALT_LEN];
-        let derive = |label: u8, out: &mut [u8]| derive(block, master, master_salt, label, out);
+        let (aead, block, key_len) = srtcp::gcm(profile)?;
+        let (master_key, master_salt) = srtcp::master(material, key_len, SALT_LEN, dtls_client)?;
+        let derive = |label: u8, out: &mut [u8]| derive(block, master_key, master_salt, label, out);
         let mut key = vec![0u8; key_len];
-        let (mut rtp_salt, mut rtcp_salt) = ([0u8; SALT_LEN], [0u8; SALT_LEN]);
+        let mut rtp_salt = [0u8; SALT_LEN];
         derive(LABEL_RTP_KEY, &mut key)?;
         let rtp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
         derive(LABEL_RTP_SALT, &mut rtp_salt)?;
-        derive(LABEL_RTCP_KEY, &mut key)?;
-        let rtcp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
-        derive(LABEL_RTCP_SALT, &mut rtcp_salt)?;
         Some(SrtpSender {
             rtp,
             rtp_salt,
-            rtcp,
-            rtcp_salt,
-            rtcp_index: FIRST_SRTCP_INDEX.into(),
+            rtcp: SrtcpSender::gcm(aead, block, master_key, master_salt)?,
         })
     }
 
@@ -159,59 +107,10 @@ impl SrtpSender {
         header_len + head_len + rest.len() + TAG_LEN
     }
 
-    /// Protect one RTCP packet (RFC 7714 §9: the first 8 bytes and the
-    /// E-flag with the index authenticated, the rest encrypted).
+    /// Protect one RTCP packet (see [`SrtcpSender::protect`]).
     pub(crate) fn protect_rtcp(&self, packet: &mut Vec<u8>) {
-        let index = self
-            .rtcp_index
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            & 0x7fff_ffff;
-        let e_and_index = (0x8000_0000 | index).to_be_bytes();
-        let mut iv = [0u8; SALT_LEN];
-        iv[2..6].copy_from_slice(&packet[4..8]);
-        iv[8..12].copy_from_slice(&index.to_be_bytes());
-        let mut aad = [0u8; 12];
-        aad[..8].copy_from_slice(&packet[..8]);
-        aad[8..].copy_from_slice(&e_and_index);
-        let tag = self
-            .rtcp
-            .seal_in_place_separate_tag(
-                nonce(iv, &self.rtcp_salt),
-                Aad::from(&aad[..]),
-                &mut packet[8..],
-            )
-            .expect("AES-GCM seals any length we send");
-        packet.extend_from_slice(tag.as_ref());
-        packet.extend_from_slice(&e_and_index);
+        self.rtcp.protect(packet);
     }
-}
-
-fn nonce(mut iv: [u8; SALT_LEN], salt: &[u8; SALT_LEN]) -> Nonce {
-    for (byte, s) in iv.iter_mut().zip(salt) {
-        *byte ^= s;
-    }
-    Nonce::assume_unique_for_key(iv)
-}
-
-/// RFC 3711 §4.3.1/§4.3.3 with a key derivation rate of 0: the AES
-/// counter-mode keystream under the master key, starting at the master salt
-/// with the label XORed into its byte 7 (the 16-byte block's last two bytes
-/// count the blocks).
-fn derive(
-    block: &'static Algorithm,
-    master: &[u8],
-    master_salt: &[u8],
-    label: u8,
-    out: &mut [u8],
-) -> Option<()> {
-    let mut counter = [0u8; 16];
-    counter[..master_salt.len()].copy_from_slice(master_salt);
-    counter[7] ^= label;
-    let key = EncryptingKey::ctr(UnboundCipherKey::new(block, master).ok()?).ok()?;
-    out.fill(0);
-    key.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(counter)))
-        .ok()?;
-    Some(())
 }
 
 /// The plaintext bytes a packet may not share with the payload it was
@@ -393,14 +292,33 @@ pub(crate) fn warm(session: &PeerSession) {
     std::hint::black_box((keys, stream));
 }
 
-/// A due session's direct copies sent; true if that was all it was due for
-/// (nothing queued for str0m, str0m's own deadline not reached), so that
-/// str0m is not driven at all — its deadline restored as the session's.
+/// The congestion feedback due on a publisher session, protected and sent
+/// ([`crate::twcc`]); dropped while the session has no keys or route yet.
+pub(crate) fn send_feedback(session: &mut PeerSession, now: Instant, out: &mut Outgoing) {
+    let Some(direct) = session.direct.as_deref_mut() else {
+        return;
+    };
+    let Some(feedback) = direct.feedback.as_mut() else {
+        return;
+    };
+    while let Some(mut packet) = feedback.poll_feedback(now) {
+        if let (Some(keys), Some(route)) = (direct.rtcp_keys.get(), direct.route) {
+            keys.protect(&mut packet);
+            out.push(route.0, route.1, route.2, &packet);
+        }
+    }
+}
+
+/// A due session's feedback and direct copies sent; true if that was all it
+/// was due for (nothing queued for str0m, str0m's own deadline not reached),
+/// so that str0m is not driven at all — its deadline restored as the
+/// session's.
 pub(crate) fn send_direct_only(
     session: &mut PeerSession,
     now: Instant,
     out: &mut Outgoing,
 ) -> bool {
+    send_feedback(session, now, out);
     send_direct(session, out);
     let Some(direct) = session.direct.as_deref() else {
         return false;
@@ -409,7 +327,7 @@ pub(crate) fn send_direct_only(
         return false;
     }
     session.frame_wait = None;
-    session.deadline = direct.str0m_due;
+    session.deadline = direct.deadline(direct.str0m_due);
     true
 }
 
@@ -835,32 +753,6 @@ fn ntp_time(wall: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn key_derivation_matches_rfc_3711_test_vectors() {
-        // RFC 3711 Appendix B.3 (AES-128, 112-bit master salt).
-        let master = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
-        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
-        let mut key = [0u8; 16];
-        derive(&AES_128, &master, &salt, LABEL_RTP_KEY, &mut key).unwrap();
-        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
-        let mut session_salt = [0u8; 14];
-        derive(&AES_128, &master, &salt, LABEL_RTP_SALT, &mut session_salt).unwrap();
-        assert_eq!(session_salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
-        let mut auth = [0u8; 20];
-        derive(&AES_128, &master, &salt, 0x01, &mut auth).unwrap();
-        assert_eq!(
-            auth.to_vec(),
-            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
-        );
-    }
 
     #[test]
     fn only_aead_profiles_and_whole_material_give_a_sender() {

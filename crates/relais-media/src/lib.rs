@@ -30,9 +30,11 @@ mod sdp_order;
 pub mod shard;
 mod shard_admin;
 mod speakers;
+mod srtcp;
 pub mod stats;
 pub mod stun;
 mod timers;
+mod twcc;
 
 /// The media core's maps: std's, with foldhash's hasher (seeded per process)
 /// instead of SipHash — several times faster on the small keys looked up per

@@ -13,9 +13,11 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
+use crate::dtls::SrtcpSlot;
 use crate::egress::{DirectStream, KeySlot, SourcePacket};
 use crate::stun;
 use crate::timers::{Queued, TimerGrid};
+use crate::twcc::TransportFeedback;
 use crate::HashMap;
 
 /// Identifies a participant within a shard; never reused.
@@ -71,9 +73,16 @@ pub(crate) struct PeerSession {
     direct_ready: bool,
 }
 
-/// A session's direct egress state ([`crate::egress`]).
+/// What Relais sends on a session itself, and where: a subscriber session's
+/// direct egress ([`crate::egress`]), a publisher session's congestion
+/// feedback ([`crate::twcc`]).
 pub(crate) struct DirectEgress {
+    /// SRTP keys (subscriber sessions with direct egress).
     pub keys: KeySlot,
+    /// SRTCP keys (publisher sessions).
+    pub rtcp_keys: SrtcpSlot,
+    /// Publisher sessions that numbered their packets: the feedback on them.
+    pub feedback: Option<TransportFeedback>,
     /// Protocol, source and destination of the pair str0m sends media on
     /// (see [`DirectEgress::follow`]).
     pub route: Option<(Protocol, SocketAddr, SocketAddr)>,
@@ -92,6 +101,8 @@ impl DirectEgress {
     pub fn new(now: Instant, epoch: (Instant, SystemTime)) -> Self {
         DirectEgress {
             keys: KeySlot::default(),
+            rtcp_keys: SrtcpSlot::default(),
+            feedback: None,
             route: None,
             nominated: None,
             streams: HashMap::default(),
@@ -117,6 +128,15 @@ impl DirectEgress {
     /// Keys and a route known: copies can leave without str0m.
     pub fn ready(&self) -> bool {
         self.keys.get().is_some() && self.route.is_some()
+    }
+
+    /// When the session next wants time for what Relais sends on it, given
+    /// str0m's own deadline.
+    pub fn deadline(&self, str0m_due: Instant) -> Instant {
+        self.feedback
+            .as_ref()
+            .and_then(TransportFeedback::due)
+            .map_or(str0m_due, |due| due.min(str0m_due))
     }
 }
 

@@ -258,9 +258,8 @@ impl Shard {
             self.stats.drop_packet(DropReason::Malformed);
             return 0;
         };
-        let nominates = stun::nominates(buf);
         let copies = self.lend(&route.room).map_or(0, |room| {
-            room.handle_receive(now, route.participant, route.role, receive, nominates)
+            room.handle_receive(now, route.participant, route.role, buf, receive)
         });
         self.collect(&route.room);
         copies

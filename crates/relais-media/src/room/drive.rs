@@ -15,6 +15,7 @@ use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
 use crate::outgoing::Outgoing;
 use crate::participant::{Participant, ParticipantKey, PeerRole, PeerSession, UNWRITTEN_KEPT};
 use crate::stats::DropReason;
+use crate::stun;
 use crate::timers;
 use crate::HashMap;
 
@@ -31,8 +32,8 @@ impl Room {
         now: Instant,
         key: ParticipantKey,
         role: PeerRole,
+        datagram: &[u8],
         receive: Receive<'_>,
-        nominates: bool,
     ) -> u64 {
         let before = self.copies_leaving;
         let Some(p) = self.participants.get_mut(&key) else {
@@ -43,8 +44,15 @@ impl Room {
         let Some(session) = p.session_mut(role) else {
             return 0;
         };
-        if let (true, Some(direct)) = (nominates, session.direct.as_deref_mut()) {
-            direct.nominated = Some((receive.proto, receive.source));
+        if let Some(direct) = session.direct.as_deref_mut() {
+            if stun::nominates(datagram) {
+                direct.nominated = Some((receive.proto, receive.source));
+            }
+            // Every datagram, before str0m: the feedback must count them all.
+            // The session's deadline follows when it is drained below.
+            if let Some(feedback) = direct.feedback.as_mut() {
+                feedback.record(datagram, now);
+            }
         }
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
@@ -382,6 +390,7 @@ pub(crate) fn poll_session(
 ) -> Instant {
     // Whatever the session holds leaves now.
     session.frame_wait = None;
+    egress::send_feedback(session, now, out);
     egress::send_direct(session, out);
     // str0m sends what is written only once it is given the time.
     if write_forwarded(session) {
@@ -393,11 +402,14 @@ pub(crate) fn poll_session(
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
                 let t = session.grid.map_or(t, |grid| grid.round_up(t, now));
-                session.deadline = t;
-                if let Some(direct) = session.direct.as_deref_mut() {
-                    direct.str0m_due = t;
-                }
-                return t;
+                session.deadline = match session.direct.as_deref_mut() {
+                    Some(direct) => {
+                        direct.str0m_due = t;
+                        direct.deadline(t)
+                    }
+                    None => t,
+                };
+                return session.deadline;
             }
             Ok(Output::Transmit(t)) => {
                 if let Some(direct) = session.direct.as_deref_mut() {

@@ -45,8 +45,9 @@ use tracing::{info, Span};
 
 use crate::codec::CodecKind;
 use crate::config::MediaConfig;
+use crate::dtls::{self, KeyTaps};
 use crate::dynacast::LayerDemand;
-use crate::egress::{self, TrackHistory};
+use crate::egress::TrackHistory;
 use crate::forward::TrackForwarder;
 use crate::outgoing::Outgoing;
 use crate::participant::{
@@ -553,16 +554,28 @@ impl Room {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
         let publisher = role == PeerRole::Publisher;
-        let direct = (!publisher && (self.config.direct_audio || self.config.direct_video))
+        // A publisher's congestion feedback is Relais's (`crate::twcc`), so
+        // is a subscriber's media with direct egress.
+        let direct = (publisher || self.config.direct_audio || self.config.direct_video)
             .then(|| Box::new(DirectEgress::new(now, self.config.clock_epoch)));
         if let Some(direct) = &direct {
-            egress::tap_next_session(direct.keys.clone());
+            dtls::tap_next_session(if publisher {
+                KeyTaps {
+                    srtcp: Some(direct.rtcp_keys.clone()),
+                    ..KeyTaps::default()
+                }
+            } else {
+                KeyTaps {
+                    srtp: Some(direct.keys.clone()),
+                    ..KeyTaps::default()
+                }
+            });
         }
         let rtc = self
             .config
             .build_rtc(ice_creds(ufrag.clone()), now, publisher);
         // Disarmed if the build made no DTLS instance of ours.
-        egress::take_tapped_slot();
+        dtls::take_taps();
         let mut session = PeerSession::new(rtc, ufrag, now);
         session.direct = direct;
         if publisher {

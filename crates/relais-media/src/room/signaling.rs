@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use crate::forward::TrackForwarder;
 use crate::participant::{Downtrack, ParticipantKey, PeerRole, SubscriberChange};
 use crate::sdp_order;
+use crate::twcc::{self, TransportFeedback};
 
 use super::{apply_attributes, Room, Subscription, MAX_PENDING_TRACKS};
 
@@ -94,6 +95,19 @@ impl Room {
                     Some(codec.rsplit('/').next().unwrap_or(codec).to_string())
                 };
                 let sdp = sdp_order::order_answer(&sd.sdp, &answer.to_sdp_string(), wanted);
+                // Relais gives the publisher its congestion feedback.
+                let sdp = twcc::answer_with_transport_cc(&sd.sdp, &sdp);
+                if let (Some(id), Some(direct)) = (
+                    twcc::offered_ext_id(&sd.sdp),
+                    publisher.direct.as_deref_mut(),
+                ) {
+                    match &mut direct.feedback {
+                        Some(feedback) => feedback.set_ext_id(id),
+                        None => {
+                            direct.feedback = Some(TransportFeedback::new(id, rand::random(), now))
+                        }
+                    }
+                }
                 let answer = SessionDescription {
                     r#type: "answer".into(),
                     sdp,

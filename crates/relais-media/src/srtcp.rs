@@ -1,0 +1,325 @@
+//! SRTP key derivation, and RTCP that Relais protects and sends itself.
+//!
+//! Relais sends some of a session's RTCP without str0m: the sender reports of
+//! the streams its direct egress sends ([`crate::egress`]) and the
+//! transport-wide congestion feedback for what a publisher sends
+//! ([`crate::twcc`]). Both are protected with the session's own SRTCP keys,
+//! taken from its DTLS keying material (RFC 5764 §4.2). AEAD AES-GCM
+//! (RFC 7714) is what str0m and browsers prefer; AES-CM with HMAC-SHA1
+//! (RFC 3711) is kept for the feedback, which a publisher's congestion
+//! control needs whatever the profile.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM};
+use aws_lc_rs::cipher::{
+    Algorithm, EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256,
+};
+use aws_lc_rs::hmac;
+use aws_lc_rs::iv::FixedLength;
+use str0m::crypto::dtls::SrtpProfile;
+
+/// RFC 3711 §4.3.1 key derivation labels.
+pub(crate) const LABEL_RTP_KEY: u8 = 0x00;
+pub(crate) const LABEL_RTP_SALT: u8 = 0x02;
+const LABEL_RTCP_KEY: u8 = 0x03;
+const LABEL_RTCP_AUTH: u8 = 0x04;
+const LABEL_RTCP_SALT: u8 = 0x05;
+/// Relais's SRTCP indexes start far above str0m's, which counts from zero on
+/// the same keys: the receiver keeps one replay window per SSRC, and str0m's
+/// one early report on a stream Relais then reports on must not make a later
+/// report of Relais's look replayed.
+const FIRST_SRTCP_INDEX: u32 = 1 << 30;
+/// AEAD master and session salt length (RFC 7714 §12).
+pub(crate) const SALT_LEN: usize = 12;
+/// AES-CM master and session salt length (RFC 3711 §8.2).
+const CM_SALT_LEN: usize = 14;
+const CM_KEY_LEN: usize = 16;
+/// HMAC-SHA1 key length, and the 80-bit tag of `AES128_CM_SHA1_80`.
+const CM_AUTH_KEY_LEN: usize = 20;
+const CM_TAG_LEN: usize = 10;
+
+/// A session's keys for the RTCP Relais sends on it.
+pub(crate) struct SrtcpSender {
+    cipher: RtcpCipher,
+    /// The next SRTCP index, shared by everything Relais sends on the session.
+    index: AtomicU32,
+}
+
+enum RtcpCipher {
+    Gcm {
+        key: LessSafeKey,
+        salt: [u8; SALT_LEN],
+    },
+    /// Boxed: kilobytes (HMAC state), and rare; the GCM keys sit in every
+    /// subscriber session's direct egress.
+    CmHmac(Box<CmHmacKeys>),
+}
+
+struct CmHmacKeys {
+    key: EncryptingKey,
+    salt: [u8; CM_SALT_LEN],
+    auth: hmac::Key,
+}
+
+/// Where a session's master key and salt are in its keying material, for the
+/// direction the DTLS `client` (or server) sends in: RFC 5764 §4.2 (client
+/// key, server key, client salt, server salt).
+pub(crate) fn master(
+    material: &[u8],
+    key_len: usize,
+    salt_len: usize,
+    client: bool,
+) -> Option<(&[u8], &[u8])> {
+    if material.len() != 2 * (key_len + salt_len) {
+        return None;
+    }
+    let (key_at, salt_at) = if client {
+        (0, 2 * key_len)
+    } else {
+        (key_len, 2 * key_len + salt_len)
+    };
+    Some((
+        &material[key_at..key_at + key_len],
+        &material[salt_at..salt_at + salt_len],
+    ))
+}
+
+/// The AEAD algorithm, cipher block and key length of an AES-GCM profile.
+pub(crate) fn gcm(
+    profile: SrtpProfile,
+) -> Option<(
+    &'static aws_lc_rs::aead::Algorithm,
+    &'static Algorithm,
+    usize,
+)> {
+    match profile {
+        SrtpProfile::AEAD_AES_128_GCM => Some((&AES_128_GCM, &AES_128, 16)),
+        SrtpProfile::AEAD_AES_256_GCM => Some((&AES_256_GCM, &AES_256, 32)),
+        _ => None,
+    }
+}
+
+impl SrtcpSender {
+    /// The RTCP sending keys of the side that is the DTLS `client` (or not).
+    pub(crate) fn from_keying_material(
+        material: &[u8],
+        profile: SrtpProfile,
+        client: bool,
+    ) -> Option<Self> {
+        if let Some((aead, block, key_len)) = gcm(profile) {
+            let (master_key, master_salt) = master(material, key_len, SALT_LEN, client)?;
+            return Self::gcm(aead, block, master_key, master_salt);
+        }
+        if profile != SrtpProfile::AES128_CM_SHA1_80 {
+            return None;
+        }
+        let (master_key, master_salt) = master(material, CM_KEY_LEN, CM_SALT_LEN, client)?;
+        let derive = |label, out: &mut [u8]| derive(&AES_128, master_key, master_salt, label, out);
+        let mut key = [0u8; CM_KEY_LEN];
+        let mut auth = [0u8; CM_AUTH_KEY_LEN];
+        let mut salt = [0u8; CM_SALT_LEN];
+        derive(LABEL_RTCP_KEY, &mut key)?;
+        derive(LABEL_RTCP_AUTH, &mut auth)?;
+        derive(LABEL_RTCP_SALT, &mut salt)?;
+        Some(Self::new(RtcpCipher::CmHmac(Box::new(CmHmacKeys {
+            key: EncryptingKey::ctr(UnboundCipherKey::new(&AES_128, &key).ok()?).ok()?,
+            salt,
+            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+        }))))
+    }
+
+    /// The AES-GCM RTCP keys from a session's master key and salt.
+    pub(crate) fn gcm(
+        aead: &'static aws_lc_rs::aead::Algorithm,
+        block: &'static Algorithm,
+        master_key: &[u8],
+        master_salt: &[u8],
+    ) -> Option<Self> {
+        let mut key = vec![0u8; master_key.len()];
+        let mut salt = [0u8; SALT_LEN];
+        derive(block, master_key, master_salt, LABEL_RTCP_KEY, &mut key)?;
+        derive(block, master_key, master_salt, LABEL_RTCP_SALT, &mut salt)?;
+        Some(Self::new(RtcpCipher::Gcm {
+            key: LessSafeKey::new(UnboundKey::new(aead, &key).ok()?),
+            salt,
+        }))
+    }
+
+    fn new(cipher: RtcpCipher) -> Self {
+        SrtcpSender {
+            cipher,
+            index: FIRST_SRTCP_INDEX.into(),
+        }
+    }
+
+    /// Protect one RTCP packet in place: the first 8 bytes (header and
+    /// sender SSRC) stay clear, the rest is encrypted, then come the E-flag
+    /// with the index and the tag (RFC 7714 §9 for GCM: the tag before the
+    /// index; RFC 3711 §3.4 for AES-CM: the index, then the tag).
+    pub(crate) fn protect(&self, packet: &mut Vec<u8>) {
+        let index = self.index.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+        let e_and_index = (0x8000_0000 | index).to_be_bytes();
+        match &self.cipher {
+            RtcpCipher::Gcm { key, salt } => {
+                let mut iv = [0u8; SALT_LEN];
+                iv[2..6].copy_from_slice(&packet[4..8]);
+                iv[8..12].copy_from_slice(&index.to_be_bytes());
+                let mut aad = [0u8; 12];
+                aad[..8].copy_from_slice(&packet[..8]);
+                aad[8..].copy_from_slice(&e_and_index);
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        nonce(iv, salt),
+                        Aad::from(&aad[..]),
+                        &mut packet[8..],
+                    )
+                    .expect("AES-GCM seals any length we send");
+                packet.extend_from_slice(tag.as_ref());
+                packet.extend_from_slice(&e_and_index);
+            }
+            RtcpCipher::CmHmac(keys) => {
+                let CmHmacKeys { key, salt, auth } = &**keys;
+                // IV = salt·2^16 ⊕ SSRC·2^64 ⊕ index·2^16 (RFC 3711 §4.1.1).
+                let mut iv = [0u8; 16];
+                iv[..CM_SALT_LEN].copy_from_slice(salt);
+                for (byte, s) in iv[4..8].iter_mut().zip(&packet[4..8]) {
+                    *byte ^= s;
+                }
+                for (byte, i) in iv[10..14].iter_mut().zip(index.to_be_bytes()) {
+                    *byte ^= i;
+                }
+                key.less_safe_encrypt(
+                    &mut packet[8..],
+                    EncryptionContext::Iv128(FixedLength::from(iv)),
+                )
+                .expect("AES-CTR encrypts any length");
+                packet.extend_from_slice(&e_and_index);
+                let tag = hmac::sign(auth, packet);
+                packet.extend_from_slice(&tag.as_ref()[..CM_TAG_LEN]);
+            }
+        }
+    }
+}
+
+pub(crate) fn nonce(mut iv: [u8; SALT_LEN], salt: &[u8; SALT_LEN]) -> Nonce {
+    for (byte, s) in iv.iter_mut().zip(salt) {
+        *byte ^= s;
+    }
+    Nonce::assume_unique_for_key(iv)
+}
+
+/// RFC 3711 §4.3.1/§4.3.3 with a key derivation rate of 0: the AES
+/// counter-mode keystream under the master key, starting at the master salt
+/// with the label XORed into its byte 7 (the 16-byte block's last two bytes
+/// count the blocks).
+pub(crate) fn derive(
+    block: &'static Algorithm,
+    master: &[u8],
+    master_salt: &[u8],
+    label: u8,
+    out: &mut [u8],
+) -> Option<()> {
+    let mut counter = [0u8; 16];
+    counter[..master_salt.len()].copy_from_slice(master_salt);
+    counter[7] ^= label;
+    let key = EncryptingKey::ctr(UnboundCipherKey::new(block, master).ok()?).ok()?;
+    out.fill(0);
+    key.less_safe_encrypt(out, EncryptionContext::Iv128(FixedLength::from(counter)))
+        .ok()?;
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn key_derivation_matches_rfc_3711_test_vectors() {
+        // RFC 3711 Appendix B.3 (AES-128, 112-bit master salt).
+        let master = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
+        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
+        let mut key = [0u8; 16];
+        derive(&AES_128, &master, &salt, LABEL_RTP_KEY, &mut key).unwrap();
+        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        let mut session_salt = [0u8; 14];
+        derive(&AES_128, &master, &salt, LABEL_RTP_SALT, &mut session_salt).unwrap();
+        assert_eq!(session_salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+        let mut auth = [0u8; 20];
+        derive(&AES_128, &master, &salt, 0x01, &mut auth).unwrap();
+        assert_eq!(
+            auth.to_vec(),
+            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+        );
+    }
+
+    #[test]
+    fn aes_cm_rtcp_matches_libsrtps_test_vector() {
+        // libSRTP's AES_CM_128_HMAC_SHA1_80 vector: the RFC 3711 B.3 master
+        // key and salt, SSRC 0xcafebabe, SRTCP index 1.
+        let mut material = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
+        material.extend([0u8; 16]); // the other side's key
+        material.extend(hex("0EC675AD498AFEEBB6960B3AABE6"));
+        material.extend([0u8; 14]);
+        let mut sender =
+            SrtcpSender::from_keying_material(&material, SrtpProfile::AES128_CM_SHA1_80, true)
+                .expect("AES-CM keys");
+        sender.index = AtomicU32::new(1);
+        let mut packet = hex("81c8000bcafebabeabababababababababababababababab");
+        sender.protect(&mut packet);
+        assert_eq!(
+            packet,
+            hex("81c8000bcafebabe7128035be487b9bdbef89041f977a5a880000001993e08cd54d6c1230798")
+        );
+    }
+
+    #[test]
+    fn a_gcm_packet_has_the_rfc_7714_layout() {
+        let material = [7u8; 2 * (16 + SALT_LEN)];
+        let sender =
+            SrtcpSender::from_keying_material(&material, SrtpProfile::AEAD_AES_128_GCM, false)
+                .expect("GCM keys");
+        let plain = hex("81c8000bcafebabeabababababababababababababababab");
+        let mut packet = plain.clone();
+        sender.protect(&mut packet);
+        // Header and sender SSRC clear, body sealed, 16-byte tag, then E|index.
+        assert_eq!(packet.len(), plain.len() + 16 + 4);
+        assert_eq!(packet[..8], plain[..8]);
+        assert_ne!(packet[8..24], plain[8..24]);
+        assert_eq!(
+            packet[packet.len() - 4..],
+            (0x8000_0000u32 | FIRST_SRTCP_INDEX).to_be_bytes()
+        );
+    }
+
+    #[test]
+    fn only_known_profiles_and_whole_material_give_rtcp_keys() {
+        let gcm = [7u8; 2 * (32 + SALT_LEN)];
+        assert!(
+            SrtcpSender::from_keying_material(&gcm, SrtpProfile::AEAD_AES_256_GCM, true).is_some()
+        );
+        assert!(
+            SrtcpSender::from_keying_material(&gcm[..10], SrtpProfile::AEAD_AES_256_GCM, true)
+                .is_none()
+        );
+        assert!(SrtcpSender::from_keying_material(
+            &[7u8; 60],
+            SrtpProfile::AES128_CM_SHA1_80,
+            true
+        )
+        .is_some());
+        assert!(SrtcpSender::from_keying_material(
+            &[7u8; 59],
+            SrtpProfile::AES128_CM_SHA1_80,
+            true
+        )
+        .is_none());
+    }
+}
