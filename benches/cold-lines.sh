@@ -14,19 +14,12 @@
 #   PACKETS=300 SUBS="5 50" BIN=/tmp/forward-old benches/cold-lines.sh
 #
 # Needs valgrind (apt-get install valgrind) and python3. BIN: a forward bench
-# binary (default: built here with `cargo bench --no-run`).
+# binary (default: the one benches/forward-bin.sh builds).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PACKETS=${PACKETS:-300}
 SUBS=${SUBS:-5}
-if [ -z "${BIN:-}" ]; then
-  BIN=$(cd "$ROOT" && cargo bench -p relais-bench --bench forward --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "forward" and m.get("executable"):
-        print(m["executable"])')
-fi
+BIN=${BIN:-$("$ROOT/benches/forward-bin.sh")}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 for subs in $SUBS; do
