@@ -319,6 +319,51 @@ async def test_subscriber_chooses_its_simulcast_layer(relais, rooms, room_name):
         await stop_players(stop, [player], source)
 
 
+async def test_publisher_send_estimate_grows_on_the_servers_feedback(relais, rooms, room_name):
+    """The SDK's congestion control (libwebrtc's) raises its send-side bandwidth estimate
+    only on the transport-wide congestion feedback Relais sends for what it received,
+    probes included: with 720p simulcast to send, the publisher's candidate pair reports
+    an estimate (available_outgoing_bitrate) past 1 Mbit/s, which holds for 10 s. Without
+    the feedback it stays at its start (the browser test shows the same for
+    livekit-client)."""
+    width, height = 1280, 720
+    picture = np.zeros((height, width, 4), dtype=np.uint8)
+    picture[: height // 2, :, 2] = 255
+    picture[:, :, 3] = 255
+    alice, bob = await join_pair(relais, rooms, room_name)
+    stop = asyncio.Event()
+    source = rtc.VideoSource(width, height)
+    player = asyncio.create_task(play_video(source, stop, width, height, FPS, lambda i: picture))
+
+    async def estimate(track: rtc.LocalVideoTrack) -> float | None:
+        for s in await track.get_stats():
+            if s.WhichOneof("stats") == "candidate_pair":
+                pair = s.candidate_pair.candidate_pair
+                if pair.nominated and pair.available_outgoing_bitrate > 0:
+                    return pair.available_outgoing_bitrate
+        return None
+
+    try:
+        cam = await publish_camera(alice, source, "bwe", simulcast=True)
+        seen: list[float | None] = []
+        reached = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            seen.append(await estimate(cam))
+            if reached is None and (seen[-1] or 0) >= 1_000_000:
+                reached = len(seen)
+            if reached is not None and len(seen) - reached >= 20:
+                break
+            await asyncio.sleep(0.5)
+        print(f"send estimates seen (bit/s): {seen}")
+        assert reached is not None, f"the estimate never reached 1 Mbit/s: {seen}"
+        held = seen[reached - 1 :]
+        assert len(held) > 20 and min(held) >= 1_000_000, f"not held for 10 s: {seen}"
+    finally:
+        await stop_players(stop, [player], source)
+
+
 async def test_dynacast_stops_layers_nobody_receives(relais, rooms, room_name):
     """Alice publishes with dynacast on. When Bob, her only subscriber, asks for the low
     quality, the server tells her (SubscribedQualityUpdate) and her encoder stops the two
