@@ -132,13 +132,13 @@ impl MediaConfig {
     /// the transport-wide sequence number extension: its feedback (TWCC, 10–20
     /// RTCP packets a second from every receiving client) only serves a
     /// sender's bandwidth estimate, which Relais does not run for subscribers,
-    /// and registering each forwarded copy for it is work per copy. The
-    /// publisher connection keeps it: the client's own estimate of its uplink
-    /// needs our feedback.
+    /// and registering each forwarded copy for it is work per copy. A
+    /// publisher connection leaves it out of str0m's map too, but not out of
+    /// the negotiation: the client's estimate of its uplink needs the
+    /// feedback, which Relais sends itself (`crate::twcc`).
     pub(crate) fn build_rtc(&self, creds: IceCreds, now: Instant, publisher: bool) -> Rtc {
         // The standard map without the transport-wide sequence number (the
-        // map has no removal): a subscriber session's congestion control is
-        // not str0m's, and a publisher's feedback is Relais's (`crate::twcc`).
+        // map has no removal).
         let mut exts = ExtensionMap::empty();
         for (id, ext) in ExtensionMap::standard().iter() {
             if *ext != Extension::TransportSequenceNumber {
