@@ -301,7 +301,7 @@ pub(crate) fn answer_with_transport_cc(offer: &str, answer: &str) -> String {
     let offered = sections(offer);
     let mut out = String::with_capacity(answer.len() + 256);
     for section in split_sections(answer) {
-        let mut lines: Vec<&str> = section.lines().collect();
+        let lines: Vec<&str> = section.lines().collect();
         let mid = lines.iter().find_map(|l| l.strip_prefix("a=mid:"));
         let rejected = lines
             .first()
@@ -325,10 +325,11 @@ pub(crate) fn answer_with_transport_cc(offer: &str, answer: &str) -> String {
                 }
             }
         }
-        let insert_at = lines.len();
-        let added: Vec<&str> = added.iter().map(String::as_str).collect();
-        lines.splice(insert_at..insert_at, added);
-        for line in lines {
+        for line in lines
+            .iter()
+            .copied()
+            .chain(added.iter().map(String::as_str))
+        {
             out.push_str(line);
             out.push_str("\r\n");
         }
