@@ -54,12 +54,15 @@ pub struct MediaConfig {
     /// fewer are driven in place, where handing out would cost more than it saves.
     pub fan_out_min_sessions: usize,
     /// Send forwarded audio without str0m (`crate::egress`): Relais protects
-    /// and sends the copies and their sender reports itself. Off by default
-    /// while it is measured with every client.
+    /// and sends the copies and their sender reports itself.
     pub direct_audio: bool,
     /// The same for forwarded video: Relais also keeps each stream's recent
     /// packets and answers the subscriber's NACKs with RTX itself.
     pub direct_video: bool,
+    /// Read publishers' RTP without str0m once str0m has shown the stream
+    /// (`crate::ingress`): Relais opens the packets, and sends the NACKs and
+    /// receiver reports on them itself.
+    pub direct_ingress: bool,
     /// The caller's clock (`Instant`, as handed to the core) at one wall-clock
     /// time: the NTP time of the sender reports Relais writes.
     pub clock_epoch: (Instant, SystemTime),
@@ -121,6 +124,7 @@ impl MediaConfig {
             fan_out_min_sessions: 128,
             direct_audio: true,
             direct_video: true,
+            direct_ingress: true,
             clock_epoch: (Instant::now(), SystemTime::now()),
             publisher_timer_grid: Duration::from_millis(5),
         })
@@ -151,6 +155,13 @@ impl MediaConfig {
             // str0m's reports would say nothing was sent. Its first report
             // still goes out at the start (str0m has no switch for it).
             builder = builder.set_rtcp_report_interval_audio(NO_STR0M_REPORTS);
+        }
+        if publisher && self.direct_ingress {
+            // Relais reports on the streams it reads itself, which str0m
+            // stops seeing after their first packets.
+            builder = builder
+                .set_rtcp_report_interval_audio(NO_STR0M_REPORTS)
+                .set_rtcp_report_interval_video(NO_STR0M_REPORTS);
         }
         if !publisher && self.direct_video {
             // As for audio; and the subscriber's NACKs must reach Relais,

@@ -7,9 +7,10 @@
 //! signature check: about a quarter of the CPU a join cost, on the shard
 //! thread. The configuration depends only on the MTU str0m passes, so one
 //! `Arc<dimpl::Config>` serves every session; the rest is str0m's provider.
-//! A session armed by [`tap_next_session`] also hands its sending keys to
-//! Relais: the SRTP keys to its direct egress, the SRTCP keys to the
-//! congestion feedback it sends a publisher.
+//! A session armed by [`tap_next_session`] also hands keys to Relais: its
+//! SRTP sending keys to its direct egress, its SRTCP sending keys to the
+//! feedback and reports it sends a publisher, and the publisher's SRTP keys
+//! to the direct ingress.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -22,6 +23,7 @@ use str0m::crypto::dtls::{
 use str0m::crypto::{CryptoError, CryptoProvider};
 
 use crate::egress::{KeySlot, SrtpSender};
+use crate::ingress::{OpenSlot, SrtpReceiver};
 use crate::srtcp::SrtcpSender;
 
 /// Where a session's SRTCP sending keys land once its DTLS handshake is done.
@@ -34,6 +36,8 @@ pub(crate) struct KeyTaps {
     pub srtp: Option<KeySlot>,
     /// SRTCP alone, any profile (the congestion feedback to a publisher).
     pub srtcp: Option<SrtcpSlot>,
+    /// The peer's SRTP keys, AES-GCM only (the direct ingress).
+    pub srtp_in: Option<OpenSlot>,
 }
 
 thread_local! {
@@ -160,6 +164,13 @@ impl DtlsInstance for Session {
                     SrtpSender::from_keying_material(material.as_ref(), *profile, client)
                 {
                     let _ = slot.set(sender);
+                }
+            }
+            if let Some(slot) = &self.keys.srtp_in {
+                if let Some(receiver) =
+                    SrtpReceiver::from_keying_material(material.as_ref(), *profile, !client)
+                {
+                    let _ = slot.set(receiver);
                 }
             }
             if let Some(slot) = &self.keys.srtcp {

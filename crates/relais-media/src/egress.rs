@@ -28,7 +28,7 @@ use std::num::NonZeroU16;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use aws_lc_rs::aead::{Aad, LessSafeKey, UnboundKey};
+use aws_lc_rs::aead::{Aad, LessSafeKey};
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::Pt;
 use str0m::rtp::rtcp::Nack;
@@ -38,7 +38,7 @@ use str0m::Rtc;
 use crate::codec::{Vp8Header, Vp8Rewrite};
 use crate::outgoing::Outgoing;
 use crate::participant::{ForwardedCopy, PeerSession};
-use crate::srtcp::{self, derive, nonce, SrtcpSender, LABEL_RTP_KEY, LABEL_RTP_SALT, SALT_LEN};
+use crate::srtcp::{self, nonce, SrtcpSender, SALT_LEN};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
 pub(crate) type KeySlot = Arc<OnceLock<SrtpSender>>;
@@ -63,18 +63,11 @@ impl SrtpSender {
         profile: SrtpProfile,
         dtls_client: bool,
     ) -> Option<Self> {
-        let (aead, block, key_len) = srtcp::gcm(profile)?;
-        let (master_key, master_salt) = srtcp::master(material, key_len, SALT_LEN, dtls_client)?;
-        let derive = |label: u8, out: &mut [u8]| derive(block, master_key, master_salt, label, out);
-        let mut key = vec![0u8; key_len];
-        let mut rtp_salt = [0u8; SALT_LEN];
-        derive(LABEL_RTP_KEY, &mut key)?;
-        let rtp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
-        derive(LABEL_RTP_SALT, &mut rtp_salt)?;
+        let (rtp, rtp_salt, rtcp) = srtcp::gcm_keys(material, profile, dtls_client)?;
         Some(SrtpSender {
             rtp,
             rtp_salt,
-            rtcp: SrtcpSender::gcm(aead, block, master_key, master_salt)?,
+            rtcp,
         })
     }
 
@@ -132,6 +125,32 @@ pub(crate) struct RtpPacket<'a> {
     osn: Option<u16>,
     payload: &'a [u8],
     vp8: Option<Vp8Rewrite>,
+}
+
+#[cfg(test)]
+impl<'a> RtpPacket<'a> {
+    /// A packet with no rewrite, and the video orientation extension (ID,
+    /// value) if given.
+    pub(crate) fn for_test(
+        seq: u64,
+        ssrc: u32,
+        orientation: Option<(u8, u8)>,
+        payload: &'a [u8],
+    ) -> Self {
+        RtpPacket {
+            header: RtpFields {
+                pt: 96,
+                marker: false,
+                seq,
+                timestamp: 3000,
+                ssrc,
+                orientation,
+            },
+            osn: None,
+            payload,
+            vp8: None,
+        }
+    }
 }
 
 impl RtpPacket<'_> {
@@ -292,20 +311,28 @@ pub(crate) fn warm(session: &PeerSession) {
     std::hint::black_box((keys, stream));
 }
 
-/// The congestion feedback due on a publisher session, protected and sent
-/// ([`crate::twcc`]); dropped while the session has no keys or route yet.
+/// What Relais sends a publisher session on what it receives — the
+/// congestion feedback ([`crate::twcc`]), and with direct ingress the NACKs
+/// and receiver reports ([`crate::ingress`]) — when due, protected and sent;
+/// dropped while the session has no keys or route yet.
 pub(crate) fn send_feedback(session: &mut PeerSession, now: Instant, out: &mut Outgoing) {
     let Some(direct) = session.direct.as_deref_mut() else {
         return;
     };
-    let Some(feedback) = direct.feedback.as_mut() else {
-        return;
-    };
-    while let Some(mut packet) = feedback.poll_feedback(now) {
-        if let (Some(keys), Some(route)) = (direct.rtcp_keys.get(), direct.route) {
-            keys.protect(&mut packet);
-            out.push(route.0, route.1, route.2, &packet);
+    let (keys, route) = (direct.rtcp_keys.get(), direct.route);
+    let mut send = |packet: &mut Vec<u8>| {
+        if let (Some(keys), Some(route)) = (keys, route) {
+            keys.protect(packet);
+            out.push(route.0, route.1, route.2, packet);
         }
+    };
+    if let Some(feedback) = direct.feedback.as_mut() {
+        while let Some(mut packet) = feedback.poll_feedback(now) {
+            send(&mut packet);
+        }
+    }
+    if let Some(ingress) = direct.ingress.as_deref_mut() {
+        ingress.poll_rtcp(now, send);
     }
 }
 
@@ -740,7 +767,7 @@ impl DirectStream {
 }
 
 /// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900, 32.32).
-fn ntp_time(wall: SystemTime) -> u64 {
+pub(crate) fn ntp_time(wall: SystemTime) -> u64 {
     const UNIX_TO_NTP: u64 = 2_208_988_800;
     let since = wall
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -15,6 +15,7 @@ use str0m::Rtc;
 use crate::codec::Vp8Rewrite;
 use crate::dtls::SrtcpSlot;
 use crate::egress::{DirectStream, KeySlot, SourcePacket};
+use crate::ingress::Ingress;
 use crate::stun;
 use crate::timers::{Queued, TimerGrid};
 use crate::twcc::TransportFeedback;
@@ -83,6 +84,9 @@ pub(crate) struct DirectEgress {
     pub rtcp_keys: SrtcpSlot,
     /// Publisher sessions that numbered their packets: the feedback on them.
     pub feedback: Option<TransportFeedback>,
+    /// Publisher sessions: the streams Relais reads itself
+    /// (`MediaConfig::direct_ingress`).
+    pub ingress: Option<Box<Ingress>>,
     /// Protocol, source and destination of the pair str0m sends media on
     /// (see [`DirectEgress::follow`]).
     pub route: Option<(Protocol, SocketAddr, SocketAddr)>,
@@ -103,6 +107,7 @@ impl DirectEgress {
             keys: KeySlot::default(),
             rtcp_keys: SrtcpSlot::default(),
             feedback: None,
+            ingress: None,
             route: None,
             nominated: None,
             streams: HashMap::default(),
@@ -133,10 +138,12 @@ impl DirectEgress {
     /// When the session next wants time for what Relais sends on it, given
     /// str0m's own deadline.
     pub fn deadline(&self, str0m_due: Instant) -> Instant {
-        self.feedback
-            .as_ref()
-            .and_then(TransportFeedback::due)
-            .map_or(str0m_due, |due| due.min(str0m_due))
+        let feedback = self.feedback.as_ref().and_then(TransportFeedback::due);
+        let ingress = self.ingress.as_deref().and_then(Ingress::due);
+        [feedback, ingress]
+            .into_iter()
+            .flatten()
+            .fold(str0m_due, Instant::min)
     }
 }
 
@@ -391,6 +398,20 @@ impl Participant {
     /// the participant's info.
     pub fn forget_published(&mut self, sid: &str) {
         self.published_by_mid.retain(|_, s| s != sid);
+        let ingress = self
+            .publisher
+            .as_mut()
+            .and_then(|s| s.direct.as_deref_mut())
+            .and_then(|d| d.ingress.as_deref_mut());
+        if let Some(ingress) = ingress {
+            // Its streams go back to str0m: a reused m-line is shown anew.
+            let routes = &self.ssrc_routes;
+            ingress.streams.retain(|ssrc, _| {
+                routes
+                    .get(&Ssrc::from(*ssrc))
+                    .is_none_or(|(s, _)| &**s != sid)
+            });
+        }
         self.ssrc_routes.retain(|_, (s, _)| &**s != sid);
         self.info.tracks.retain(|t| t.sid != sid);
         self.info.is_publisher = !self.info.tracks.is_empty();

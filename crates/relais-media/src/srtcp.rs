@@ -20,8 +20,8 @@ use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
 
 /// RFC 3711 §4.3.1 key derivation labels.
-pub(crate) const LABEL_RTP_KEY: u8 = 0x00;
-pub(crate) const LABEL_RTP_SALT: u8 = 0x02;
+const LABEL_RTP_KEY: u8 = 0x00;
+const LABEL_RTP_SALT: u8 = 0x02;
 const LABEL_RTCP_KEY: u8 = 0x03;
 const LABEL_RTCP_AUTH: u8 = 0x04;
 const LABEL_RTCP_SALT: u8 = 0x05;
@@ -98,6 +98,24 @@ pub(crate) fn gcm(
         SrtpProfile::AEAD_AES_256_GCM => Some((&AES_256_GCM, &AES_256, 32)),
         _ => None,
     }
+}
+
+/// The AES-GCM SRTP key and salt, and the SRTCP keys, of the direction the
+/// DTLS `client` (or server) sends in.
+pub(crate) fn gcm_keys(
+    material: &[u8],
+    profile: SrtpProfile,
+    client: bool,
+) -> Option<(LessSafeKey, [u8; SALT_LEN], SrtcpSender)> {
+    let (aead, block, key_len) = gcm(profile)?;
+    let (master_key, master_salt) = master(material, key_len, SALT_LEN, client)?;
+    let mut key = vec![0u8; key_len];
+    let mut salt = [0u8; SALT_LEN];
+    derive(block, master_key, master_salt, LABEL_RTP_KEY, &mut key)?;
+    derive(block, master_key, master_salt, LABEL_RTP_SALT, &mut salt)?;
+    let rtp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
+    let rtcp = SrtcpSender::gcm(aead, block, master_key, master_salt)?;
+    Some((rtp, salt, rtcp))
 }
 
 impl SrtcpSender {

@@ -139,6 +139,9 @@ pub struct MediaStats {
     /// (direct egress, `MediaConfig::direct_audio` / `direct_video`) rather
     /// than through str0m.
     pub direct_out: [u64; 2],
+    /// Of `packets_in`, by kind, those Relais opened itself (direct
+    /// ingress, `MediaConfig::direct_ingress`) rather than str0m.
+    pub direct_in: [u64; 2],
     /// Packets Relais sent again itself, answering a subscriber's NACK for
     /// a stream it sends directly (`MediaConfig::direct_video`).
     pub direct_resent: u64,
@@ -175,6 +178,7 @@ impl MediaStats {
         add(&mut self.firs, &other.firs);
         self.rtc_connected += other.rtc_connected;
         add(&mut self.direct_out, &other.direct_out);
+        add(&mut self.direct_in, &other.direct_in);
         self.direct_resent += other.direct_resent;
         let room = MAX_SAMPLES.saturating_sub(self.samples.len());
         let n = other.samples.len().min(room);

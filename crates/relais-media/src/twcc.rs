@@ -15,6 +15,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::rtp_header::{extend_seq, RtpHeader};
+
 /// The header extension's URI.
 pub(crate) const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
@@ -225,56 +227,17 @@ fn write_chunks(symbols: &[Status], out: &mut Vec<u8>) {
 /// is placed one cycle up, so that one arriving before it does not wrap
 /// below zero).
 fn extend(highest: Option<u64>, seq: u16) -> u64 {
-    let Some(highest) = highest else {
-        return 0x1_0000 + u64::from(seq);
-    };
-    let candidate = (highest & !0xffff) | u64::from(seq);
-    if candidate + 0x8000 < highest {
-        candidate + 0x1_0000
-    } else if candidate > highest + 0x8000 {
-        candidate - 0x1_0000
-    } else {
-        candidate
+    match highest {
+        Some(highest) => extend_seq(Some(highest), seq),
+        None => 0x1_0000 + u64::from(seq),
     }
 }
 
 /// The transport-wide number of an RTP datagram, from its header extension
-/// `id` (RFC 8285, one- or two-byte form). RTCP, which shares the port
-/// (RFC 5761), has packet types 200–204: 72–76 in the RTP payload type's
-/// seven bits.
+/// `id` (two bytes).
 fn transport_seq(p: &[u8], id: u8) -> Option<u16> {
-    if p.len() < 12 || p[0] >> 6 != 2 || p[0] & 0x10 == 0 || (64..=95).contains(&(p[1] & 0x7f)) {
-        return None;
-    }
-    let at = 12 + 4 * usize::from(p[0] & 0x0f);
-    let profile = u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]);
-    let words = usize::from(u16::from_be_bytes([*p.get(at + 2)?, *p.get(at + 3)?]));
-    let ext = p.get(at + 4..at + 4 + 4 * words)?;
-    let (one_byte, mut i) = match profile {
-        0xbede => (true, 0),
-        p if p & 0xfff0 == 0x1000 => (false, 0),
-        _ => return None,
-    };
-    while i < ext.len() {
-        if ext[i] == 0 {
-            i += 1; // padding
-            continue;
-        }
-        let (element, len, data_at) = if one_byte {
-            if ext[i] >> 4 == 15 {
-                return None;
-            }
-            (ext[i] >> 4, usize::from(ext[i] & 0x0f) + 1, i + 1)
-        } else {
-            (ext[i], usize::from(*ext.get(i + 1)?), i + 2)
-        };
-        let data = ext.get(data_at..data_at + len)?;
-        if element == id {
-            return (len == 2).then(|| u16::from_be_bytes([data[0], data[1]]));
-        }
-        i = data_at + len;
-    }
-    None
+    let data = RtpHeader::parse(p)?.extension(id)?;
+    (data.len() == 2).then(|| u16::from_be_bytes([data[0], data[1]]))
 }
 
 /// The offer's id for the transport-wide number, if it offers it.

@@ -206,6 +206,48 @@ fn lost_video_is_recovered_by_nack() {
 }
 
 #[test]
+fn lost_published_video_is_asked_for_again_by_the_server() {
+    let mut sim = two_participants();
+    sim.publish(0, MediaKind::Video, "cam");
+    let a_pub = sim.client(0).pub_addr;
+    sim.run_for(Duration::from_secs(1));
+    let sid = sim.track_sid(0, "cam");
+    let pt = sim.client(0).track("cam").pt.expect("negotiated");
+    assert!(sim.client(1).received(&sid).len() > 20);
+    let _ = sim.shard.take_stats();
+
+    // Lose every 7th packet A sends, 12 of them, each only once: only the
+    // server's NACKs can bring them back (B never saw them).
+    let lost = sim.lose_every_nth(a_pub, pt, 7, 12, Duration::from_secs(3));
+    // Long enough for a statistics interval to end.
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(lost.len(), 12, "the network dropped 12 of A's packets");
+
+    let rx = sim.client(1).received(&sid);
+    let missing = gaps(rx.iter().map(|r| r.seq));
+    assert!(missing.is_empty(), "B has gaps: {missing:?}");
+    for seq in &lost {
+        assert!(
+            rx.iter().any(|r| r.source_seq() as u16 == *seq),
+            "lost packet {seq} recovered"
+        );
+    }
+    let stats = sim.shard.take_stats();
+    let nacks = stats.nacks[StatsDirection::Incoming as usize];
+    assert!(
+        nacks >= 12,
+        "the server asked A again: {nacks} NACKs counted"
+    );
+    // Relais read A's packets itself (direct ingress), not str0m.
+    let opened: u64 = stats.direct_in.iter().sum();
+    let received: u64 = stats.packets_in.iter().sum();
+    assert!(
+        opened > 0 && opened + 20 >= received,
+        "{opened} of {received} opened directly"
+    );
+}
+
+#[test]
 fn unpublish_renegotiates_subscribers() {
     let mut sim = two_participants();
     sim.publish(0, MediaKind::Audio, "mic");

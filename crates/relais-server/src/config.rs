@@ -273,11 +273,15 @@ pub struct RtcConfig {
     pub fan_out_min_sessions: usize,
     /// Relais: send forwarded audio without str0m's per-session drive
     /// (Relais protects the packets and writes their sender reports). Default
-    /// false: experimental.
+    /// true.
     pub direct_audio: bool,
     /// Relais: the same for forwarded video; Relais also answers the
-    /// subscribers' NACKs for it (RTX). Default false: experimental.
+    /// subscribers' NACKs for it (RTX). Default true.
     pub direct_video: bool,
+    /// Relais: read publishers' RTP without str0m once a stream is known
+    /// (Relais opens it and sends the NACKs and receiver reports). Default
+    /// true.
+    pub direct_ingress: bool,
 }
 
 impl Default for RtcConfig {
@@ -294,6 +298,7 @@ impl Default for RtcConfig {
             fan_out_min_sessions: 128,
             direct_audio: true,
             direct_video: true,
+            direct_ingress: true,
         }
     }
 }

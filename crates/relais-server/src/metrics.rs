@@ -115,6 +115,9 @@ pub const FAN_OUT_SESSIONS: &str = "relais_fan_out_sessions_total";
 /// Counter `{kind}`: forwarded RTP packets Relais protected and sent itself,
 /// not through str0m (`rtc.direct_audio`, `rtc.direct_video`).
 pub const DIRECT_EGRESS_PACKETS: &str = "relais_direct_egress_packets_total";
+/// Counter `{kind}`: received RTP packets Relais opened itself, not through
+/// str0m (`rtc.direct_ingress`).
+pub const DIRECT_INGRESS_PACKETS: &str = "relais_direct_ingress_packets_total";
 /// Counter: of the directly sent video, packets Relais sent again to answer a
 /// subscriber's NACK (`rtc.direct_video`).
 pub const DIRECT_RESENT_PACKETS: &str = "relais_direct_resent_packets_total";
@@ -292,6 +295,10 @@ fn describe() {
     describe_counter!(
         DIRECT_EGRESS_PACKETS,
         "Forwarded RTP packets Relais protected and sent itself (rtc.direct_audio, rtc.direct_video)"
+    );
+    describe_counter!(
+        DIRECT_INGRESS_PACKETS,
+        "Received RTP packets Relais opened itself (rtc.direct_ingress)"
     );
     describe_counter!(
         DIRECT_RESENT_PACKETS,
@@ -749,6 +756,9 @@ fn flush_media(stats: &MediaStats) {
         }
         if stats.direct_out[k] > 0 {
             counter!(DIRECT_EGRESS_PACKETS, "kind" => t).increment(stats.direct_out[k]);
+        }
+        if stats.direct_in[k] > 0 {
+            counter!(DIRECT_INGRESS_PACKETS, "kind" => t).increment(stats.direct_in[k]);
         }
     }
     for direction in Direction::ALL {

@@ -134,6 +134,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     media.fan_out_min_sessions = config.rtc.fan_out_min_sessions.max(1);
     media.direct_audio = config.rtc.direct_audio;
     media.direct_video = config.rtc.direct_video;
+    media.direct_ingress = config.rtc.direct_ingress;
     let ping_timeout = media.ping_timeout;
     // One port: a shard per core behind a receive thread. A range: a shard per
     // port. One port and one core: the one shard reads the socket itself.

@@ -12,6 +12,7 @@ use tracing::{debug, info, warn, Span};
 
 use crate::egress;
 use crate::fan_out::{DriveChunk, DueSession, SessionDriver};
+use crate::ingress::Receipt;
 use crate::outgoing::Outgoing;
 use crate::participant::{Participant, ParticipantKey, PeerRole, PeerSession, UNWRITTEN_KEPT};
 use crate::stats::DropReason;
@@ -52,6 +53,27 @@ impl Room {
             // The session's deadline follows when it is drained below.
             if let Some(feedback) = direct.feedback.as_mut() {
                 feedback.record(datagram, now);
+            }
+            let receipt = direct
+                .ingress
+                .as_deref_mut()
+                .map(|ingress| ingress.receive(datagram, now));
+            if let Some(receipt @ (Receipt::Opened(_) | Receipt::Consumed | Receipt::Refused)) =
+                receipt
+            {
+                // str0m is not driven: the feedback, NACKs or report this
+                // packet makes due move the session's deadline.
+                let due = direct.deadline(direct.str0m_due);
+                if due < session.deadline {
+                    session.deadline = due;
+                    self.timers.schedule(&mut session.queued, &(key, role), due);
+                }
+                match receipt {
+                    Receipt::Opened(opened) => self.on_opened(now, key, opened),
+                    Receipt::Refused => self.stats.drop_packet(DropReason::Malformed),
+                    _ => {}
+                }
+                return self.copies_leaving - before;
             }
         }
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {

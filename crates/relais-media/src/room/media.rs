@@ -10,18 +10,20 @@ use relais_proto::livekit::{
     TrackType,
 };
 use str0m::format::{Codec, PayloadParams};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, SenderFeedback};
 use str0m::rtp::rtcp::{Nack, Rtcp};
-use str0m::rtp::{RawPacket, RtpPacket};
+use str0m::rtp::{Extension, RawPacket, RtpPacket, Ssrc, VideoOrientation};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::Event;
 use tracing::{debug, info};
 
 use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
+use crate::config::STATS_INTERVAL;
 use crate::dynacast::LayerDemand;
 use crate::egress::{self, SourcePacket, TrackHistory};
 use crate::forward::{Forward, Incoming};
-use crate::participant::{DataKind, ForwardedCopy, ParticipantKey, PeerRole};
+use crate::ingress::{IngressStream, Opened};
+use crate::participant::{DataKind, ForwardedCopy, ParticipantKey, PeerRole, PeerSession};
 use crate::speakers::AudioLevelMeter;
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, StreamSample};
 
@@ -62,6 +64,9 @@ impl Room {
         match event {
             Event::MediaIngressStats(stats) if role == PeerRole::Publisher => {
                 self.on_ingress_stats(key, &stats)
+            }
+            Event::SenderFeedback(report) if role == PeerRole::Publisher => {
+                self.on_sender_report(key, &report)
             }
             Event::MediaEgressStats(stats) if role == PeerRole::Subscriber => {
                 self.on_egress_stats(key, &stats)
@@ -137,6 +142,23 @@ impl Room {
         self.stats.direct_resent += sent;
     }
 
+    /// A publisher's sender report, for the report blocks Relais writes on
+    /// a stream it reads itself (str0m keeps it for its own otherwise).
+    fn on_sender_report(&mut self, key: ParticipantKey, report: &SenderFeedback) {
+        let stream = self
+            .participants
+            .get_mut(&key)
+            .and_then(|p| p.publisher.as_mut())
+            .and_then(|s| s.direct.as_deref_mut())
+            .and_then(|d| d.ingress.as_deref_mut())
+            .and_then(|i| i.streams.get_mut(&*report.sender_info.ssrc));
+        if let Some(stream) = stream {
+            // The middle 32 bits of its NTP time (RFC 3550 §6.4.1, LSR).
+            let ntp = egress::ntp_time(report.sender_info.ntp_time);
+            stream.last_sender_report = Some(((ntp >> 16) as u32, report.received_at));
+        }
+    }
+
     /// str0m's periodic report on a stream a publisher sends us.
     fn on_ingress_stats(&mut self, key: ParticipantKey, s: &MediaIngressStats) {
         let Some(p) = self.participants.get_mut(&key) else {
@@ -152,6 +174,22 @@ impl Room {
         let Some(publisher) = p.publisher.as_mut() else {
             return;
         };
+        // A stream Relais reads itself is sampled from its own register
+        // ([`Room::sample_ingress`]): str0m sees little of it.
+        let ssrc = track
+            .layers
+            .iter()
+            .find(|l| l.rid == s.rid)
+            .and_then(|l| l.ssrc);
+        let ingress = publisher
+            .direct
+            .as_deref()
+            .and_then(|d| d.ingress.as_deref());
+        if let (Some(ssrc), Some(ingress)) = (ssrc, ingress) {
+            if ingress.streams.contains_key(&*ssrc) {
+                return;
+            }
+        }
         let seen = publisher.stats_seen.entry((s.mid, s.rid)).or_default();
         let (nacks, packets) = seen.advance(s.nacks, s.packets);
         // str0m reports the loss fraction of our last receiver report, not a count.
@@ -161,6 +199,40 @@ impl Room {
         };
         let sample = stream_sample(track, StatsDirection::Incoming, s.jitter, s.rtt, lost);
         self.record_stream(key, sample, nacks, packets, s.rtt);
+    }
+
+    /// The statistics of the streams Relais reads itself, from their
+    /// registers, at str0m's interval for the others.
+    pub(super) fn sample_ingress(&mut self, now: Instant) {
+        let mut samples = Vec::new();
+        for p in self.participants.values_mut() {
+            let ingress = p
+                .publisher
+                .as_mut()
+                .and_then(|s| s.direct.as_deref_mut())
+                .and_then(|d| d.ingress.as_deref_mut());
+            let Some(ingress) = ingress.filter(|i| i.next_sample <= now) else {
+                continue;
+            };
+            ingress.next_sample = now + STATS_INTERVAL;
+            for (ssrc, stream) in &mut ingress.streams {
+                let Some(track) = p
+                    .ssrc_routes
+                    .get(&Ssrc::from(*ssrc))
+                    .and_then(|(sid, _)| self.tracks.get(&**sid))
+                else {
+                    continue;
+                };
+                let (packets, lost) = stream.register.take_counts();
+                let nacks = std::mem::take(&mut stream.nacked);
+                let jitter = stream.register.jitter();
+                let sample = stream_sample(track, StatsDirection::Incoming, jitter, None, lost);
+                samples.push((p.key, sample, nacks, packets));
+            }
+        }
+        for (key, sample, nacks, packets) in samples {
+            self.record_stream(key, sample, nacks, packets, None);
+        }
     }
 
     /// str0m's periodic report on a stream we send a subscriber, with what the
@@ -411,65 +483,132 @@ impl Room {
         }
     }
 
-    /// The hot path: one RTP packet from a publisher, out to its subscribers.
+    /// A publisher's RTP packet that str0m read: the first packets of each
+    /// stream, which show Relais the stream (its route to a track and
+    /// layer, its codec, and — with direct ingress — what Relais needs to
+    /// read the rest itself), retransmissions, and everything on sessions
+    /// without direct ingress.
     fn on_rtp(&mut self, now: Instant, key: ParticipantKey, pkt: RtpPacket) {
         let ssrc = pkt.header.ssrc;
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        let (sid, layer) = match p.ssrc_routes.get(&ssrc) {
-            Some((sid, layer)) => (sid.clone(), *layer),
-            None => {
-                // RTP arrives only on a publisher PC, so there is one.
-                let Some(publisher) = p.publisher.as_mut() else {
-                    return;
-                };
-                let Some((mid, rid)) = publisher
+        // RTP arrives only on a publisher PC, so there is one.
+        let Some(publisher) = p.publisher.as_mut() else {
+            return;
+        };
+        if !p.ssrc_routes.contains_key(&ssrc) {
+            let Some((mid, rid)) = publisher
+                .rtc
+                .direct_api()
+                .stream_rx(&ssrc)
+                .map(|s| (s.mid(), s.rid()))
+            else {
+                self.stats.drop_packet(DropReason::UnknownTrack);
+                return;
+            };
+            let Some(sid) = p.published_by_mid.get(&mid).cloned() else {
+                self.stats.drop_packet(DropReason::UnknownTrack);
+                return;
+            };
+            let Some(track) = self.tracks.get_mut(&sid) else {
+                self.stats.drop_packet(DropReason::UnknownTrack);
+                return;
+            };
+            let layer = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
+            track.layers[layer].ssrc = Some(ssrc);
+            if track.codec.is_none() {
+                track.codec = publisher
                     .rtc
-                    .direct_api()
-                    .stream_rx(&ssrc)
-                    .map(|s| (s.mid(), s.rid()))
-                else {
-                    self.stats.drop_packet(DropReason::UnknownTrack);
-                    return;
-                };
-                let Some(sid) = p.published_by_mid.get(&mid).cloned() else {
-                    self.stats.drop_packet(DropReason::UnknownTrack);
-                    return;
-                };
-                let Some(track) = self.tracks.get_mut(&sid) else {
-                    self.stats.drop_packet(DropReason::UnknownTrack);
-                    return;
-                };
-                let layer = track.layers.iter().position(|l| l.rid == rid).unwrap_or(0);
-                track.layers[layer].ssrc = Some(ssrc);
-                if track.codec.is_none() {
-                    track.codec = publisher
-                        .rtc
-                        .codec_config()
-                        .find(|c| c.pt() == pkt.header.payload_type)
-                        .map(|c| (CodecKind::from_str0m(c.spec().codec), *c));
-                    if let Some((codec, _)) = track.codec {
-                        track.info.mime_type = codec.mime_type().to_string();
-                        if let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == sid) {
-                            t.mime_type = track.info.mime_type.clone();
-                        }
+                    .codec_config()
+                    .find(|c| c.pt() == pkt.header.payload_type)
+                    .map(|c| (CodecKind::from_str0m(c.spec().codec), *c));
+                if let Some((codec, _)) = track.codec {
+                    track.info.mime_type = codec.mime_type().to_string();
+                    if let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == sid) {
+                        t.mime_type = track.info.mime_type.clone();
                     }
                 }
-                let sid: Arc<str> = sid.into();
-                p.ssrc_routes.insert(ssrc, (sid.clone(), layer));
-                (sid, layer)
             }
+            if let Some((_, params)) = track.codec {
+                read_directly(publisher, ssrc, mid, params.spec().clock_rate.get());
+            }
+            p.ssrc_routes.insert(ssrc, (sid.into(), layer));
+        }
+        // With direct ingress the stream's register numbers every packet,
+        // whichever path it came by (a retransmission repairs a loss it saw).
+        let register = publisher
+            .direct
+            .as_deref_mut()
+            .and_then(|d| d.ingress.as_deref_mut())
+            .and_then(|i| i.streams.get_mut(&*ssrc))
+            .map(|s| &mut s.register);
+        let seq = match register {
+            Some(register) => {
+                let seq = register.extend(*pkt.seq_no as u16);
+                if !register.is_new(seq) {
+                    return;
+                }
+                register.record(seq, pkt.header.timestamp, pkt.timestamp);
+                seq
+            }
+            None => *pkt.seq_no,
+        };
+        let ext = &pkt.header.ext_vals;
+        let published = Published {
+            ssrc,
+            seq,
+            timestamp: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            size: pkt.header.header_len + pkt.payload.len(),
+            arrival: pkt.timestamp,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            payload: pkt.payload,
+            opened: false,
+        };
+        self.forward(now, key, &published);
+    }
+
+    /// A publisher's packet that Relais opened itself ([`crate::ingress`]).
+    pub(super) fn on_opened(&mut self, now: Instant, key: ParticipantKey, opened: Opened) {
+        let published = Published {
+            ssrc: opened.ssrc.into(),
+            seq: opened.seq,
+            timestamp: opened.timestamp,
+            marker: opened.marker,
+            size: opened.size,
+            arrival: now,
+            audio_level: opened.audio_level,
+            voice_activity: opened.voice_activity,
+            video_orientation: opened.video_orientation,
+            payload: opened.payload,
+            opened: true,
+        };
+        self.forward(now, key, &published);
+    }
+
+    /// The hot path: one published RTP packet, out to the subscribers of its
+    /// track.
+    fn forward(&mut self, now: Instant, key: ParticipantKey, pkt: &Published) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some((sid, layer)) = p.ssrc_routes.get(&pkt.ssrc).cloned() else {
+            self.stats.drop_packet(DropReason::UnknownTrack);
+            return;
         };
         let Some(track) = self.tracks.get_mut(&*sid) else {
             self.stats.drop_packet(DropReason::UnknownTrack);
             return;
         };
         let kind = Kind::of(track.kind) as usize;
-        let size = (pkt.header.header_len + pkt.payload.len()) as u64;
+        let size = pkt.size as u64;
         self.stats.packets_in[kind] += 1;
         self.stats.bytes_in[kind] += size;
-        if let Some(level) = pkt.header.ext_vals.audio_level {
+        self.stats.direct_in[kind] += u64::from(pkt.opened);
+        if let Some(level) = pkt.audio_level {
             track.audio_level.observe(level);
         }
         let Some((codec, params)) = track.codec else {
@@ -491,15 +630,15 @@ impl Room {
         };
         let incoming = Incoming {
             layer,
-            seq: *pkt.seq_no,
-            timestamp: pkt.header.timestamp,
+            seq: pkt.seq,
+            timestamp: pkt.timestamp,
             keyframe: codec.starts_keyframe(&pkt.payload),
             vp8,
             svc: (codec == CodecKind::Vp9)
                 .then(|| Vp9Layer::parse(&pkt.payload))
                 .flatten(),
-            marker: pkt.header.marker,
-            arrival: pkt.timestamp,
+            marker: pkt.marker,
+            arrival: pkt.arrival,
             clock_rate: params.spec().clock_rate.get(),
         };
         let is_video = track.kind == MediaKind::Video;
@@ -557,12 +696,12 @@ impl Room {
                 pt: out_pt,
                 seq: rewrite.seq,
                 timestamp: rewrite.timestamp,
-                wallclock: pkt.timestamp,
+                wallclock: pkt.arrival,
                 marker: rewrite.marker,
                 nackable: is_video,
-                audio_level: pkt.header.ext_vals.audio_level,
-                voice_activity: pkt.header.ext_vals.voice_activity,
-                video_orientation: pkt.header.ext_vals.video_orientation,
+                audio_level: pkt.audio_level,
+                voice_activity: pkt.voice_activity,
+                video_orientation: pkt.video_orientation,
                 payload: pkt.payload.clone(),
                 clock_rate: incoming.clock_rate,
                 source,
@@ -620,7 +759,7 @@ impl Room {
         if is_video && sent_directly {
             // Kept for the subscribers' NACKs; a packet nobody was sent
             // directly is not (a layer no one watches holds no memory).
-            let orientation = pkt.header.ext_vals.video_orientation;
+            let orientation = pkt.video_orientation;
             track.layers[layer]
                 .kept
                 .keep(source, &pkt.payload, orientation);
@@ -671,6 +810,49 @@ impl Room {
         }
         let publisher = track.publisher;
         self.drain(now, publisher, PeerRole::Publisher);
+    }
+}
+
+/// A published RTP packet as the forwarding reads it, whichever path it
+/// came by.
+pub(crate) struct Published {
+    ssrc: Ssrc,
+    /// Extended past 16 bits.
+    seq: u64,
+    timestamp: u32,
+    marker: bool,
+    /// Header and payload, as received (for the byte counts).
+    size: usize,
+    arrival: Instant,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    video_orientation: Option<VideoOrientation>,
+    payload: Arc<[u8]>,
+    /// Relais opened it itself ([`crate::ingress`]), not str0m.
+    opened: bool,
+}
+
+/// From now on Relais reads the publisher's stream `ssrc` itself, if the
+/// session has a direct ingress: str0m, which stops seeing the stream, must
+/// not ask for what it misses (Relais does, [`crate::ingress`]).
+fn read_directly(publisher: &mut PeerSession, ssrc: Ssrc, mid: Mid, clock_rate: u32) {
+    let Some(ingress) = publisher
+        .direct
+        .as_deref_mut()
+        .and_then(|d| d.ingress.as_deref_mut())
+    else {
+        return;
+    };
+    let extmap = publisher.rtc.media(mid).map(|m| m.remote_extmap());
+    let id_of = |ext: Extension| extmap.as_ref().and_then(|map| map.id_of(ext));
+    let stream = IngressStream::new(
+        clock_rate,
+        id_of(Extension::AudioLevel),
+        id_of(Extension::VideoOrientation),
+    );
+    ingress.streams.insert(*ssrc, stream);
+    if let Some(rx) = publisher.rtc.direct_api().stream_rx(&ssrc) {
+        rx.suppress_nack(true);
     }
 }
 

@@ -49,6 +49,7 @@ use crate::dtls::{self, KeyTaps};
 use crate::dynacast::LayerDemand;
 use crate::egress::TrackHistory;
 use crate::forward::TrackForwarder;
+use crate::ingress::Ingress;
 use crate::outgoing::Outgoing;
 use crate::participant::{
     DirectEgress, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession, SharedSpan,
@@ -554,14 +555,19 @@ impl Room {
         // Two hex digits of shard, then randomness: the socket layer reads the shard.
         let ufrag = format!("{:02x}{}", self.shard, random_ice_chars(14));
         let publisher = role == PeerRole::Publisher;
-        // A publisher's congestion feedback is Relais's (`crate::twcc`), so
-        // is a subscriber's media with direct egress.
-        let direct = (publisher || self.config.direct_audio || self.config.direct_video)
+        // A publisher's congestion feedback is Relais's (`crate::twcc`), and
+        // so are its streams with direct ingress, and a subscriber's media
+        // with direct egress.
+        let mut direct = (publisher || self.config.direct_audio || self.config.direct_video)
             .then(|| Box::new(DirectEgress::new(now, self.config.clock_epoch)));
-        if let Some(direct) = &direct {
+        if let Some(direct) = &mut direct {
+            if publisher && self.config.direct_ingress {
+                direct.ingress = Some(Box::new(Ingress::new(now)));
+            }
             dtls::tap_next_session(if publisher {
                 KeyTaps {
                     srtcp: Some(direct.rtcp_keys.clone()),
+                    srtp_in: direct.ingress.as_ref().map(|i| i.keys.clone()),
                     ..KeyTaps::default()
                 }
             } else {

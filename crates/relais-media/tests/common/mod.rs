@@ -196,7 +196,7 @@ pub struct LocalTrack {
     pub mid: Option<Mid>,
     pub state: TrackState,
     pub ssrc: Option<Ssrc>,
-    pt: Option<Pt>,
+    pub pt: Option<Pt>,
     next_send: Option<Instant>,
     /// The (extended) sequence number of the next packet sent.
     pub seq: u64,
@@ -1359,12 +1359,12 @@ impl Sim {
     }
 
     /// Have the network lose every `nth` packet of payload type `pt` (RTX
-    /// has its own) sent to `to`, at most `count` of them, each sequence
-    /// number once, while the world runs `during`; returns the sequence
-    /// numbers of the packets lost.
+    /// has its own) sent to or from `at`, at most `count` of them, each
+    /// sequence number once, while the world runs `during`; returns the
+    /// sequence numbers of the packets lost.
     pub fn lose_every_nth(
         &mut self,
-        to: SocketAddr,
+        at: SocketAddr,
         pt: Pt,
         nth: u32,
         count: usize,
@@ -1373,7 +1373,7 @@ impl Sim {
         let mut seen = 0u32;
         let mut lost = std::collections::HashSet::new();
         self.drop_filter = Some(Box::new(move |d| {
-            if d.destination != to {
+            if d.destination != at && d.source != at {
                 return false;
             }
             let Some(rtp) = rtp_info(&d.contents) else {

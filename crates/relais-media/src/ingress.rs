@@ -1,0 +1,403 @@
+//! Direct ingress: what a publisher sends, opened and read by Relais itself.
+//!
+//! str0m's receive path for one RTP packet — SRTP, its stream tables, its
+//! registers, the event — touches more cache lines than any other part of a
+//! forwarded packet's path (docs/benchmarks.md, "the cache lines a packet
+//! touches from a cold start"), and at light load every packet pays them
+//! cold. So once str0m has shown Relais a publisher's stream (its SSRC,
+//! m-line, layer and codec: the first packet still goes through str0m),
+//! Relais opens that stream's packets itself with the keys the peer sends
+//! with (AEAD AES-GCM, RFC 7714; a session that negotiated AES-CM keeps
+//! str0m's path) and hands them to the forwarding without str0m.
+//!
+//! What str0m did with those packets Relais now does, for every packet of
+//! the stream whichever path it came by (a retransmission on the RTX SSRC
+//! still goes through str0m, which unwraps it): the replay and duplicate
+//! check, the extended sequence number (the rollover counter), losses and
+//! jitter ([`ReceiveRegister`]), the NACKs that ask the publisher for what
+//! was lost, and the receiver reports it reads its uplink's loss and round
+//! trip from — sent on the session with its SRTCP keys like the congestion
+//! feedback ([`crate::twcc`]). str0m's sessions for publishers send neither
+//! (NACKs suppressed per stream, reports at an interval that never comes).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey};
+use str0m::crypto::dtls::SrtpProfile;
+use str0m::rtp::VideoOrientation;
+
+use crate::config::STATS_INTERVAL;
+use crate::receive_register::{write_nack, write_receiver_report, ReceiveRegister};
+use crate::rtp_header::RtpHeader;
+use crate::srtcp::{self, nonce, SALT_LEN};
+use crate::HashMap;
+
+/// Where a publisher session's SRTP receiving keys land once its DTLS
+/// handshake is done.
+pub(crate) type OpenSlot = Arc<OnceLock<SrtpReceiver>>;
+
+/// How often a publisher session gets Relais's receiver report on the
+/// streams it reads itself (str0m's interval for video).
+pub(crate) const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most report blocks one receiver report holds (five bits of count).
+const MAX_REPORT_BLOCKS: usize = 31;
+/// Most pairs one generic NACK holds: any more str0m-based peers (the load
+/// generator) leave unread; libwebrtc reads all.
+const MAX_NACK_PAIRS: usize = 31;
+
+const TAG_LEN: usize = 16;
+
+/// The keys a peer protects its RTP with (AES-GCM).
+pub(crate) struct SrtpReceiver {
+    rtp: LessSafeKey,
+    salt: [u8; SALT_LEN],
+}
+
+impl SrtpReceiver {
+    /// The keys of the peer's direction: the DTLS client's if `peer_is_client`.
+    pub(crate) fn from_keying_material(
+        material: &[u8],
+        profile: SrtpProfile,
+        peer_is_client: bool,
+    ) -> Option<Self> {
+        let (rtp, salt, _) = srtcp::gcm_keys(material, profile, peer_is_client)?;
+        Some(SrtpReceiver { rtp, salt })
+    }
+
+    /// Open the packet of `header` with the extended number `index`: its
+    /// payload, padding removed, into `out` (replacing what it held). False
+    /// if it does not authenticate.
+    fn open(&self, header: &RtpHeader, index: u64, out: &mut Vec<u8>) -> bool {
+        let body = header.body();
+        let Some(split) = body.len().checked_sub(TAG_LEN) else {
+            return false;
+        };
+        let (ciphertext, tag) = body.split_at(split);
+        out.clear();
+        out.resize(ciphertext.len(), 0);
+        // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
+        let mut iv = [0u8; SALT_LEN];
+        iv[2..6].copy_from_slice(&header.ssrc().to_be_bytes());
+        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
+        if self
+            .rtp
+            .open_separate_gather(
+                nonce(iv, &self.salt),
+                Aad::from(header.bytes()),
+                ciphertext,
+                tag,
+                out,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        if header.padding() {
+            // RFC 3550 §5.1: the last byte counts the padding, itself included.
+            let pad = out.last().map_or(0, |&n| usize::from(n));
+            if pad == 0 || pad > out.len() {
+                return false;
+            }
+            out.truncate(out.len() - pad);
+        }
+        true
+    }
+}
+
+/// One stream a publisher sends that Relais reads itself.
+pub(crate) struct IngressStream {
+    pub register: ReceiveRegister,
+    /// The negotiated header extension ids Relais reads.
+    pub audio_level_id: Option<u8>,
+    pub orientation_id: Option<u8>,
+    /// The middle 32 bits of the NTP time of the source's last sender
+    /// report, and when it came (for the report blocks' LSR and DLSR).
+    pub last_sender_report: Option<(u32, Instant)>,
+    /// Sequence numbers asked for again since the room last sampled it.
+    pub nacked: u64,
+}
+
+impl IngressStream {
+    pub(crate) fn new(
+        clock_rate: u32,
+        audio_level_id: Option<u8>,
+        orientation_id: Option<u8>,
+    ) -> Self {
+        IngressStream {
+            register: ReceiveRegister::new(clock_rate),
+            audio_level_id,
+            orientation_id,
+            last_sender_report: None,
+            nacked: 0,
+        }
+    }
+}
+
+/// A publisher's packet that Relais opened, as the room forwards it.
+pub(crate) struct Opened {
+    pub ssrc: u32,
+    /// Extended past 16 bits ([`ReceiveRegister::extend`]).
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    /// Header and payload (without SRTP's tag), for the byte counts.
+    pub size: usize,
+    pub payload: Arc<[u8]>,
+    pub audio_level: Option<i8>,
+    pub voice_activity: Option<bool>,
+    pub video_orientation: Option<VideoOrientation>,
+}
+
+/// What became of a datagram offered to the direct ingress.
+pub(crate) enum Receipt {
+    /// Not a packet of a stream Relais reads (or no keys yet): str0m's.
+    NotDirect,
+    /// Read, nothing to forward: a duplicate, or padding alone.
+    Consumed,
+    /// It did not authenticate.
+    Refused,
+    Opened(Opened),
+}
+
+/// A publisher session's direct ingress.
+pub(crate) struct Ingress {
+    pub keys: OpenSlot,
+    /// By SSRC.
+    pub streams: HashMap<u32, IngressStream>,
+    /// The SSRC Relais's reports and NACKs on the session are sent from.
+    sender_ssrc: u32,
+    next_report: Instant,
+    /// When the room next samples the streams' statistics.
+    pub next_sample: Instant,
+    /// The payload of the packet being opened (kept: no allocation per
+    /// packet but its shared copy).
+    plaintext: Vec<u8>,
+    /// NACK pairs being written (kept).
+    pairs: Vec<(u16, u16)>,
+}
+
+impl Ingress {
+    pub(crate) fn new(now: Instant) -> Self {
+        Ingress {
+            keys: OpenSlot::default(),
+            streams: HashMap::default(),
+            sender_ssrc: rand::random(),
+            next_report: now + RECEIVER_REPORT_INTERVAL,
+            next_sample: now + STATS_INTERVAL,
+            plaintext: Vec::new(),
+            pairs: Vec::new(),
+        }
+    }
+
+    /// Open `datagram` if it is RTP of a stream Relais reads.
+    pub(crate) fn receive(&mut self, datagram: &[u8], now: Instant) -> Receipt {
+        let Some(header) = RtpHeader::parse(datagram) else {
+            return Receipt::NotDirect;
+        };
+        let ssrc = header.ssrc();
+        let (Some(stream), Some(keys)) = (self.streams.get_mut(&ssrc), self.keys.get()) else {
+            return Receipt::NotDirect;
+        };
+        let seq = stream.register.extend(header.seq());
+        if !stream.register.is_new(seq) {
+            return Receipt::Consumed;
+        }
+        if !keys.open(&header, seq, &mut self.plaintext) {
+            return Receipt::Refused;
+        }
+        stream.register.record(seq, header.timestamp(), now);
+        if self.plaintext.is_empty() {
+            return Receipt::Consumed;
+        }
+        let level = stream
+            .audio_level_id
+            .and_then(|id| header.extension(id))
+            .and_then(|v| v.first().copied());
+        let orientation = stream
+            .orientation_id
+            .and_then(|id| header.extension(id))
+            .and_then(|v| v.first().copied());
+        Receipt::Opened(Opened {
+            ssrc,
+            seq,
+            timestamp: header.timestamp(),
+            marker: header.marker(),
+            size: header.len() + self.plaintext.len(),
+            payload: Arc::from(&self.plaintext[..]),
+            // As str0m reads them (RFC 6464: −dBov, and the V flag).
+            audio_level: level.map(|v| -((v & 0x7f) as i8)),
+            voice_activity: level.map(|v| v & 0x80 != 0),
+            // RFC 7742 / 3GPP TS 26.114: the rotation in the low two bits.
+            video_orientation: orientation.map(|v| VideoOrientation::from(v & 3)),
+        })
+    }
+
+    /// When the session next has NACKs or a report to send.
+    pub(crate) fn due(&self) -> Option<Instant> {
+        if self.streams.is_empty() {
+            return None;
+        }
+        let nacks = self
+            .streams
+            .values()
+            .filter_map(|s| s.register.next_nack())
+            .min();
+        Some(nacks.map_or(self.next_report, |n| n.min(self.next_report)))
+    }
+
+    /// The RTCP due at `now`, each packet plain (to be protected) and handed
+    /// to `send`: NACKs for what is missing, and every
+    /// [`RECEIVER_REPORT_INTERVAL`] a receiver report on every stream.
+    pub(crate) fn poll_rtcp(&mut self, now: Instant, mut send: impl FnMut(&mut Vec<u8>)) {
+        let mut packet = Vec::new();
+        for (&ssrc, stream) in &mut self.streams {
+            if stream.register.next_nack().is_none_or(|at| at > now) {
+                continue;
+            }
+            self.pairs.clear();
+            stream.nacked += u64::from(stream.register.poll_nacks(now, &mut self.pairs));
+            for pairs in self.pairs.chunks(MAX_NACK_PAIRS) {
+                packet.clear();
+                write_nack(self.sender_ssrc, ssrc, pairs, &mut packet);
+                send(&mut packet);
+            }
+        }
+        if now < self.next_report {
+            return;
+        }
+        self.next_report = now + RECEIVER_REPORT_INTERVAL;
+        let mut blocks = Vec::with_capacity(self.streams.len().min(MAX_REPORT_BLOCKS));
+        for (&ssrc, stream) in &mut self.streams {
+            let Some(block) = stream.register.report() else {
+                continue;
+            };
+            let (lsr, dlsr) = match stream.last_sender_report {
+                // DLSR counts 1/65536 s.
+                Some((lsr, at)) => (
+                    lsr,
+                    (now.saturating_duration_since(at).as_micros() * 65_536 / 1_000_000) as u32,
+                ),
+                None => (0, 0),
+            };
+            blocks.push((ssrc, block, lsr, dlsr));
+        }
+        for blocks in blocks.chunks(MAX_REPORT_BLOCKS) {
+            packet.clear();
+            write_receiver_report(self.sender_ssrc, blocks, &mut packet);
+            send(&mut packet);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::egress::{RtpPacket, SrtpSender};
+
+    /// Keys for both ends from one keying material: what the DTLS client
+    /// seals, the server opens with the client's keys.
+    fn keys() -> (SrtpSender, SrtpReceiver) {
+        let material: Vec<u8> = (0..2 * (16 + SALT_LEN) as u8).collect();
+        let profile = SrtpProfile::AEAD_AES_128_GCM;
+        let sender = SrtpSender::from_keying_material(&material, profile, true).unwrap();
+        let receiver = SrtpReceiver::from_keying_material(&material, profile, true).unwrap();
+        (sender, receiver)
+    }
+
+    #[test]
+    fn opens_what_the_peer_sealed_and_refuses_tampering() {
+        let (sender, receiver) = keys();
+        let payload = b"a frame's worth of payload".to_vec();
+        for seq in [7u64, 0x3_0005] {
+            let packet = RtpPacket::for_test(seq, 0x1234, None, &payload);
+            let mut buf = vec![0u8; packet.max_len()];
+            let len = sender.seal_rtp(&packet, &mut buf);
+            let header = RtpHeader::parse(&buf[..len]).unwrap();
+            let mut out = Vec::new();
+            assert!(receiver.open(&header, seq, &mut out));
+            assert_eq!(out, payload);
+            // The wrong rollover counter gives the wrong nonce.
+            assert!(!receiver.open(&header, seq ^ 0x1_0000, &mut out));
+            buf[len - 1] ^= 1;
+            let header = RtpHeader::parse(&buf[..len]).unwrap();
+            assert!(!receiver.open(&header, seq, &mut out));
+        }
+    }
+
+    #[test]
+    fn the_other_direction_does_not_open() {
+        let (sender, _) = keys();
+        let material: Vec<u8> = (0..2 * (16 + SALT_LEN) as u8).collect();
+        let server =
+            SrtpReceiver::from_keying_material(&material, SrtpProfile::AEAD_AES_128_GCM, false)
+                .unwrap();
+        let packet = RtpPacket::for_test(1, 9, None, b"x");
+        let mut buf = vec![0u8; packet.max_len()];
+        let len = sender.seal_rtp(&packet, &mut buf);
+        let header = RtpHeader::parse(&buf[..len]).unwrap();
+        assert!(!server.open(&header, 1, &mut Vec::new()));
+    }
+
+    fn sealed(sender: &SrtpSender, seq: u64, ssrc: u32, orientation: Option<(u8, u8)>) -> Vec<u8> {
+        let packet = RtpPacket::for_test(seq, ssrc, orientation, b"frame");
+        let mut buf = vec![0u8; packet.max_len()];
+        let len = sender.seal_rtp(&packet, &mut buf);
+        buf.truncate(len);
+        buf
+    }
+
+    #[test]
+    fn only_known_streams_are_read_and_each_packet_once() {
+        let (sender, receiver) = keys();
+        let now = Instant::now();
+        let mut ingress = Ingress::new(now);
+        let first = sealed(&sender, 100, 7, Some((3, 1)));
+        // No keys yet, then an unknown stream: str0m's.
+        ingress
+            .streams
+            .insert(7, IngressStream::new(90_000, None, Some(3)));
+        assert!(matches!(ingress.receive(&first, now), Receipt::NotDirect));
+        let _ = ingress.keys.set(receiver);
+        let other = sealed(&sender, 1, 8, None);
+        assert!(matches!(ingress.receive(&other, now), Receipt::NotDirect));
+
+        let Receipt::Opened(opened) = ingress.receive(&first, now) else {
+            panic!("opened");
+        };
+        assert_eq!((opened.ssrc, opened.seq), (7, 100));
+        assert_eq!(&*opened.payload, b"frame");
+        assert_eq!(opened.size, first.len() - TAG_LEN);
+        assert_eq!(opened.video_orientation, Some(VideoOrientation::Deg270));
+        assert_eq!(opened.audio_level, None);
+        // A replay is consumed, a forgery refused and not counted.
+        assert!(matches!(ingress.receive(&first, now), Receipt::Consumed));
+        let mut forged = sealed(&sender, 103, 7, None);
+        let last = forged.len() - 1;
+        forged[last] ^= 0x40;
+        assert!(matches!(ingress.receive(&forged, now), Receipt::Refused));
+        // 101 and 102 (and the forged 103) are missing; 104 says so.
+        assert!(matches!(
+            ingress.receive(&sealed(&sender, 104, 7, None), now),
+            Receipt::Opened(_)
+        ));
+        let mut sent = Vec::new();
+        ingress.poll_rtcp(now, |p| sent.push(p.clone()));
+        assert_eq!(sent.len(), 1, "one NACK, no report yet");
+        let nack = &sent[0];
+        assert_eq!((nack[0] & 0x1f, nack[1]), (1, 205));
+        // PID 101, BLP: 102 and 103.
+        assert_eq!(&nack[12..16], &[0, 101, 0, 0b11]);
+        assert_eq!(ingress.streams[&7].nacked, 3);
+        // Past a second: the report, the NACKs given up on.
+        sent.clear();
+        let later = now + RECEIVER_REPORT_INTERVAL + Duration::from_millis(1);
+        ingress.poll_rtcp(later, |p| sent.push(p.clone()));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0][1], 201, "a receiver report");
+        assert_eq!(&sent[0][8..12], &7u32.to_be_bytes(), "on stream 7");
+    }
+}
