@@ -1,6 +1,6 @@
 """Direct ingress (`rtc.direct_ingress`, on by default): once str0m has shown Relais a
 publisher's stream, Relais opens that stream's packets itself, forwards them, and sends
-the publisher its NACKs and receiver reports. The real SDK's tone and picture must be
+the publisher its NACKs and receiver reports (whose reference times give the round trip). The real SDK's tone and picture must be
 decoded as they are through str0m, over UDP and over ICE-TCP; with the option off,
 nothing is opened directly.
 """
@@ -35,6 +35,15 @@ async def test_media_read_directly_is_decoded(relais_factory, rooms, room_name, 
     audio = await metrics.wait("audio read directly", METRIC, lambda v: v >= 50, kind="AUDIO")
     video = await metrics.wait(
         "video read directly", METRIC, lambda v: v >= len(frames), kind="VIDEO"
+    )
+    # The publisher answers the reference times sent with Relais's receiver reports:
+    # the round trip to it is measured (samples every 5 s, per stream).
+    await metrics.wait(
+        "publisher round trips",
+        "livekit_rtt_ms_count",
+        lambda v: v > 0,
+        timeout=20,
+        direction="incoming",
     )
     print(f"{transport}: {audio:.0f} audio, {video:.0f} video packets read directly")
 

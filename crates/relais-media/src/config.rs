@@ -158,10 +158,14 @@ impl MediaConfig {
         }
         if publisher && self.direct_ingress {
             // Relais reports on the streams it reads itself, which str0m
-            // stops seeing after their first packets.
+            // stops seeing after their first packets; the publisher's
+            // answers to those reports' reference times (extended reports)
+            // reach Relais as raw packets (a publisher session's RTCP is a
+            // few packets a second; its RTP mostly bypasses str0m).
             builder = builder
                 .set_rtcp_report_interval_audio(NO_STR0M_REPORTS)
-                .set_rtcp_report_interval_video(NO_STR0M_REPORTS);
+                .set_rtcp_report_interval_video(NO_STR0M_REPORTS)
+                .enable_raw_packets(true);
         }
         if !publisher && self.direct_video {
             // As for audio; and the subscriber's NACKs must reach Relais,

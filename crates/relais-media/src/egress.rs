@@ -753,8 +753,7 @@ impl DirectStream {
         let (rtp, at) = self.last_rtp;
         let ahead = now.saturating_duration_since(at).as_secs_f64();
         let rtp_now = rtp.wrapping_add((ahead * f64::from(self.clock_rate)) as u32);
-        let wall = epoch.1 + now.saturating_duration_since(epoch.0);
-        let ntp = ntp_time(wall);
+        let ntp = ntp_at(now, epoch);
         let mut sr = Vec::with_capacity(28 + 4 + TAG_LEN);
         sr.extend_from_slice(&[0x80, 200, 0, 6]);
         sr.extend_from_slice(&self.ssrc.to_be_bytes());
@@ -764,6 +763,12 @@ impl DirectStream {
         sr.extend_from_slice(&self.octets.to_be_bytes());
         sr
     }
+}
+
+/// The NTP time of `now` on the core's clock, given `epoch`: that clock at
+/// one wall-clock time.
+pub(crate) fn ntp_at(now: Instant, epoch: (Instant, SystemTime)) -> u64 {
+    ntp_time(epoch.1 + now.saturating_duration_since(epoch.0))
 }
 
 /// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900, 32.32).

@@ -21,14 +21,18 @@
 //! (NACKs suppressed per stream, reports at an interval that never comes).
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey};
 use str0m::crypto::dtls::SrtpProfile;
+use str0m::rtp::rtcp::{ExtendedReport, ReportBlock as XrBlock};
 use str0m::rtp::VideoOrientation;
 
 use crate::config::STATS_INTERVAL;
-use crate::receive_register::{write_nack, write_receiver_report, ReceiveRegister};
+use crate::egress::ntp_at;
+use crate::receive_register::{
+    write_nack, write_receiver_report, write_reference_time, ReceiveRegister,
+};
 use crate::rtp_header::RtpHeader;
 use crate::srtcp::{self, nonce, SALT_LEN};
 use crate::HashMap;
@@ -177,10 +181,15 @@ pub(crate) struct Ingress {
     plaintext: Vec<u8>,
     /// NACK pairs being written (kept).
     pairs: Vec<(u16, u16)>,
+    /// The core's clock at one wall-clock time (the reports' NTP times).
+    epoch: (Instant, SystemTime),
+    /// The round trip to the publisher, from its answers to the reference
+    /// times sent with the reports.
+    pub rtt: Option<Duration>,
 }
 
 impl Ingress {
-    pub(crate) fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant, epoch: (Instant, SystemTime)) -> Self {
         Ingress {
             keys: OpenSlot::default(),
             streams: HashMap::default(),
@@ -189,6 +198,8 @@ impl Ingress {
             next_sample: now + STATS_INTERVAL,
             plaintext: Vec::new(),
             pairs: Vec::new(),
+            epoch,
+            rtt: None,
         }
     }
 
@@ -287,7 +298,34 @@ impl Ingress {
         for blocks in blocks.chunks(MAX_REPORT_BLOCKS) {
             packet.clear();
             write_receiver_report(self.sender_ssrc, blocks, &mut packet);
+            // In the same compound: the time, for the round trip
+            // (`on_extended_report`).
+            write_reference_time(self.sender_ssrc, ntp_at(now, self.epoch), &mut packet);
             send(&mut packet);
+        }
+    }
+
+    /// A publisher's extended report: its answer to a reference time Relais
+    /// sent (RFC 3611 §4.5) gives the round trip — now, less when Relais
+    /// sent it, less how long the publisher held it (1/65536 s units, the
+    /// middle 32 bits of NTP times).
+    pub(crate) fn on_extended_report(&mut self, report: &ExtendedReport, now: Instant) {
+        let mut answers = report.blocks.iter().flat_map(|block| match block {
+            XrBlock::Dlrr(dlrr) => dlrr.items.as_slice(),
+            XrBlock::Rrtr(_) => &[],
+        });
+        let Some(item) =
+            answers.rfind(|item| *item.ssrc == self.sender_ssrc && item.last_rr_time != 0)
+        else {
+            return;
+        };
+        let now = (ntp_at(now, self.epoch) >> 16) as u32;
+        let units = now
+            .wrapping_sub(item.last_rr_time)
+            .wrapping_sub(item.last_rr_delay);
+        // Negative (a clock step, a forged answer) reads as huge: ignored.
+        if units < 65_536 * 10 {
+            self.rtt = Some(Duration::from_micros(u64::from(units) * 1_000_000 / 65_536));
         }
     }
 }
@@ -295,6 +333,8 @@ impl Ingress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use str0m::rtp::rtcp::Rtcp;
 
     use crate::egress::{RtpPacket, SrtpSender};
 
@@ -354,7 +394,7 @@ mod tests {
     fn only_known_streams_are_read_and_each_packet_once() {
         let (sender, receiver) = keys();
         let now = Instant::now();
-        let mut ingress = Ingress::new(now);
+        let mut ingress = Ingress::new(now, (now, SystemTime::now()));
         let first = sealed(&sender, 100, 7, Some((3, 1)));
         // No keys yet, then an unknown stream: str0m's.
         ingress
@@ -399,5 +439,34 @@ mod tests {
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0][1], 201, "a receiver report");
         assert_eq!(&sent[0][8..12], &7u32.to_be_bytes(), "on stream 7");
+        // Then, in the same compound, the reference time (one RR block: 32 bytes).
+        assert_eq!((sent[0].len(), sent[0][33], sent[0][40]), (32 + 20, 207, 4));
+    }
+
+    #[test]
+    fn the_publishers_answer_to_a_reference_time_gives_the_round_trip() {
+        let t0 = Instant::now();
+        let epoch = (t0, SystemTime::now());
+        let mut ingress = Ingress::new(t0, epoch);
+        let sent_at = t0 + Duration::from_secs(3);
+        let lrr = (ntp_at(sent_at, epoch) >> 16) as u32;
+        // Held 100 ms by the publisher, back 150 ms after it left: an XR
+        // with one DLRR block (RFC 3611 §4.5), as str0m reads it.
+        let answer = |ssrc: u32| {
+            let mut xr = vec![0x80, 207, 0, 5, 0, 0, 0, 99, 5, 0, 0, 3];
+            xr.extend_from_slice(&ssrc.to_be_bytes());
+            xr.extend_from_slice(&lrr.to_be_bytes());
+            xr.extend_from_slice(&(65_536u32 / 10).to_be_bytes());
+            match Rtcp::try_from(&xr[..]) {
+                Ok(Rtcp::ExtendedReport(report)) => report,
+                other => panic!("an extended report: {other:?}"),
+            }
+        };
+        let back = sent_at + Duration::from_millis(150);
+        ingress.on_extended_report(&answer(ingress.sender_ssrc ^ 1), back);
+        assert_eq!(ingress.rtt, None, "an answer to someone else's time");
+        ingress.on_extended_report(&answer(ingress.sender_ssrc), back);
+        let rtt = ingress.rtt.expect("measured").as_secs_f64();
+        assert!((rtt - 0.050).abs() < 0.001, "{rtt}");
     }
 }

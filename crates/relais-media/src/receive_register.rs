@@ -360,6 +360,8 @@ pub(crate) struct ReportBlock {
 const RTCP_V2: u8 = 0x80;
 const PT_RECEIVER_REPORT: u8 = 201;
 const PT_TRANSPORT_FEEDBACK: u8 = 205;
+const PT_EXTENDED_REPORT: u8 = 207;
+const BT_RECEIVER_REFERENCE_TIME: u8 = 4;
 const FMT_GENERIC_NACK: u8 = 1;
 
 /// A Receiver Report (PT 201, RFC 3550 §6.4.2), plain, appended to `out`:
@@ -415,6 +417,20 @@ pub(crate) fn write_nack(
         out.extend_from_slice(&pid.to_be_bytes());
         out.extend_from_slice(&blp.to_be_bytes());
     }
+}
+
+/// An extended report (XR, PT 207, RFC 3611) from `sender_ssrc` holding one
+/// receiver reference time block (§4.4): `ntp`, the time it is sent. The
+/// sender of the media answers with the time it got it and how long it held
+/// it (a DLRR block, §4.5), which gives the round trip.
+pub(crate) fn write_reference_time(sender_ssrc: u32, ntp: u64, out: &mut Vec<u8>) {
+    out.push(RTCP_V2);
+    out.push(PT_EXTENDED_REPORT);
+    // The header word, the SSRC, the block's header and its two words.
+    out.extend_from_slice(&4u16.to_be_bytes());
+    out.extend_from_slice(&sender_ssrc.to_be_bytes());
+    out.extend_from_slice(&[BT_RECEIVER_REFERENCE_TIME, 0, 0, 2]);
+    out.extend_from_slice(&ntp.to_be_bytes());
 }
 
 #[cfg(test)]

@@ -53,9 +53,24 @@ impl Room {
             return;
         }
         if let Event::RawPacket(raw) = event {
-            // Only subscriber sessions with direct video ask for these.
-            if let (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::Nack(nack))) = (role, *raw) {
-                self.on_direct_nack(now, key, &nack);
+            // Only subscriber sessions with direct video and publisher
+            // sessions with direct ingress ask for these.
+            match (role, *raw) {
+                (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::Nack(nack))) => {
+                    self.on_direct_nack(now, key, &nack)
+                }
+                (PeerRole::Publisher, RawPacket::RtcpRx(Rtcp::ExtendedReport(report))) => {
+                    let ingress = self
+                        .participants
+                        .get_mut(&key)
+                        .and_then(|p| p.publisher.as_mut())
+                        .and_then(|s| s.direct.as_deref_mut())
+                        .and_then(|d| d.ingress.as_deref_mut());
+                    if let Some(ingress) = ingress {
+                        ingress.on_extended_report(&report, now);
+                    }
+                }
+                _ => {}
             }
             return;
         }
@@ -215,6 +230,7 @@ impl Room {
                 continue;
             };
             ingress.next_sample = now + STATS_INTERVAL;
+            let rtt = ingress.rtt;
             for (ssrc, stream) in &mut ingress.streams {
                 let Some(track) = p
                     .ssrc_routes
@@ -226,12 +242,12 @@ impl Room {
                 let (packets, lost) = stream.register.take_counts();
                 let nacks = std::mem::take(&mut stream.nacked);
                 let jitter = stream.register.jitter();
-                let sample = stream_sample(track, StatsDirection::Incoming, jitter, None, lost);
-                samples.push((p.key, sample, nacks, packets));
+                let sample = stream_sample(track, StatsDirection::Incoming, jitter, rtt, lost);
+                samples.push((p.key, sample, nacks, packets, rtt));
             }
         }
-        for (key, sample, nacks, packets) in samples {
-            self.record_stream(key, sample, nacks, packets, None);
+        for (key, sample, nacks, packets, rtt) in samples {
+            self.record_stream(key, sample, nacks, packets, rtt);
         }
     }
 

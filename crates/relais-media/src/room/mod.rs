@@ -562,7 +562,7 @@ impl Room {
             .then(|| Box::new(DirectEgress::new(now, self.config.clock_epoch)));
         if let Some(direct) = &mut direct {
             if publisher && self.config.direct_ingress {
-                direct.ingress = Some(Box::new(Ingress::new(now)));
+                direct.ingress = Some(Box::new(Ingress::new(now, self.config.clock_epoch)));
             }
             dtls::tap_next_session(if publisher {
                 KeyTaps {
