@@ -469,4 +469,49 @@ mod tests {
         let rtt = ingress.rtt.expect("measured").as_secs_f64();
         assert!((rtt - 0.050).abs() < 0.001, "{rtt}");
     }
+
+    #[test]
+    fn garbage_and_mangled_packets_are_refused_without_harm() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (sender, receiver) = keys();
+        let now = Instant::now();
+        let mut ingress = Ingress::new(now, (now, SystemTime::now()));
+        ingress
+            .streams
+            .insert(7, IngressStream::new(48_000, Some(1), Some(3)));
+        let _ = ingress.keys.set(receiver);
+        let mut opened = 0;
+        for i in 0..20_000u64 {
+            let mut datagram = if i % 2 == 0 {
+                // Anything at all, a third of it with the stream's SSRC.
+                let len = rng.random_range(0..80);
+                let mut d: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+                if i % 3 == 0 && d.len() >= 12 {
+                    d[0] = 0x80 | (d[0] & 0x3f);
+                    d[8..12].copy_from_slice(&7u32.to_be_bytes());
+                }
+                d
+            } else {
+                // A real packet with one byte changed, or cut short.
+                let mut d = sealed(&sender, i, 7, Some((3, 2)));
+                let at = rng.random_range(0..d.len());
+                if i % 4 == 1 {
+                    d[at] ^= rng.random_range(1..=255u8);
+                } else {
+                    d.truncate(at);
+                }
+                d
+            };
+            if let Receipt::Opened(_) = ingress.receive(&datagram, now) {
+                opened += 1;
+            }
+            datagram.clear();
+        }
+        // The tag covers the header too: no change gets through.
+        assert_eq!(opened, 0);
+        // The stream still opens what is real.
+        let real = sealed(&sender, 50_000, 7, None);
+        assert!(matches!(ingress.receive(&real, now), Receipt::Opened(_)));
+    }
 }
