@@ -210,11 +210,16 @@ impl ReceiveRegister {
 
     /// The values of a reception report block (RFC 3550 §6.4.1 and A.3) at
     /// this moment; resets the "since last report" counters fraction lost is
-    /// computed over. `None` before any packet.
+    /// computed over. `None` before any packet, and while nothing arrived
+    /// since the last report (RFC 3550 §6.4: blocks are for the sources
+    /// heard since — a paused layer, a stream replaced by another).
     pub(crate) fn report(&mut self) -> Option<ReportBlock> {
         let highest = self.highest?;
         let now = self.tally();
         let (expected, received) = now.since(self.report_prior);
+        if received == 0 {
+            return None;
+        }
         self.report_prior = now;
         let lost = expected.saturating_sub(received);
         // In 1/256ths, 0 for an interval that expected nothing. lost <
@@ -755,6 +760,20 @@ mod tests {
         let block = r.report().expect("a report");
         assert_eq!(block.fraction_lost, 0);
         assert_eq!(block.cumulative_lost, 2);
+    }
+
+    #[test]
+    fn a_stream_heard_nothing_since_the_last_report_is_left_out() {
+        let t0 = Instant::now();
+        let mut r = ReceiveRegister::new(90_000);
+        assert_eq!(r.report(), None, "nothing yet");
+        receive(&mut r, 0..10, t0);
+        assert!(r.report().is_some());
+        assert_eq!(r.report(), None, "nothing since");
+        receive(&mut r, [12], t0);
+        let block = r.report().expect("heard again");
+        // 10 and 11 count against this interval only.
+        assert_eq!((block.fraction_lost, block.cumulative_lost), (170, 2));
     }
 
     #[test]
