@@ -1,13 +1,14 @@
 //! SRTP key derivation, and RTCP that Relais protects and sends itself.
 //!
 //! Relais sends some of a session's RTCP without str0m: the sender reports of
-//! the streams its direct egress sends ([`crate::egress`]) and the
-//! transport-wide congestion feedback for what a publisher sends
-//! ([`crate::twcc`]). Both are protected with the session's own SRTCP keys,
-//! taken from its DTLS keying material (RFC 5764 §4.2). AEAD AES-GCM
-//! (RFC 7714) is what str0m and browsers prefer; AES-CM with HMAC-SHA1
-//! (RFC 3711) is kept for the feedback, which a publisher's congestion
-//! control needs whatever the profile.
+//! the streams its direct egress sends ([`crate::egress`]), and what a
+//! publisher gets on what it sends — the transport-wide congestion feedback
+//! ([`crate::twcc`]), the NACKs and receiver reports ([`crate::ingress`]).
+//! All are protected with the session's own SRTCP keys, taken from its DTLS
+//! keying material (RFC 5764 §4.2). AEAD AES-GCM (RFC 7714) is what str0m
+//! and browsers prefer; AES-CM with HMAC-SHA1 (RFC 3711) is kept for what a
+//! publisher gets, which its congestion control and loss repair need
+//! whatever the profile.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
