@@ -65,18 +65,20 @@ pub(crate) struct PeerSession {
     pub frame_wait: Option<Instant>,
     /// Cumulative counters of str0m's last stats event per stream, to report deltas.
     pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
-    /// Direct egress (`MediaConfig::direct_audio` / `direct_video`,
-    /// subscriber sessions): the
-    /// SRTP sending keys once DTLS is done, where str0m last sent, and the
-    /// streams Relais sends itself.
+    /// What Relais sends (and, on a publisher session, reads) itself: on a
+    /// subscriber session with direct egress (`MediaConfig::direct_audio` /
+    /// `direct_video`) the SRTP sending keys once DTLS is done, where str0m
+    /// last sent, and the streams Relais sends itself; on a publisher
+    /// session the feedback and the direct ingress.
     pub direct: Option<Box<DirectEgress>>,
     /// `direct` has its keys and route ([`PeerSession::direct_ready`]).
     direct_ready: bool,
 }
 
-/// What Relais sends on a session itself, and where: a subscriber session's
-/// direct egress ([`crate::egress`]), a publisher session's congestion
-/// feedback ([`crate::twcc`]).
+/// What Relais does on a session itself, and where it sends: a subscriber
+/// session's direct egress ([`crate::egress`]), a publisher session's
+/// congestion feedback ([`crate::twcc`]) and direct ingress
+/// ([`crate::ingress`]).
 pub(crate) struct DirectEgress {
     /// SRTP keys (subscriber sessions with direct egress).
     pub keys: KeySlot,
