@@ -354,7 +354,7 @@ pub(crate) fn send_direct_only(
         return false;
     }
     session.frame_wait = None;
-    session.deadline = direct.deadline(direct.str0m_due);
+    session.deadline = session.next_due(direct.str0m_due, now);
     true
 }
 

@@ -240,6 +240,18 @@ impl StreamSeen {
 }
 
 impl PeerSession {
+    /// When the session is next due given str0m's own deadline: the
+    /// earliest of it and what Relais sends on the session itself, on the
+    /// session's timer grid (publishers), so that one wake-up serves them
+    /// all across the shard.
+    pub fn next_due(&self, str0m_due: Instant, now: Instant) -> Instant {
+        let due = self
+            .direct
+            .as_deref()
+            .map_or(str0m_due, |direct| direct.deadline(str0m_due));
+        self.grid.map_or(due, |grid| grid.round_up(due, now))
+    }
+
     /// Copies can leave by direct egress: its keys and route are known.
     /// Once they are, that is kept here, beside what every copy touches
     /// anyway: the keys sit behind a pointer of their own, and following it

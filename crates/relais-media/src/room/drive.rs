@@ -63,7 +63,8 @@ impl Room {
             {
                 // str0m is not driven: the feedback, NACKs or report this
                 // packet makes due move the session's deadline.
-                let due = direct.deadline(direct.str0m_due);
+                let str0m_due = direct.str0m_due;
+                let due = session.next_due(str0m_due, now);
                 if due < session.deadline {
                     session.deadline = due;
                     self.timers.schedule(&mut session.queued, &(key, role), due);
@@ -424,13 +425,10 @@ pub(crate) fn poll_session(
         match session.rtc.poll_output() {
             Ok(Output::Timeout(t)) => {
                 let t = session.grid.map_or(t, |grid| grid.round_up(t, now));
-                session.deadline = match session.direct.as_deref_mut() {
-                    Some(direct) => {
-                        direct.str0m_due = t;
-                        direct.deadline(t)
-                    }
-                    None => t,
-                };
+                if let Some(direct) = session.direct.as_deref_mut() {
+                    direct.str0m_due = t;
+                }
+                session.deadline = session.next_due(t, now);
                 return session.deadline;
             }
             Ok(Output::Transmit(t)) => {
