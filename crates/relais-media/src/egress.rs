@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey};
 use str0m::crypto::dtls::SrtpProfile;
-use str0m::media::Pt;
+use str0m::media::{MediaKind, Pt};
 use str0m::rtp::rtcp::Nack;
 use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
@@ -38,6 +38,7 @@ use str0m::Rtc;
 use crate::codec::{Vp8Header, Vp8Rewrite};
 use crate::outgoing::Outgoing;
 use crate::participant::{ForwardedCopy, PeerSession};
+use crate::payload::Payload;
 use crate::srtcp::{self, nonce, SrtcpSender, SALT_LEN};
 
 /// Where a session's SRTP sender lands once its DTLS handshake is done.
@@ -447,52 +448,80 @@ pub(crate) enum Repair {
     Resend,
 }
 
-/// Packets kept for NACKs, per published layer and per subscriber stream:
-/// about 1–3 s of a camera's video, past any loss a receiver still asks for.
+/// Packets kept for NACKs, per published video layer and per subscriber
+/// stream: about 1–3 s of a camera's video, past any loss a receiver still
+/// asks for.
 const HISTORY: usize = 256;
+/// Packets an audio layer keeps: none is asked for again, but their buffers
+/// serve the next packets ([`Payload::reuse`]) once their copies have left —
+/// in the round they came in, unless a session falls this far behind.
+const AUDIO_KEPT: usize = 8;
 /// A packet asked for again within this long is not sent again: one loss is
 /// often in several NACKs of a burst.
 const RESEND_GAP: Duration = Duration::from_millis(10);
 
-/// The last [`HISTORY`] packets a published video layer received, by its
-/// sequence number: kept once for every subscriber, so that a copy sent
-/// costs its subscriber no reference to the payload and no payload-sized
-/// slot. A subscriber never keeps a packet its layer no longer has: it is
-/// sent a subset of the layer's packets, so its last [`HISTORY`] come from
-/// about the layer's last [`HISTORY`].
-#[derive(Default)]
+/// The last packets a published layer received, by its sequence number
+/// (video: [`HISTORY`] of them): kept once for every subscriber, so that a
+/// copy sent costs its subscriber no reference to the payload and no
+/// payload-sized slot. A subscriber never keeps a packet its layer no
+/// longer has: it is sent a subset of the layer's packets, so its last
+/// [`HISTORY`] come from about the layer's last [`HISTORY`]. A slot's
+/// buffer is reused by the packet that takes the slot next.
 pub(crate) struct TrackHistory {
     /// Empty until the layer's first packet is kept.
     slots: Vec<Option<Received>>,
+    size: usize,
 }
 
 struct Received {
     source: SourcePacket,
-    payload: Arc<[u8]>,
+    payload: Payload,
     /// The video orientation extension's value the packet came with.
     orientation: Option<u8>,
 }
 
 impl TrackHistory {
+    pub(crate) fn new(kind: MediaKind) -> Self {
+        let size = match kind {
+            MediaKind::Video => HISTORY,
+            MediaKind::Audio => AUDIO_KEPT,
+        };
+        TrackHistory {
+            slots: Vec::new(),
+            size,
+        }
+    }
+
+    /// `payload`, the packet `seq`'s, in a buffer of the layer's: the one
+    /// of the packet whose slot it takes, if no copy still holds it. The
+    /// slot stays empty until the packet is kept.
+    pub(crate) fn buffer(&mut self, seq: u64, payload: &[u8]) -> Payload {
+        let old = self
+            .slots
+            .get_mut(seq as usize % self.size)
+            .and_then(Option::take);
+        Payload::reuse(old.map(|r| r.payload), payload)
+    }
+
     pub(crate) fn keep(
         &mut self,
         source: SourcePacket,
-        payload: &Arc<[u8]>,
+        payload: Payload,
         orientation: Option<VideoOrientation>,
     ) {
         if self.slots.is_empty() {
-            self.slots.resize_with(HISTORY, || None);
+            self.slots.resize_with(self.size, || None);
         }
-        self.slots[source.seq as usize % HISTORY] = Some(Received {
+        self.slots[source.seq as usize % self.size] = Some(Received {
             source,
-            payload: payload.clone(),
+            payload,
             orientation: orientation.map(|o| o as u8),
         });
     }
 
     fn get(&self, seq: u64) -> Option<&Received> {
         self.slots
-            .get(seq as usize % HISTORY)?
+            .get(seq as usize % self.size)?
             .as_ref()
             .filter(|r| r.source.seq == seq)
     }
@@ -831,12 +860,12 @@ mod tests {
 
     /// A VP8 payload: descriptor with a 15-bit picture id and TL0PICIDX,
     /// then `body`.
-    fn vp8_payload(picture_id: u16, tl0: u8, body: u8) -> Arc<[u8]> {
+    fn vp8_payload(picture_id: u16, tl0: u8, body: u8) -> Payload {
         let id = (0x8000 | picture_id).to_be_bytes();
-        vec![0x90, 0xc0, id[0], id[1], tl0, body, body].into()
+        Payload::Read(vec![0x90, 0xc0, id[0], id[1], tl0, body, body].into())
     }
 
-    fn copy_of(source: SourcePacket, payload: &Arc<[u8]>, seq: u64, ts: u32) -> ForwardedCopy {
+    fn copy_of(source: SourcePacket, payload: &Payload, seq: u64, ts: u32) -> ForwardedCopy {
         let received = source.vp8.unwrap();
         ForwardedCopy {
             ssrc: 1000.into(),
@@ -979,7 +1008,10 @@ mod tests {
             orientation_id: None,
         };
         let mut history = SendHistory::new(video, 1000.into());
-        let mut layers = [TrackHistory::default(), TrackHistory::default()];
+        let mut layers = [
+            TrackHistory::new(MediaKind::Video),
+            TrackHistory::new(MediaKind::Video),
+        ];
         let mut sent = Vec::new();
         let mut send = |layers: &mut [TrackHistory; 2],
                         layer: u8,
@@ -999,7 +1031,7 @@ mod tests {
                 marker: seq.is_multiple_of(3),
                 vp8: Vp8Header::parse(&payload),
             };
-            layers[usize::from(layer)].keep(source, &payload, None);
+            layers[usize::from(layer)].keep(source, payload.clone(), None);
             let out_ts = source.timestamp.wrapping_add(ts_offset);
             let copy = copy_of(source, &payload, out_seq, out_ts);
             let mut expected = payload.to_vec();
@@ -1048,7 +1080,7 @@ mod tests {
             marker: false,
             vp8: Vp8Header::parse(&payload),
         };
-        layers[1].keep(source, &payload, None);
+        layers[1].keep(source, payload, None);
         let layer = |i: u8| layers.get(usize::from(i));
         assert!(repaired(&mut history, 17, layer, now + RESEND_GAP).is_none());
         assert!(repaired(&mut history, 18, layer, now + RESEND_GAP).is_some());

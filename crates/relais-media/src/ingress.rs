@@ -149,7 +149,6 @@ pub(crate) struct Opened {
     pub marker: bool,
     /// Header and payload (without SRTP's tag), for the byte counts.
     pub size: usize,
-    pub payload: Arc<[u8]>,
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
     pub video_orientation: Option<VideoOrientation>,
@@ -176,9 +175,6 @@ pub(crate) struct Ingress {
     next_report: Instant,
     /// When the room next samples the streams' statistics.
     pub next_sample: Instant,
-    /// The payload of the packet being opened (kept: no allocation per
-    /// packet but its shared copy).
-    plaintext: Vec<u8>,
     /// NACK pairs being written (kept).
     pairs: Vec<(u16, u16)>,
     /// The core's clock at one wall-clock time (the reports' NTP times).
@@ -196,15 +192,20 @@ impl Ingress {
             sender_ssrc: rand::random(),
             next_report: now + RECEIVER_REPORT_INTERVAL,
             next_sample: now + STATS_INTERVAL,
-            plaintext: Vec::new(),
             pairs: Vec::new(),
             epoch,
             rtt: None,
         }
     }
 
-    /// Open `datagram` if it is RTP of a stream Relais reads.
-    pub(crate) fn receive(&mut self, datagram: &[u8], now: Instant) -> Receipt {
+    /// Open `datagram` if it is RTP of a stream Relais reads, its payload
+    /// into `payload` (replacing what it held).
+    pub(crate) fn receive(
+        &mut self,
+        datagram: &[u8],
+        now: Instant,
+        payload: &mut Vec<u8>,
+    ) -> Receipt {
         let Some(header) = RtpHeader::parse(datagram) else {
             return Receipt::NotDirect;
         };
@@ -216,11 +217,11 @@ impl Ingress {
         if !stream.register.is_new(seq) {
             return Receipt::Consumed;
         }
-        if !keys.open(&header, seq, &mut self.plaintext) {
+        if !keys.open(&header, seq, payload) {
             return Receipt::Refused;
         }
         stream.register.record(seq, header.timestamp(), now);
-        if self.plaintext.is_empty() {
+        if payload.is_empty() {
             return Receipt::Consumed;
         }
         let level = stream
@@ -236,8 +237,7 @@ impl Ingress {
             seq,
             timestamp: header.timestamp(),
             marker: header.marker(),
-            size: header.len() + self.plaintext.len(),
-            payload: Arc::from(&self.plaintext[..]),
+            size: header.len() + payload.len(),
             // As str0m reads them (RFC 6464: −dBov, and the V flag).
             audio_level: level.map(|v| -((v & 0x7f) as i8)),
             voice_activity: level.map(|v| v & 0x80 != 0),
@@ -395,33 +395,46 @@ mod tests {
         let (sender, receiver) = keys();
         let now = Instant::now();
         let mut ingress = Ingress::new(now, (now, SystemTime::now()));
+        let mut payload = Vec::new();
         let first = sealed(&sender, 100, 7, Some((3, 1)));
         // No keys yet, then an unknown stream: str0m's.
         ingress
             .streams
             .insert(7, IngressStream::new(90_000, None, Some(3)));
-        assert!(matches!(ingress.receive(&first, now), Receipt::NotDirect));
+        assert!(matches!(
+            ingress.receive(&first, now, &mut payload),
+            Receipt::NotDirect
+        ));
         let _ = ingress.keys.set(receiver);
         let other = sealed(&sender, 1, 8, None);
-        assert!(matches!(ingress.receive(&other, now), Receipt::NotDirect));
+        assert!(matches!(
+            ingress.receive(&other, now, &mut payload),
+            Receipt::NotDirect
+        ));
 
-        let Receipt::Opened(opened) = ingress.receive(&first, now) else {
+        let Receipt::Opened(opened) = ingress.receive(&first, now, &mut payload) else {
             panic!("opened");
         };
         assert_eq!((opened.ssrc, opened.seq), (7, 100));
-        assert_eq!(&*opened.payload, b"frame");
+        assert_eq!(payload, b"frame");
         assert_eq!(opened.size, first.len() - TAG_LEN);
         assert_eq!(opened.video_orientation, Some(VideoOrientation::Deg270));
         assert_eq!(opened.audio_level, None);
         // A replay is consumed, a forgery refused and not counted.
-        assert!(matches!(ingress.receive(&first, now), Receipt::Consumed));
+        assert!(matches!(
+            ingress.receive(&first, now, &mut payload),
+            Receipt::Consumed
+        ));
         let mut forged = sealed(&sender, 103, 7, None);
         let last = forged.len() - 1;
         forged[last] ^= 0x40;
-        assert!(matches!(ingress.receive(&forged, now), Receipt::Refused));
+        assert!(matches!(
+            ingress.receive(&forged, now, &mut payload),
+            Receipt::Refused
+        ));
         // 101 and 102 (and the forged 103) are missing; 104 says so.
         assert!(matches!(
-            ingress.receive(&sealed(&sender, 104, 7, None), now),
+            ingress.receive(&sealed(&sender, 104, 7, None), now, &mut payload),
             Receipt::Opened(_)
         ));
         let mut sent = Vec::new();
@@ -477,6 +490,7 @@ mod tests {
         let (sender, receiver) = keys();
         let now = Instant::now();
         let mut ingress = Ingress::new(now, (now, SystemTime::now()));
+        let mut payload = Vec::new();
         ingress
             .streams
             .insert(7, IngressStream::new(48_000, Some(1), Some(3)));
@@ -503,7 +517,7 @@ mod tests {
                 }
                 d
             };
-            if let Receipt::Opened(_) = ingress.receive(&datagram, now) {
+            if let Receipt::Opened(_) = ingress.receive(&datagram, now, &mut payload) {
                 opened += 1;
             }
             datagram.clear();
@@ -512,6 +526,9 @@ mod tests {
         assert_eq!(opened, 0);
         // The stream still opens what is real.
         let real = sealed(&sender, 50_000, 7, None);
-        assert!(matches!(ingress.receive(&real, now), Receipt::Opened(_)));
+        assert!(matches!(
+            ingress.receive(&real, now, &mut payload),
+            Receipt::Opened(_)
+        ));
     }
 }

@@ -25,6 +25,7 @@ pub mod forward;
 mod ingress;
 pub mod outgoing;
 mod participant;
+mod payload;
 mod quality;
 mod receive_register;
 pub mod room;

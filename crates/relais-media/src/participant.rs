@@ -16,6 +16,7 @@ use crate::codec::Vp8Rewrite;
 use crate::dtls::SrtcpSlot;
 use crate::egress::{DirectStream, KeySlot, SourcePacket};
 use crate::ingress::Ingress;
+use crate::payload::Payload;
 use crate::stun;
 use crate::timers::{Queued, TimerGrid};
 use crate::twcc::TransportFeedback;
@@ -150,12 +151,12 @@ impl DirectEgress {
 }
 
 /// Most copies a session's queue of unwritten media keeps room for between
-/// rounds (~4.5 KiB): a loaded round's worth of audio or video frames; a
+/// rounds (6 KiB): a loaded round's worth of audio or video frames; a
 /// larger burst grows it for that round only.
 pub(crate) const UNWRITTEN_KEPT: usize = 64;
 
 /// One copy of a forwarded packet for one subscriber stream, as str0m will be
-/// asked to write it: a quarter of the size of str0m's own write command.
+/// asked to write it: 96 bytes, where str0m's own write command takes 320.
 pub(crate) struct ForwardedCopy {
     pub ssrc: Ssrc,
     pub pt: Pt,
@@ -168,7 +169,7 @@ pub(crate) struct ForwardedCopy {
     pub audio_level: Option<i8>,
     pub voice_activity: Option<bool>,
     pub video_orientation: Option<VideoOrientation>,
-    pub payload: Arc<[u8]>,
+    pub payload: Payload,
     /// The RTP clock rate of the track (for direct egress's sender reports).
     pub clock_rate: u32,
     /// The published packet it was made from (kept for repair by its
@@ -194,7 +195,7 @@ impl ForwardedCopy {
             self.seq.into(),
             self.timestamp,
             self.wallclock,
-            self.payload,
+            self.payload.to_str0m(),
         )
         .marker(self.marker)
         .ext_vals(ext)

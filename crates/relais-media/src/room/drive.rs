@@ -57,7 +57,7 @@ impl Room {
             let receipt = direct
                 .ingress
                 .as_deref_mut()
-                .map(|ingress| ingress.receive(datagram, now));
+                .map(|ingress| ingress.receive(datagram, now, &mut self.opened));
             if let Some(receipt @ (Receipt::Opened(_) | Receipt::Consumed | Receipt::Refused)) =
                 receipt
             {
@@ -70,7 +70,13 @@ impl Room {
                     self.timers.schedule(&mut session.queued, &(key, role), due);
                 }
                 match receipt {
-                    Receipt::Opened(opened) => self.on_opened(now, key, opened),
+                    Receipt::Opened(opened) => {
+                        // Lent to the forwarding, which reads it while it
+                        // changes the room.
+                        let payload = std::mem::take(&mut self.opened);
+                        self.on_opened(now, key, opened, &payload);
+                        self.opened = payload;
+                    }
                     Receipt::Refused => self.stats.drop_packet(DropReason::Malformed),
                     _ => {}
                 }

@@ -24,6 +24,7 @@ use crate::egress::{self, SourcePacket, TrackHistory};
 use crate::forward::{Forward, Incoming};
 use crate::ingress::{IngressStream, Opened};
 use crate::participant::{DataKind, ForwardedCopy, ParticipantKey, PeerRole, PeerSession};
+use crate::payload::Payload;
 use crate::speakers::AudioLevelMeter;
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, StreamSample};
 
@@ -442,7 +443,7 @@ impl Room {
                 rid: None,
                 ssrc: None,
                 last_seen: None,
-                kept: TrackHistory::default(),
+                kept: TrackHistory::new(kind),
             }]
         } else {
             let mut by_quality: Vec<Rid> = simulcast_rids;
@@ -453,7 +454,7 @@ impl Room {
                     rid: Some(rid),
                     ssrc: None,
                     last_seen: None,
-                    kept: TrackHistory::default(),
+                    kept: TrackHistory::new(kind),
                 })
                 .collect()
         };
@@ -581,14 +582,20 @@ impl Room {
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
             video_orientation: ext.video_orientation,
-            payload: pkt.payload,
-            opened: false,
+            body: Body::Read(pkt.payload),
         };
         self.forward(now, key, &published);
     }
 
-    /// A publisher's packet that Relais opened itself ([`crate::ingress`]).
-    pub(super) fn on_opened(&mut self, now: Instant, key: ParticipantKey, opened: Opened) {
+    /// A publisher's packet that Relais opened itself ([`crate::ingress`]),
+    /// its payload `payload`.
+    pub(super) fn on_opened(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        opened: Opened,
+        payload: &[u8],
+    ) {
         let published = Published {
             ssrc: opened.ssrc.into(),
             seq: opened.seq,
@@ -599,8 +606,7 @@ impl Room {
             audio_level: opened.audio_level,
             voice_activity: opened.voice_activity,
             video_orientation: opened.video_orientation,
-            payload: opened.payload,
-            opened: true,
+            body: Body::Opened(payload),
         };
         self.forward(now, key, &published);
     }
@@ -623,7 +629,7 @@ impl Room {
         let size = pkt.size as u64;
         self.stats.packets_in[kind] += 1;
         self.stats.bytes_in[kind] += size;
-        self.stats.direct_in[kind] += u64::from(pkt.opened);
+        self.stats.direct_in[kind] += u64::from(matches!(pkt.body, Body::Opened(_)));
         if let Some(level) = pkt.audio_level {
             track.audio_level.observe(level);
         }
@@ -639,8 +645,9 @@ impl Room {
                 s.aim(layer, self.load_layer_cap);
             }
         }
+        let bytes = pkt.body.bytes();
         let vp8 = if codec == CodecKind::Vp8 {
-            Vp8Header::parse(&pkt.payload)
+            Vp8Header::parse(bytes)
         } else {
             None
         };
@@ -648,10 +655,10 @@ impl Room {
             layer,
             seq: pkt.seq,
             timestamp: pkt.timestamp,
-            keyframe: codec.starts_keyframe(&pkt.payload),
+            keyframe: codec.starts_keyframe(bytes),
             vp8,
             svc: (codec == CodecKind::Vp9)
-                .then(|| Vp9Layer::parse(&pkt.payload))
+                .then(|| Vp9Layer::parse(bytes))
                 .flatten(),
             marker: pkt.marker,
             arrival: pkt.arrival,
@@ -666,7 +673,11 @@ impl Room {
             vp8,
         };
         let mut need_keyframe = false;
-        let mut sent_directly = false;
+        // The payload as the copies share it, made with the first copy that
+        // needs it: Relais's copies read it from the layer's buffers, str0m's
+        // from one shared copy of it.
+        let mut for_direct: Option<Payload> = None;
+        let mut for_str0m: Option<Arc<[u8]>> = None;
         for sub in &mut track.subscribers {
             // Until the subscriber's m-line is negotiated nothing can be sent: leave
             // its forwarder untouched so that what it first gets is a keyframe, not
@@ -707,27 +718,6 @@ impl Room {
                 self.stats.drop_packet(DropReason::NotNegotiated);
                 continue;
             };
-            let mut copy = ForwardedCopy {
-                ssrc: out_ssrc,
-                pt: out_pt,
-                seq: rewrite.seq,
-                timestamp: rewrite.timestamp,
-                wallclock: pkt.arrival,
-                marker: rewrite.marker,
-                nackable: is_video,
-                audio_level: pkt.audio_level,
-                voice_activity: pkt.voice_activity,
-                video_orientation: pkt.video_orientation,
-                payload: pkt.payload.clone(),
-                clock_rate: incoming.clock_rate,
-                source,
-                vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
-                    .then_some(Vp8Rewrite {
-                        picture_id: rewrite.vp8_picture_id,
-                        tl0_pic_idx: rewrite.vp8_tl0_pic_idx,
-                    }),
-                direct: false,
-            };
             // The stream exists: its SSRC was learnt from it, and it is stopped
             // only after this subscription is gone.
             let session = &mut s.subscriber;
@@ -736,17 +726,49 @@ impl Room {
             } else {
                 self.config.direct_audio
             };
-            if direct_kind && session.direct_ready() {
-                copy.direct = true;
-                sent_directly = true;
+            let direct = direct_kind && session.direct_ready();
+            let payload = if direct {
                 self.stats.direct_out[kind] += 1;
-            }
-            if is_video && !copy.direct && self.config.direct_video && session.direct.is_some() {
-                // str0m must not resend it on the RTX SSRC Relais numbers
-                // itself: two senders of one SSRC under one key could repeat
-                // an SRTP nonce. Lost, it costs a keyframe (PLI) instead.
-                copy.nackable = false;
-            }
+                let kept = &mut track.layers[layer].kept;
+                for_direct
+                    .get_or_insert_with(|| match &pkt.body {
+                        Body::Read(read) => Payload::Read(read.clone()),
+                        Body::Opened(opened) => kept.buffer(pkt.seq, opened),
+                    })
+                    .clone()
+            } else {
+                let shared = for_str0m.get_or_insert_with(|| match &pkt.body {
+                    Body::Read(read) => read.clone(),
+                    Body::Opened(opened) => Arc::from(*opened),
+                });
+                Payload::Read(shared.clone())
+            };
+            // str0m must not resend a video copy on the RTX SSRC Relais
+            // numbers itself: two senders of one SSRC under one key could
+            // repeat an SRTP nonce. Lost, it costs a keyframe (PLI) instead.
+            let nackable =
+                is_video && (direct || !self.config.direct_video || session.direct.is_none());
+            let copy = ForwardedCopy {
+                ssrc: out_ssrc,
+                pt: out_pt,
+                seq: rewrite.seq,
+                timestamp: rewrite.timestamp,
+                wallclock: pkt.arrival,
+                marker: rewrite.marker,
+                nackable,
+                audio_level: pkt.audio_level,
+                voice_activity: pkt.voice_activity,
+                video_orientation: pkt.video_orientation,
+                payload,
+                clock_rate: incoming.clock_rate,
+                source,
+                vp8: (rewrite.vp8_picture_id.is_some() || rewrite.vp8_tl0_pic_idx.is_some())
+                    .then_some(Vp8Rewrite {
+                        picture_id: rewrite.vp8_picture_id,
+                        tl0_pic_idx: rewrite.vp8_tl0_pic_idx,
+                    }),
+                direct,
+            };
             // Written when the session is next polled, with whatever else
             // the round wrote to it: the next timeout round drives it once
             // for a whole receive batch — on a fan-out helper, in a large
@@ -772,13 +794,13 @@ impl Room {
                 self.due_now.push((sub.subscriber, PeerRole::Subscriber));
             }
         }
-        if is_video && sent_directly {
-            // Kept for the subscribers' NACKs; a packet nobody was sent
-            // directly is not (a layer no one watches holds no memory).
-            let orientation = pkt.video_orientation;
+        if let Some(payload) = for_direct {
+            // Kept for the subscribers' NACKs (video), its buffer for a later
+            // packet; a packet nobody was sent directly is not (a layer no one
+            // is sent directly holds no memory).
             track.layers[layer]
                 .kept
-                .keep(source, &pkt.payload, orientation);
+                .keep(source, payload, pkt.video_orientation);
         }
         if need_keyframe {
             self.request_keyframe(now, &sid);
@@ -831,7 +853,7 @@ impl Room {
 
 /// A published RTP packet as the forwarding reads it, whichever path it
 /// came by.
-pub(crate) struct Published {
+pub(crate) struct Published<'a> {
     ssrc: Ssrc,
     /// Extended past 16 bits.
     seq: u64,
@@ -843,9 +865,24 @@ pub(crate) struct Published {
     audio_level: Option<i8>,
     voice_activity: Option<bool>,
     video_orientation: Option<VideoOrientation>,
-    payload: Arc<[u8]>,
-    /// Relais opened it itself ([`crate::ingress`]), not str0m.
-    opened: bool,
+    body: Body<'a>,
+}
+
+/// A published packet's payload as it came in.
+enum Body<'a> {
+    /// Read by str0m, shared already.
+    Read(Arc<[u8]>),
+    /// Opened by Relais ([`crate::ingress`]), in the room's buffer.
+    Opened(&'a [u8]),
+}
+
+impl Body<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Read(read) => read,
+            Body::Opened(opened) => opened,
+        }
+    }
 }
 
 /// From now on Relais reads the publisher's stream `ssrc` itself, if the

@@ -155,8 +155,8 @@ pub(crate) struct Layer {
     pub(crate) rid: Option<Rid>,
     pub(crate) ssrc: Option<Ssrc>,
     pub(crate) last_seen: Option<Instant>,
-    /// Video with direct egress: the layer's last packets, for subscribers'
-    /// NACKs.
+    /// With direct egress: the layer's last packets, for subscribers' NACKs
+    /// (video), and the buffers they were opened into, for the next.
     pub(crate) kept: TrackHistory,
 }
 
@@ -328,6 +328,10 @@ pub struct Room {
     /// leave in the next round (not waiting for the rest of their frame);
     /// what [`Room::handle_receive`] reports is the difference it made.
     copies_leaving: u64,
+    /// The payload of the publisher's packet being opened
+    /// ([`crate::ingress`]), in one buffer all packets reuse: copied from it
+    /// only if it is forwarded ([`crate::payload`]).
+    opened: Vec<u8>,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
     pub(crate) span: SharedSpan,
@@ -388,6 +392,7 @@ impl Room {
             server_rpcs: Default::default(),
             stats: MediaStats::default(),
             copies_leaving: 0,
+            opened: Vec::new(),
             span,
         }
     }

@@ -219,6 +219,10 @@ pub struct LocalTrack {
     /// Video: the rotation each frame's last packet says (as a phone held
     /// sideways sends it), if any.
     pub orientation: Option<VideoOrientation>,
+    /// Packets a delta frame takes (a keyframe twice as many); video only.
+    pub packets_per_frame: u32,
+    /// Between frames: 20 ms of audio, a 30th of a second of video.
+    pub frame_interval: Duration,
 }
 
 /// One simulcast layer of a [`LocalTrack`].
@@ -325,13 +329,11 @@ impl LocalTrack {
             sent_at: Vec::new(),
             simulcast: Vec::new(),
             orientation: None,
-        }
-    }
-
-    fn interval(&self) -> Duration {
-        match self.kind {
-            MediaKind::Audio => Duration::from_millis(20),
-            MediaKind::Video => Duration::from_micros(33_333),
+            packets_per_frame: 2,
+            frame_interval: match kind {
+                MediaKind::Audio => Duration::from_millis(20),
+                MediaKind::Video => Duration::from_micros(33_333),
+            },
         }
     }
 }
@@ -536,6 +538,10 @@ pub struct Sim {
     pub shard_timeouts: Vec<Instant>,
     /// When RTP reached the shard.
     pub rtp_to_shard: Vec<Instant>,
+    /// Called with true before each call that hands the shard work and with
+    /// false after it: a test can tell what the shard does from what the
+    /// simulated clients do on the same thread.
+    pub shard_scope: fn(bool),
 }
 
 impl Default for Sim {
@@ -574,6 +580,7 @@ impl Sim {
             next_key: 1,
             steps: 0,
             copies_written: 0,
+            shard_scope: |_| {},
         }
     }
 
@@ -826,7 +833,9 @@ impl Sim {
         // Signal messages, client → server.
         while self.to_server.front().is_some_and(|(t, _, _)| *t <= now) {
             let (_, key, req) = self.to_server.pop_front().unwrap();
+            (self.shard_scope)(true);
             self.shard.handle_signal(now, key, req);
+            (self.shard_scope)(false);
             self.collect_shard();
         }
         // Signal messages, server → client.
@@ -839,7 +848,9 @@ impl Sim {
         // Timers.
         if self.shard.poll_timeout().is_some_and(|t| t <= now) {
             self.shard_timeouts.push(now);
+            (self.shard_scope)(true);
             self.shard.handle_timeout(now);
+            (self.shard_scope)(false);
             self.collect_shard();
         }
         for index in 0..self.clients.len() {
@@ -868,6 +879,7 @@ impl Sim {
             if rtp_info(&d.contents).is_some() {
                 self.rtp_to_shard.push(now);
             }
+            (self.shard_scope)(true);
             self.copies_written += self.shard.handle_datagram(
                 now,
                 Protocol::Udp,
@@ -875,6 +887,7 @@ impl Sim {
                 d.destination,
                 &d.contents,
             );
+            (self.shard_scope)(false);
             self.collect_shard();
             return;
         }
@@ -1277,7 +1290,7 @@ impl Sim {
             if at > now {
                 continue;
             }
-            t.next_send = Some(at + t.interval());
+            t.next_send = Some(at + t.frame_interval);
             let frame = t.frames_sent;
             t.frames_sent += 1;
             let pt = t.pt.unwrap();
@@ -1319,14 +1332,16 @@ impl Sim {
                     t.sent.push((t.seq, frame, false));
                     t.sent_at.push(now);
                     t.seq += 1;
-                    t.timestamp = t.timestamp.wrapping_add(960);
+                    t.timestamp = t
+                        .timestamp
+                        .wrapping_add((t.frame_interval.as_micros() * 48 / 1000) as u32);
                 }
                 MediaKind::Video => {
                     let key = std::mem::take(&mut t.force_keyframe);
                     if key {
                         t.keyframes.push(frame);
                     }
-                    let count = if key { 4 } else { 2 };
+                    let count = t.packets_per_frame * if key { 2 } else { 1 };
                     for i in 0..count {
                         let first = i == 0;
                         let mut payload = vp8_payload(t.picture_id, first, key, 200, 0x55);
