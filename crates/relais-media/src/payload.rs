@@ -14,6 +14,10 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+/// What a buffer's capacity is rounded up to: a video layer's packets
+/// (up to ~1,200 bytes) differ by less, an audio packet fits one step.
+const CAPACITY_STEP: usize = 256;
+
 /// A published packet's payload, shared by its copies and its layer's kept
 /// packets.
 #[derive(Clone)]
@@ -31,11 +35,14 @@ impl Payload {
         let mut buffer = match buffer {
             // Only a holder could make another: the count cannot rise again.
             Some(Payload::Reused(shared)) if Arc::strong_count(&shared) == 1 => shared,
-            // Rounded up, so that the next packets in it rarely need more.
-            _ => Arc::new(Vec::with_capacity(payload.len().next_power_of_two())),
+            _ => Arc::new(Vec::new()),
         };
         let bytes = Arc::get_mut(&mut buffer).expect("held by nothing else");
         bytes.clear();
+        if bytes.capacity() < payload.len() {
+            // Rounded up, so that the packets after it rarely need more.
+            bytes.reserve_exact(payload.len().next_multiple_of(CAPACITY_STEP));
+        }
         bytes.extend_from_slice(payload);
         Payload::Reused(buffer)
     }
