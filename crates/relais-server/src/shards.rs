@@ -633,12 +633,13 @@ struct OwnSocket {
     doorbell: Arc<Doorbell>,
     /// Which of the socket and the queue to look at first next time.
     socket_first: bool,
-    /// The last read found the socket empty: it is not read again until
-    /// `ppoll` says it is readable. A round ends when a read finds nothing;
-    /// without this, the shard's next look for work, right after the round,
-    /// would make another read that finds nothing, before it sleeps. Nor is it
-    /// read after a sleep that a ring or the timeout ended with the socket
-    /// still empty.
+    /// The last read emptied the socket (it returned fewer datagrams than it
+    /// asked for, which `recvmmsg` does only when no more were queued): it is
+    /// not read again until `ppoll` says it is readable. At light load a wake-up
+    /// brings one datagram; without this the round would end with a second
+    /// read that finds nothing, a system call per wake-up for no datagram.
+    /// Nor is the socket read after a sleep that a ring or the timeout ended
+    /// with it still empty.
     drained: bool,
     /// Buffers of handled datagrams, for the next reads (see [`OWN_SPARE_BUFFERS`]).
     spare: Vec<Vec<u8>>,
@@ -687,6 +688,32 @@ impl ShardHandle {
 
     pub fn remove(&self, reason: DisconnectReason) {
         self.sender.send(Command::Remove(self.key, reason));
+    }
+}
+
+#[cfg(test)]
+impl ShardHandle {
+    /// A handle to no shard, for tests: returns it and a way to read why the
+    /// participant was removed through it, once it was.
+    pub(crate) fn detached(
+        key: ParticipantKey,
+    ) -> (ShardHandle, impl Fn() -> Option<DisconnectReason>) {
+        let (commands, queue) = channel::unbounded();
+        let handle = ShardHandle {
+            sender: CommandQueue {
+                commands,
+                doorbell: None,
+            },
+            key,
+            span: Span::none(),
+        };
+        let removed = move || {
+            queue.try_iter().find_map(|command| match command {
+                Command::Remove(_, reason) => Some(reason),
+                _ => None,
+            })
+        };
+        (handle, removed)
     }
 }
 
@@ -787,7 +814,7 @@ impl Inbox {
                 || spare.pop().unwrap_or_else(|| pool.buffer()),
                 |datagram, _| current.push_back(datagram),
             );
-            own.drained = count == 0;
+            own.drained = count < udp::BATCH;
         }
     }
 
@@ -1321,35 +1348,45 @@ mod tests {
     }
 
     #[test]
-    fn a_socket_found_empty_is_read_again_only_after_a_poll() {
+    fn a_socket_emptied_is_read_again_only_after_a_poll() {
         let (mut inbox, _queue, _command_tx, local) = inbox_with_own_socket();
         let reads = |inbox: &Inbox| inbox.own_socket.as_ref().unwrap().reader.metrics.syscalls;
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        // A read that takes all that is queued (fewer than a batch) emptied
+        // the socket: the next look does not read again, a poll must say
+        // that something came (and finds what arrived in between).
         peer.send_to(&[0], local).unwrap();
         assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [0]));
-        // While the socket has datagrams, each look at it reads: a datagram
-        // that arrived meanwhile joins the round.
+        assert_eq!(reads(&inbox), 1);
         peer.send_to(&[1], local).unwrap();
-        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [1]));
-        assert_eq!(reads(&inbox), 2);
-        // The read that ends the round finds it empty; the next look does not
-        // read again, it polls (and finds what arrived in between).
         assert!(inbox.try_next().is_none());
-        assert_eq!(reads(&inbox), 3);
-        peer.send_to(&[2], local).unwrap();
-        assert!(inbox.try_next().is_none());
-        assert_eq!(reads(&inbox), 3);
+        assert_eq!(reads(&inbox), 1);
         let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_secs(5)) else {
             panic!("the poll did not see the datagram");
         };
-        assert_eq!(d.data, [2]);
+        assert_eq!(d.data, [1]);
+        assert_eq!(reads(&inbox), 2);
+        // A full batch may have left more behind: the next look reads again.
+        for i in 0..=udp::BATCH {
+            peer.send_to(&[i as u8], local).unwrap();
+        }
+        let Ok(Some(Work::Datagram(d))) = inbox.next(Duration::from_secs(5)) else {
+            panic!("the poll did not see the datagrams");
+        };
+        assert_eq!(d.data, [0]);
+        assert_eq!(reads(&inbox), 3);
+        for i in 1..udp::BATCH {
+            assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [i as u8]));
+        }
+        assert_eq!(reads(&inbox), 3);
+        let last = udp::BATCH as u8;
+        assert!(matches!(inbox.try_next(), Some(Work::Datagram(d)) if d.data == [last]));
         assert_eq!(reads(&inbox), 4);
-        // The socket is empty again: the round's last look reads and finds
-        // nothing; a sleep that the timeout ends saw nothing and reads nothing.
+        // Nothing is queued: no read, and a sleep that the timeout ends saw
+        // nothing and reads nothing.
         assert!(inbox.try_next().is_none());
-        assert_eq!(reads(&inbox), 5);
         assert!(matches!(inbox.next(Duration::from_millis(20)), Ok(None)));
-        assert_eq!(reads(&inbox), 5);
+        assert_eq!(reads(&inbox), 4);
     }
 
     #[test]

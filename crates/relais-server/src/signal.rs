@@ -2,15 +2,17 @@
 //! answers pings itself (they never reach the room), and writes the room's
 //! `SignalResponse`s in the encoding of the last frame the client sent.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{Sink, Stream, StreamExt};
 use prost::Message as _;
 use relais_proto::livekit::{
     leave_request, signal_request, signal_response, DisconnectReason, LeaveRequest, Pong,
     SignalRequest, SignalResponse,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
+// The runtime's clock, which tests can pause and advance.
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -161,8 +163,15 @@ impl Connection {
         }
     }
 
+    /// When the connection is dead unless the client is heard before.
+    fn deadline(&self) -> Instant {
+        self.last_heard + self.ping_timeout
+    }
+
+    /// At the deadline: the end of the connection, or `Continue` if the
+    /// client was heard since the deadline was set (then it moves on).
     fn liveness(&self) -> Step {
-        if self.last_heard.elapsed() <= self.ping_timeout {
+        if Instant::now() < self.deadline() {
             return Step::Continue;
         }
         debug!(key = ?self.key, "no signal message within ping timeout");
@@ -191,12 +200,21 @@ impl Connection {
 }
 
 /// Serve the WebSocket until either side ends the session.
-pub async fn run(
-    socket: Socket,
+///
+/// A client that sends nothing for `ping_timeout` is gone: one timer per
+/// connection, set for that deadline and moved on when it fires early
+/// (a client pings every `ping_interval`, a third of the timeout), so that
+/// a live connection costs a timer wake-up per timeout, not one a second.
+pub async fn run<S>(
+    socket: S,
     room: ShardHandle,
     mut from_room: UnboundedReceiver<ToSignal>,
     ping_timeout: Duration,
-) {
+) where
+    S: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin,
+{
     let (mut sink, mut stream) = socket.split();
     let mut connection = Connection {
         key: room.key(),
@@ -204,12 +222,16 @@ pub async fn run(
         last_heard: Instant::now(),
         ping_timeout,
     };
-    let mut liveness = tokio::time::interval(Duration::from_secs(1));
+    let deadline = tokio::time::sleep_until(connection.deadline());
+    tokio::pin!(deadline);
     loop {
         let step = tokio::select! {
             incoming = stream.next() => connection.incoming(incoming, &room),
             outgoing = from_room.recv() => connection.outgoing(outgoing),
-            _ = liveness.tick() => connection.liveness(),
+            () = &mut deadline => {
+                deadline.as_mut().reset(connection.deadline());
+                connection.liveness()
+            }
         };
         match step {
             Step::Continue => {}
@@ -252,4 +274,71 @@ fn close(code: CloseCode, reason: &'static str) -> Message {
         code,
         reason: reason.into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::SinkExt;
+    use relais_media::ParticipantKey;
+    use relais_proto::livekit::signal_request;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::WebSocketStream;
+
+    const TIMEOUT: Duration = Duration::from_secs(15);
+
+    fn ping(at: i64) -> Message {
+        let request = SignalRequest {
+            message: Some(signal_request::Message::Ping(at)),
+        };
+        Message::Binary(request.encode_to_vec().into())
+    }
+
+    /// A connection the client keeps alive with pings lives on; once the
+    /// client goes silent it ends at the timeout after the last message
+    /// heard, with a leave and a close, and the participant is removed.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_gone_at_the_timeout_and_a_pinging_one_stays() {
+        let (server_io, client_io) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+        let (room, removed) = ShardHandle::detached(ParticipantKey(7));
+        let (_to_signal, from_room) = tokio::sync::mpsc::unbounded_channel();
+        let served = tokio::spawn(run(server, room, from_room, TIMEOUT));
+
+        // Pings every 5 s for a minute, each answered with a pong.
+        for i in 0..12 {
+            client.send(ping(i)).await.unwrap();
+            let Some(Ok(Message::Binary(reply))) = client.next().await else {
+                panic!("no pong");
+            };
+            let reply = SignalResponse::decode(reply.as_ref()).unwrap();
+            assert!(matches!(
+                reply.message,
+                Some(signal_response::Message::Pong(_))
+            ));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        assert!(!served.is_finished());
+        assert_eq!(removed(), None);
+
+        // Silence from here: the last message was heard 5 s ago.
+        let silent_since = Instant::now() - Duration::from_secs(5);
+        let Some(Ok(Message::Binary(leave))) = client.next().await else {
+            panic!("no leave");
+        };
+        let gone_after = Instant::now() - silent_since;
+        assert!(
+            gone_after >= TIMEOUT && gone_after < TIMEOUT + Duration::from_millis(10),
+            "ended {gone_after:?} after the last message"
+        );
+        let leave = SignalResponse::decode(leave.as_ref()).unwrap();
+        assert!(matches!(
+            leave.message,
+            Some(signal_response::Message::Leave(_))
+        ));
+        assert!(matches!(client.next().await, Some(Ok(Message::Close(_)))));
+        served.await.unwrap();
+        assert_eq!(removed(), Some(DisconnectReason::SignalClose));
+    }
 }
