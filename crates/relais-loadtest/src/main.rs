@@ -525,8 +525,8 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         sum.frame_latency_ms_p50 = percentile(&frames, 50.0).map(ms);
         sum.frame_latency_ms_p99 = percentile(&frames, 99.0).map(ms);
     }
-    if let (Some(a), Some(b)) = (s0.server, s1.server) {
-        let cpu = b.cpu_seconds - a.cpu_seconds;
+    if let (Some(a), Some(b)) = (&s0.server, &s1.server) {
+        let cpu = b.cpu_seconds_since(a);
         sum.server_cpu_seconds = Some(cpu);
         sum.server_cpu_percent = Some(100.0 * cpu / secs);
         if cpu > 0.0 {
@@ -539,7 +539,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         let ok = sum.joins_ok.max(1) as f64;
         sum.server_rss_per_participant_kib =
             Some((joined.rss_kib as f64 - before.rss_kib as f64) / ok);
-        sum.server_cpu_ms_per_join = Some((joined.cpu_seconds - before.cpu_seconds) * 1e3 / ok);
+        sum.server_cpu_ms_per_join = Some(joined.cpu_seconds_since(&before) * 1e3 / ok);
     }
     sum.server_peak_rss_kib = server_end.map(|s| s.hwm_kib);
     Ok(sum)
