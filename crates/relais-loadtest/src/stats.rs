@@ -313,7 +313,7 @@ mod tests {
     fn cpu_since_counts_nanoseconds_and_new_threads_and_falls_back_to_ticks() {
         let pid = std::process::id();
         let before = proc_sample(pid).unwrap();
-        assert!(before.threads.len() >= 1);
+        assert!(!before.threads.is_empty());
         // 35 ms on this thread and 25 ms on a thread that starts and stays
         // alive: at least 60 ms (other tests' threads may add theirs), in
         // nanoseconds, not in 10 ms ticks.
