@@ -290,19 +290,17 @@ mod tests {
         assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
     }
 
-    /// This thread's CPU time, nanoseconds.
-    fn thread_ns() -> u64 {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: writes a live timespec.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-    }
-
     /// Use `ms` of CPU time on this thread (however long that takes).
     fn spin(ms: u64) {
+        let thread_ns = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: writes a live timespec.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
         let until = thread_ns() + ms * 1_000_000;
         while thread_ns() < until {
             std::hint::black_box(0);
@@ -310,40 +308,41 @@ mod tests {
     }
 
     #[test]
-    fn cpu_since_counts_nanoseconds_and_new_threads_and_falls_back_to_ticks() {
-        let pid = std::process::id();
-        let before = proc_sample(pid).unwrap();
-        assert!(!before.threads.is_empty());
-        // 35 ms on this thread and 25 ms on a thread that starts and stays
-        // alive: at least 60 ms (other tests' threads may add theirs), in
-        // nanoseconds, not in 10 ms ticks.
+    fn each_thread_is_read_in_nanoseconds() {
+        // SAFETY: no preconditions.
+        let me = unsafe { libc::gettid() } as u32;
         spin(35);
-        let (started, stop) = (
-            std::sync::mpsc::channel::<()>(),
-            std::sync::mpsc::channel::<()>(),
-        );
-        let (started_tx, started_rx) = started;
-        let (stop_tx, stop_rx) = stop;
-        let helper = std::thread::spawn(move || {
-            spin(25);
-            started_tx.send(()).unwrap();
-            let _ = stop_rx.recv();
-        });
-        started_rx.recv().unwrap();
-        let after = proc_sample(pid).unwrap();
-        let used = after.cpu_seconds_since(&before);
-        assert!(used >= 0.06, "{used}");
-        assert_ne!((used * 100.0).fract(), 0.0, "{used} s: whole ticks");
-        stop_tx.send(()).unwrap();
-        helper.join().unwrap();
-        // A thread of `before` that is gone: the ticks decide.
-        let mut gone = before.clone();
-        gone.threads.push((u32::MAX, 0));
-        let later = proc_sample(pid).unwrap();
-        assert_eq!(
-            later.cpu_seconds_since(&gone),
-            later.cpu_seconds - gone.cpu_seconds
-        );
+        let sample = proc_sample(std::process::id()).unwrap();
+        let (_, ns) = sample
+            .threads
+            .iter()
+            .find(|(tid, _)| *tid == me)
+            .expect("this thread listed");
+        assert!(*ns >= 35_000_000, "{ns} ns");
+        assert!(sample.threads.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    fn sample(ticks: f64, threads: &[(u32, u64)]) -> ProcSample {
+        ProcSample {
+            cpu_seconds: ticks,
+            threads: threads.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cpu_since_counts_nanoseconds_and_new_threads_and_falls_back_to_ticks() {
+        let before = sample(1.20, &[(10, 1_000_000_000), (11, 500)]);
+        // Thread 10 used 60 ms, 11 nothing, 12 is new with 25 ms: 85 ms,
+        // where the ticks say 80.
+        let after = sample(1.28, &[(10, 1_060_000_000), (11, 500), (12, 25_000_000)]);
+        assert!((after.cpu_seconds_since(&before) - 0.085).abs() < 1e-12);
+        // Thread 11 died: its time since `before` is in the ticks only.
+        let later = sample(1.31, &[(10, 1_070_000_000), (12, 26_000_000)]);
+        assert!((later.cpu_seconds_since(&before) - 0.11).abs() < 1e-12);
+        // No threads read (another system): the ticks.
+        let unread = sample(1.00, &[]);
+        assert!((after.cpu_seconds_since(&unread) - 0.28).abs() < 1e-12);
     }
 
     #[test]
