@@ -20,9 +20,17 @@ use crate::rtp_header::{extend_seq, RtpHeader};
 /// The header extension's URI.
 pub(crate) const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
-/// How long the first unreported arrival waits for its feedback (str0m's
-/// interval, which the clients were seen to do well with).
-pub(crate) const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
+/// When feedback goes: LiveKit's cadence, which every LiveKit client's
+/// congestion control is used to. It leaves with an arrival — never on a
+/// timer of its own, which at light load woke the shard for little else —
+/// once more than [`FEEDBACK_MIN_ARRIVALS`] are unreported and
+/// [`FEEDBACK_INTERVAL`] has passed since the last feedback, or
+/// [`FEEDBACK_INTERVAL_AT_FRAME_END`] if the arrival ends a video frame (its
+/// marker bit), or at once past [`FEEDBACK_MAX_ARRIVALS`].
+const FEEDBACK_INTERVAL: Duration = Duration::from_millis(100);
+const FEEDBACK_INTERVAL_AT_FRAME_END: Duration = Duration::from_millis(50);
+const FEEDBACK_MIN_ARRIVALS: usize = 20;
+const FEEDBACK_MAX_ARRIVALS: usize = 100;
 /// Most numbers one feedback reports: it stays well under an MTU. A longer
 /// gap after the last one reported (a client that stalled or restarted) is
 /// skipped rather than reported number by number as lost.
@@ -51,8 +59,15 @@ pub(crate) struct TransportFeedback {
     next: Option<u64>,
     /// Feedback packet count (8 bits, wraps).
     count: u8,
-    /// When the next feedback is due: set by the first unreported arrival.
+    /// When the last feedback went.
+    last_sent: Option<Instant>,
+    /// When the next feedback is due: set by the arrival that completes one.
     due: Option<Instant>,
+    /// The last feedback's statuses, deltas and packet: buffers kept, as the
+    /// feedback's rate follows the packets'.
+    symbols: Vec<Status>,
+    deltas: Vec<u8>,
+    packet: Vec<u8>,
 }
 
 impl TransportFeedback {
@@ -66,7 +81,11 @@ impl TransportFeedback {
             highest: None,
             next: None,
             count: 0,
+            last_sent: None,
             due: None,
+            symbols: Vec::new(),
+            deltas: Vec::new(),
+            packet: Vec::new(),
         }
     }
 
@@ -82,8 +101,8 @@ impl TransportFeedback {
     }
 
     /// Note a datagram from the publisher: if it is RTP with a transport-wide
-    /// number, its arrival. The first unreported one makes the feedback due
-    /// [`FEEDBACK_INTERVAL`] later ([`TransportFeedback::due`]).
+    /// number, its arrival, which may make the feedback due now
+    /// ([`FEEDBACK_INTERVAL`], [`TransportFeedback::due`]).
     pub(crate) fn record(&mut self, datagram: &[u8], now: Instant) {
         let Some(seq) = transport_seq(datagram, self.ext_id) else {
             return;
@@ -96,12 +115,25 @@ impl TransportFeedback {
             return;
         }
         self.pending.push((extended, now));
-        self.due.get_or_insert(now + FEEDBACK_INTERVAL);
+        let held = self.pending.len();
+        if self.due.is_some() || held <= FEEDBACK_MIN_ARRIVALS {
+            return;
+        }
+        let since = self
+            .last_sent
+            .map_or(Duration::MAX, |at| now.saturating_duration_since(at));
+        let frame_end = datagram[1] & 0x80 != 0;
+        if since >= FEEDBACK_INTERVAL
+            || (frame_end && since >= FEEDBACK_INTERVAL_AT_FRAME_END)
+            || held > FEEDBACK_MAX_ARRIVALS
+        {
+            self.due = Some(now);
+        }
     }
 
-    /// The feedback due at `now`, as a plain RTCP packet (to be protected);
-    /// more arrivals than one packet reports leave the rest due at once.
-    pub(crate) fn poll_feedback(&mut self, now: Instant) -> Option<Vec<u8>> {
+    /// The feedback due at `now`, as a plain RTCP packet (to be protected in
+    /// place); more arrivals than one packet reports leave the rest due at once.
+    pub(crate) fn poll_feedback(&mut self, now: Instant) -> Option<&mut Vec<u8>> {
         if self.due.is_none_or(|due| due > now) {
             return None;
         }
@@ -120,29 +152,33 @@ impl TransportFeedback {
         let last = base + MAX_STATUSES - 1;
         let reported = self.pending.partition_point(|&(seq, _)| seq <= last);
         let end = self.pending[reported - 1].0;
-        let packet = self.encode(base, end, &self.pending[..reported]);
+        self.encode(base, end, reported);
         self.pending.drain(..reported);
         self.next = Some(end + 1);
         self.count = self.count.wrapping_add(1);
+        self.last_sent = Some(now);
         if !self.pending.is_empty() {
             self.due = Some(now);
         }
-        Some(packet)
+        Some(&mut self.packet)
     }
 
-    /// One feedback packet: numbers `base..=end`, of which `received` (sorted,
-    /// within the range) arrived.
-    fn encode(&self, base: u64, end: u64, received: &[(u64, Instant)]) -> Vec<u8> {
+    /// One feedback packet into `self.packet`: numbers `base..=end`, of which
+    /// the first `reported` pending ones (sorted, within the range) arrived.
+    fn encode(&mut self, base: u64, end: u64, reported: usize) {
+        let received = &self.pending[..reported];
+        let (symbols, deltas, out) = (&mut self.symbols, &mut self.deltas, &mut self.packet);
         let statuses = (end - base + 1) as usize;
-        let ticks = |at: Instant| {
-            (at.saturating_duration_since(self.epoch).as_micros() / TICK_MICROS) as i64
-        };
+        let epoch = self.epoch;
+        let ticks =
+            |at: Instant| (at.saturating_duration_since(epoch).as_micros() / TICK_MICROS) as i64;
         let reference = ticks(received[0].1) / TICKS_PER_REFERENCE;
         // Each delta is from the previous arrival as the receiver will
         // rebuild it, so that a clamped delta does not shift those after it.
         let mut previous = reference * TICKS_PER_REFERENCE;
-        let mut symbols = vec![Status::NotReceived; statuses];
-        let mut deltas = Vec::with_capacity(received.len() + 8);
+        symbols.clear();
+        symbols.resize(statuses, Status::NotReceived);
+        deltas.clear();
         for &(seq, at) in received {
             let delta = (ticks(at) - previous).clamp(i64::from(i16::MIN), i64::from(i16::MAX));
             previous += delta;
@@ -155,7 +191,7 @@ impl TransportFeedback {
                 deltas.extend_from_slice(&(delta as i16).to_be_bytes());
             }
         }
-        let mut out = Vec::with_capacity(20 + statuses + deltas.len());
+        out.clear();
         // V=2, FMT=15; PT=205 (transport layer feedback); the length last.
         out.extend_from_slice(&[0x80 | 15, 205, 0, 0]);
         out.extend_from_slice(&self.sender_ssrc.to_be_bytes());
@@ -164,8 +200,8 @@ impl TransportFeedback {
         out.extend_from_slice(&(statuses as u16).to_be_bytes());
         let reference = (reference as u32 & 0x00ff_ffff).to_be_bytes();
         out.extend_from_slice(&[reference[1], reference[2], reference[3], self.count]);
-        write_chunks(&symbols, &mut out);
-        out.extend_from_slice(&deltas);
+        write_chunks(symbols, out);
+        out.extend_from_slice(deltas);
         // Padding to a word, its length in its last byte (RFC 3550 §6.4.1).
         let padding = (4 - out.len() % 4) % 4;
         if padding > 0 {
@@ -175,7 +211,6 @@ impl TransportFeedback {
         }
         let words = (out.len() / 4 - 1) as u16;
         out[2..4].copy_from_slice(&words.to_be_bytes());
-        out
     }
 }
 
@@ -362,6 +397,28 @@ mod tests {
         p
     }
 
+    /// `numbered`, with the marker bit that ends a video frame.
+    fn frame_end(id: u8, seq: u16) -> Vec<u8> {
+        let mut p = numbered(id, seq);
+        p[1] |= 0x80;
+        p
+    }
+
+    /// Arrivals `seqs`, `gap` apart from `from`; returns the last one's time.
+    fn arrive(
+        feedback: &mut TransportFeedback,
+        seqs: std::ops::Range<u16>,
+        from: Instant,
+        gap: Duration,
+    ) -> Instant {
+        let mut at = from;
+        for (i, seq) in seqs.enumerate() {
+            at = from + gap * i as u32;
+            feedback.record(&numbered(3, seq), at);
+        }
+        at
+    }
+
     /// The feedback as str0m reads it: (number, arrival) for each status.
     fn parse(packet: &[u8], epoch: Instant, near: u64) -> (Vec<(u64, Option<Duration>)>, u8) {
         assert_eq!(packet.len() % 4, 0);
@@ -425,14 +482,14 @@ mod tests {
         for &(seq, at) in &arrivals {
             feedback.record(&numbered(3, seq), t0 + ms(at));
         }
-        assert_eq!(feedback.due(), Some(t0 + FEEDBACK_INTERVAL));
-        assert!(feedback.poll_feedback(t0 + ms(10)).is_none(), "not yet due");
-        let packet = feedback
-            .poll_feedback(t0 + ms(1_006) + FEEDBACK_INTERVAL)
-            .expect("due");
+        assert_eq!(feedback.due(), None, "too few arrivals yet");
+        assert!(feedback.poll_feedback(t0 + ms(1_010)).is_none());
+        // What is reported, and how, does not depend on when it goes.
+        feedback.due = Some(t0 + ms(1_010));
+        let packet = feedback.poll_feedback(t0 + ms(1_010)).expect("due");
         assert_eq!(packet[4..8], 42u32.to_be_bytes(), "sender SSRC");
         assert_eq!(packet[8..12], 0xcafebabeu32.to_be_bytes(), "media SSRC");
-        let (statuses, count) = parse(&packet, epoch, 65534);
+        let (statuses, count) = parse(packet, epoch, 65534);
         assert_eq!(count, 0);
         let seqs: Vec<u16> = statuses.iter().map(|&(seq, _)| seq as u16).collect();
         assert_eq!(seqs, [65534, 65535, 0, 1, 2, 3, 4, 5]);
@@ -454,24 +511,73 @@ mod tests {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
         let mut feedback = TransportFeedback::new(3, 42, epoch);
-        for seq in 10..20u16 {
-            feedback.record(&numbered(3, seq), epoch + ms(u64::from(seq)));
-        }
-        let first = feedback.poll_feedback(epoch + ms(100)).expect("due");
-        assert_eq!(parse(&first, epoch, 10).0.len(), 10);
-        // 9 comes late (before what was reported: dropped); 22 and 21
-        // arrive, 20 never does.
+        let last = arrive(&mut feedback, 10..31, epoch, ms(1));
+        let first = feedback.poll_feedback(last).expect("due");
+        assert_eq!(parse(first, epoch, 10).0.len(), 21);
+        // 9 comes late (before what was reported: dropped); 33 and 32
+        // arrive, 31 never does, then 34 to 52.
         feedback.record(&numbered(3, 9), epoch + ms(101));
-        feedback.record(&numbered(3, 22), epoch + ms(102));
-        feedback.record(&numbered(3, 21), epoch + ms(103));
-        let second = feedback.poll_feedback(epoch + ms(200)).expect("due");
-        let (statuses, count) = parse(&second, epoch, 20);
+        feedback.record(&numbered(3, 33), epoch + ms(102));
+        feedback.record(&numbered(3, 32), epoch + ms(103));
+        let last = arrive(&mut feedback, 34..53, epoch + ms(104), ms(1));
+        let second = feedback.poll_feedback(last).expect("due");
+        let (statuses, count) = parse(second, epoch, 31);
         assert_eq!(count, 1);
         let seqs: Vec<u64> = statuses.iter().map(|&(seq, _)| seq % 0x1_0000).collect();
-        assert_eq!(seqs, [20, 21, 22], "from where the first ended");
-        assert_eq!(statuses[0].1, None, "20 lost");
+        assert_eq!(
+            seqs,
+            (31..53).collect::<Vec<_>>(),
+            "from where the first ended"
+        );
+        assert_eq!(statuses[0].1, None, "31 lost");
         assert_eq!(statuses[1].1, Some(ms(103)));
         assert_eq!(statuses[2].1, Some(ms(102)));
+    }
+
+    #[test]
+    fn feedback_goes_with_an_arrival_at_livekits_cadence() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        let mut feedback = TransportFeedback::new(3, 42, epoch);
+        // Twenty arrivals are not enough, however long they take.
+        let last = arrive(&mut feedback, 0..20, epoch, ms(10));
+        assert_eq!(feedback.due(), None);
+        // The first feedback goes with the twenty-first.
+        feedback.record(&numbered(3, 20), last + ms(1));
+        assert_eq!(feedback.due(), Some(last + ms(1)), "due at that arrival");
+        let sent = last + ms(1);
+        assert!(feedback.poll_feedback(sent).is_some());
+        assert_eq!(feedback.due(), None);
+        // Then 100 ms after the last feedback: 30 arrivals in 90 ms wait.
+        let last = arrive(&mut feedback, 21..51, sent + ms(3), ms(3));
+        assert_eq!(last, sent + ms(90));
+        assert_eq!(feedback.due(), None, "only 90 ms since the last");
+        feedback.record(&numbered(3, 51), sent + ms(100));
+        assert_eq!(feedback.due(), Some(sent + ms(100)));
+        let sent = sent + ms(100);
+        assert!(feedback.poll_feedback(sent).is_some());
+        // A frame's end goes after 50 ms: not at 40, but at 55.
+        let last = arrive(&mut feedback, 52..73, sent + ms(1), ms(1));
+        feedback.record(&frame_end(3, 73), sent + ms(40));
+        assert_eq!(
+            feedback.due(),
+            None,
+            "{last:?}: a frame's end, but too soon"
+        );
+        feedback.record(&frame_end(3, 74), sent + ms(55));
+        assert_eq!(feedback.due(), Some(sent + ms(55)));
+        let sent = sent + ms(55);
+        assert!(feedback.poll_feedback(sent).is_some());
+        // A burst goes at once past 100 arrivals, however soon.
+        arrive(&mut feedback, 75..175, sent, Duration::ZERO);
+        assert_eq!(feedback.due(), None, "100 arrivals");
+        feedback.record(&numbered(3, 175), sent);
+        assert_eq!(feedback.due(), Some(sent), "101");
+        let (statuses, _) = parse(feedback.poll_feedback(sent).expect("due"), epoch, 75);
+        assert_eq!(statuses.len(), 101);
+        // Nothing is due without arrivals: no timer of its own.
+        assert_eq!(feedback.due(), None);
+        assert!(feedback.poll_feedback(sent + ms(10_000)).is_none());
     }
 
     #[test]
@@ -479,15 +585,15 @@ mod tests {
         let epoch = Instant::now();
         let ms = Duration::from_millis;
         let mut feedback = TransportFeedback::new(3, 42, epoch);
-        feedback.record(&numbered(3, 100), epoch);
-        assert!(feedback.poll_feedback(epoch + ms(50)).is_some());
+        let last = arrive(&mut feedback, 80..101, epoch, Duration::ZERO);
+        assert!(feedback.poll_feedback(last).is_some());
         // The client comes back 800 numbers later.
-        feedback.record(&numbered(3, 901), epoch + ms(60));
-        let packet = feedback.poll_feedback(epoch + ms(110)).expect("due");
-        let (statuses, _) = parse(&packet, epoch, 901);
-        assert_eq!(statuses.len(), 1, "{statuses:?}");
+        let last = arrive(&mut feedback, 901..922, epoch + ms(110), Duration::ZERO);
+        let packet = feedback.poll_feedback(last).expect("due");
+        let (statuses, _) = parse(packet, epoch, 901);
+        assert_eq!(statuses.len(), 21, "{statuses:?}");
         assert_eq!(statuses[0].0 % 0x1_0000, 901);
-        assert_eq!(statuses[0].1, Some(ms(60)));
+        assert_eq!(statuses[0].1, Some(ms(110)));
     }
 
     #[test]
@@ -515,7 +621,7 @@ mod tests {
             now += Duration::from_micros(random() % 3_000);
             feedback.record(&numbered(3, seq), now);
             while let Some(packet) = feedback.poll_feedback(now) {
-                let (statuses, _) = parse(&packet, epoch, u64::from(seq));
+                let (statuses, _) = parse(packet, epoch, u64::from(seq));
                 assert!(!statuses.is_empty() && statuses.len() <= MAX_STATUSES as usize);
             }
         }
@@ -535,7 +641,7 @@ mod tests {
         let mut reported = 0;
         while let Some(packet) = feedback.poll_feedback(now) {
             assert!(packet.len() < 1_200, "{} bytes", packet.len());
-            let (statuses, _) = parse(&packet, epoch, reported as u64);
+            let (statuses, _) = parse(packet, epoch, reported as u64);
             assert!(statuses.iter().all(|&(_, at)| at.is_some()));
             reported += statuses.len();
         }
