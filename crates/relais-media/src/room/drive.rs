@@ -40,9 +40,17 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return 0;
         };
-        let span = p.span.clone();
-        let _span = span.enter();
-        let Some(session) = p.session_mut(role) else {
+        let Participant {
+            span,
+            publisher,
+            subscriber,
+            ..
+        } = p;
+        let session = match role {
+            PeerRole::Publisher => publisher.as_mut(),
+            PeerRole::Subscriber => Some(subscriber),
+        };
+        let Some(session) = session else {
             return 0;
         };
         if let Some(direct) = session.direct.as_deref_mut() {
@@ -83,6 +91,10 @@ impl Room {
                 return self.copies_leaving - before;
             }
         }
+        // The participant's span for str0m's work only: what Relais reads
+        // itself above logs nothing on its way, or names whom it logs about.
+        let span = span.clone();
+        let _span = span.enter();
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
             debug!(?role, error = %e, "bad datagram");

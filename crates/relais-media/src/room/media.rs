@@ -707,7 +707,8 @@ impl Room {
                 Forward::Send(r) => r,
             };
             if layer_before != Some(layer) {
-                debug!(subscriber = %s.info.identity, track = %sid, layer, "forwarding starts on a keyframe");
+                s.span
+                    .in_scope(|| debug!(track = %sid, layer, "forwarding starts on a keyframe"));
             }
             // Up to a higher spatial layer only on a keyframe: ask for one.
             need_keyframe |= sub.forwarder.spatial_up_pending();
@@ -826,6 +827,9 @@ impl Room {
         let Some(p) = self.participants.get_mut(&track.publisher) else {
             return;
         };
+        // Asked on the forwarding's path too, which enters no span.
+        let span = p.span.clone();
+        let _span = span.enter();
         let mut wanted: Vec<usize> = track
             .subscribers
             .iter()
