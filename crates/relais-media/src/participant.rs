@@ -36,44 +36,49 @@ pub enum PeerRole {
 }
 
 /// One str0m peer connection and when it next wants time.
+///
+/// In declaration order (`repr(C)`): what the forwarding touches for every
+/// subscriber of every packet comes first, within one or two cache lines —
+/// left to the compiler, it spread over four.
+#[repr(C)]
 pub(crate) struct PeerSession {
-    /// Boxed: an `Rtc` is kilobytes inline, and the room's participant map
-    /// keeps up to half its slots empty — of that size without the box.
-    pub rtc: Box<Rtc>,
-    pub ufrag: String,
-    /// str0m's next timeout, as of the last drain (rounded up to `grid`).
-    pub deadline: Instant,
-    /// Publisher sessions: the grid their str0m deadlines are rounded up to.
-    pub grid: Option<TimerGrid>,
-    /// Where the room's timer queue has this session.
-    pub queued: Queued,
-    pub connected: bool,
-    /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
-    pub failed: bool,
     /// Media forwarded to this session and not yet given to str0m: written
     /// when the session is next polled (`room::poll_session`), so that the
     /// writes happen where the drive does — on a fan-out helper, for a large
     /// room. Keeps a small capacity: no allocation per packet.
     pub unwritten: Vec<ForwardedCopy>,
-    /// Due in this round and to be handed to the room's session driver
-    /// (set and cleared within one [`crate::Room::handle_timeout`]).
-    pub ready: bool,
-    /// On the room's list of sessions with copies to send next round
-    /// (`Room::due_now`), or on the round's list of due sessions: listed once.
-    pub listed: bool,
+    /// str0m's next timeout, as of the last drain (rounded up to `grid`).
+    pub deadline: Instant,
     /// Until when the copies of an unfinished video frame wait for the rest
     /// of it (`Room::frame_waits`); cleared when the session is polled.
     pub frame_wait: Option<Instant>,
-    /// Cumulative counters of str0m's last stats event per stream, to report deltas.
-    pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
+    /// On the room's list of sessions with copies to send next round
+    /// (`Room::due_now`), or on the round's list of due sessions: listed once.
+    pub listed: bool,
+    /// `direct` has its keys and route ([`PeerSession::direct_ready`]).
+    direct_ready: bool,
+    /// Due in this round and to be handed to the room's session driver
+    /// (set and cleared within one [`crate::Room::handle_timeout`]).
+    pub ready: bool,
+    pub connected: bool,
+    /// str0m reported an error (e.g. a failed DTLS handshake): the session is dead.
+    pub failed: bool,
     /// What Relais sends (and, on a publisher session, reads) itself: on a
     /// subscriber session with direct egress (`MediaConfig::direct_audio` /
     /// `direct_video`) the SRTP sending keys once DTLS is done, where str0m
     /// last sent, and the streams Relais sends itself; on a publisher
     /// session the feedback and the direct ingress.
     pub direct: Option<Box<DirectEgress>>,
-    /// `direct` has its keys and route ([`PeerSession::direct_ready`]).
-    direct_ready: bool,
+    /// Boxed: an `Rtc` is kilobytes inline, and the room's participant map
+    /// keeps up to half its slots empty — of that size without the box.
+    pub rtc: Box<Rtc>,
+    pub ufrag: String,
+    /// Publisher sessions: the grid their str0m deadlines are rounded up to.
+    pub grid: Option<TimerGrid>,
+    /// Where the room's timer queue has this session.
+    pub queued: Queued,
+    /// Cumulative counters of str0m's last stats event per stream, to report deltas.
+    pub stats_seen: HashMap<(Mid, Option<Rid>), StreamSeen>,
 }
 
 /// What Relais does on a session itself, and where it sends: a subscriber
@@ -338,7 +343,12 @@ pub(crate) struct Downtrack {
 /// `Arc`'s count is the room's alone.
 pub type SharedSpan = Arc<tracing::Span>;
 
+/// In declaration order (`repr(C)`): the subscriber session's forwarding
+/// fields first, on the cache line of the room map's key beside it — the
+/// forwarding looks the participant up by that key for every copy.
+#[repr(C)]
 pub(crate) struct Participant {
+    pub subscriber: PeerSession,
     pub key: ParticipantKey,
     /// `participant{participant, participant_sid}`, a child of the room's span.
     pub span: SharedSpan,
@@ -349,7 +359,6 @@ pub(crate) struct Participant {
     /// Created by the client's first publisher offer: a participant that only
     /// receives never offers one, and an idle peer connection costs tens of KiB.
     pub publisher: Option<PeerSession>,
-    pub subscriber: PeerSession,
     /// Tracks announced with AddTrackRequest whose media has not arrived yet, by cid.
     pub pending_tracks: Vec<(String, TrackInfo)>,
     /// Published tracks by publisher-PC mid.
