@@ -344,8 +344,9 @@ pub(crate) struct Downtrack {
 pub type SharedSpan = Arc<tracing::Span>;
 
 /// In declaration order (`repr(C)`): the subscriber session's forwarding
-/// fields first, on the cache line of the room map's key beside it — the
-/// forwarding looks the participant up by that key for every copy.
+/// fields first, next to the room map's key (which the map keeps just
+/// before its value) — the forwarding looks the participant up by that key
+/// for every copy.
 #[repr(C)]
 pub(crate) struct Participant {
     pub subscriber: PeerSession,
@@ -390,10 +391,20 @@ impl Participant {
     }
 
     pub fn session_mut(&mut self, role: PeerRole) -> Option<&mut PeerSession> {
-        match role {
+        self.session_and_span_mut(role).0
+    }
+
+    /// [`Participant::session_mut`], with the participant's span borrowed
+    /// beside it.
+    pub fn session_and_span_mut(
+        &mut self,
+        role: PeerRole,
+    ) -> (Option<&mut PeerSession>, &SharedSpan) {
+        let session = match role {
             PeerRole::Publisher => self.publisher.as_mut(),
             PeerRole::Subscriber => Some(&mut self.subscriber),
-        }
+        };
+        (session, &self.span)
     }
 
     /// The PC whose connection makes the participant ACTIVE.

@@ -40,16 +40,7 @@ impl Room {
         let Some(p) = self.participants.get_mut(&key) else {
             return 0;
         };
-        let Participant {
-            span,
-            publisher,
-            subscriber,
-            ..
-        } = p;
-        let session = match role {
-            PeerRole::Publisher => publisher.as_mut(),
-            PeerRole::Subscriber => Some(subscriber),
-        };
+        let (session, span) = p.session_and_span_mut(role);
         let Some(session) = session else {
             return 0;
         };
