@@ -71,6 +71,14 @@ pub struct MediaConfig {
     /// across the shard; zero turns it off. Default 5 ms: a NACK or a feedback
     /// report leaves at most that much later.
     pub publisher_timer_grid: Duration,
+    /// How late a room's periodic work may run: str0m's own timers, what
+    /// Relais sends publishers on what they send (NACKs, receiver reports),
+    /// the layer review. A shard sleeps until the earliest such deadline plus
+    /// this ([`crate::Shard::wake_by`]), so that the work mostly rides on a
+    /// wake-up some packet causes meanwhile instead of one of its own; copies
+    /// leaving (now, or after a frame's wait) are never put off. Default
+    /// 10 ms; zero wakes on every deadline.
+    pub timer_slack: Duration,
 }
 
 /// LiveKit's `limit.subscription_limit_video` / `_audio`: most tracks of each
@@ -127,6 +135,7 @@ impl MediaConfig {
             direct_ingress: true,
             clock_epoch: (Instant::now(), SystemTime::now()),
             publisher_timer_grid: Duration::from_millis(5),
+            timer_slack: Duration::from_millis(10),
         })
     }
 

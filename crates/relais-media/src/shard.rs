@@ -20,7 +20,7 @@ use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
-use crate::timers::{self, TimerQueue};
+use crate::timers::{self, Queued, TimerQueue};
 use crate::HashMap;
 
 #[derive(Debug, Clone)]
@@ -58,6 +58,9 @@ pub struct Shard {
     /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
     /// the room's outputs are collected — after everything done to it.
     timers: TimerQueue<Arc<str>>,
+    /// Each room's latest wake-up ([`Room::wake_by`]), kept the same way: when
+    /// the shard must wake at the latest ([`Shard::wake_by`]).
+    wakes: TimerQueue<Arc<str>>,
     /// Scratch list of the rooms due in [`Shard::handle_timeout`].
     due: Vec<Arc<str>>,
     /// Counters of the shard itself and of rooms already dropped.
@@ -81,6 +84,7 @@ impl Shard {
             outputs: VecDeque::new(),
             outgoing: Outgoing::default(),
             timers: TimerQueue::default(),
+            wakes: TimerQueue::default(),
             due: Vec::new(),
             stats: MediaStats::default(),
             accepting_joins: true,
@@ -336,9 +340,17 @@ impl Shard {
         }
     }
 
-    /// When [`Shard::handle_timeout`] is next needed (maybe a little early).
+    /// When [`Shard::handle_timeout`] next has work (maybe a little early):
+    /// call it at the first chance from then on.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.next()
+    }
+
+    /// When [`Shard::handle_timeout`] must be called at the latest, if nothing
+    /// else wakes the caller before: a periodic deadline may wait for a
+    /// datagram's wake-up up to `MediaConfig::timer_slack`, copies never.
+    pub fn wake_by(&self) -> Option<Instant> {
+        self.wakes.next()
     }
 
     pub fn poll_output(&mut self) -> Option<ShardOutput> {
@@ -365,22 +377,12 @@ impl Shard {
         let Some(room) = self.rooms.get_mut(name) else {
             return;
         };
-        let at = room.poll_timeout();
-        // A room whose next deadline moved later is queued again at it, and
-        // entries that are no longer any room's current one leave the front:
-        // otherwise each would wake the shard for nothing.
-        if room.queued.is_some_and(|(queued, _)| queued < at) {
-            room.queued = None;
-        }
-        self.timers.schedule(&mut room.queued, name, at);
-        let rooms = &self.rooms;
-        while self
-            .timers
-            .pop_early_front(|entry, name| rooms.get(name).is_none_or(|r| r.queued != Some(entry)))
-            .is_some()
-        {}
-        self.timers.compact(rooms.len(), |entry, name| {
-            rooms.get(name).is_some_and(|r| r.queued == Some(entry))
+        let (at, wake_by) = (room.poll_timeout(), room.wake_by());
+        requeue(&mut self.timers, &mut self.rooms, name, at, |r| {
+            &mut r.queued
+        });
+        requeue(&mut self.wakes, &mut self.rooms, name, wake_by, |r| {
+            &mut r.wake_queued
         });
         let Some(room) = self.rooms.get_mut(name) else {
             return;
@@ -432,6 +434,34 @@ impl Shard {
             }
         }
     }
+}
+
+/// Queue room `name` at `at` in `queue`, where `slot` keeps the room's
+/// entry. A room whose deadline moved later is queued again at it, and
+/// entries that are no longer any room's current one leave the front:
+/// otherwise each would wake the shard for nothing.
+fn requeue(
+    queue: &mut TimerQueue<Arc<str>>,
+    rooms: &mut HashMap<Arc<str>, Room>,
+    name: &Arc<str>,
+    at: Instant,
+    slot: fn(&mut Room) -> &mut Queued,
+) {
+    if let Some(room) = rooms.get_mut(name) {
+        let queued = slot(room);
+        if queued.is_some_and(|(q, _)| q < at) {
+            *queued = None;
+        }
+        queue.schedule(queued, name, at);
+    }
+    let live = rooms.len();
+    let mut current =
+        |entry, name: &Arc<str>| rooms.get_mut(name).is_some_and(|r| *slot(r) == Some(entry));
+    while queue
+        .pop_early_front(|entry, name| !current(entry, name))
+        .is_some()
+    {}
+    queue.compact(live, current);
 }
 
 /// Lend the shard's `outgoing` to `room` for a call: what the room sends is

@@ -78,7 +78,7 @@ impl<K: Ord + Clone> TimerQueue<K> {
 
     /// Drop stale entries once they outnumber the `live` ones well: deadlines
     /// that keep moving earlier leave one behind each time.
-    pub fn compact(&mut self, live: usize, is_current: impl Fn(Entry, &K) -> bool) {
+    pub fn compact(&mut self, live: usize, mut is_current: impl FnMut(Entry, &K) -> bool) {
         if self.heap.len() > 2 * live + 64 {
             self.heap
                 .retain(|Reverse((entry, k))| is_current(*entry, k));

@@ -41,7 +41,18 @@ fn camera_to_watcher(sim: &mut Sim) -> Vec<(Received, Duration)> {
 
 #[test]
 fn a_frame_leaves_with_its_last_packet() {
+    frame_leaves_with_its_last_packet(false);
+}
+
+/// Copies never wait for the timer slack, however the shard is driven.
+#[test]
+fn a_frame_leaves_with_its_last_packet_when_timers_may_wait() {
+    frame_leaves_with_its_last_packet(true);
+}
+
+fn frame_leaves_with_its_last_packet(lazy_timers: bool) {
     let mut sim = Sim::new();
+    sim.lazy_timers = lazy_timers;
     let seen = camera_to_watcher(&mut sim);
     // The sim writes a frame's packets at once: the last one arrives with
     // the others, and nothing waits.
@@ -89,7 +100,19 @@ fn a_frame_that_left_wakes_nobody_at_the_end_of_its_wait() {
 
 #[test]
 fn without_its_last_packet_a_frame_leaves_after_the_wait() {
+    frame_leaves_after_the_wait(false);
+}
+
+/// A frame's wait ends on time when the shard sleeps as long as its periodic
+/// work allows: the wait is not periodic work.
+#[test]
+fn without_its_last_packet_a_frame_leaves_after_the_wait_when_timers_may_wait() {
+    frame_leaves_after_the_wait(true);
+}
+
+fn frame_leaves_after_the_wait(lazy_timers: bool) {
     let mut sim = Sim::new();
+    sim.lazy_timers = lazy_timers;
     // Every packet ending a frame is lost on its way to the server
     // (retransmissions too: they carry the marker as well).
     sim.drop_filter = Some(Box::new(|d| {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::{gaps, rtp_info, server_addr, Sim, ROOM};
-use relais_media::{JoinParams, ParticipantKey};
+use relais_media::{JoinParams, ParticipantKey, Shard};
 use relais_proto::livekit::ParticipantPermission;
 use str0m::media::MediaKind;
 
@@ -45,15 +45,23 @@ fn join_idle_to(sim: &mut Sim, room: &str, numbers: std::ops::Range<u64>) {
 /// Alice publishes video to bob while `idle` silent participants share the
 /// room; the network loses 15 of alice's packets (one in ten) to the server, which only the
 /// server's NACK timer on alice's session gets back. Returns what bob received
-/// (sequence numbers) and the simulation.
-fn lossy_call(idle: u64) -> (Vec<u64>, Sim) {
+/// (sequence numbers) and the simulation. With a `slack`, the shard's
+/// timers are driven as the server drives them ([`Sim::lazy_timers`]).
+fn lossy_call(idle: u64, slack: Option<Duration>) -> (Vec<u64>, Sim) {
     let mut sim = Sim::new();
+    if let Some(slack) = slack {
+        sim.lazy_timers = true;
+        sim.config.timer_slack = slack;
+        sim.shard = Shard::new(0, sim.config.clone());
+    }
     let alice = sim.join("alice");
     let bob = sim.join("bob");
     sim.run_until_connected(Duration::from_secs(2));
     join_idle(&mut sim, idle);
     sim.publish(alice, MediaKind::Video, "cam");
     sim.run_for(Duration::from_secs(1));
+    // Counted from here: while media flows.
+    sim.timer_wakes = 0;
     let sid = sim.track_sid(alice, "cam");
 
     let alice_pub = sim.client(alice).pub_addr;
@@ -105,8 +113,8 @@ fn lossy_call(idle: u64) -> (Vec<u64>, Sim) {
 
 #[test]
 fn busy_and_idle_sessions_are_driven_on_time_among_many() {
-    let (alone, _) = lossy_call(0);
-    let (crowded, sim) = lossy_call(IDLE);
+    let (alone, _) = lossy_call(0, None);
+    let (crowded, sim) = lossy_call(IDLE, None);
     assert!(
         alone.len() > 100,
         "bob receives alice's video: {}",
@@ -123,6 +131,30 @@ fn busy_and_idle_sessions_are_driven_on_time_among_many() {
     assert!(!sim.clients.iter().any(|c| c.disconnected));
     let room = sim.shard.room(common::ROOM).expect("room");
     assert_eq!(room.num_participants() as u64, IDLE + 2);
+}
+
+/// Driven as the server drives it, the shard wakes for its periodic work
+/// (str0m's timers, the NACKs and reports to alice, the layer review) only
+/// when no datagram brought it along within the timer slack: less often
+/// with the default 10 ms, half as often or less with a slack longer than
+/// the gap between alice's frames (33 ms); her losses are repaired as well.
+#[test]
+fn periodic_work_rides_on_the_wake_ups_datagrams_cause() {
+    let (eager, eager_sim) = lossy_call(0, None);
+    for slack in [10, 40] {
+        let (lazy, lazy_sim) = lossy_call(0, Some(Duration::from_millis(slack)));
+        assert_eq!(lazy.len(), eager.len(), "bob gets as many packets");
+        let missing = gaps(lazy.iter().copied());
+        assert!(missing.len() <= 2, "{missing:?} missing");
+        let (eager_wakes, lazy_wakes) = (eager_sim.timer_wakes, lazy_sim.timer_wakes);
+        // Not to zero: a frame whose last packet was lost still leaves at
+        // the end of its wait, datagram or not.
+        let fewer = if slack > 33 { 2 } else { 1 };
+        assert!(
+            lazy_wakes * fewer < eager_wakes,
+            "slack {slack} ms: the shard woke for its timers alone {lazy_wakes} times, {eager_wakes} without the slack"
+        );
+    }
 }
 
 /// Rooms that come due together can be driven a few per call: the caller

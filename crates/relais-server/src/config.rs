@@ -282,6 +282,11 @@ pub struct RtcConfig {
     /// (Relais opens it and sends the NACKs and receiver reports). Default
     /// true.
     pub direct_ingress: bool,
+    /// Relais: milliseconds a room's periodic work (str0m's timers, NACKs and
+    /// receiver reports to publishers, the layer review) may wait for a
+    /// wake-up a packet causes, before the shard wakes for it alone. Copies
+    /// never wait. Default 10; 0 wakes on every deadline.
+    pub timer_slack_ms: u64,
 }
 
 impl Default for RtcConfig {
@@ -299,6 +304,7 @@ impl Default for RtcConfig {
             direct_audio: true,
             direct_video: true,
             direct_ingress: true,
+            timer_slack_ms: 10,
         }
     }
 }

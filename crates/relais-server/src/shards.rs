@@ -985,8 +985,10 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
             context.node.set_load(index, &gauges);
         }
+        // Until the latest the timers allow: a datagram that comes first
+        // takes the periodic work along (`poll_timeout` below).
         let wait = shard
-            .poll_timeout()
+            .wake_by()
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));

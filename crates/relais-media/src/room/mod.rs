@@ -302,8 +302,10 @@ pub struct Room {
     /// — per frame and subscriber. An entry no longer the session's
     /// ([`PeerSession::frame_wait`]) is dropped when it comes up.
     frame_waits: VecDeque<(Instant, ParticipantKey)>,
-    /// Where the shard's timer queue has this room.
+    /// Where the shard's timer queue has this room ([`Room::poll_timeout`]).
     pub(crate) queued: Queued,
+    /// Where the shard's queue of wake-ups has it ([`Room::wake_by`]).
+    pub(crate) wake_queued: Queued,
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
     pub(crate) next_layer_check: Instant,
@@ -380,6 +382,7 @@ impl Room {
             due_now_since: now,
             frame_waits: VecDeque::new(),
             queued: None,
+            wake_queued: None,
             empty_since: Some(now),
             next_layer_check: now,
             listener_updates: BTreeMap::new(),
@@ -744,17 +747,38 @@ impl Room {
 
     /// The earliest time the room needs [`Room::handle_timeout`].
     pub fn poll_timeout(&self) -> Instant {
+        let (copies, periodic) = self.deadlines();
+        copies.map_or(periodic, |c| c.min(periodic))
+    }
+
+    /// The latest time [`Room::handle_timeout`] may be called without
+    /// delaying anything that matters: copies leave when due, the periodic
+    /// work may wait up to `MediaConfig::timer_slack` after its deadline.
+    pub fn wake_by(&self) -> Instant {
+        let (copies, periodic) = self.deadlines();
+        let periodic = periodic + self.config.timer_slack;
+        copies.map_or(periodic, |c| c.min(periodic))
+    }
+
+    /// The room's next deadlines: copies to send (due now, or a frame's wait
+    /// ending), and the earliest periodic work (sessions' timers, the layer
+    /// review, an empty room's timeout).
+    fn deadlines(&self) -> (Option<Instant>, Instant) {
         let sessions = self.timers.next();
         let empty = self
             .empty_since
             .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
-        let mut next = self.next_layer_check;
+        let periodic = [sessions, empty]
+            .into_iter()
+            .flatten()
+            .fold(self.next_layer_check, Instant::min);
         let due_now = (!self.due_now.is_empty()).then_some(self.due_now_since);
         let frame_wait = self.frame_waits.front().map(|&(until, _)| until);
-        for t in [sessions, empty, due_now, frame_wait].into_iter().flatten() {
-            next = next.min(t);
-        }
-        next
+        let copies = match (due_now, frame_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (copies, periodic)
     }
 
     /// Next thing for the world to do, if any.

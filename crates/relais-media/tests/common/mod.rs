@@ -538,6 +538,15 @@ pub struct Sim {
     pub shard_timeouts: Vec<Instant>,
     /// When RTP reached the shard.
     pub rtp_to_shard: Vec<Instant>,
+    /// Drive the shard's timers as the server does: with the work a datagram
+    /// or signal message brings when due, and on their own only at
+    /// [`Shard::wake_by`]. Off: at every [`Shard::poll_timeout`].
+    pub lazy_timers: bool,
+    /// Timeout rounds the shard was woken for alone: no datagram or signal
+    /// message for it in the same step.
+    pub timer_wakes: u64,
+    /// Datagrams and signal messages handed to the shard.
+    inputs: u64,
     /// Called with true before each call that hands the shard work and with
     /// false after it: a test can tell what the shard does from what the
     /// simulated clients do on the same thread.
@@ -574,6 +583,9 @@ impl Sim {
             room_events: Vec::new(),
             shard_timeouts: Vec::new(),
             rtp_to_shard: Vec::new(),
+            lazy_timers: false,
+            timer_wakes: 0,
+            inputs: 0,
             net: VecDeque::new(),
             to_server: VecDeque::new(),
             to_clients: VecDeque::new(),
@@ -804,7 +816,12 @@ impl Sim {
         if let Some((t, _, _)) = self.to_clients.front() {
             consider(*t);
         }
-        if let Some(t) = self.shard.poll_timeout() {
+        let shard = if self.lazy_timers {
+            self.shard.wake_by()
+        } else {
+            self.shard.poll_timeout()
+        };
+        if let Some(t) = shard {
             consider(t);
         }
         for c in &self.clients {
@@ -825,6 +842,7 @@ impl Sim {
     fn step(&mut self) {
         self.steps += 1;
         let now = self.now;
+        let inputs = self.inputs;
         // Datagrams.
         while self.net.front().is_some_and(|d| d.at <= now) {
             let d = self.net.pop_front().unwrap();
@@ -833,6 +851,7 @@ impl Sim {
         // Signal messages, client → server.
         while self.to_server.front().is_some_and(|(t, _, _)| *t <= now) {
             let (_, key, req) = self.to_server.pop_front().unwrap();
+            self.inputs += 1;
             (self.shard_scope)(true);
             self.shard.handle_signal(now, key, req);
             (self.shard_scope)(false);
@@ -846,7 +865,13 @@ impl Sim {
             }
         }
         // Timers.
-        if self.shard.poll_timeout().is_some_and(|t| t <= now) {
+        let woken = self.inputs > inputs
+            || !self.lazy_timers
+            || self.shard.wake_by().is_some_and(|t| t <= now);
+        if woken && self.shard.poll_timeout().is_some_and(|t| t <= now) {
+            if self.inputs == inputs {
+                self.timer_wakes += 1;
+            }
             self.shard_timeouts.push(now);
             (self.shard_scope)(true);
             self.shard.handle_timeout(now);
@@ -879,6 +904,7 @@ impl Sim {
             if rtp_info(&d.contents).is_some() {
                 self.rtp_to_shard.push(now);
             }
+            self.inputs += 1;
             (self.shard_scope)(true);
             self.copies_written += self.shard.handle_datagram(
                 now,
