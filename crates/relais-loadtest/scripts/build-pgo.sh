@@ -95,9 +95,13 @@ if kill -0 "$SERVER" 2>/dev/null; then
 fi
 trap - EXIT
 "$PROFDATA" merge -o "$OUT/relais.profdata" "$OUT/raw"
+# Named by its content: cargo sees the flags change (and rebuilds) exactly
+# when the counts do, as it does not watch the file itself.
+PROFILE="$OUT/relais-$(sha256sum "$OUT/relais.profdata" | cut -c1-12).profdata"
+mv "$OUT/relais.profdata" "$PROFILE"
 
 echo "== optimized build ($OUT/use)" >&2
-RUSTFLAGS="-Cprofile-use=$OUT/relais.profdata" CARGO_TARGET_DIR="$OUT/use" \
+RUSTFLAGS="-Cprofile-use=$PROFILE" CARGO_TARGET_DIR="$OUT/use" \
   cargo build --release --locked -p relais-server
 cp "$OUT/use/release/relais" "$OUT/relais"
 echo "$OUT/relais" >&2
