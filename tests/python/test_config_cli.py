@@ -153,6 +153,7 @@ region: eu-1
         "direct_audio": True,
         "direct_video": True,
         "direct_ingress": True,
+        "timer_slack_ms": 10,
     }
     assert c["redis"]["address"] == "localhost:6379" and c["redis"]["db"] == 3
     assert c["room"] == {"auto_create": False, "empty_timeout": 30, "departure_timeout": 2, "max_participants": 8}
