@@ -948,6 +948,8 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
     let mut admission = Admission::new(context.busy_limit);
     gauge!(metrics::SHARD_SHEDDING, "shard" => index.to_string()).set(0.0);
     gauge!(metrics::SHARD_ACCEPTING_JOINS, "shard" => index.to_string()).set(1.0);
+    // The last timer round stopped at its budget with rooms still due.
+    let mut timer_work_cut = false;
     loop {
         let now = Instant::now();
         context.node.heartbeat(index, now);
@@ -986,9 +988,14 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             context.node.set_load(index, &gauges);
         }
         // Until the latest the timers allow: a datagram that comes first
-        // takes the periodic work along (`poll_timeout` below).
-        let wait = shard
-            .wake_by()
+        // takes the periodic work along (`poll_timeout` below). Timer work a
+        // round's budget cut short goes on at once, as the datagrams'.
+        let wake_by = if timer_work_cut {
+            Some(now)
+        } else {
+            shard.wake_by()
+        };
+        let wait = wake_by
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
             .min(Duration::from_millis(100));
@@ -1035,13 +1042,15 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             );
         }
         let now = Instant::now();
+        timer_work_cut = false;
         if shard.poll_timeout().is_some_and(|t| t <= now) {
             let until = now + TIMER_BUDGET;
             shard.handle_timeout_while(now, |shard| {
                 flush(shard, &mut signals, &mut outbox, &context, &mut metrics);
                 let at = Instant::now();
                 outbox.timer_work_went_on(now, at, shard.outgoing(), &mut metrics);
-                at < until
+                timer_work_cut = at >= until;
+                !timer_work_cut
             });
         }
         flush(
