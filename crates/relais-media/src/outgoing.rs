@@ -33,9 +33,20 @@ use str0m::net::{Protocol, Transmit};
 /// first.
 const BLOCK_BYTES: usize = 64 << 10;
 
-/// The empty blocks kept between rounds (512 KiB: a few hundred video
-/// datagrams); a burst's others are freed once it is sent.
+/// The empty blocks always kept between rounds (512 KiB: a few hundred
+/// video datagrams).
 const KEPT_BLOCKS: usize = 8;
+
+/// The most blocks kept between rounds (2 MiB): what a recent round used,
+/// up to this, so that rounds alike — a large room's frames, each written
+/// in one round — reuse their blocks instead of allocating (and zeroing)
+/// them again each time; a burst beyond it (a keyframe to a large room) is
+/// freed once sent.
+const MAX_KEPT_BLOCKS: usize = 32;
+
+/// How many rounds a round's use is remembered for, at least (one to two
+/// windows): at a large room's rate, well under a second.
+const RECENT_ROUNDS: u32 = 64;
 
 /// Where a datagram goes: protocol, local address, remote address.
 pub(crate) type Route = (Protocol, SocketAddr, SocketAddr);
@@ -50,6 +61,31 @@ pub struct Outgoing {
     datagrams: Vec<Addressed>,
     /// How many of `datagrams` go over ICE-TCP.
     tcp: usize,
+    /// The most blocks, and datagrams, a recent round used.
+    recent_blocks: RecentMost,
+    recent_datagrams: RecentMost,
+}
+
+/// The most of a count over the last [`RECENT_ROUNDS`] to twice as many
+/// rounds: the maxima of the window under way and of the one before.
+#[derive(Debug, Default)]
+struct RecentMost {
+    current: usize,
+    previous: usize,
+    rounds: u32,
+}
+
+impl RecentMost {
+    /// Count a round that used `n`; returns the most of the recent rounds.
+    fn observe(&mut self, n: usize) -> usize {
+        if self.rounds == RECENT_ROUNDS {
+            self.previous = std::mem::take(&mut self.current);
+            self.rounds = 0;
+        }
+        self.rounds += 1;
+        self.current = self.current.max(n);
+        self.current.max(self.previous)
+    }
 }
 
 /// Bytes of an [`Outgoing`]: the first `used` hold datagrams.
@@ -115,18 +151,29 @@ impl Outgoing {
         self.datagrams.iter().map(|d| (d, self.bytes(d)))
     }
 
-    /// Forget every datagram. Up to [`KEPT_BLOCKS`] blocks are kept for the
-    /// next round: a burst (a keyframe to a room of a thousand, all written
-    /// in one round) leaves no lasting memory.
+    /// Forget every datagram. As many blocks as a recent round used are
+    /// kept for the next rounds, [`KEPT_BLOCKS`] at least and
+    /// [`MAX_KEPT_BLOCKS`] at most, and room for as many datagrams: a burst
+    /// (a keyframe to a room of a thousand, all written in one round) leaves
+    /// no lasting memory.
     pub fn clear(&mut self) {
+        let keep = self
+            .recent_blocks
+            .observe(self.blocks.len())
+            .clamp(KEPT_BLOCKS, MAX_KEPT_BLOCKS);
         for mut block in self.blocks.drain(..) {
-            if self.spare.len() < KEPT_BLOCKS {
+            if self.spare.len() < keep {
                 block.used = 0;
                 self.spare.push(block);
             }
         }
+        self.spare.truncate(keep);
+        let datagrams = self.recent_datagrams.observe(self.datagrams.len());
         self.datagrams.clear();
-        self.datagrams.shrink_to(KEPT_BLOCKS * BLOCK_BYTES / 1024);
+        self.datagrams.shrink_to(datagrams.clamp(
+            KEPT_BLOCKS * BLOCK_BYTES / 1024,
+            MAX_KEPT_BLOCKS * BLOCK_BYTES / 1024,
+        ));
         self.tcp = 0;
     }
 
@@ -234,19 +281,53 @@ mod tests {
         assert_eq!(out.get(1).map(|(d, _)| d.proto), Some(Protocol::Tcp));
     }
 
+    /// Write a round of `n` video-sized datagrams.
+    fn round(out: &mut Outgoing, n: usize) {
+        for _ in 0..n {
+            out.push(route(1).0, route(1).1, route(1).2, &[0; 1_200]);
+        }
+    }
+
     #[test]
     fn a_burst_leaves_no_lasting_memory() {
         let mut out = Outgoing::default();
-        for _ in 0..4_000 {
-            out.push(route(1).0, route(1).1, route(1).2, &[0; 1_200]);
-        }
-        assert!(out.blocks.len() > 4 * KEPT_BLOCKS);
+        round(&mut out, 4_000);
+        assert!(out.blocks.len() > 2 * MAX_KEPT_BLOCKS);
         assert_eq!(out.get(3_999).map(|(_, b)| b.len()), Some(1_200));
         out.clear();
         assert!(out.blocks.is_empty());
-        assert_eq!(out.spare.len(), KEPT_BLOCKS);
+        assert_eq!(out.spare.len(), MAX_KEPT_BLOCKS, "no more than the cap");
         assert!(out.spare.iter().all(|b| b.used == 0));
+        assert!(out.datagrams.capacity() <= MAX_KEPT_BLOCKS * BLOCK_BYTES / 1024);
+        // Quiet rounds after it: back to the few blocks always kept.
+        for _ in 0..2 * RECENT_ROUNDS {
+            round(&mut out, 3);
+            out.clear();
+        }
+        assert_eq!(out.spare.len(), KEPT_BLOCKS);
         assert!(out.datagrams.capacity() <= KEPT_BLOCKS * BLOCK_BYTES / 1024);
+    }
+
+    #[test]
+    fn rounds_alike_reuse_their_blocks() {
+        // A large room's frame a round, with small rounds (its audio)
+        // between: the blocks of a frame are kept for the next one.
+        let mut out = Outgoing::default();
+        let frame = 20 * BLOCK_BYTES / 1_200;
+        round(&mut out, frame);
+        let blocks = out.blocks.len();
+        assert!(blocks > KEPT_BLOCKS);
+        out.clear();
+        for _ in 0..3 * RECENT_ROUNDS {
+            for _ in 0..4 {
+                round(&mut out, 50);
+                out.clear();
+            }
+            assert!(out.spare.len() >= blocks, "a frame's blocks are spare");
+            round(&mut out, frame);
+            assert_eq!(out.blocks.len(), blocks);
+            out.clear();
+        }
     }
 
     #[test]
