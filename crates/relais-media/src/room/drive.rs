@@ -100,8 +100,9 @@ impl Room {
     /// many sessions due (a large room's fan-out), `driver` drives them, on
     /// as many threads as it has (see [`crate::fan_out`]).
     pub fn handle_timeout(&mut self, now: Instant, driver: &dyn SessionDriver) {
-        let room_span = self.span.clone();
-        let _room = room_span.enter();
+        // The room's span is entered only around what may log (str0m's work,
+        // the room's reviews): a round that only sends copies Relais writes
+        // itself enters none, as a datagram it reads itself does not.
         // Collect first: a session driven here may want time again at `now`,
         // which is the next call's business, not a loop in this one.
         let mut due = std::mem::take(&mut self.due);
@@ -186,6 +187,8 @@ impl Room {
             });
 
         if now >= self.next_layer_check {
+            let room_span = self.span.clone();
+            let _room = room_span.enter();
             self.next_layer_check = next_tick(self.next_layer_check, LAYER_CHECK_INTERVAL, now);
             self.update_layer_targets(now);
             self.update_speakers(now);
@@ -196,7 +199,7 @@ impl Room {
         if let Some(since) = self.empty_since {
             if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
             {
-                info!("closing empty room");
+                self.span.in_scope(|| info!("closing empty room"));
                 self.finish();
             }
         }
@@ -247,6 +250,8 @@ impl Room {
                     .schedule(&mut session.queued, &(key, role), wake_at);
                 continue;
             }
+            let room_span = self.span.clone();
+            let _room = room_span.enter();
             give_time(session, key, role, now);
             self.drain(now, key, role);
         }
