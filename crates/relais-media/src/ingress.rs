@@ -79,8 +79,13 @@ impl SrtpReceiver {
             return false;
         };
         let (ciphertext, tag) = body.split_at(split);
-        out.clear();
-        out.resize(ciphertext.len(), 0);
+        // Every byte is written by the decryption: only growth is zeroed, not
+        // the whole payload (a kilobyte of stores per video packet).
+        if out.len() < ciphertext.len() {
+            out.resize(ciphertext.len(), 0);
+        } else {
+            out.truncate(ciphertext.len());
+        }
         // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
         let mut iv = [0u8; SALT_LEN];
         iv[2..6].copy_from_slice(&header.ssrc().to_be_bytes());
@@ -365,6 +370,24 @@ mod tests {
             buf[len - 1] ^= 1;
             let header = RtpHeader::parse(&buf[..len]).unwrap();
             assert!(!receiver.open(&header, seq, &mut out));
+        }
+    }
+
+    #[test]
+    fn one_buffer_holds_each_packet_exactly_whatever_came_before() {
+        let (sender, receiver) = keys();
+        // Long, short, then long again into the same buffer: nothing of a
+        // longer packet is left behind a shorter one, nor of a refused one.
+        let mut out = Vec::new();
+        for (seq, len) in [(1u64, 1_100), (2, 80), (3, 0), (4, 1_200), (5, 3)] {
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ (seq as u8)).collect();
+            let packet = RtpPacket::for_test(seq, 0x1234, None, &payload);
+            let mut buf = vec![0u8; packet.max_len()];
+            let sealed = sender.seal_rtp(&packet, &mut buf);
+            let header = RtpHeader::parse(&buf[..sealed]).unwrap();
+            assert!(!receiver.open(&header, seq + 1, &mut out), "wrong nonce");
+            assert!(receiver.open(&header, seq, &mut out));
+            assert_eq!(out, payload, "packet {seq}");
         }
     }
 
