@@ -474,6 +474,8 @@ impl Room {
                 codec: None,
                 layers,
                 best_layer: 0,
+                flowing: 0,
+                first_packet: None,
                 subscribers: Vec::new(),
                 last_keyframe_request: None,
                 audio_level: AudioLevelMeter::default(),
@@ -639,10 +641,11 @@ impl Room {
         };
         let first_on_layer = track.layers[layer].last_seen.is_none();
         track.layers[layer].last_seen = Some(now);
+        track.first_packet.get_or_insert(now);
         if first_on_layer && layer > track.best_layer {
             track.best_layer = layer;
             for s in &mut track.subscribers {
-                s.aim(layer, self.load_layer_cap);
+                s.aim(layer, track.flowing, self.load_layer_cap);
             }
         }
         let bytes = pkt.body.bytes();

@@ -180,10 +180,16 @@ pub(crate) struct Subscription {
 
 impl Subscription {
     /// Aim at the best layer the publisher sends, within what the subscriber
-    /// wants and the room's load cap ([`Room::set_load_layer_cap`]).
-    fn aim(&mut self, best_layer: usize, load_cap: usize) {
-        self.forwarder
-            .set_target_layer(best_layer.min(self.max_layer).min(load_cap));
+    /// wants and the room's load cap ([`Room::set_load_layer_cap`]). With
+    /// the layers known to flow (`flowing`, a bit per layer; 0 while the
+    /// track's first packets are too recent to tell), a layer that does not
+    /// is never aimed at: the best one within the wish, else the smallest
+    /// above it within the load cap — a publisher that stopped sending its
+    /// low layer still reaches the subscribers who asked for it.
+    fn aim(&mut self, best_layer: usize, flowing: u32, load_cap: usize) {
+        let wish = self.max_layer.min(load_cap);
+        let target = flowing_target(flowing, wish, load_cap).unwrap_or(best_layer.min(wish));
+        self.forwarder.set_target_layer(target);
         let load_spatial = u8::try_from(load_cap).ok();
         let spatial = match (self.max_spatial, load_spatial) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -193,6 +199,16 @@ impl Subscription {
     }
 }
 
+/// Of the layers in `flowing` (a bit per layer), the highest up to `wish`,
+/// else the lowest above it up to `cap`; `None` if none is.
+fn flowing_target(flowing: u32, wish: usize, cap: usize) -> Option<usize> {
+    let flows = |layer: &usize| *layer < 32 && flowing >> layer & 1 == 1;
+    (0..=wish.min(31))
+        .rev()
+        .find(flows)
+        .or_else(|| (wish.saturating_add(1)..=cap.min(31)).find(flows))
+}
+
 pub(crate) struct PublishedTrack {
     pub(crate) info: TrackInfo,
     pub(crate) publisher: ParticipantKey,
@@ -200,6 +216,12 @@ pub(crate) struct PublishedTrack {
     pub(crate) codec: Option<(CodecKind, PayloadParams)>,
     pub(crate) layers: Vec<Layer>,
     pub(crate) best_layer: usize,
+    /// The layers flowing at the last review, a bit per layer; 0 until the
+    /// track's first packet is [`LAYER_STALE_AFTER`] old (layers start a few
+    /// packets apart: no subscriber is moved up for a layer about to start).
+    pub(crate) flowing: u32,
+    /// When the track's first packet came.
+    pub(crate) first_packet: Option<Instant>,
     pub(crate) subscribers: Vec<Subscription>,
     pub(crate) last_keyframe_request: Option<Instant>,
     /// Audio tracks: voice level over the current speaker interval.
@@ -857,5 +879,69 @@ fn apply_attributes(attributes: &mut BTreeMap<String, String>, update: &BTreeMap
         } else {
             attributes.insert(k.clone(), v.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscription(max_layer: usize) -> Subscription {
+        Subscription {
+            subscriber: ParticipantKey(1),
+            mid: None,
+            forwarder: TrackForwarder::new(0),
+            out_pt: None,
+            out_ssrc: None,
+            max_layer,
+            max_spatial: None,
+        }
+    }
+
+    #[test]
+    fn a_subscriber_is_aimed_at_a_layer_that_flows() {
+        let (low, mid, high) = (0b001, 0b010, 0b100);
+        // Flowing layers known: the best within the wish, else the smallest above.
+        let mut s = subscription(0);
+        s.aim(2, high | mid | low, usize::MAX);
+        assert_eq!(s.forwarder.target_layer(), 0);
+        s.aim(2, high | mid, usize::MAX);
+        assert_eq!(
+            s.forwarder.target_layer(),
+            1,
+            "the low layer stopped: the next one up"
+        );
+        s.aim(2, high, usize::MAX);
+        assert_eq!(s.forwarder.target_layer(), 2);
+        let mut s = subscription(1);
+        s.aim(2, high | low, usize::MAX);
+        assert_eq!(
+            s.forwarder.target_layer(),
+            0,
+            "the middle layer stopped: the one below"
+        );
+        // The room's load cap is never passed for a layer above the wish.
+        let mut s = subscription(0);
+        s.aim(2, high | mid, 1);
+        assert_eq!(s.forwarder.target_layer(), 1);
+        s.aim(2, high, 1);
+        assert_eq!(
+            s.forwarder.target_layer(),
+            0,
+            "nothing within the cap flows"
+        );
+        // Not known yet (the track's first packets): the wish within the best seen.
+        let mut s = subscription(1);
+        s.aim(2, 0, usize::MAX);
+        assert_eq!(s.forwarder.target_layer(), 1);
+        s.aim(0, 0, usize::MAX);
+        assert_eq!(s.forwarder.target_layer(), 0);
+        let mut s = subscription(usize::MAX);
+        s.aim(2, high | low, usize::MAX);
+        assert_eq!(
+            s.forwarder.target_layer(),
+            2,
+            "no wish: the best that flows"
+        );
     }
 }

@@ -28,18 +28,26 @@ impl Room {
             if track.layers.len() < 2 {
                 continue;
             }
-            let best = track
-                .layers
-                .iter()
-                .rposition(|l| {
-                    l.last_seen
-                        .is_some_and(|t| now.duration_since(t) < LAYER_STALE_AFTER)
-                })
-                .unwrap_or(0);
-            if best != track.best_layer {
+            let flows = |l: &super::Layer| {
+                l.last_seen
+                    .is_some_and(|t| now.duration_since(t) < LAYER_STALE_AFTER)
+            };
+            let best = track.layers.iter().rposition(flows).unwrap_or(0);
+            let settled = track
+                .first_packet
+                .is_some_and(|t| now.duration_since(t) >= LAYER_STALE_AFTER);
+            let flowing = if settled {
+                (track.layers.iter().enumerate())
+                    .filter(|(layer, l)| *layer < 32 && flows(l))
+                    .fold(0u32, |mask, (layer, _)| mask | 1 << layer)
+            } else {
+                0
+            };
+            if best != track.best_layer || flowing != track.flowing {
                 track.best_layer = best;
+                track.flowing = flowing;
                 for s in &mut track.subscribers {
-                    s.aim(best, load_cap);
+                    s.aim(best, flowing, load_cap);
                 }
             }
             if track
@@ -67,9 +75,9 @@ impl Room {
         }
         self.load_layer_cap = cap;
         for track in self.tracks.values_mut() {
-            let best = track.best_layer;
+            let (best, flowing) = (track.best_layer, track.flowing);
             for s in &mut track.subscribers {
-                s.aim(best, cap);
+                s.aim(best, flowing, cap);
             }
         }
         self.update_layer_targets(now);
@@ -94,7 +102,9 @@ impl Room {
                 .filter(|s| !s.forwarder.is_paused())
                 .map(|s| {
                     let wanted = if simulcast {
-                        s.max_layer
+                        // Above the wish only when the layers it asked for do
+                        // not flow (`Subscription::aim`): that layer is kept.
+                        s.max_layer.max(s.forwarder.target_layer())
                     } else {
                         s.max_spatial.map_or(usize::MAX, usize::from)
                     };

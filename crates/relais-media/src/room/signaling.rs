@@ -442,13 +442,13 @@ impl Room {
             };
             let cap = track.layer_cap(&settings);
             let spatial_cap = track.spatial_cap(&settings);
-            let best = track.best_layer;
+            let (best, flowing) = (track.best_layer, track.flowing);
             let Some(sub) = track.subscribers.iter_mut().find(|s| s.subscriber == key) else {
                 continue;
             };
             sub.max_layer = cap;
             sub.max_spatial = spatial_cap;
-            sub.aim(best, self.load_layer_cap);
+            sub.aim(best, flowing, self.load_layer_cap);
             sub.forwarder.set_paused(pause);
             debug!(track = %sid, ?settings, paused = pause, target_layer = sub.forwarder.target_layer(), "track settings");
             if sub.forwarder.wants_keyframe() {
