@@ -641,7 +641,9 @@ impl Room {
         };
         let first_on_layer = track.layers[layer].last_seen.is_none();
         track.layers[layer].last_seen = Some(now);
-        track.first_packet.get_or_insert(now);
+        if first_on_layer {
+            track.first_packet.get_or_insert(now);
+        }
         if first_on_layer && layer > track.best_layer {
             track.best_layer = layer;
             for s in &mut track.subscribers {
