@@ -458,7 +458,7 @@ pub(crate) enum Repair {
 /// asks for.
 const HISTORY: usize = 256;
 /// Packets an audio layer keeps: none is asked for again, but their buffers
-/// serve the next packets ([`Payload::reuse`]) once their copies have left —
+/// serve the next packets ([`Payload::take`]) once their copies have left —
 /// in the round they came in, unless a session falls this far behind.
 const AUDIO_KEPT: usize = 8;
 /// A packet asked for again within this long is not sent again: one loss is
@@ -497,15 +497,16 @@ impl TrackHistory {
         }
     }
 
-    /// `payload`, the packet `seq`'s, in a buffer of the layer's: the one
-    /// of the packet whose slot it takes, if no copy still holds it. The
+    /// The payload of the packet `seq`, opened into `opened`, as the layer
+    /// keeps it; `opened` is left holding the buffer of the packet whose
+    /// slot it takes, if no copy still holds it ([`Payload::take`]). The
     /// slot stays empty until the packet is kept.
-    pub(crate) fn buffer(&mut self, seq: u64, payload: &[u8]) -> Payload {
+    pub(crate) fn buffer(&mut self, seq: u64, opened: &mut Vec<u8>) -> Payload {
         let old = self
             .slots
             .get_mut(seq as usize % self.size)
             .and_then(Option::take);
-        Payload::reuse(old.map(|r| r.payload), payload)
+        Payload::take(old.map(|r| r.payload), opened)
     }
 
     pub(crate) fn keep(

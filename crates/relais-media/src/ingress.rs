@@ -30,6 +30,7 @@ use str0m::rtp::VideoOrientation;
 
 use crate::config::STATS_INTERVAL;
 use crate::egress::ntp_at;
+use crate::payload;
 use crate::receive_register::{
     write_nack, write_receiver_report, write_reference_time, ReceiveRegister,
 };
@@ -79,13 +80,8 @@ impl SrtpReceiver {
             return false;
         };
         let (ciphertext, tag) = body.split_at(split);
-        // Every byte is written by the decryption: only growth is zeroed, not
-        // the whole payload (a kilobyte of stores per video packet).
-        if out.len() < ciphertext.len() {
-            out.resize(ciphertext.len(), 0);
-        } else {
-            out.truncate(ciphertext.len());
-        }
+        // Every byte is written by the decryption.
+        payload::fit(out, ciphertext.len());
         // RFC 7714 §8.1: 00 00 || SSRC || ROC || SEQ, XOR the salt.
         let mut iv = [0u8; SALT_LEN];
         iv[2..6].copy_from_slice(&header.ssrc().to_be_bytes());

@@ -4,12 +4,13 @@
 //! in the round — later than the packet came in, on a fan-out helper in a
 //! large room — so they share its payload by reference. A packet str0m read
 //! comes with its payload shared already ([`Payload::Read`]). A packet
-//! Relais opened itself ([`crate::ingress`]) is opened into one scratch
-//! buffer per room and copied into a buffer of its layer's
-//! [`crate::egress::TrackHistory`], which keeps it for the subscribers'
-//! NACKs: when the layer's slot comes round again, its buffer is used again
-//! if no copy still holds it ([`Payload::Reused`]). A packet forwarded this
-//! way costs the heap nothing.
+//! Relais opened itself ([`crate::ingress`]) is opened into the room's
+//! buffer for the next packet and, if it is forwarded, that buffer becomes
+//! one of its layer's [`crate::egress::TrackHistory`], which keeps it for
+//! the subscribers' NACKs: the buffer of the slot it takes, if no copy still
+//! holds it, becomes the room's buffer for the next packet
+//! ([`Payload::Reused`]). A packet forwarded this way costs the heap
+//! nothing and is never copied.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -29,22 +30,18 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    /// `payload` in `buffer` if nothing else holds it (its contents
-    /// replaced), else in a new one.
-    pub(crate) fn reuse(buffer: Option<Payload>, payload: &[u8]) -> Payload {
-        let mut buffer = match buffer {
+    /// The payload `opened` holds, shared; `opened` is left holding a
+    /// buffer for the next packet: `old`'s if nothing else holds it (its
+    /// contents to be overwritten), else a new one of the same capacity.
+    pub(crate) fn take(old: Option<Payload>, opened: &mut Vec<u8>) -> Payload {
+        let mut shared = match old {
             // Only a holder could make another: the count cannot rise again.
             Some(Payload::Reused(shared)) if Arc::strong_count(&shared) == 1 => shared,
-            _ => Arc::new(Vec::new()),
+            _ => Arc::new(Vec::with_capacity(opened.capacity())),
         };
-        let bytes = Arc::get_mut(&mut buffer).expect("held by nothing else");
-        bytes.clear();
-        if bytes.capacity() < payload.len() {
-            // Rounded up, so that the packets after it rarely need more.
-            bytes.reserve_exact(payload.len().next_multiple_of(CAPACITY_STEP));
-        }
-        bytes.extend_from_slice(payload);
-        Payload::Reused(buffer)
+        let spare = Arc::get_mut(&mut shared).expect("held by nothing else");
+        std::mem::swap(spare, opened);
+        Payload::Reused(shared)
     }
 
     /// As str0m's writer takes it: shared with str0m as read, or copied.
@@ -54,6 +51,16 @@ impl Payload {
             Payload::Reused(shared) => Arc::from(shared.as_slice()),
         }
     }
+}
+
+/// Make `buffer` `len` bytes long to be written over: only growth is zeroed
+/// (not a kilobyte of stores per video packet), and capacity grows in steps
+/// so that the packets after it rarely need more.
+pub(crate) fn fit(buffer: &mut Vec<u8>, len: usize) {
+    if buffer.capacity() < len {
+        buffer.reserve_exact(len.next_multiple_of(CAPACITY_STEP) - buffer.len());
+    }
+    buffer.resize(len, 0);
 }
 
 impl Deref for Payload {
@@ -71,38 +78,60 @@ impl Deref for Payload {
 mod tests {
     use super::*;
 
+    fn opened(bytes: &[u8], buffer: &mut Vec<u8>) {
+        fit(buffer, bytes.len());
+        buffer.copy_from_slice(bytes);
+    }
+
     #[test]
     fn a_buffer_is_reused_once_no_copy_holds_it() {
-        let first = Payload::reuse(None, b"first packet");
-        let Payload::Reused(shared) = &first else {
-            panic!("not in a buffer of its own");
-        };
-        let address = shared.as_ptr();
+        let mut room = Vec::new();
+        opened(b"first packet", &mut room);
+        let first = Payload::take(None, &mut room);
+        let address = first.as_ptr();
+        assert_eq!(&*first, b"first packet");
+        // The room's buffer for the next packet is another one.
+        assert_ne!(room.as_ptr(), address);
         let copy = first.clone();
-        // A copy still holds it: the next packet gets another buffer.
-        let second = Payload::reuse(Some(first), b"second");
+        // A copy still holds it: the room gets yet another buffer.
+        opened(b"second", &mut room);
+        let second = Payload::take(Some(first), &mut room);
         assert_eq!(&*second, b"second");
         assert_eq!(&*copy, b"first packet");
-        let Payload::Reused(other) = &second else {
-            panic!("not in a buffer of its own");
-        };
-        assert_ne!(other.as_ptr(), address);
-        // The copy gone, its buffer serves the packet after.
-        let third = Payload::reuse(Some(copy), b"third");
-        let Payload::Reused(reused) = &third else {
-            panic!("not in a buffer of its own");
-        };
-        assert_eq!(reused.as_ptr(), address);
+        assert_ne!(room.as_ptr(), address);
+        assert_ne!(second.as_ptr(), address);
+        // The copy gone, its buffer is the room's for the packet after.
+        opened(b"third", &mut room);
+        let third = Payload::take(Some(copy), &mut room);
         assert_eq!(&*third, b"third");
+        assert_eq!(room.as_ptr(), address);
+        opened(b"fourth, longer than the first", &mut room);
+        let fourth = Payload::take(Some(third), &mut room);
+        assert_eq!(fourth.as_ptr(), address);
+        assert_eq!(&*fourth, b"fourth, longer than the first");
     }
 
     #[test]
     fn what_str0m_read_is_never_written_over() {
         let read = Payload::Read(Arc::from(&b"as read"[..]));
         let shared = read.to_str0m();
-        let next = Payload::reuse(Some(read), b"next");
+        let mut room = Vec::new();
+        opened(b"next", &mut room);
+        let next = Payload::take(Some(read), &mut room);
         assert_eq!(&*shared, b"as read");
         assert_eq!(&*next, b"next");
         assert_eq!(&*next.to_str0m(), b"next");
+    }
+
+    #[test]
+    fn a_buffer_grows_in_steps_and_holds_exactly_its_length() {
+        let mut buffer = vec![7u8; 10];
+        fit(&mut buffer, 300);
+        assert_eq!(buffer.len(), 300);
+        assert_eq!(buffer.capacity(), 2 * CAPACITY_STEP);
+        assert!(buffer[10..].iter().all(|&b| b == 0), "growth is zeroed");
+        fit(&mut buffer, 4);
+        assert_eq!(buffer, [7, 7, 7, 7]);
+        assert_eq!(buffer.capacity(), 2 * CAPACITY_STEP);
     }
 }

@@ -72,8 +72,8 @@ impl Room {
                     Receipt::Opened(opened) => {
                         // Lent to the forwarding, which reads it while it
                         // changes the room.
-                        let payload = std::mem::take(&mut self.opened);
-                        self.on_opened(now, key, opened, &payload);
+                        let mut payload = std::mem::take(&mut self.opened);
+                        self.on_opened(now, key, opened, &mut payload);
                         self.opened = payload;
                     }
                     Receipt::Refused => self.stats.drop_packet(DropReason::Malformed),

@@ -574,7 +574,7 @@ impl Room {
             None => *pkt.seq_no,
         };
         let ext = &pkt.header.ext_vals;
-        let published = Published {
+        let mut published = Published {
             ssrc,
             seq,
             timestamp: pkt.header.timestamp,
@@ -586,19 +586,20 @@ impl Room {
             video_orientation: ext.video_orientation,
             body: Body::Read(pkt.payload),
         };
-        self.forward(now, key, &published);
+        self.forward(now, key, &mut published);
     }
 
     /// A publisher's packet that Relais opened itself ([`crate::ingress`]),
-    /// its payload `payload`.
+    /// its payload in `payload`; if forwarded, `payload` is left holding
+    /// another buffer ([`crate::payload`]).
     pub(super) fn on_opened(
         &mut self,
         now: Instant,
         key: ParticipantKey,
         opened: Opened,
-        payload: &[u8],
+        payload: &mut Vec<u8>,
     ) {
-        let published = Published {
+        let mut published = Published {
             ssrc: opened.ssrc.into(),
             seq: opened.seq,
             timestamp: opened.timestamp,
@@ -610,12 +611,12 @@ impl Room {
             video_orientation: opened.video_orientation,
             body: Body::Opened(payload),
         };
-        self.forward(now, key, &published);
+        self.forward(now, key, &mut published);
     }
 
     /// The hot path: one published RTP packet, out to the subscribers of its
     /// track.
-    fn forward(&mut self, now: Instant, key: ParticipantKey, pkt: &Published) {
+    fn forward(&mut self, now: Instant, key: ParticipantKey, pkt: &mut Published) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -679,8 +680,9 @@ impl Room {
         };
         let mut need_keyframe = false;
         // The payload as the copies share it, made with the first copy that
-        // needs it: Relais's copies read it from the layer's buffers, str0m's
-        // from one shared copy of it.
+        // needs it: Relais's copies read it from the layer's buffers (the
+        // buffer it was opened into becomes one), str0m's from one shared
+        // copy of it.
         let mut for_direct: Option<Payload> = None;
         let mut for_str0m: Option<Arc<[u8]>> = None;
         for sub in &mut track.subscribers {
@@ -737,15 +739,17 @@ impl Room {
                 self.stats.direct_out[kind] += 1;
                 let kept = &mut track.layers[layer].kept;
                 for_direct
-                    .get_or_insert_with(|| match &pkt.body {
+                    .get_or_insert_with(|| match &mut pkt.body {
                         Body::Read(read) => Payload::Read(read.clone()),
                         Body::Opened(opened) => kept.buffer(pkt.seq, opened),
                     })
                     .clone()
             } else {
-                let shared = for_str0m.get_or_insert_with(|| match &pkt.body {
-                    Body::Read(read) => read.clone(),
-                    Body::Opened(opened) => Arc::from(*opened),
+                let shared = for_str0m.get_or_insert_with(|| match (&pkt.body, &for_direct) {
+                    (Body::Read(read), _) => read.clone(),
+                    // Moved out of the opened buffer already.
+                    (Body::Opened(_), Some(kept)) => Arc::from(&**kept),
+                    (Body::Opened(opened), None) => Arc::from(opened.as_slice()),
                 });
                 Payload::Read(shared.clone())
             };
@@ -882,7 +886,7 @@ enum Body<'a> {
     /// Read by str0m, shared already.
     Read(Arc<[u8]>),
     /// Opened by Relais ([`crate::ingress`]), in the room's buffer.
-    Opened(&'a [u8]),
+    Opened(&'a mut Vec<u8>),
 }
 
 impl Body<'_> {

@@ -352,9 +352,9 @@ pub struct Room {
     /// leave in the next round (not waiting for the rest of their frame);
     /// what [`Room::handle_receive`] reports is the difference it made.
     copies_leaving: u64,
-    /// The payload of the publisher's packet being opened
-    /// ([`crate::ingress`]), in one buffer all packets reuse: copied from it
-    /// only if it is forwarded ([`crate::payload`]).
+    /// The buffer the publisher's next packet is opened into
+    /// ([`crate::ingress`]): if the packet is forwarded, its layer keeps this
+    /// buffer and gives another back ([`crate::payload`]).
     opened: Vec<u8>,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
