@@ -29,6 +29,7 @@ mod payload;
 mod quality;
 mod receive_register;
 pub mod room;
+mod room_table;
 mod rtp_header;
 mod sdp_order;
 pub mod shard;

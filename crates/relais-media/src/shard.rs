@@ -18,6 +18,7 @@ use crate::fan_out::{InPlace, SessionDriver};
 use crate::outgoing::Outgoing;
 use crate::participant::{ParticipantKey, PeerRole};
 use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+use crate::room_table::{RoomId, RoomTable};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
 use crate::timers::{self, Queued, TimerQueue};
@@ -25,7 +26,7 @@ use crate::HashMap;
 
 #[derive(Debug, Clone)]
 struct Route {
-    room: Arc<str>,
+    room: RoomId,
     participant: ParticipantKey,
     role: PeerRole,
     ufrag: Arc<str>,
@@ -45,24 +46,24 @@ pub enum ShardOutput {
 pub struct Shard {
     pub(crate) index: u8,
     pub(crate) config: MediaConfig,
-    pub(crate) rooms: HashMap<Arc<str>, Room>,
+    pub(crate) rooms: RoomTable,
     by_ufrag: HashMap<Arc<str>, Route>,
     /// Keyed by protocol too: a UDP and a TCP peer may share an address.
     by_addr: HashMap<(Protocol, SocketAddr), Route>,
     addrs_of_ufrag: HashMap<Arc<str>, Vec<(Protocol, SocketAddr)>>,
-    pub(crate) room_of: HashMap<ParticipantKey, Arc<str>>,
+    pub(crate) room_of: HashMap<ParticipantKey, RoomId>,
     pub(crate) outputs: VecDeque<ShardOutput>,
     /// The datagrams to send; lent to each room the shard calls, so that
     /// copies are written in place (`lend_outgoing`).
     outgoing: Outgoing,
     /// Each room's next deadline ([`Room::poll_timeout`]), refreshed whenever
     /// the room's outputs are collected — after everything done to it.
-    timers: TimerQueue<Arc<str>>,
+    timers: TimerQueue<RoomId>,
     /// Each room's latest wake-up ([`Room::wake_by`]), kept the same way: when
     /// the shard must wake at the latest ([`Shard::wake_by`]).
-    wakes: TimerQueue<Arc<str>>,
+    wakes: TimerQueue<RoomId>,
     /// Scratch list of the rooms due in [`Shard::handle_timeout`].
-    due: Vec<Arc<str>>,
+    due: Vec<RoomId>,
     /// Counters of the shard itself and of rooms already dropped.
     stats: MediaStats,
     /// Whether joins are taken ([`Shard::set_accepting_joins`]).
@@ -76,7 +77,7 @@ impl Shard {
         Shard {
             index,
             config,
-            rooms: HashMap::default(),
+            rooms: RoomTable::default(),
             by_ufrag: HashMap::default(),
             by_addr: HashMap::default(),
             addrs_of_ufrag: HashMap::default(),
@@ -134,7 +135,7 @@ impl Shard {
     }
 
     pub fn room(&self, name: &str) -> Option<&Room> {
-        self.rooms.get(name)
+        self.rooms.by_name(name)
     }
 
     pub fn rooms(&self) -> impl Iterator<Item = &Room> {
@@ -153,40 +154,38 @@ impl Shard {
         if !self.accepting_joins {
             return Err(JoinError::Overloaded);
         }
-        let name: Arc<str> = match self.rooms.get_key_value(room) {
-            Some((k, _)) => k.clone(),
+        let id = match self.rooms.id(room) {
+            Some(id) => id,
             None if !create => return Err(JoinError::NoSuchRoom),
             None => {
-                let name: Arc<str> = room.into();
                 let created = Room::new(room, self.config.clone(), self.index, now, unix_ms);
                 created
                     .span()
                     .in_scope(|| info!(shard = self.index, "room created"));
-                self.rooms.insert(name.clone(), created);
-                name
+                self.rooms.insert(created)
             }
         };
         let key = params.key;
         let result = self
-            .lend(&name)
+            .lend(id)
             .expect("inserted above")
             .join(now, unix_ms, params);
         if result.is_ok() {
-            self.room_of.insert(key, name.clone());
+            self.room_of.insert(key, id);
         }
-        self.collect(&name);
+        self.collect(id);
         result
     }
 
     /// A signal message from a participant's WebSocket.
     pub fn handle_signal(&mut self, now: Instant, key: ParticipantKey, req: SignalRequest) {
-        let Some(name) = self.room_of.get(&key).cloned() else {
+        let Some(&id) = self.room_of.get(&key) else {
             return;
         };
-        if let Some(room) = self.lend(&name) {
+        if let Some(room) = self.lend(id) {
             room.handle_signal(now, key, req);
         }
-        self.collect(&name);
+        self.collect(id);
     }
 
     /// The participant's WebSocket closed or it was removed by the API.
@@ -196,13 +195,13 @@ impl Shard {
         key: ParticipantKey,
         reason: DisconnectReason,
     ) {
-        let Some(name) = self.room_of.get(&key).cloned() else {
+        let Some(&id) = self.room_of.get(&key) else {
             return;
         };
-        if let Some(room) = self.lend(&name) {
+        if let Some(room) = self.lend(id) {
             room.remove_participant(now, key, reason);
         }
-        self.collect(&name);
+        self.collect(id);
     }
 
     /// Server-originated data for a room.
@@ -213,15 +212,13 @@ impl Shard {
         reliable: bool,
         packet: DataPacket,
     ) -> bool {
-        let Some((name, r)) = self.rooms.get_key_value(room) else {
+        let Some(id) = self.rooms.id(room) else {
             return false;
         };
-        let name = name.clone();
-        let _ = r;
-        if let Some(r) = self.lend(&name) {
+        if let Some(r) = self.lend(id) {
             r.send_data(now, reliable, packet);
         }
-        self.collect(&name);
+        self.collect(id);
         true
     }
 
@@ -237,15 +234,16 @@ impl Shard {
         destination: SocketAddr,
         buf: &[u8],
     ) -> u64 {
-        let route = match self.by_addr.get(&(proto, source)) {
-            Some(r) => r.clone(),
+        // Copied out, not cloned: a datagram counts no reference.
+        let (room, participant, role) = match self.by_addr.get(&(proto, source)) {
+            Some(r) => (r.room, r.participant, r.role),
             None => {
                 let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
                     self.stats.drop_packet(DropReason::UnknownSession);
                     return 0;
                 };
                 let route = route.clone();
-                if let Some(room) = self.rooms.get(&route.room) {
+                if let Some(room) = self.rooms.get(route.room) {
                     room.span_for(route.participant).in_scope(
                         || debug!(%source, %proto, ufrag = %route.ufrag, role = ?route.role, "new remote address"),
                     );
@@ -255,17 +253,17 @@ impl Shard {
                     .entry(route.ufrag.clone())
                     .or_default()
                     .push((proto, source));
-                route
+                (route.room, route.participant, route.role)
             }
         };
         let Ok(receive) = Receive::new(proto, source, destination, buf) else {
             self.stats.drop_packet(DropReason::Malformed);
             return 0;
         };
-        let copies = self.lend(&route.room).map_or(0, |room| {
-            room.handle_receive(now, route.participant, route.role, buf, receive)
+        let copies = self.lend(room).map_or(0, |r| {
+            r.handle_receive(now, participant, role, buf, receive)
         });
-        self.collect(&route.room);
+        self.collect(room);
         copies
     }
 
@@ -285,16 +283,16 @@ impl Shard {
     /// from lining up.
     pub fn handle_timeout_while(&mut self, now: Instant, mut more: impl FnMut(&mut Shard) -> bool) {
         let mut due = std::mem::take(&mut self.due);
-        while let Some((entry, name)) = self.timers.pop_due(now) {
-            if let Some(room) = self.rooms.get_mut(&name) {
+        while let Some((entry, id)) = self.timers.pop_due(now) {
+            if let Some(room) = self.rooms.get_mut(id) {
                 if timers::fire(&mut room.queued, entry) {
-                    due.push(name);
+                    due.push(id);
                 }
             }
         }
         let mut go_on = true;
-        for name in due.drain(..) {
-            let driven = match self.rooms.get_mut(&name) {
+        for id in due.drain(..) {
+            let driven = match self.rooms.get_mut(id) {
                 // Queued before its deadline moved later: `collect` re-queues it.
                 Some(room) if go_on && room.poll_timeout() <= now => {
                     lend_outgoing(&mut self.outgoing, room);
@@ -303,18 +301,18 @@ impl Shard {
                 }
                 _ => false,
             };
-            self.collect(&name);
+            self.collect(id);
             if driven {
                 go_on = more(self);
             }
-            if self.rooms.get(&name).is_some_and(|r| r.is_closed()) {
-                if let Some(mut room) = self.rooms.remove(&name) {
+            if self.rooms.get(id).is_some_and(|r| r.is_closed()) {
+                if let Some(mut room) = self.rooms.remove(id) {
                     self.stats.merge(room.take_stats());
                     let _span = room.span().enter();
                     info!("room closed");
+                    self.outputs
+                        .push_back(ShardOutput::RoomClosed(room.name().to_string()));
                 }
-                self.outputs
-                    .push_back(ShardOutput::RoomClosed(name.to_string()));
             }
         }
         self.due = due;
@@ -331,12 +329,11 @@ impl Shard {
     /// subscribers only the lowest simulcast layer ([`Room::set_load_layer_cap`]).
     pub fn set_shedding(&mut self, now: Instant, shedding: bool) {
         let cap = if shedding { 0 } else { usize::MAX };
-        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-        for name in names {
-            if let Some(room) = self.lend(&name) {
+        for id in self.rooms.ids() {
+            if let Some(room) = self.lend(id) {
                 room.set_load_layer_cap(now, cap);
             }
-            self.collect(&name);
+            self.collect(id);
         }
     }
 
@@ -363,28 +360,26 @@ impl Shard {
         &mut self.outgoing
     }
 
-    /// Room `name`, with the shard's outgoing datagrams lent to it for a
+    /// Room `id`, with the shard's outgoing datagrams lent to it for a
     /// call ([`lend_outgoing`]); [`Shard::collect`] takes them back.
-    pub(crate) fn lend(&mut self, name: &str) -> Option<&mut Room> {
-        let room = self.rooms.get_mut(name)?;
+    pub(crate) fn lend(&mut self, id: RoomId) -> Option<&mut Room> {
+        let room = self.rooms.get_mut(id)?;
         lend_outgoing(&mut self.outgoing, room);
         Some(room)
     }
 
     /// Move a room's outputs out, keeping the routing tables and the room's
     /// place in the timer queue in step.
-    pub(crate) fn collect(&mut self, name: &Arc<str>) {
-        let Some(room) = self.rooms.get_mut(name) else {
+    pub(crate) fn collect(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.get_mut(id) else {
             return;
         };
         let (at, wake_by) = (room.poll_timeout(), room.wake_by());
-        requeue(&mut self.timers, &mut self.rooms, name, at, |r| {
-            &mut r.queued
-        });
-        requeue(&mut self.wakes, &mut self.rooms, name, wake_by, |r| {
+        requeue(&mut self.timers, &mut self.rooms, id, at, |r| &mut r.queued);
+        requeue(&mut self.wakes, &mut self.rooms, id, wake_by, |r| {
             &mut r.wake_queued
         });
-        let Some(room) = self.rooms.get_mut(name) else {
+        let Some(room) = self.rooms.get_mut(id) else {
             return;
         };
         if std::mem::take(&mut room.outgoing_lent) {
@@ -410,7 +405,7 @@ impl Shard {
                     self.by_ufrag.insert(
                         ufrag.clone(),
                         Route {
-                            room: name.clone(),
+                            room: id,
                             participant,
                             role,
                             ufrag,
@@ -428,7 +423,7 @@ impl Shard {
                     }
                 }
                 RoomOutput::Event(event) => self.outputs.push_back(ShardOutput::Event {
-                    room: name.to_string(),
+                    room: room.name().to_string(),
                     event,
                 }),
             }
@@ -436,27 +431,27 @@ impl Shard {
     }
 }
 
-/// Queue room `name` at `at` in `queue`, where `slot` keeps the room's
+/// Queue room `id` at `at` in `queue`, where `slot` keeps the room's
 /// entry. A room whose deadline moved later is queued again at it, and
 /// entries that are no longer any room's current one leave the front:
 /// otherwise each would wake the shard for nothing.
 fn requeue(
-    queue: &mut TimerQueue<Arc<str>>,
-    rooms: &mut HashMap<Arc<str>, Room>,
-    name: &Arc<str>,
+    queue: &mut TimerQueue<RoomId>,
+    rooms: &mut RoomTable,
+    id: RoomId,
     at: Instant,
     slot: fn(&mut Room) -> &mut Queued,
 ) {
-    if let Some(room) = rooms.get_mut(name) {
+    if let Some(room) = rooms.get_mut(id) {
         let queued = slot(room);
         if queued.is_some_and(|(q, _)| q < at) {
             *queued = None;
         }
-        queue.schedule(queued, name, at);
+        queue.schedule(queued, &id, at);
     }
     let live = rooms.len();
     let mut current =
-        |entry, name: &Arc<str>| rooms.get_mut(name).is_some_and(|r| *slot(r) == Some(entry));
+        |entry, id: &RoomId| rooms.get_mut(*id).is_some_and(|r| *slot(r) == Some(entry));
     while queue
         .pop_early_front(|entry, name| !current(entry, name))
         .is_some()

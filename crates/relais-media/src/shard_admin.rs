@@ -1,7 +1,6 @@
 //! RoomService operations at the shard level: creating, listing and deleting
 //! rooms, and running a room operation with the shard's routing kept in step.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use relais_proto::livekit::{self, CreateRoomRequest, DisconnectReason};
@@ -19,16 +18,15 @@ impl Shard {
         unix_ms: i64,
         req: &CreateRoomRequest,
     ) -> (livekit::Room, bool) {
-        if let Some(room) = self.rooms.get(req.name.as_str()) {
+        if let Some(room) = self.rooms.by_name(&req.name) {
             return (room.api_info(), false);
         }
-        let name: Arc<str> = req.name.as_str().into();
         let mut room = Room::new(&req.name, self.config.clone(), self.index, now, unix_ms);
         room.configure(req);
         info!(room = %req.name, shard = self.index, "room created by the room API");
         let info = room.api_info();
-        self.rooms.insert(name.clone(), room);
-        self.collect(&name);
+        let id = self.rooms.insert(room);
+        self.collect(id);
         (info, true)
     }
 
@@ -45,13 +43,12 @@ impl Shard {
     /// Run `f` on the room named `name` (if it exists and is open), then move
     /// its outputs out as every other entry point does.
     pub fn with_room<R>(&mut self, name: &str, f: impl FnOnce(&mut Room) -> R) -> Option<R> {
-        let (key, room) = self.rooms.get_key_value(name)?;
-        if room.is_closed() {
+        let id = self.rooms.id(name)?;
+        if self.rooms.get(id)?.is_closed() {
             return None;
         }
-        let key = key.clone();
-        let result = f(self.lend(&key)?);
-        self.collect(&key);
+        let result = f(self.lend(id)?);
+        self.collect(id);
         Some(result)
     }
 
@@ -64,7 +61,8 @@ impl Shard {
         {
             return false;
         }
-        if self.rooms.remove(name).is_some() {
+        if let Some(id) = self.rooms.id(name) {
+            self.rooms.remove(id);
             info!(room = %name, "room closed");
             self.outputs
                 .push_back(ShardOutput::RoomClosed(name.to_string()));
