@@ -50,8 +50,8 @@ pub use config::{
     tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults, SubscriptionLimits,
 };
 pub use participant::{ParticipantKey, PeerRole};
+pub use room::{Addresses, JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use room::{AdminError, RpcFailure, RpcReply};
-pub use room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use shard::{Shard, ShardOutput};
 pub use stats::{MediaStats, ShardGauges};
 

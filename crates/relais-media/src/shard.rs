@@ -10,14 +10,14 @@ use std::time::Instant;
 use relais_proto::livekit::{
     DataPacket, DisconnectReason, LeaveRequest, SignalRequest, SignalResponse,
 };
-use str0m::net::{Protocol, Receive};
+use str0m::net::Protocol;
 use tracing::{debug, info};
 
 use crate::config::MediaConfig;
 use crate::fan_out::{InPlace, SessionDriver};
 use crate::outgoing::Outgoing;
 use crate::participant::{ParticipantKey, PeerRole};
-use crate::room::{JoinError, JoinParams, Room, RoomEvent, RoomOutput};
+use crate::room::{Addresses, JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 use crate::room_table::{RoomId, RoomTable};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
@@ -256,12 +256,13 @@ impl Shard {
                 (route.room, route.participant, route.role)
             }
         };
-        let Ok(receive) = Receive::new(proto, source, destination, buf) else {
-            self.stats.drop_packet(DropReason::Malformed);
-            return 0;
+        let addresses = Addresses {
+            proto,
+            source,
+            destination,
         };
         let copies = self.lend(room).map_or(0, |r| {
-            r.handle_receive(now, participant, role, buf, receive)
+            r.handle_receive(now, participant, role, buf, addresses)
         });
         self.collect(room);
         copies

@@ -20,7 +20,7 @@ use crate::stun;
 use crate::timers;
 use crate::HashMap;
 
-use super::{PendingEvent, Room, SessionTimers, LAYER_CHECK_INTERVAL};
+use super::{Addresses, PendingEvent, Room, SessionTimers, LAYER_CHECK_INTERVAL};
 
 impl Room {
     /// Datagram for one of this room's sessions (the shard found which).
@@ -34,7 +34,7 @@ impl Room {
         key: ParticipantKey,
         role: PeerRole,
         datagram: &[u8],
-        receive: Receive<'_>,
+        addresses: Addresses,
     ) -> u64 {
         let before = self.copies_leaving;
         let Some(p) = self.participants.get_mut(&key) else {
@@ -46,7 +46,7 @@ impl Room {
         };
         if let Some(direct) = session.direct.as_deref_mut() {
             if stun::nominates(datagram) {
-                direct.nominated = Some((receive.proto, receive.source));
+                direct.nominated = Some((addresses.proto, addresses.source));
             }
             // Every datagram, before str0m: the feedback must count them all.
             // The session's deadline follows when it is drained below.
@@ -86,6 +86,17 @@ impl Room {
         // itself above logs nothing on its way, or names whom it logs about.
         let span = span.clone();
         let _span = span.enter();
+        // Parsed for str0m only: what Relais reads itself never needs it (a
+        // `Receive` is hundreds of bytes, moved by copy).
+        let Addresses {
+            proto,
+            source,
+            destination,
+        } = addresses;
+        let Ok(receive) = Receive::new(proto, source, destination, datagram) else {
+            self.stats.drop_packet(DropReason::Malformed);
+            return 0;
+        };
         if let Err(e) = session.rtc.handle_input(Input::Receive(now, receive)) {
             self.stats.drop_packet(DropReason::Malformed);
             debug!(?role, error = %e, "bad datagram");

@@ -27,6 +27,7 @@ pub use admin::{AdminError, RpcFailure, RpcReply};
 pub(crate) use drive::drive_session;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ use relais_proto::livekit::{
 use str0m::format::PayloadParams;
 use str0m::ice::IceCreds;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
+use str0m::net::Protocol;
 use str0m::rtp::Ssrc;
 use str0m::Event;
 use tracing::{info, Span};
@@ -149,6 +151,14 @@ pub struct JoinParams {
     pub auto_subscribe: bool,
     pub protocol: i32,
     pub client_info: Option<ClientInfo>,
+}
+
+/// Where a datagram came from and went to: what str0m is told with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    pub proto: Protocol,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
 }
 
 pub(crate) struct Layer {
