@@ -2,6 +2,7 @@
 
 pub mod cli;
 mod cluster;
+mod code_pages;
 pub mod config;
 mod doorbell;
 mod events;
