@@ -136,11 +136,6 @@ prometheus:
   port: 6789
 ${SERVER_YAML:-}
 EOF
-# perf names functions from the mapped file: with PERF=1 the server's code
-# stays where the file maps it, not on the anonymous 2 MiB pages it moves to.
-if [ "${PERF:-0}" = 1 ]; then
-  echo "huge_code_pages: false" >> "$OUT/relais.yaml"
-fi
 # nsenter execs the server: $! is the server's own PID (not a subshell's).
 nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml" > "$OUT/relais.log" 2>&1 &
 RPID=$!

@@ -121,10 +121,6 @@ pub struct Config {
     /// Seconds a draining node (after SIGTERM) waits for its participants to
     /// leave before it disconnects them and exits. Default 30; 0 = exit at once.
     pub drain_timeout: u32,
-    /// Relais: move the server's machine code onto 2 MiB pages at start
-    /// (`code_pages.rs`). Default true; false keeps it mapped from the
-    /// file, for profilers that name functions from it.
-    pub huge_code_pages: bool,
     /// Development mode (`--dev`).
     pub development: bool,
     /// Warnings gathered while loading (unknown keys, ...). Not a config key.
@@ -150,7 +146,6 @@ impl Default for Config {
             region: String::new(),
             cluster: relais_cluster::ClusterConfig::default(),
             drain_timeout: 30,
-            huge_code_pages: true,
             development: false,
             warnings: Vec::new(),
         }
@@ -1428,7 +1423,5 @@ development: false
         assert_eq!(c.drain_timeout, 30);
         let c = yaml("drain_timeout: 5\n").unwrap();
         assert_eq!(c.drain_timeout, 5);
-        assert!(Config::default().huge_code_pages);
-        assert!(!yaml("huge_code_pages: false\n").unwrap().huge_code_pages);
     }
 }

@@ -2,7 +2,6 @@
 
 pub mod cli;
 mod cluster;
-mod code_pages;
 pub mod config;
 mod doorbell;
 mod events;

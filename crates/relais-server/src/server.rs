@@ -50,14 +50,6 @@ fn webhook_notifier(
 
 /// Run the node until SIGINT/SIGTERM.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    if config.huge_code_pages {
-        // While the process has one thread. Not fatal: the code runs from
-        // 4 KiB pages as well, only with more translations to look up.
-        match crate::code_pages::move_text_to_huge_pages() {
-            Ok(bytes) => info!(mib = bytes >> 20, "code moved onto 2 MiB pages"),
-            Err(e) => warn!("code left on 4 KiB pages: {e}"),
-        }
-    }
     // The runtime is the control plane: its threads yield to the media threads
     // (shards, receive thread, fan-out helpers), which set themselves back.
     crate::thread_class::control_plane();
