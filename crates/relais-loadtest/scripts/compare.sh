@@ -98,7 +98,7 @@ PKT_PER_S=$(( ROOMS * (VPUB * 4 * 30 + APUB * 50) ))
 [ "$PKT_PER_S" -ge 50 ] || PKT_PER_S=50
 if [ "$VPUB" -gt 0 ]; then FLOOR_PAYLOAD=1000; else FLOOR_PAYLOAD=$((ABR / 8 / 50)); fi
 # Its copies take the servers' path: over the veth, one destination socket per subscriber
-# (18-33 % more CPU per packet than one sink on loopback; docs/benchmarks.md). Its threads
+# (18-33 % more CPU per packet than one sink on loopback; docs/benchmarks-journal.md). Its threads
 # always share one core, pinned or not: with its feeder and sink on the other core it pays
 # their wake-ups (up to 2x per packet), and an unpinned floor lands either way by chance.
 # Measured before the servers and again after Relais: a VM's speed drifts within a run, and

@@ -4,7 +4,7 @@
 //! A copy given to str0m costs a whole session drive — a timeout input and an
 //! output loop that walk every subsystem of the session (ICE, DTLS, SCTP,
 //! every stream) — and audio is one packet per frame, so each audio copy pays
-//! one (docs/benchmarks.md, "Direct audio egress"). With `direct_audio` on, a
+//! one (docs/benchmarks-journal.md, "Direct audio egress"). With `direct_audio` on, a
 //! subscriber session's audio copies skip str0m: they are queued like any
 //! copy, and when the session's turn comes in the round (on a fan-out helper,
 //! in a large room) Relais protects them with the session's SRTP keys (AEAD

@@ -2,7 +2,7 @@
 //!
 //! str0m's receive path for one RTP packet — SRTP, its stream tables, its
 //! registers, the event — touches more cache lines than any other part of a
-//! forwarded packet's path (docs/benchmarks.md, "the cache lines a packet
+//! forwarded packet's path (docs/benchmarks-journal.md, "the cache lines a packet
 //! touches from a cold start"), and at light load every packet pays them
 //! cold. So once str0m has shown Relais a publisher's stream (its SSRC,
 //! m-line, layer and codec: the first packet still goes through str0m),

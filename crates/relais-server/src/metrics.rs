@@ -154,8 +154,8 @@ pub const DROP_TCP_NOT_CONNECTED: &str = "tcp_not_connected";
 /// LiveKit's `node_type` for a media server.
 pub const NODE_TYPE: &str = "SERVER";
 
-/// `transmission` label of what Relais forwards itself (str0m resends NACKed
-/// packets from its own buffer; those are not counted here).
+/// `transmission` label of what Relais forwards (packets sent again on a NACK,
+/// by Relais's direct egress or by str0m, are not counted apart).
 const TRANSMISSION_INITIAL: &str = "initial";
 
 /// Buckets as LiveKit's (`pkg/telemetry/prometheus`), so dashboards' quantiles match.

@@ -2,7 +2,7 @@
 //! the socket's kernel buffer sizes.
 //!
 //! Why: one system call per datagram was a third of the server's CPU when
-//! forwarding (docs/benchmarks.md, "Top costs"). A shard fans each packet out
+//! forwarding (docs/benchmarks-journal.md, "Top costs"). A shard fans each packet out
 //! to every subscriber, so outgoing datagrams come in runs, and under load the
 //! socket holds several incoming datagrams whenever we look.
 //!
