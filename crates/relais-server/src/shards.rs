@@ -552,18 +552,16 @@ struct SocketReader {
     /// The socket's own address: the datagrams' destination.
     local: SocketAddr,
     receiver: udp::Receiver,
-    buffers: Vec<Vec<u8>>,
     metrics: ReceiveMetrics,
 }
 
 impl SocketReader {
     /// Built on the thread that reads: the receiver's headers hold raw pointers.
-    fn new(socket: Arc<UdpSocket>, local: SocketAddr, mut fresh: impl FnMut() -> Vec<u8>) -> Self {
+    fn new(socket: Arc<UdpSocket>, local: SocketAddr, fresh: impl FnMut() -> Vec<u8>) -> Self {
         SocketReader {
             local,
             socket,
-            receiver: udp::Receiver::new(),
-            buffers: (0..udp::BATCH).map(|_| fresh()).collect(),
+            receiver: udp::Receiver::new(fresh),
             metrics: ReceiveMetrics::new(Instant::now()),
         }
     }
@@ -575,7 +573,7 @@ impl SocketReader {
         mut fresh: impl FnMut() -> Vec<u8>,
         mut deliver: impl FnMut(Datagram, &mut ReceiveMetrics),
     ) -> usize {
-        let result = self.receiver.receive(&self.socket, &mut self.buffers);
+        let result = self.receiver.receive(&self.socket);
         let read_at = Instant::now();
         let wall_clock = SystemTime::now();
         self.metrics.syscalls += 1;
@@ -596,9 +594,9 @@ impl SocketReader {
                 return 0;
             }
         };
-        for (i, buffer) in self.buffers[..count].iter_mut().enumerate() {
+        for i in 0..count {
             self.metrics.datagrams += 1;
-            self.metrics.bytes += buffer.len() as u64;
+            self.metrics.bytes += self.receiver.datagram(i).len() as u64;
             let Some(source) = self.receiver.source(i) else {
                 self.metrics.unroutable += 1;
                 continue;
@@ -615,7 +613,7 @@ impl SocketReader {
                 proto: Protocol::Udp,
                 source,
                 destination: self.local,
-                data: std::mem::replace(buffer, fresh()),
+                data: self.receiver.take(i, fresh()),
                 received: read_at.checked_sub(waited).unwrap_or(read_at),
                 opened: None,
             };

@@ -258,30 +258,47 @@ impl Headers {
 /// `u64` words so that it is aligned for `cmsghdr`.
 const CONTROL_WORDS: usize = 8;
 
-/// Receives up to [`BATCH`] datagrams per system call.
+/// Receives up to [`BATCH`] datagrams per system call, into buffers it owns.
+///
+/// The call's headers stay pointed at the buffers from one call to the next:
+/// only those the last call filled — the kernel rewrote their lengths, and
+/// the caller may have taken their buffers — are set again. At light load a
+/// call brings one datagram, and setting all [`BATCH`] headers every time
+/// wrote about a hundred cache lines per wake-up, each a miss after the core
+/// ran something else.
 pub struct Receiver {
     headers: Headers,
     /// Per datagram, the control messages the kernel writes (arrival stamps).
     controls: Vec<[u64; CONTROL_WORDS]>,
+    buffers: Vec<Vec<u8>>,
+    /// Headers `..stale` point at buffers or lengths the next call must not
+    /// use as they are.
+    stale: usize,
+    /// How many datagrams the last call filled.
+    filled: usize,
 }
 
 impl Receiver {
-    pub fn new() -> Self {
+    /// A receiver whose [`BATCH`] buffers come from `fresh`; a datagram
+    /// longer than its buffer's capacity is truncated.
+    pub fn new(fresh: impl FnMut() -> Vec<u8>) -> Self {
         Receiver {
             headers: Headers::new(),
             controls: vec![[0; CONTROL_WORDS]; BATCH],
+            buffers: std::iter::repeat_with(fresh).take(BATCH).collect(),
+            stale: BATCH,
+            filled: 0,
         }
     }
 
     /// Wait for a datagram (as long as the socket's read timeout allows), then
-    /// take whatever else is already queued, without waiting, into `buffers` in
-    /// order. Each buffer is filled from its capacity (nothing is zeroed first)
-    /// and left as long as its datagram; a longer datagram is truncated. Returns
-    /// how many buffers were filled; [`Receiver::source`] says who sent them.
-    pub fn receive(&mut self, socket: &UdpSocket, buffers: &mut [Vec<u8>]) -> io::Result<usize> {
-        let count = buffers.len().min(BATCH);
+    /// take whatever else is already queued, without waiting, in order. Each
+    /// buffer is filled from its capacity (nothing is zeroed first). Returns
+    /// how many datagrams arrived: [`Receiver::datagram`] and
+    /// [`Receiver::take`] give them, [`Receiver::source`] says who sent them.
+    pub fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        for (i, buffer) in buffers[..count].iter_mut().enumerate() {
+        for (i, buffer) in self.buffers[..self.stale].iter_mut().enumerate() {
             buffer.clear();
             self.headers
                 .set(i, buffer.as_mut_ptr(), buffer.capacity(), name_len);
@@ -289,28 +306,50 @@ impl Receiver {
             header.msg_control = self.controls[i].as_mut_ptr().cast();
             header.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
         }
-        // SAFETY: each of the `count` headers points at its own iovec and
-        // address slot in `self.headers` and at a buffer of `buffers`, all alive
-        // and unmoved for the duration of the call; the kernel writes at most
-        // `iov_len` (the capacity) bytes into each buffer.
+        self.stale = 0;
+        self.filled = 0;
+        // SAFETY: each header points at its own iovec, address slot and
+        // control buffer in `self`, and at the buffer of `self.buffers` with
+        // its index (set above, or by an earlier call if neither the buffer
+        // nor the header changed since), all alive and unmoved for the
+        // duration of the call; the kernel writes at most `iov_len` (the
+        // capacity) bytes into each buffer.
         let received = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
                 self.headers.headers.as_mut_ptr(),
-                count as libc::c_uint,
+                BATCH as libc::c_uint,
                 libc::MSG_WAITFORONE,
                 ptr::null_mut(),
             )
         };
+        // A failed call wrote nothing back into the headers.
         if received < 0 {
             return Err(io::Error::last_os_error());
         }
         let received = received as usize;
-        for (buffer, header) in buffers.iter_mut().zip(&self.headers.headers[..received]) {
+        for (buffer, header) in self
+            .buffers
+            .iter_mut()
+            .zip(&self.headers.headers[..received])
+        {
             // SAFETY: the kernel initialized `msg_len` (≤ capacity) bytes.
             unsafe { buffer.set_len(header.msg_len as usize) };
         }
+        self.stale = received;
+        self.filled = received;
         Ok(received)
+    }
+
+    /// Datagram `i` of the last [`Receiver::receive`].
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        &self.buffers[..self.filled][i]
+    }
+
+    /// Datagram `i` of the last [`Receiver::receive`], its buffer replaced by
+    /// `replacement` for the calls to come.
+    pub fn take(&mut self, i: usize, replacement: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.buffers[..self.filled][i], replacement)
     }
 
     /// The sender of datagram `i` of the last [`Receiver::receive`].
@@ -651,14 +690,13 @@ mod tests {
         assert_eq!(sent.syscalls, 2);
         assert_eq!((sent.datagrams, sent.dropped), (total as u64, 0));
 
-        let mut receiver = Receiver::new();
-        let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
+        let mut receiver = Receiver::new(|| Vec::with_capacity(2048));
         let mut seen = 0;
         while seen < total {
-            let n = receiver.receive(&b, &mut buffers).unwrap();
+            let n = receiver.receive(&b).unwrap();
             assert!(n >= 1);
-            for (i, buffer) in buffers[..n].iter().enumerate() {
-                assert_eq!(buffer.as_slice(), vec![seen as u8; 10 + seen].as_slice());
+            for i in 0..n {
+                assert_eq!(receiver.datagram(i), vec![seen as u8; 10 + seen].as_slice());
                 assert_eq!(receiver.source(i), Some(a.local_addr().unwrap()));
                 seen += 1;
             }
@@ -666,16 +704,59 @@ mod tests {
     }
 
     #[test]
+    fn only_the_headers_a_call_filled_are_set_again() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut receiver = Receiver::new(|| Vec::with_capacity(2048));
+        // The first call sets every header.
+        assert_eq!(receiver.stale, BATCH);
+
+        for tag in 1..=3u8 {
+            a.send_to(&[tag; 100], to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(receiver.receive(&b).unwrap(), 3);
+        assert_eq!(receiver.stale, 3, "the rest keep their buffers and lengths");
+        // The caller keeps datagram 1 and leaves a 10-byte buffer in its place.
+        assert_eq!(receiver.take(1, Vec::with_capacity(10)), [2; 100]);
+
+        // Nothing waiting: the timeout changes nothing.
+        assert!(receiver.receive(&b).is_err());
+        assert_eq!(receiver.stale, 0);
+
+        // The next datagrams land in the buffers as they now are: the
+        // replacement (truncating) and the untouched ones after it.
+        for tag in 4..=7u8 {
+            a.send_to(&[tag; 100], to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(receiver.receive(&b).unwrap(), 4);
+        assert_eq!(receiver.datagram(0), [4; 100]);
+        assert_eq!(
+            receiver.datagram(1),
+            [5; 10],
+            "cut to the replacement's capacity"
+        );
+        assert_eq!(receiver.datagram(2), [6; 100]);
+        assert_eq!(receiver.datagram(3), [7; 100]);
+        for i in 0..4 {
+            assert_eq!(receiver.source(i), Some(a.local_addr().unwrap()));
+        }
+        assert_eq!(receiver.stale, 4);
+    }
+
+    #[test]
     fn arrivals_are_stamped_by_the_kernel() {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut receiver = Receiver::new();
-        let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
+        let mut receiver = Receiver::new(|| Vec::with_capacity(2048));
 
         // Without the option: no stamp.
         a.send_to(b"plain", b.local_addr().unwrap()).unwrap();
-        assert_eq!(receiver.receive(&b, &mut buffers).unwrap(), 1);
+        assert_eq!(receiver.receive(&b).unwrap(), 1);
         assert_eq!(receiver.arrival(0), None);
 
         // With it: the time the datagram arrived, not the time it was read.
@@ -686,8 +767,8 @@ mod tests {
         for _ in 0..20 {
             a.send_to(b"stamped", b.local_addr().unwrap()).unwrap();
             std::thread::sleep(Duration::from_millis(50));
-            assert_eq!(receiver.receive(&b, &mut buffers).unwrap(), 1);
-            assert_eq!(buffers[0], b"stamped");
+            assert_eq!(receiver.receive(&b).unwrap(), 1);
+            assert_eq!(receiver.datagram(0), b"stamped");
             let arrival = receiver.arrival(0).expect("stamped");
             let waited = SystemTime::now().duration_since(arrival).unwrap();
             if waited >= Duration::from_millis(45) {
@@ -769,8 +850,7 @@ mod tests {
         assert_eq!(sender.messages, [(0, 6), (6, 3), (9, 2), (11, 1)]);
 
         // Each arrives as its own datagram, whole and in order.
-        let mut receiver = Receiver::new();
-        let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(2048)).collect();
+        let mut receiver = Receiver::new(|| Vec::with_capacity(2048));
         for (socket, to) in [(&receivers[0], b), (&receivers[1], c)] {
             let want: Vec<Vec<u8>> = plan
                 .iter()
@@ -779,8 +859,8 @@ mod tests {
                 .collect();
             let mut got = Vec::new();
             while got.len() < want.len() {
-                let n = receiver.receive(socket, &mut buffers).unwrap();
-                got.extend(buffers[..n].iter().cloned());
+                let n = receiver.receive(socket).unwrap();
+                got.extend((0..n).map(|i| receiver.datagram(i).to_vec()));
             }
             assert_eq!(got, want);
         }
