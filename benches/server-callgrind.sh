@@ -26,23 +26,12 @@ cleanup() {
   rm -rf "$OUT"
 }
 trap cleanup EXIT
-cat >"$OUT/relais.yaml" <<EOF
-port: $PORT
-bind_addresses: ["127.0.0.1"]
-rtc:
-  udp_port: "$((PORT + 2))-$((PORT + 3))"
-  tcp_port: $((PORT + 1))
-  node_ip: "127.0.0.1"
-keys:
-  devkey: secret
-logging:
-  level: warn
-prometheus:
-  port: $((PORT + 9))
-EOF
 valgrind --tool=callgrind --cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=1048576,8,64 \
   --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
-  "$BIN/relais" --config "$OUT/relais.yaml" >"$OUT/server.log" 2>&1 &
+  "$BIN/relais" --bind 127.0.0.1 --node-ip 127.0.0.1 --port "$PORT" --keys "devkey: secret" \
+  --udp-port "$((PORT + 2))-$((PORT + 3))" \
+  --config-body "$(printf 'logging:\n  level: warn\nrtc:\n  tcp_port: %d\nprometheus:\n  port: %d\n' \
+    $((PORT + 1)) $((PORT + 9)))" >"$OUT/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 120); do
   curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break
