@@ -271,10 +271,8 @@ pub struct Receiver {
     /// Per datagram, the control messages the kernel writes (arrival stamps).
     controls: Vec<[u64; CONTROL_WORDS]>,
     buffers: Vec<Vec<u8>>,
-    /// Headers `..stale` point at buffers or lengths the next call must not
-    /// use as they are.
-    stale: usize,
-    /// How many datagrams the last call filled.
+    /// How many datagrams the last call filled: their headers are set again
+    /// before the next call, the others still hold.
     filled: usize,
 }
 
@@ -282,13 +280,28 @@ impl Receiver {
     /// A receiver whose [`BATCH`] buffers come from `fresh`; a datagram
     /// longer than its buffer's capacity is truncated.
     pub fn new(fresh: impl FnMut() -> Vec<u8>) -> Self {
-        Receiver {
+        let mut receiver = Receiver {
             headers: Headers::new(),
             controls: vec![[0; CONTROL_WORDS]; BATCH],
             buffers: std::iter::repeat_with(fresh).take(BATCH).collect(),
-            stale: BATCH,
             filled: 0,
-        }
+        };
+        (0..BATCH).for_each(|i| receiver.set_header(i));
+        receiver
+    }
+
+    /// Point header `i` at buffer `i` (emptied), its address slot and its
+    /// control buffer. Everything it points at lives on the heap, so the
+    /// receiver itself may move.
+    fn set_header(&mut self, i: usize) {
+        let buffer = &mut self.buffers[i];
+        buffer.clear();
+        let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        self.headers
+            .set(i, buffer.as_mut_ptr(), buffer.capacity(), name_len);
+        let header = &mut self.headers.headers[i].msg_hdr;
+        header.msg_control = self.controls[i].as_mut_ptr().cast();
+        header.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
     }
 
     /// Wait for a datagram (as long as the socket's read timeout allows), then
@@ -297,21 +310,13 @@ impl Receiver {
     /// how many datagrams arrived: [`Receiver::datagram`] and
     /// [`Receiver::take`] give them, [`Receiver::source`] says who sent them.
     pub fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let name_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        for (i, buffer) in self.buffers[..self.stale].iter_mut().enumerate() {
-            buffer.clear();
-            self.headers
-                .set(i, buffer.as_mut_ptr(), buffer.capacity(), name_len);
-            let header = &mut self.headers.headers[i].msg_hdr;
-            header.msg_control = self.controls[i].as_mut_ptr().cast();
-            header.msg_controllen = size_of::<[u64; CONTROL_WORDS]>();
-        }
-        self.stale = 0;
+        (0..self.filled).for_each(|i| self.set_header(i));
         self.filled = 0;
         // SAFETY: each header points at its own iovec, address slot and
         // control buffer in `self`, and at the buffer of `self.buffers` with
-        // its index (set above, or by an earlier call if neither the buffer
-        // nor the header changed since), all alive and unmoved for the
+        // its index (set above, or when the receiver was made or before an
+        // earlier call, and neither the buffer nor the header changed since:
+        // only a filled one can change), all alive and unmoved for the
         // duration of the call; the kernel writes at most `iov_len` (the
         // capacity) bytes into each buffer.
         let received = unsafe {
@@ -336,7 +341,6 @@ impl Receiver {
             // SAFETY: the kernel initialized `msg_len` (≤ capacity) bytes.
             unsafe { buffer.set_len(header.msg_len as usize) };
         }
-        self.stale = received;
         self.filled = received;
         Ok(received)
     }
@@ -710,21 +714,22 @@ mod tests {
         b.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let to = b.local_addr().unwrap();
         let mut receiver = Receiver::new(|| Vec::with_capacity(2048));
-        // The first call sets every header.
-        assert_eq!(receiver.stale, BATCH);
 
         for tag in 1..=3u8 {
             a.send_to(&[tag; 100], to).unwrap();
         }
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(receiver.receive(&b).unwrap(), 3);
-        assert_eq!(receiver.stale, 3, "the rest keep their buffers and lengths");
+        assert_eq!(
+            receiver.filled, 3,
+            "set again: the rest keep buffers and lengths"
+        );
         // The caller keeps datagram 1 and leaves a 10-byte buffer in its place.
         assert_eq!(receiver.take(1, Vec::with_capacity(10)), [2; 100]);
 
         // Nothing waiting: the timeout changes nothing.
         assert!(receiver.receive(&b).is_err());
-        assert_eq!(receiver.stale, 0);
+        assert_eq!(receiver.filled, 0);
 
         // The next datagrams land in the buffers as they now are: the
         // replacement (truncating) and the untouched ones after it.
@@ -744,7 +749,7 @@ mod tests {
         for i in 0..4 {
             assert_eq!(receiver.source(i), Some(a.local_addr().unwrap()));
         }
-        assert_eq!(receiver.stale, 4);
+        assert_eq!(receiver.filled, 4);
     }
 
     #[test]
