@@ -11,6 +11,8 @@
 #
 #   benches/server-callgrind.sh                       # target/release
 #   BIN=/tmp/bin-old benches/server-callgrind.sh      # another build
+#   KEEP=/tmp/new.cg benches/server-callgrind.sh      # keep the profile, for
+#       callgrind_annotate (its count of copies goes into KEEP.copies)
 #
 # Needs valgrind (apt-get install valgrind), curl, and BIN holding `relais`
 # and `relais-loadtest` (cargo build --release -p relais-server -p relais-loadtest).
@@ -56,6 +58,10 @@ LOAD=
 kill -INT "$SERVER"
 wait "$SERVER" || true
 SERVER=
+if [[ -n ${KEEP:-} ]]; then
+  cp "$OUT/cg.out" "$KEEP"
+  echo $((after - before)) >"$KEEP.copies"
+fi
 python3 - "$OUT/cg.out" $((after - before)) <<'EOF'
 import sys
 path, copies = sys.argv[1], int(sys.argv[2])
