@@ -9,8 +9,9 @@
 //! `Arc<dimpl::Config>` serves every session; the rest is str0m's provider.
 //! A session armed by [`tap_next_session`] also hands keys to Relais: its
 //! SRTP sending keys to its direct egress, its SRTCP sending keys to the
-//! feedback and reports it sends a publisher, and the publisher's SRTP keys
-//! to the direct ingress.
+//! feedback and reports it sends a publisher, the publisher's SRTP keys
+//! to the direct ingress, and the peer's SRTCP keys to what cuts its
+//! reports down ([`SrtcpKeys::without_descriptions`]).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -24,10 +25,12 @@ use str0m::crypto::{CryptoError, CryptoProvider};
 
 use crate::egress::{KeySlot, SrtpSender};
 use crate::ingress::{OpenSlot, SrtpReceiver};
-use crate::srtcp::SrtcpSender;
+use crate::srtcp::{SrtcpKeys, SrtcpSender};
 
 /// Where a session's SRTCP sending keys land once its DTLS handshake is done.
 pub(crate) type SrtcpSlot = Arc<OnceLock<SrtcpSender>>;
+/// Where the peer's SRTCP keys land.
+pub(crate) type ReportKeySlot = Arc<OnceLock<SrtcpKeys>>;
 
 /// Where the next DTLS instance built on a thread reports its sending keys.
 #[derive(Default)]
@@ -38,6 +41,8 @@ pub(crate) struct KeyTaps {
     pub srtcp: Option<SrtcpSlot>,
     /// The peer's SRTP keys, AES-GCM only (the direct ingress).
     pub srtp_in: Option<OpenSlot>,
+    /// The peer's SRTCP keys, any profile.
+    pub srtcp_in: Option<ReportKeySlot>,
 }
 
 thread_local! {
@@ -178,6 +183,13 @@ impl DtlsInstance for Session {
                     SrtcpSender::from_keying_material(material.as_ref(), *profile, client)
                 {
                     let _ = slot.set(sender);
+                }
+            }
+            if let Some(slot) = &self.keys.srtcp_in {
+                if let Some(keys) =
+                    SrtcpKeys::from_keying_material(material.as_ref(), *profile, !client)
+                {
+                    let _ = slot.set(keys);
                 }
             }
         }

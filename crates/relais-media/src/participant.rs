@@ -13,7 +13,7 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
-use crate::dtls::SrtcpSlot;
+use crate::dtls::{ReportKeySlot, SrtcpSlot};
 use crate::egress::{DirectStream, KeySlot, SourcePacket};
 use crate::ingress::Ingress;
 use crate::payload::Payload;
@@ -90,6 +90,9 @@ pub(crate) struct DirectEgress {
     pub keys: KeySlot,
     /// SRTCP keys (publisher sessions).
     pub rtcp_keys: SrtcpSlot,
+    /// The peer's SRTCP keys, to cut its compound reports down before str0m
+    /// reads them ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
+    pub report_keys: ReportKeySlot,
     /// Publisher sessions that numbered their packets: the feedback on them.
     pub feedback: Option<TransportFeedback>,
     /// Publisher sessions: the streams Relais reads itself
@@ -114,6 +117,7 @@ impl DirectEgress {
         DirectEgress {
             keys: KeySlot::default(),
             rtcp_keys: SrtcpSlot::default(),
+            report_keys: ReportKeySlot::default(),
             feedback: None,
             ingress: None,
             route: None,

@@ -1,4 +1,5 @@
-//! SRTP key derivation, and RTCP that Relais protects and sends itself.
+//! SRTP key derivation, RTCP that Relais protects and sends itself, and the
+//! peer's compound reports cut down before str0m reads them.
 //!
 //! Relais sends some of a session's RTCP without str0m: the sender reports of
 //! the streams its direct egress sends ([`crate::egress`]), and what a
@@ -9,6 +10,17 @@
 //! and browsers prefer; AES-CM with HMAC-SHA1 (RFC 3711) is kept for what a
 //! publisher gets, which its congestion control and loss repair need
 //! whatever the profile.
+//!
+//! What a peer sends is str0m's to read, but for one part: the source
+//! descriptions (SDES) of its compound reports. str0m parses each into
+//! fixed-size lists of tens of kilobytes, moved and cloned by value — about
+//! 150,000 instructions and as many bytes written per report, where the rest
+//! of the report costs a few thousand — and reads nothing in them Relais
+//! uses. libwebrtc puts one in every compound report (RFC 3550 §6.1), so a
+//! room of 1,000 browsers pays it a thousand times a second.
+//! [`SrtcpKeys::without_descriptions`] opens such a report with the peer's
+//! keys, drops its SDES packets and seals the rest again under the same
+//! index: str0m reads the same reports, without the descriptions.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -16,6 +28,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_
 use aws_lc_rs::cipher::{
     Algorithm, EncryptingKey, EncryptionContext, UnboundCipherKey, AES_128, AES_256,
 };
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
 use str0m::crypto::dtls::SrtpProfile;
@@ -40,9 +53,23 @@ const CM_KEY_LEN: usize = 16;
 const CM_AUTH_KEY_LEN: usize = 20;
 const CM_TAG_LEN: usize = 10;
 
+/// RTCP packet types (RFC 3550 §12.1).
+const SENDER_REPORT: u8 = 200;
+const RECEIVER_REPORT: u8 = 201;
+const SOURCE_DESCRIPTION: u8 = 202;
+/// The SRTCP E-flag: the packet is encrypted (RFC 3711 §3.4).
+const ENCRYPTED: u32 = 0x8000_0000;
+/// AES-GCM's tag length (RFC 7714 §9).
+const GCM_TAG_LEN: usize = 16;
+
+/// One direction's SRTCP keys.
+pub(crate) struct SrtcpKeys {
+    cipher: RtcpCipher,
+}
+
 /// A session's keys for the RTCP Relais sends on it.
 pub(crate) struct SrtcpSender {
-    cipher: RtcpCipher,
+    keys: SrtcpKeys,
     /// The next SRTCP index, shared by everything Relais sends on the session.
     index: AtomicU32,
 }
@@ -115,12 +142,36 @@ pub(crate) fn gcm_keys(
     derive(block, master_key, master_salt, LABEL_RTP_KEY, &mut key)?;
     derive(block, master_key, master_salt, LABEL_RTP_SALT, &mut salt)?;
     let rtp = LessSafeKey::new(UnboundKey::new(aead, &key).ok()?);
-    let rtcp = SrtcpSender::gcm(aead, block, master_key, master_salt)?;
+    let rtcp = SrtcpSender::new(SrtcpKeys::gcm(aead, block, master_key, master_salt)?);
     Some((rtp, salt, rtcp))
 }
 
 impl SrtcpSender {
     /// The RTCP sending keys of the side that is the DTLS `client` (or not).
+    pub(crate) fn from_keying_material(
+        material: &[u8],
+        profile: SrtpProfile,
+        client: bool,
+    ) -> Option<Self> {
+        SrtcpKeys::from_keying_material(material, profile, client).map(Self::new)
+    }
+
+    fn new(keys: SrtcpKeys) -> Self {
+        SrtcpSender {
+            keys,
+            index: FIRST_SRTCP_INDEX.into(),
+        }
+    }
+
+    /// Protect one RTCP packet in place, under the session's next index.
+    pub(crate) fn protect(&self, packet: &mut Vec<u8>) {
+        let index = self.index.fetch_add(1, Ordering::Relaxed) & !ENCRYPTED;
+        self.keys.seal(packet, index);
+    }
+}
+
+impl SrtcpKeys {
+    /// The SRTCP keys of the direction the DTLS `client` (or server) sends in.
     pub(crate) fn from_keying_material(
         material: &[u8],
         profile: SrtpProfile,
@@ -141,15 +192,17 @@ impl SrtcpSender {
         derive(LABEL_RTCP_KEY, &mut key)?;
         derive(LABEL_RTCP_AUTH, &mut auth)?;
         derive(LABEL_RTCP_SALT, &mut salt)?;
-        Some(Self::new(RtcpCipher::CmHmac(Box::new(CmHmacKeys {
-            key: EncryptingKey::ctr(UnboundCipherKey::new(&AES_128, &key).ok()?).ok()?,
-            salt,
-            auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
-        }))))
+        Some(SrtcpKeys {
+            cipher: RtcpCipher::CmHmac(Box::new(CmHmacKeys {
+                key: EncryptingKey::ctr(UnboundCipherKey::new(&AES_128, &key).ok()?).ok()?,
+                salt,
+                auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth),
+            })),
+        })
     }
 
     /// The AES-GCM RTCP keys from a session's master key and salt.
-    pub(crate) fn gcm(
+    fn gcm(
         aead: &'static aws_lc_rs::aead::Algorithm,
         block: &'static Algorithm,
         master_key: &[u8],
@@ -159,38 +212,27 @@ impl SrtcpSender {
         let mut salt = [0u8; SALT_LEN];
         derive(block, master_key, master_salt, LABEL_RTCP_KEY, &mut key)?;
         derive(block, master_key, master_salt, LABEL_RTCP_SALT, &mut salt)?;
-        Some(Self::new(RtcpCipher::Gcm {
-            key: LessSafeKey::new(UnboundKey::new(aead, &key).ok()?),
-            salt,
-        }))
+        Some(SrtcpKeys {
+            cipher: RtcpCipher::Gcm {
+                key: LessSafeKey::new(UnboundKey::new(aead, &key).ok()?),
+                salt,
+            },
+        })
     }
 
-    fn new(cipher: RtcpCipher) -> Self {
-        SrtcpSender {
-            cipher,
-            index: FIRST_SRTCP_INDEX.into(),
-        }
-    }
-
-    /// Protect one RTCP packet in place: the first 8 bytes (header and
-    /// sender SSRC) stay clear, the rest is encrypted, then come the E-flag
-    /// with the index and the tag (RFC 7714 §9 for GCM: the tag before the
-    /// index; RFC 3711 §3.4 for AES-CM: the index, then the tag).
-    pub(crate) fn protect(&self, packet: &mut Vec<u8>) {
-        let index = self.index.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
-        let e_and_index = (0x8000_0000 | index).to_be_bytes();
+    /// Protect one RTCP packet in place under SRTCP `index` (31 bits): the
+    /// first 8 bytes (header and sender SSRC) stay clear, the rest is
+    /// encrypted, then come the E-flag with the index and the tag (RFC 7714
+    /// §9 for GCM: the tag before the index; RFC 3711 §3.4 for AES-CM: the
+    /// index, then the tag).
+    fn seal(&self, packet: &mut Vec<u8>, index: u32) {
+        let e_and_index = (ENCRYPTED | index).to_be_bytes();
         match &self.cipher {
             RtcpCipher::Gcm { key, salt } => {
-                let mut iv = [0u8; SALT_LEN];
-                iv[2..6].copy_from_slice(&packet[4..8]);
-                iv[8..12].copy_from_slice(&index.to_be_bytes());
-                let mut aad = [0u8; 12];
-                aad[..8].copy_from_slice(&packet[..8]);
-                aad[8..].copy_from_slice(&e_and_index);
                 let tag = key
                     .seal_in_place_separate_tag(
-                        nonce(iv, salt),
-                        Aad::from(&aad[..]),
+                        gcm_nonce(packet, index, salt),
+                        Aad::from(&gcm_aad(packet, e_and_index)[..]),
                         &mut packet[8..],
                     )
                     .expect("AES-GCM seals any length we send");
@@ -199,26 +241,157 @@ impl SrtcpSender {
             }
             RtcpCipher::CmHmac(keys) => {
                 let CmHmacKeys { key, salt, auth } = &**keys;
-                // IV = salt·2^16 ⊕ SSRC·2^64 ⊕ index·2^16 (RFC 3711 §4.1.1).
-                let mut iv = [0u8; 16];
-                iv[..CM_SALT_LEN].copy_from_slice(salt);
-                for (byte, s) in iv[4..8].iter_mut().zip(&packet[4..8]) {
-                    *byte ^= s;
-                }
-                for (byte, i) in iv[10..14].iter_mut().zip(index.to_be_bytes()) {
-                    *byte ^= i;
-                }
-                key.less_safe_encrypt(
-                    &mut packet[8..],
-                    EncryptionContext::Iv128(FixedLength::from(iv)),
-                )
-                .expect("AES-CTR encrypts any length");
+                let context = cm_context(packet, index, salt);
+                key.less_safe_encrypt(&mut packet[8..], context)
+                    .expect("AES-CTR encrypts any length");
                 packet.extend_from_slice(&e_and_index);
                 let tag = hmac::sign(auth, packet);
                 packet.extend_from_slice(&tag.as_ref()[..CM_TAG_LEN]);
             }
         }
     }
+
+    /// Open an SRTCP packet into `plain` (replacing what it held): the RTCP
+    /// packets it carries, whole. Its index, or `None` if it does not
+    /// authenticate or was sent unencrypted.
+    fn open(&self, packet: &[u8], plain: &mut Vec<u8>) -> Option<u32> {
+        let trailer = match &self.cipher {
+            RtcpCipher::Gcm { .. } => GCM_TAG_LEN + 4,
+            RtcpCipher::CmHmac(_) => 4 + CM_TAG_LEN,
+        };
+        let body_end = packet.len().checked_sub(trailer).filter(|&end| end >= 8)?;
+        let e_at = match &self.cipher {
+            RtcpCipher::Gcm { .. } => packet.len() - 4,
+            RtcpCipher::CmHmac(_) => body_end,
+        };
+        let e_and_index: [u8; 4] = packet[e_at..e_at + 4].try_into().ok()?;
+        let index = u32::from_be_bytes(e_and_index);
+        if index & ENCRYPTED == 0 {
+            return None;
+        }
+        let index = index & !ENCRYPTED;
+        plain.clear();
+        plain.extend_from_slice(&packet[..body_end]);
+        match &self.cipher {
+            RtcpCipher::Gcm { key, salt } => {
+                let tag = &packet[body_end..body_end + GCM_TAG_LEN];
+                let (header, body) = plain.split_at_mut(8);
+                key.open_separate_gather(
+                    gcm_nonce(header, index, salt),
+                    Aad::from(&gcm_aad(header, e_and_index)[..]),
+                    &packet[8..body_end],
+                    tag,
+                    body,
+                )
+                .ok()?;
+            }
+            RtcpCipher::CmHmac(keys) => {
+                let CmHmacKeys { key, salt, auth } = &**keys;
+                let expected = hmac::sign(auth, &packet[..body_end + 4]);
+                verify_slices_are_equal(&expected.as_ref()[..CM_TAG_LEN], &packet[body_end + 4..])
+                    .ok()?;
+                // Counter mode: decrypting is encrypting again.
+                let context = cm_context(plain, index, salt);
+                key.less_safe_encrypt(&mut plain[8..], context).ok()?;
+            }
+        }
+        Some(index)
+    }
+
+    /// `datagram`, a peer's SRTCP packet, as str0m should read it: a
+    /// compound report (one that starts with a sender or receiver report)
+    /// with source descriptions in it comes back without them, sealed again
+    /// in `buf` under its own index; anything else — feedback alone, a
+    /// packet that does not open or does not parse — comes back as it is.
+    ///
+    /// The packet sealed again reuses the original's nonce on other bytes:
+    /// it never leaves the process (str0m opens it at once), so no one can
+    /// set the two side by side.
+    pub(crate) fn without_descriptions<'a>(
+        &self,
+        datagram: &'a [u8],
+        buf: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        // Version 2, then the first packet's type, both in the clear.
+        let report = datagram.first().is_some_and(|b| b >> 6 == 2)
+            && matches!(datagram.get(1), Some(&(SENDER_REPORT | RECEIVER_REPORT)));
+        if !report {
+            return datagram;
+        }
+        let Some(index) = self.open(datagram, buf) else {
+            return datagram;
+        };
+        if !drop_descriptions(buf) {
+            return datagram;
+        }
+        self.seal(buf, index);
+        buf
+    }
+}
+
+/// Take the SDES packets out of the compound RTCP packet in `plain`, the
+/// others moved up in order. False, and `plain` left as it is, if it has
+/// none or its lengths do not add up.
+fn drop_descriptions(plain: &mut Vec<u8>) -> bool {
+    // The length of the packet at `at`, from its header's count of words.
+    let len_at = |plain: &[u8], at: usize| {
+        plain
+            .get(at + 2..at + 4)
+            .map(|words| (usize::from(u16::from_be_bytes([words[0], words[1]])) + 1) * 4)
+    };
+    let (mut at, mut descriptions) = (0, false);
+    while at < plain.len() {
+        let Some(len) = len_at(plain, at) else {
+            return false;
+        };
+        descriptions |= plain[at + 1] == SOURCE_DESCRIPTION;
+        at += len;
+    }
+    if at != plain.len() || !descriptions {
+        return false;
+    }
+    // Each packet kept moves up over those dropped before it; the headers
+    // still to read lie after what it overwrites.
+    let (mut at, mut to) = (0, 0);
+    while let Some(len) = len_at(plain, at) {
+        if plain[at + 1] != SOURCE_DESCRIPTION {
+            plain.copy_within(at..at + len, to);
+            to += len;
+        }
+        at += len;
+    }
+    plain.truncate(to);
+    true
+}
+
+/// RFC 7714 §9.1: 00 00 || SSRC || 00 00 || index, XOR the salt (the SSRC
+/// is the sender's, in the packet's bytes 4 to 8).
+fn gcm_nonce(packet: &[u8], index: u32, salt: &[u8; SALT_LEN]) -> Nonce {
+    let mut iv = [0u8; SALT_LEN];
+    iv[2..6].copy_from_slice(&packet[4..8]);
+    iv[8..12].copy_from_slice(&index.to_be_bytes());
+    nonce(iv, salt)
+}
+
+/// RFC 7714 §9.1: the clear header and sender SSRC, then the E-flag and index.
+fn gcm_aad(packet: &[u8], e_and_index: [u8; 4]) -> [u8; 12] {
+    let mut aad = [0u8; 12];
+    aad[..8].copy_from_slice(&packet[..8]);
+    aad[8..].copy_from_slice(&e_and_index);
+    aad
+}
+
+/// IV = salt·2^16 ⊕ SSRC·2^64 ⊕ index·2^16 (RFC 3711 §4.1.1).
+fn cm_context(packet: &[u8], index: u32, salt: &[u8; CM_SALT_LEN]) -> EncryptionContext {
+    let mut iv = [0u8; 16];
+    iv[..CM_SALT_LEN].copy_from_slice(salt);
+    for (byte, s) in iv[4..8].iter_mut().zip(&packet[4..8]) {
+        *byte ^= s;
+    }
+    for (byte, i) in iv[10..14].iter_mut().zip(index.to_be_bytes()) {
+        *byte ^= i;
+    }
+    EncryptionContext::Iv128(FixedLength::from(iv))
 }
 
 pub(crate) fn nonce(mut iv: [u8; SALT_LEN], salt: &[u8; SALT_LEN]) -> Nonce {
@@ -316,6 +489,79 @@ mod tests {
             packet[packet.len() - 4..],
             (0x8000_0000u32 | FIRST_SRTCP_INDEX).to_be_bytes()
         );
+    }
+
+    /// A receiver report with one block, a CNAME, and a PLI: what libwebrtc
+    /// sends as a compound report (feedback stapled on).
+    fn compound_report() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let rr = hex("81c90007cafebabe111111110000000100000002000000030000000400000005");
+        let sdes = hex("81ca0005cafebabe010a6162636465666768696a00000000");
+        let pli = hex("81ce0002cafebabe11111111");
+        (rr, sdes, pli)
+    }
+
+    const PROFILES: [(SrtpProfile, usize); 3] = [
+        (SrtpProfile::AEAD_AES_128_GCM, 2 * (16 + SALT_LEN)),
+        (SrtpProfile::AEAD_AES_256_GCM, 2 * (32 + SALT_LEN)),
+        (
+            SrtpProfile::AES128_CM_SHA1_80,
+            2 * (CM_KEY_LEN + CM_SALT_LEN),
+        ),
+    ];
+
+    #[test]
+    fn a_compound_report_loses_its_descriptions_and_opens_under_its_index() {
+        let (rr, sdes, pli) = compound_report();
+        for (profile, len) in PROFILES {
+            let material: Vec<u8> = (0..len as u8).collect();
+            let peer = SrtcpSender::from_keying_material(&material, profile, true).unwrap();
+            let keys = SrtcpKeys::from_keying_material(&material, profile, true).unwrap();
+            let mut packet = [&rr[..], &sdes, &pli].concat();
+            peer.protect(&mut packet);
+            let mut buf = Vec::new();
+            let cut = keys.without_descriptions(&packet, &mut buf).to_vec();
+            assert_ne!(cut, packet, "{profile:?}");
+            let mut plain = Vec::new();
+            assert_eq!(
+                keys.open(&cut, &mut plain),
+                Some(FIRST_SRTCP_INDEX),
+                "{profile:?}"
+            );
+            assert_eq!(plain, [&rr[..], &pli].concat(), "{profile:?}");
+            // The other direction's keys do not open it.
+            let other = SrtcpKeys::from_keying_material(&material, profile, false).unwrap();
+            assert_eq!(other.open(&cut, &mut plain), None, "{profile:?}");
+        }
+    }
+
+    #[test]
+    fn what_has_no_description_or_does_not_open_is_handed_on_as_it_came() {
+        let (rr, sdes, pli) = compound_report();
+        let (profile, len) = PROFILES[0];
+        let material = vec![9u8; len];
+        let peer = SrtcpSender::from_keying_material(&material, profile, true).unwrap();
+        let keys = SrtcpKeys::from_keying_material(&material, profile, true).unwrap();
+        let sealed = |plain: &[u8]| {
+            let mut packet = plain.to_vec();
+            peer.protect(&mut packet);
+            packet
+        };
+        let mut tampered = sealed(&[&rr[..], &sdes].concat());
+        tampered[12] ^= 1;
+        let mut bad_length = [&rr[..], &sdes].concat();
+        bad_length[3] += 1;
+        let cases = [
+            ("no description", sealed(&[&rr[..], &pli].concat())),
+            ("feedback alone", sealed(&[&pli[..], &sdes].concat())),
+            ("tampered", tampered),
+            ("lengths that do not add up", sealed(&bad_length)),
+            ("too short", rr[..10].to_vec()),
+        ];
+        for (what, packet) in cases {
+            let mut buf = Vec::new();
+            let out = keys.without_descriptions(&packet, &mut buf);
+            assert_eq!(out.as_ptr(), packet.as_ptr(), "{what}");
+        }
     }
 
     #[test]

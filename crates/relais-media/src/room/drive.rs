@@ -93,6 +93,11 @@ impl Room {
             source,
             destination,
         } = addresses;
+        let report_keys = session.direct.as_deref().and_then(|d| d.report_keys.get());
+        let datagram = match report_keys {
+            Some(keys) => keys.without_descriptions(datagram, &mut self.reports),
+            None => datagram,
+        };
         let Ok(receive) = Receive::new(proto, source, destination, datagram) else {
             self.stats.drop_packet(DropReason::Malformed);
             return 0;

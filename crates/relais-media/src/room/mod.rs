@@ -366,6 +366,9 @@ pub struct Room {
     /// ([`crate::ingress`]): if the packet is forwarded, its layer keeps this
     /// buffer and gives another back ([`crate::payload`]).
     opened: Vec<u8>,
+    /// Where a peer's compound report is cut down for str0m
+    /// ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
+    reports: Vec<u8>,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
     pub(crate) span: SharedSpan,
@@ -428,6 +431,7 @@ impl Room {
             stats: MediaStats::default(),
             copies_leaving: 0,
             opened: Vec::new(),
+            reports: Vec::new(),
             span,
         }
     }
@@ -608,11 +612,13 @@ impl Room {
                 KeyTaps {
                     srtcp: Some(direct.rtcp_keys.clone()),
                     srtp_in: direct.ingress.as_ref().map(|i| i.keys.clone()),
+                    srtcp_in: Some(direct.report_keys.clone()),
                     ..KeyTaps::default()
                 }
             } else {
                 KeyTaps {
                     srtp: Some(direct.keys.clone()),
+                    srtcp_in: Some(direct.report_keys.clone()),
                     ..KeyTaps::default()
                 }
             });
