@@ -10,8 +10,8 @@
 //! A session armed by [`tap_next_session`] also hands keys to Relais: its
 //! SRTP sending keys to its direct egress, its SRTCP sending keys to the
 //! feedback and reports it sends a publisher, the publisher's SRTP keys
-//! to the direct ingress, and the peer's SRTCP keys to what cuts its
-//! reports down ([`SrtcpKeys::without_descriptions`]).
+//! to the direct ingress, and the publisher's SRTCP keys to what cuts its
+//! sender reports down ([`SrtcpKeys::without_descriptions`]).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -41,7 +41,7 @@ pub(crate) struct KeyTaps {
     pub srtcp: Option<SrtcpSlot>,
     /// The peer's SRTP keys, AES-GCM only (the direct ingress).
     pub srtp_in: Option<OpenSlot>,
-    /// The peer's SRTCP keys, any profile.
+    /// The peer's SRTCP keys, any profile (a publisher's sender reports).
     pub srtcp_in: Option<ReportKeySlot>,
 }
 

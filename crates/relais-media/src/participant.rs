@@ -90,8 +90,8 @@ pub(crate) struct DirectEgress {
     pub keys: KeySlot,
     /// SRTCP keys (publisher sessions).
     pub rtcp_keys: SrtcpSlot,
-    /// The peer's SRTCP keys, to cut its compound reports down before str0m
-    /// reads them ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
+    /// The publisher's SRTCP keys, to cut its sender reports down before
+    /// str0m reads them ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
     pub report_keys: ReportKeySlot,
     /// Publisher sessions that numbered their packets: the feedback on them.
     pub feedback: Option<TransportFeedback>,

@@ -12,15 +12,17 @@
 //! whatever the profile.
 //!
 //! What a peer sends is str0m's to read, but for one part: the source
-//! descriptions (SDES) of its compound reports. str0m parses each into
-//! fixed-size lists of tens of kilobytes, moved and cloned by value — about
-//! 150,000 instructions and as many bytes written per report, where the rest
-//! of the report costs a few thousand — and reads nothing in them Relais
-//! uses. libwebrtc puts one in every compound report (RFC 3550 §6.1), so a
-//! room of 1,000 browsers pays it a thousand times a second.
-//! [`SrtcpKeys::without_descriptions`] opens such a report with the peer's
-//! keys, drops its SDES packets and seals the rest again under the same
-//! index: str0m reads the same reports, without the descriptions.
+//! descriptions (SDES) a publisher staples to its sender reports (RFC 3550
+//! §6.1; libwebrtc and str0m both do, about once a second per stream).
+//! str0m parses each into fixed-size lists of tens of kilobytes, moved and
+//! cloned by value — some 150,000 instructions and as many bytes written per
+//! report, where the rest of the report costs a few thousand — and reads
+//! nothing in them Relais uses. [`SrtcpKeys::without_descriptions`] opens
+//! such a report with the publisher's keys, drops its SDES packets and seals
+//! the rest again under the same index: str0m reads the same reports,
+//! without the descriptions. Receiver reports are left alone: libwebrtc's
+//! carry no SDES (measured with the Python SDK), and opening them all to
+//! find none would cost more than it saves.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -55,7 +57,6 @@ const CM_TAG_LEN: usize = 10;
 
 /// RTCP packet types (RFC 3550 §12.1).
 const SENDER_REPORT: u8 = 200;
-const RECEIVER_REPORT: u8 = 201;
 const SOURCE_DESCRIPTION: u8 = 202;
 /// The SRTCP E-flag: the packet is encrypted (RFC 3711 §3.4).
 const ENCRYPTED: u32 = 0x8000_0000;
@@ -299,10 +300,11 @@ impl SrtcpKeys {
     }
 
     /// `datagram`, a peer's SRTCP packet, as str0m should read it: a
-    /// compound report (one that starts with a sender or receiver report)
-    /// with source descriptions in it comes back without them, sealed again
-    /// in `buf` under its own index; anything else — feedback alone, a
-    /// packet that does not open or does not parse — comes back as it is.
+    /// compound report that starts with a sender report and has source
+    /// descriptions in it comes back without them, sealed again in `buf`
+    /// under its own index; anything else — a receiver report, feedback
+    /// alone, a packet that does not open or does not parse — comes back as
+    /// it is.
     ///
     /// The packet sealed again reuses the original's nonce on other bytes:
     /// it never leaves the process (str0m opens it at once), so no one can
@@ -314,7 +316,7 @@ impl SrtcpKeys {
     ) -> &'a [u8] {
         // Version 2, then the first packet's type, both in the clear.
         let report = datagram.first().is_some_and(|b| b >> 6 == 2)
-            && matches!(datagram.get(1), Some(&(SENDER_REPORT | RECEIVER_REPORT)));
+            && datagram.get(1) == Some(&SENDER_REPORT);
         if !report {
             return datagram;
         }
@@ -491,13 +493,17 @@ mod tests {
         );
     }
 
-    /// A receiver report with one block, a CNAME, and a PLI: what libwebrtc
-    /// sends as a compound report (feedback stapled on).
+    /// A sender report with one block, a CNAME, and a PLI: a publisher's
+    /// compound report with feedback stapled on.
     fn compound_report() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let rr = hex("81c90007cafebabe111111110000000100000002000000030000000400000005");
+        let sr = hex(concat!(
+            "81c8000ccafebabe",
+            "e9d1c3a4000000000001e24000000064000186a0",
+            "111111110000000100000002000000030000000400000005"
+        ));
         let sdes = hex("81ca0005cafebabe010a6162636465666768696a00000000");
         let pli = hex("81ce0002cafebabe11111111");
-        (rr, sdes, pli)
+        (sr, sdes, pli)
     }
 
     const PROFILES: [(SrtpProfile, usize); 3] = [
@@ -511,12 +517,12 @@ mod tests {
 
     #[test]
     fn a_compound_report_loses_its_descriptions_and_opens_under_its_index() {
-        let (rr, sdes, pli) = compound_report();
+        let (sr, sdes, pli) = compound_report();
         for (profile, len) in PROFILES {
             let material: Vec<u8> = (0..len as u8).collect();
             let peer = SrtcpSender::from_keying_material(&material, profile, true).unwrap();
             let keys = SrtcpKeys::from_keying_material(&material, profile, true).unwrap();
-            let mut packet = [&rr[..], &sdes, &pli].concat();
+            let mut packet = [&sr[..], &sdes, &pli].concat();
             peer.protect(&mut packet);
             let mut buf = Vec::new();
             let cut = keys.without_descriptions(&packet, &mut buf).to_vec();
@@ -527,7 +533,7 @@ mod tests {
                 Some(FIRST_SRTCP_INDEX),
                 "{profile:?}"
             );
-            assert_eq!(plain, [&rr[..], &pli].concat(), "{profile:?}");
+            assert_eq!(plain, [&sr[..], &pli].concat(), "{profile:?}");
             // The other direction's keys do not open it.
             let other = SrtcpKeys::from_keying_material(&material, profile, false).unwrap();
             assert_eq!(other.open(&cut, &mut plain), None, "{profile:?}");
@@ -536,7 +542,10 @@ mod tests {
 
     #[test]
     fn what_has_no_description_or_does_not_open_is_handed_on_as_it_came() {
-        let (rr, sdes, pli) = compound_report();
+        let (sr, sdes, pli) = compound_report();
+        // A receiver report: the sender report's first 8 bytes, typed 201.
+        let mut rr = sr[..8].to_vec();
+        rr[..4].copy_from_slice(&hex("80c90001"));
         let (profile, len) = PROFILES[0];
         let material = vec![9u8; len];
         let peer = SrtcpSender::from_keying_material(&material, profile, true).unwrap();
@@ -546,16 +555,17 @@ mod tests {
             peer.protect(&mut packet);
             packet
         };
-        let mut tampered = sealed(&[&rr[..], &sdes].concat());
+        let mut tampered = sealed(&[&sr[..], &sdes].concat());
         tampered[12] ^= 1;
-        let mut bad_length = [&rr[..], &sdes].concat();
+        let mut bad_length = [&sr[..], &sdes].concat();
         bad_length[3] += 1;
         let cases = [
-            ("no description", sealed(&[&rr[..], &pli].concat())),
+            ("no description", sealed(&[&sr[..], &pli].concat())),
+            ("a receiver report", sealed(&[&rr[..], &sdes].concat())),
             ("feedback alone", sealed(&[&pli[..], &sdes].concat())),
             ("tampered", tampered),
             ("lengths that do not add up", sealed(&bad_length)),
-            ("too short", rr[..10].to_vec()),
+            ("too short", sr[..10].to_vec()),
         ];
         for (what, packet) in cases {
             let mut buf = Vec::new();

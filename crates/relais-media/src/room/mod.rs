@@ -366,7 +366,7 @@ pub struct Room {
     /// ([`crate::ingress`]): if the packet is forwarded, its layer keeps this
     /// buffer and gives another back ([`crate::payload`]).
     opened: Vec<u8>,
-    /// Where a peer's compound report is cut down for str0m
+    /// Where a publisher's sender report is cut down for str0m
     /// ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
     reports: Vec<u8>,
     /// `room{room, room_sid}`: entered around everything the room does, so
@@ -618,7 +618,6 @@ impl Room {
             } else {
                 KeyTaps {
                     srtp: Some(direct.keys.clone()),
-                    srtcp_in: Some(direct.report_keys.clone()),
                     ..KeyTaps::default()
                 }
             });
