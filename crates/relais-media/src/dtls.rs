@@ -29,7 +29,7 @@ use crate::srtcp::{SrtcpKeys, SrtcpSender};
 
 /// Where a session's SRTCP sending keys land once its DTLS handshake is done.
 pub(crate) type SrtcpSlot = Arc<OnceLock<SrtcpSender>>;
-/// Where the peer's SRTCP keys land.
+/// Where a publisher's SRTCP keys land (for its sender reports).
 pub(crate) type ReportKeySlot = Arc<OnceLock<SrtcpKeys>>;
 
 /// Where the next DTLS instance built on a thread reports its sending keys.

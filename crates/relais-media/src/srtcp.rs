@@ -256,14 +256,19 @@ impl SrtcpKeys {
     /// packets it carries, whole. Its index, or `None` if it does not
     /// authenticate or was sent unencrypted.
     fn open(&self, packet: &[u8], plain: &mut Vec<u8>) -> Option<u32> {
-        let trailer = match &self.cipher {
-            RtcpCipher::Gcm { .. } => GCM_TAG_LEN + 4,
-            RtcpCipher::CmHmac(_) => 4 + CM_TAG_LEN,
+        // After the body: GCM's tag, then the E-flag and index; AES-CM's the other way round.
+        let (tag_len, index_first) = match &self.cipher {
+            RtcpCipher::Gcm { .. } => (GCM_TAG_LEN, false),
+            RtcpCipher::CmHmac(_) => (CM_TAG_LEN, true),
         };
-        let body_end = packet.len().checked_sub(trailer).filter(|&end| end >= 8)?;
-        let e_at = match &self.cipher {
-            RtcpCipher::Gcm { .. } => packet.len() - 4,
-            RtcpCipher::CmHmac(_) => body_end,
+        let body_end = packet
+            .len()
+            .checked_sub(tag_len + 4)
+            .filter(|&end| end >= 8)?;
+        let e_at = if index_first {
+            body_end
+        } else {
+            body_end + tag_len
         };
         let e_and_index: [u8; 4] = packet[e_at..e_at + 4].try_into().ok()?;
         let index = u32::from_be_bytes(e_and_index);
@@ -271,11 +276,11 @@ impl SrtcpKeys {
             return None;
         }
         let index = index & !ENCRYPTED;
-        plain.clear();
-        plain.extend_from_slice(&packet[..body_end]);
         match &self.cipher {
             RtcpCipher::Gcm { key, salt } => {
                 let tag = &packet[body_end..body_end + GCM_TAG_LEN];
+                plain.clear();
+                plain.extend_from_slice(&packet[..body_end]);
                 let (header, body) = plain.split_at_mut(8);
                 key.open_separate_gather(
                     gcm_nonce(header, index, salt),
@@ -291,6 +296,8 @@ impl SrtcpKeys {
                 let expected = hmac::sign(auth, &packet[..body_end + 4]);
                 verify_slices_are_equal(&expected.as_ref()[..CM_TAG_LEN], &packet[body_end + 4..])
                     .ok()?;
+                plain.clear();
+                plain.extend_from_slice(&packet[..body_end]);
                 // Counter mode: decrypting is encrypting again.
                 let context = cm_context(plain, index, salt);
                 key.less_safe_encrypt(&mut plain[8..], context).ok()?;
