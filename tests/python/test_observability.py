@@ -240,6 +240,22 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
         )
         # Bob's two subscriptions are sent by Relais itself (the default).
         await m.wait("two direct streams", "relais_direct_streams", lambda v: v == 2)
+        # Bob's receiver reports on them are read by Relais itself, not str0m
+        # (libwebrtc sends several a second).
+        await m.wait(
+            "bob's reports read by Relais",
+            "relais_subscriber_reports_read_total",
+            lambda v: v >= 3,
+        )
+        # What they say is sampled: the round trip to Bob on the video Relais
+        # sends him (its sender reports echoed in his receiver reports).
+        await m.wait(
+            "round trip to bob sampled",
+            "livekit_rtt_ms_count",
+            lambda v: v > 0,
+            direction="outgoing",
+            type="VIDEO",
+        )
         packets_in = m.value("livekit_packet_total", direction="incoming")
         bytes_in = m.value("livekit_packet_bytes", direction="incoming")
         assert bytes_in > 12 * packets_in, (bytes_in, packets_in)

@@ -29,7 +29,7 @@ use crate::srtcp::{SrtcpKeys, SrtcpSender};
 
 /// Where a session's SRTCP sending keys land once its DTLS handshake is done.
 pub(crate) type SrtcpSlot = Arc<OnceLock<SrtcpSender>>;
-/// Where a publisher's SRTCP keys land (for its sender reports).
+/// Where the peer's SRTCP keys land (to read what it reports).
 pub(crate) type ReportKeySlot = Arc<OnceLock<SrtcpKeys>>;
 
 /// Where the next DTLS instance built on a thread reports its sending keys.
@@ -41,7 +41,8 @@ pub(crate) struct KeyTaps {
     pub srtcp: Option<SrtcpSlot>,
     /// The peer's SRTP keys, AES-GCM only (the direct ingress).
     pub srtp_in: Option<OpenSlot>,
-    /// The peer's SRTCP keys, any profile (a publisher's sender reports).
+    /// The peer's SRTCP keys, any profile (a publisher's sender reports, a
+    /// subscriber's reports).
     pub srtcp_in: Option<ReportKeySlot>,
 }
 

@@ -31,7 +31,6 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_lc_rs::aead::{Aad, LessSafeKey};
 use str0m::crypto::dtls::SrtpProfile;
 use str0m::media::{MediaKind, Pt};
-use str0m::rtp::rtcp::Nack;
 use str0m::rtp::{Extension, Ssrc, VideoOrientation};
 use str0m::Rtc;
 
@@ -365,13 +364,14 @@ pub(crate) fn send_direct_only(
 }
 
 /// Answer a subscriber's NACK for a stream Relais sends itself: each lost
-/// packet still kept goes out again, on the stream's RTX SSRC if it has one
-/// (str0m, which never saw these packets, ignores the NACK). `layer` gives
-/// the kept packets of each layer of the track the stream forwards. Returns
-/// how many were sent.
+/// packet of `ssrc` still kept goes out again, on the stream's RTX SSRC if
+/// it has one (str0m, which never saw these packets, could not). `layer`
+/// gives the kept packets of each layer of the track the stream forwards.
+/// Returns how many were sent.
 pub(crate) fn resend<'a>(
     session: &mut PeerSession,
-    nack: &Nack,
+    ssrc: Ssrc,
+    lost: impl IntoIterator<Item = u16>,
     layer: impl Fn(u8) -> Option<&'a TrackHistory>,
     now: Instant,
     out: &mut Outgoing,
@@ -384,21 +384,16 @@ pub(crate) fn resend<'a>(
     };
     let Some(history) = direct
         .streams
-        .get_mut(&nack.ssrc)
+        .get_mut(&ssrc)
         .and_then(|s| s.history.as_deref_mut())
     else {
         return 0;
     };
     let mut sent = 0;
-    for entry in nack.reports.iter() {
-        let lost = (0..16u16)
-            .filter(|bit| entry.blp & (1 << bit) != 0)
-            .map(|bit| entry.pid.wrapping_add(bit + 1));
-        for seq in std::iter::once(entry.pid).chain(lost) {
-            if let Some(packet) = history.repair(seq, &layer, now) {
-                out.write(route, packet.max_len(), |buf| keys.seal_rtp(&packet, buf));
-                sent += 1;
-            }
+    for seq in lost {
+        if let Some(packet) = history.repair(seq, &layer, now) {
+            out.write(route, packet.max_len(), |buf| keys.seal_rtp(&packet, buf));
+            sent += 1;
         }
     }
     sent
@@ -749,6 +744,37 @@ pub(crate) struct DirectStream {
     pub next_report: Instant,
     /// Video: what was sent, for NACKs.
     pub history: Option<Box<SendHistory>>,
+    /// What the subscriber said of the stream ([`crate::subscriber_rtcp`]).
+    pub downstream: Downstream,
+}
+
+/// What a subscriber reported on a stream Relais sends it, and how much of
+/// that the stream's last statistics sample counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Downstream {
+    /// From its last receiver report: packets lost (cumulative), jitter (in
+    /// the stream's clock units), the round trip.
+    pub packets_lost: u64,
+    pub jitter: u32,
+    pub rtt: Option<Duration>,
+    /// Its NACKs on the stream.
+    pub nacks: u64,
+    /// Packets sent, packets lost and NACKs at the last sample.
+    sampled: (u32, u64, u64),
+}
+
+impl Downstream {
+    /// What happened since the last sample, given the packets sent so far:
+    /// packets sent, packets lost, NACKs.
+    pub(crate) fn take_sample(&mut self, sent: u32) -> (u64, u64, u64) {
+        let (sent_before, lost_before, nacks_before) = self.sampled;
+        self.sampled = (sent, self.packets_lost, self.nacks);
+        (
+            u64::from(sent.wrapping_sub(sent_before)),
+            self.packets_lost.saturating_sub(lost_before),
+            self.nacks - nacks_before,
+        )
+    }
 }
 
 impl DirectStream {
@@ -761,6 +787,15 @@ impl DirectStream {
             last_rtp: (0, now),
             next_report: now,
             history: None,
+            downstream: Downstream::default(),
+        }
+    }
+
+    /// The SSRC the stream repairs losses on, if not its own.
+    pub(crate) fn repair_ssrc(&self) -> Option<u32> {
+        match self.history.as_deref()?.repair {
+            Repair::Rtx { ssrc, .. } => Some(*ssrc),
+            Repair::Resend => None,
         }
     }
 
@@ -804,6 +839,17 @@ impl DirectStream {
 /// one wall-clock time.
 pub(crate) fn ntp_at(now: Instant, epoch: (Instant, SystemTime)) -> u64 {
     ntp_time(epoch.1 + now.saturating_duration_since(epoch.0))
+}
+
+/// The round trip an echoed time gives (RFC 3550 §6.4.1, RFC 3611 §4.5):
+/// now, less the time Relais sent (`echoed`, the middle 32 bits of its NTP
+/// time), less how long the peer held it (`held`, in 1/65536 s). `None` if
+/// that is negative (a clock step, a forged echo) or over 10 s.
+pub(crate) fn round_trip(ntp_now: u64, echoed: u32, held: u32) -> Option<Duration> {
+    let now = (ntp_now >> 16) as u32;
+    let units = now.wrapping_sub(echoed).wrapping_sub(held);
+    // Negative reads as huge.
+    (units < 65_536 * 10).then(|| Duration::from_micros(u64::from(units) * 1_000_000 / 65_536))
 }
 
 /// A wall-clock time as a 64-bit NTP timestamp (seconds since 1900, 32.32).

@@ -29,7 +29,7 @@ use str0m::rtp::rtcp::{ExtendedReport, ReportBlock as XrBlock};
 use str0m::rtp::VideoOrientation;
 
 use crate::config::STATS_INTERVAL;
-use crate::egress::ntp_at;
+use crate::egress::{ntp_at, round_trip};
 use crate::payload;
 use crate::receive_register::{
     write_nack, write_receiver_report, write_reference_time, ReceiveRegister,
@@ -320,13 +320,13 @@ impl Ingress {
         else {
             return;
         };
-        let now = (ntp_at(now, self.epoch) >> 16) as u32;
-        let units = now
-            .wrapping_sub(item.last_rr_time)
-            .wrapping_sub(item.last_rr_delay);
-        // Negative (a clock step, a forged answer) reads as huge: ignored.
-        if units < 65_536 * 10 {
-            self.rtt = Some(Duration::from_micros(u64::from(units) * 1_000_000 / 65_536));
+        let rtt = round_trip(
+            ntp_at(now, self.epoch),
+            item.last_rr_time,
+            item.last_rr_delay,
+        );
+        if rtt.is_some() {
+            self.rtt = rtt;
         }
     }
 }

@@ -38,6 +38,7 @@ mod speakers;
 mod srtcp;
 pub mod stats;
 pub mod stun;
+mod subscriber_rtcp;
 mod timers;
 mod twcc;
 

@@ -13,11 +13,13 @@ use str0m::rtp::{ExtensionValues, RtpWrite, Ssrc, VideoOrientation, Vp8Descripto
 use str0m::Rtc;
 
 use crate::codec::Vp8Rewrite;
+use crate::config::STATS_INTERVAL;
 use crate::dtls::{ReportKeySlot, SrtcpSlot};
 use crate::egress::{DirectStream, KeySlot, SourcePacket};
 use crate::ingress::Ingress;
 use crate::payload::Payload;
 use crate::stun;
+use crate::subscriber_rtcp::SubscriberRtcp;
 use crate::timers::{Queued, TimerGrid};
 use crate::twcc::TransportFeedback;
 use crate::HashMap;
@@ -90,9 +92,13 @@ pub(crate) struct DirectEgress {
     pub keys: KeySlot,
     /// SRTCP keys (publisher sessions).
     pub rtcp_keys: SrtcpSlot,
-    /// The publisher's SRTCP keys, to cut its sender reports down before
-    /// str0m reads them ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
+    /// The peer's SRTCP keys: a publisher's sender reports are cut down
+    /// before str0m reads them
+    /// ([`crate::srtcp::SrtcpKeys::without_descriptions`]); a subscriber's
+    /// reports on the streams Relais sends are read by Relais.
     pub report_keys: ReportKeySlot,
+    /// Subscriber sessions: the reports Relais read ([`SubscriberRtcp`]).
+    pub reports_read: SubscriberRtcp,
     /// Publisher sessions that numbered their packets: the feedback on them.
     pub feedback: Option<TransportFeedback>,
     /// Publisher sessions: the streams Relais reads itself
@@ -110,6 +116,9 @@ pub(crate) struct DirectEgress {
     pub str0m_due: Instant,
     /// The core's clock at a wall-clock time, for the sender reports.
     pub epoch: (Instant, SystemTime),
+    /// Subscriber sessions: when the statistics of the streams Relais sends
+    /// are next sampled ([`crate::Room`]'s `sample_streams`).
+    pub next_sample: Instant,
 }
 
 impl DirectEgress {
@@ -118,6 +127,7 @@ impl DirectEgress {
             keys: KeySlot::default(),
             rtcp_keys: SrtcpSlot::default(),
             report_keys: ReportKeySlot::default(),
+            reports_read: SubscriberRtcp::default(),
             feedback: None,
             ingress: None,
             route: None,
@@ -125,6 +135,7 @@ impl DirectEgress {
             streams: HashMap::default(),
             str0m_due: now,
             epoch,
+            next_sample: now + STATS_INTERVAL,
         }
     }
 

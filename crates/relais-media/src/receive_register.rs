@@ -363,11 +363,12 @@ pub(crate) struct ReportBlock {
 
 /// RTCP version 2, no padding: the first byte's top bits.
 const RTCP_V2: u8 = 0x80;
-const PT_RECEIVER_REPORT: u8 = 201;
-const PT_TRANSPORT_FEEDBACK: u8 = 205;
-const PT_EXTENDED_REPORT: u8 = 207;
-const BT_RECEIVER_REFERENCE_TIME: u8 = 4;
-const FMT_GENERIC_NACK: u8 = 1;
+pub(crate) const PT_RECEIVER_REPORT: u8 = 201;
+pub(crate) const PT_TRANSPORT_FEEDBACK: u8 = 205;
+pub(crate) const PT_EXTENDED_REPORT: u8 = 207;
+pub(crate) const BT_RECEIVER_REFERENCE_TIME: u8 = 4;
+const BT_DELAY_SINCE_REFERENCE: u8 = 5;
+pub(crate) const FMT_GENERIC_NACK: u8 = 1;
 
 /// A Receiver Report (PT 201, RFC 3550 §6.4.2), plain, appended to `out`:
 /// from `sender_ssrc`, with one report block per entry of (media SSRC,
@@ -438,10 +439,31 @@ pub(crate) fn write_reference_time(sender_ssrc: u32, ntp: u64, out: &mut Vec<u8>
     out.extend_from_slice(&ntp.to_be_bytes());
 }
 
+/// An extended report answering a peer's reference time (RFC 3611 §4.5):
+/// for `ssrc`, the middle 32 bits of that time and how long it was held
+/// (1/65536 s), from which the peer computes its round trip.
+pub(crate) fn write_delay_since_reference(
+    sender_ssrc: u32,
+    ssrc: u32,
+    reference: u32,
+    held: u32,
+    out: &mut Vec<u8>,
+) {
+    out.push(RTCP_V2);
+    out.push(PT_EXTENDED_REPORT);
+    // The header word, the SSRC, the block's header and its three words.
+    out.extend_from_slice(&5u16.to_be_bytes());
+    out.extend_from_slice(&sender_ssrc.to_be_bytes());
+    out.extend_from_slice(&[BT_DELAY_SINCE_REFERENCE, 0, 0, 3]);
+    for word in [ssrc, reference, held] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use str0m::rtp::rtcp::{NackEntry, ReceptionReport, Rtcp};
+    use str0m::rtp::rtcp::{NackEntry, ReceptionReport, ReportBlock as XrBlock, Rtcp};
 
     /// Record `seqs` (16-bit) in order, one every millisecond from `start`,
     /// RTP time 90 per packet (90 kHz, a packet a millisecond).
@@ -861,5 +883,25 @@ mod tests {
             })
             .collect();
         assert_eq!(missing, vec![3, 5, 30]);
+    }
+
+    #[test]
+    fn an_answer_to_a_reference_time_reads_back_as_str0m_reads_it() {
+        let mut out = Vec::new();
+        write_delay_since_reference(7, 9, 0x1234_5678, 0x0000_8000, &mut out);
+        let Rtcp::ExtendedReport(report) = parse(&out, 0) else {
+            panic!("not an extended report");
+        };
+        assert_eq!(*report.ssrc, 7);
+        let [XrBlock::Dlrr(dlrr)] = &report.blocks[..] else {
+            panic!("{report:?}");
+        };
+        let [item] = &dlrr.items[..] else {
+            panic!("{dlrr:?}");
+        };
+        assert_eq!(
+            (*item.ssrc, item.last_rr_time, item.last_rr_delay),
+            (9, 0x1234_5678, 0x0000_8000)
+        );
     }
 }

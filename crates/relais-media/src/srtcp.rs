@@ -57,7 +57,7 @@ const CM_TAG_LEN: usize = 10;
 
 /// RTCP packet types (RFC 3550 §12.1).
 const SENDER_REPORT: u8 = 200;
-const SOURCE_DESCRIPTION: u8 = 202;
+pub(crate) const SOURCE_DESCRIPTION: u8 = 202;
 /// The SRTCP E-flag: the packet is encrypted (RFC 3711 §3.4).
 const ENCRYPTED: u32 = 0x8000_0000;
 /// AES-GCM's tag length (RFC 7714 §9).
@@ -226,7 +226,7 @@ impl SrtcpKeys {
     /// encrypted, then come the E-flag with the index and the tag (RFC 7714
     /// §9 for GCM: the tag before the index; RFC 3711 §3.4 for AES-CM: the
     /// index, then the tag).
-    fn seal(&self, packet: &mut Vec<u8>, index: u32) {
+    pub(crate) fn seal(&self, packet: &mut Vec<u8>, index: u32) {
         let e_and_index = (ENCRYPTED | index).to_be_bytes();
         match &self.cipher {
             RtcpCipher::Gcm { key, salt } => {
@@ -255,7 +255,7 @@ impl SrtcpKeys {
     /// Open an SRTCP packet into `plain` (replacing what it held): the RTCP
     /// packets it carries, whole. Its index, or `None` if it does not
     /// authenticate or was sent unencrypted.
-    fn open(&self, packet: &[u8], plain: &mut Vec<u8>) -> Option<u32> {
+    pub(crate) fn open(&self, packet: &[u8], plain: &mut Vec<u8>) -> Option<u32> {
         // After the body: GCM's tag, then the E-flag and index; AES-CM's the other way round.
         let (tag_len, index_first) = match &self.cipher {
             RtcpCipher::Gcm { .. } => (GCM_TAG_LEN, false),

@@ -145,6 +145,9 @@ pub struct MediaStats {
     /// Packets Relais sent again itself, answering a subscriber's NACK for
     /// a stream it sends directly (`MediaConfig::direct_video`).
     pub direct_resent: u64,
+    /// Compound RTCP packets from subscribers that Relais read itself
+    /// rather than str0m (reports and feedback on streams it sends).
+    pub reports_read: u64,
     /// Packets not forwarded, by [`DropReason`].
     pub dropped: [u64; DropReason::COUNT],
     /// NACKs by [`Direction`]: sent to publishers / received from subscribers.
@@ -180,6 +183,7 @@ impl MediaStats {
         add(&mut self.direct_out, &other.direct_out);
         add(&mut self.direct_in, &other.direct_in);
         self.direct_resent += other.direct_resent;
+        self.reports_read += other.reports_read;
         let room = MAX_SAMPLES.saturating_sub(self.samples.len());
         let n = other.samples.len().min(room);
         self.samples.extend(other.samples.drain(..n));

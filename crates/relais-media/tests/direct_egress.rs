@@ -8,9 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use relais_media::stats::{Direction, Kind};
 use relais_media::Shard;
 use relais_proto::livekit::{signal_request, UpdateSubscription};
-use str0m::media::MediaKind;
+use str0m::media::{KeyframeRequestKind, MediaKind};
 use str0m::rtp::{Ssrc, VideoOrientation};
 
 fn sim(direct_audio: bool, direct_video: bool) -> Sim {
@@ -188,6 +189,8 @@ fn lost_direct_video_is_sent_again_on_rtx() {
     assert_eq!(lost.len(), 12);
     assert!(b.rtx_received >= lost.len(), "{} on RTX", b.rtx_received);
     assert!(stats.direct_resent >= lost.len() as u64, "{stats:?}");
+    // B's NACKs and reports were read by Relais, not str0m.
+    assert!(stats.reports_read >= lost.len() as u64, "{stats:?}");
     let rx = b.received(&sid);
     let missing = gaps(rx.iter().map(|r| r.seq));
     assert!(missing.is_empty(), "B has gaps: {missing:?}");
@@ -235,4 +238,62 @@ fn a_stopped_subscription_takes_its_direct_stream_with_it() {
     sim.unpublish(0, "mic-cid");
     sim.run_for(Duration::from_secs(1));
     assert_eq!(sim.shard.gauges().direct_streams, 0);
+}
+
+#[test]
+fn a_subscribers_picture_loss_report_asks_the_publisher_for_a_keyframe() {
+    let mut sim = sim(true, true);
+    sim.run_for(Duration::from_secs(2));
+    let sid = sim.track_sid(0, "cam-cid");
+    let ssrc = sim.client_mut(1).subscriber_ssrc(&sid);
+    let asked_before = sim.client(0).track("cam-cid").keyframe_requests.len();
+    sim.shard.take_stats();
+
+    // B's str0m sends a PLI on the video stream Relais sends it.
+    sim.client_mut(1)
+        .subscriber
+        .direct_api()
+        .stream_rx(&ssrc)
+        .expect("B's video stream")
+        .request_keyframe(KeyframeRequestKind::Pli);
+    sim.run_for(Duration::from_millis(500));
+
+    let stats = sim.shard.take_stats();
+    assert_eq!(stats.plis[1], 1, "one PLI from B counted: {stats:?}");
+    assert!(stats.reports_read > 0, "read by Relais: {stats:?}");
+    let asked = &sim.client(0).track("cam-cid").keyframe_requests;
+    assert_eq!(asked.len(), asked_before + 1, "A was asked once more");
+    // And B gets that keyframe.
+    let keyframe = sim.client(0).track("cam-cid").keyframes.last().copied();
+    let rx = sim.client(1).received(&sid);
+    assert!(
+        rx.iter()
+            .any(|r| r.is_vp8_keyframe_start() && Some(r.frame_no()) == keyframe),
+        "B received A's new keyframe {keyframe:?}"
+    );
+}
+
+#[test]
+fn what_a_subscriber_reports_on_direct_streams_is_sampled() {
+    let mut sim = sim(true, true);
+    sim.run_for(Duration::from_secs(12));
+    let stats = sim.shard.take_stats();
+    // B's receiver reports, read by Relais, give its streams' statistics:
+    // the round trip to B among them (Relais's own sender reports echoed).
+    let outgoing: Vec<_> = stats
+        .samples
+        .iter()
+        .filter(|s| s.direction == Direction::Outgoing)
+        .collect();
+    for kind in [Kind::Audio, Kind::Video] {
+        let sample = outgoing
+            .iter()
+            .find(|s| s.kind == kind && s.rtt_ms.is_some())
+            .unwrap_or_else(|| {
+                panic!("an outgoing {kind:?} sample with a round trip: {outgoing:?}")
+            });
+        let rtt = sample.rtt_ms.unwrap();
+        assert!((0.0..200.0).contains(&rtt), "{rtt} ms");
+        assert_eq!(sample.lost, 0);
+    }
 }

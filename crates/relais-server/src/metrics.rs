@@ -121,6 +121,9 @@ pub const DIRECT_INGRESS_PACKETS: &str = "relais_direct_ingress_packets_total";
 /// Counter: of the directly sent video, packets Relais sent again to answer a
 /// subscriber's NACK (`rtc.direct_video`).
 pub const DIRECT_RESENT_PACKETS: &str = "relais_direct_resent_packets_total";
+/// Counter: subscribers' compound RTCP packets Relais read itself, not
+/// through str0m (reports and feedback on the streams it sends).
+pub const SUBSCRIBER_REPORTS_READ: &str = "relais_subscriber_reports_read_total";
 /// Counter: of those chunks, the ones a helper thread drove.
 pub const FAN_OUT_HELPER_CHUNKS: &str = "relais_fan_out_helper_chunks_total";
 /// Counter `{reason}`: packets dropped, see [`DropReason`] and the `udp_*` reasons.
@@ -303,6 +306,10 @@ fn describe() {
     describe_counter!(
         DIRECT_RESENT_PACKETS,
         "Directly sent video packets Relais sent again for a subscriber's NACK (rtc.direct_video)"
+    );
+    describe_counter!(
+        SUBSCRIBER_REPORTS_READ,
+        "Subscribers' compound RTCP packets Relais read itself, not through str0m"
     );
     describe_counter!(
         FAN_OUT_HELPER_CHUNKS,
@@ -811,6 +818,9 @@ fn flush_media(stats: &MediaStats) {
     }
     if stats.direct_resent > 0 {
         counter!(DIRECT_RESENT_PACKETS).increment(stats.direct_resent);
+    }
+    if stats.reports_read > 0 {
+        counter!(SUBSCRIBER_REPORTS_READ).increment(stats.reports_read);
     }
     if stats.rtc_connected > 0 {
         counter!(PARTICIPANT_JOIN_TOTAL, "state" => "rtc_connected").increment(stats.rtc_connected);

@@ -17,6 +17,7 @@ use crate::outgoing::Outgoing;
 use crate::participant::{Participant, ParticipantKey, PeerRole, PeerSession, UNWRITTEN_KEPT};
 use crate::stats::DropReason;
 use crate::stun;
+use crate::subscriber_rtcp;
 use crate::timers;
 use crate::HashMap;
 
@@ -37,6 +38,12 @@ impl Room {
         addresses: Addresses,
     ) -> u64 {
         let before = self.copies_leaving;
+        if role == PeerRole::Subscriber
+            && subscriber_rtcp::is_rtcp(datagram)
+            && self.read_subscriber_rtcp(now, key, datagram)
+        {
+            return self.copies_leaving - before;
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return 0;
         };

@@ -3,7 +3,7 @@
 //! to the subscribers of its track.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use relais_proto::livekit::{
     participant_info, signal_response, ConnectionQualityUpdate, SpeakersChanged, TrackSource,
@@ -11,7 +11,7 @@ use relais_proto::livekit::{
 };
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, SenderFeedback};
-use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{Extension, RawPacket, RtpPacket, Ssrc, VideoOrientation};
 use str0m::stats::{MediaEgressStats, MediaIngressStats};
 use str0m::Event;
@@ -20,13 +20,15 @@ use tracing::{debug, info};
 use crate::codec::{CodecKind, Vp8Header, Vp8Rewrite, Vp9Layer};
 use crate::config::STATS_INTERVAL;
 use crate::dynacast::LayerDemand;
-use crate::egress::{self, SourcePacket, TrackHistory};
+use crate::egress::{self, Downstream, SourcePacket, TrackHistory};
 use crate::forward::{Forward, Incoming};
 use crate::ingress::{IngressStream, Opened};
 use crate::participant::{DataKind, ForwardedCopy, ParticipantKey, PeerRole, PeerSession};
 use crate::payload::Payload;
+use crate::receive_register::write_delay_since_reference;
 use crate::speakers::AudioLevelMeter;
 use crate::stats::{Direction as StatsDirection, DropReason, Kind, StreamSample};
+use crate::subscriber_rtcp::{self, Feedback, ReportBlock, Verdict};
 
 use super::{
     layer_qualities, rid_quality, Layer, PendingEvent, PublishedTrack, Room, RoomEvent, RoomOutput,
@@ -57,8 +59,34 @@ impl Room {
             // Only subscriber sessions with direct video and publisher
             // sessions with direct ingress ask for these.
             match (role, *raw) {
+                // What str0m read of a subscriber's reports, when Relais
+                // did not ([`Room::read_subscriber_rtcp`]).
+                (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::ReceiverReport(report))) => {
+                    let epoch = self
+                        .participants
+                        .get(&key)
+                        .and_then(|p| p.subscriber.direct.as_deref())
+                        .map(|d| d.epoch);
+                    if let Some(epoch) = epoch {
+                        for block in report.reports.iter() {
+                            let block = ReportBlock {
+                                ssrc: *block.ssrc,
+                                // 24 bits, signed.
+                                packets_lost: ((block.packets_lost << 8) as i32) >> 8,
+                                jitter: block.jitter,
+                                last_sender_report: block.last_sr_time,
+                                delay_since_last_sender_report: block.last_sr_delay,
+                            };
+                            self.on_subscriber_feedback(now, key, epoch, Feedback::Report(block));
+                        }
+                    }
+                }
                 (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::Nack(nack))) => {
-                    self.on_direct_nack(now, key, &nack)
+                    let lost = nack
+                        .reports
+                        .iter()
+                        .flat_map(|e| subscriber_rtcp::lost(e.pid, e.blp));
+                    self.on_direct_nack(now, key, nack.ssrc, lost)
                 }
                 (PeerRole::Publisher, RawPacket::RtcpRx(Rtcp::ExtendedReport(report))) => {
                     let ingress = self
@@ -116,19 +144,12 @@ impl Room {
                 }
             }
             Event::KeyframeRequest(req) if role == PeerRole::Subscriber => {
-                let out = StatsDirection::Outgoing as usize;
-                match req.kind {
-                    KeyframeRequestKind::Pli => self.stats.plis[out] += 1,
-                    KeyframeRequestKind::Fir => self.stats.firs[out] += 1,
-                }
                 let sid = self
                     .participants
                     .get(&key)
                     .and_then(|p| p.downtracks.get(&req.mid))
                     .map(|d| d.track_sid.clone());
-                if let Some(sid) = sid {
-                    self.request_keyframe(now, &sid);
-                }
+                self.on_keyframe_request(now, req.kind, sid);
             }
             Event::IceConnectionStateChange(state) => {
                 debug!(?key, ?role, ?state, "ice state");
@@ -137,9 +158,32 @@ impl Room {
         }
     }
 
+    /// A subscriber asked for a keyframe of the track `sid` it receives.
+    fn on_keyframe_request(
+        &mut self,
+        now: Instant,
+        kind: KeyframeRequestKind,
+        sid: Option<String>,
+    ) {
+        let out = StatsDirection::Outgoing as usize;
+        match kind {
+            KeyframeRequestKind::Pli => self.stats.plis[out] += 1,
+            KeyframeRequestKind::Fir => self.stats.firs[out] += 1,
+        }
+        if let Some(sid) = sid {
+            self.request_keyframe(now, &sid);
+        }
+    }
+
     /// A subscriber lost packets of a stream Relais sends itself: only
     /// Relais has them ([`egress::resend`]).
-    fn on_direct_nack(&mut self, now: Instant, key: ParticipantKey, nack: &Nack) {
+    fn on_direct_nack(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        ssrc: Ssrc,
+        lost: impl IntoIterator<Item = u16>,
+    ) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -148,14 +192,127 @@ impl Room {
         let Some(track) = p
             .downtracks
             .values()
-            .find(|d| d.ssrc == Some(nack.ssrc))
+            .find(|d| d.ssrc == Some(ssrc))
             .and_then(|d| self.tracks.get(d.track_sid.as_str()))
         else {
             return;
         };
         let layer = |i: u8| track.layers.get(usize::from(i)).map(|l| &l.kept);
-        let sent = egress::resend(&mut p.subscriber, nack, layer, now, &mut self.outgoing);
+        let sent = egress::resend(
+            &mut p.subscriber,
+            ssrc,
+            lost,
+            layer,
+            now,
+            &mut self.outgoing,
+        );
         self.stats.direct_resent += sent;
+    }
+
+    /// A subscriber's compound RTCP, read by Relais itself if every stream
+    /// it names is one Relais sends ([`subscriber_rtcp`]): true if it was
+    /// (or was a replay, dropped), and str0m is not to see it.
+    pub(super) fn read_subscriber_rtcp(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        datagram: &[u8],
+    ) -> bool {
+        let direct = self
+            .participants
+            .get_mut(&key)
+            .and_then(|p| p.subscriber.direct.as_deref_mut());
+        let Some(direct) = direct else {
+            return false;
+        };
+        let Some(keys) = direct.report_keys.get() else {
+            return false;
+        };
+        let streams = &direct.streams;
+        let ours = |ssrc: u32, repair: bool| {
+            streams.contains_key(&Ssrc::from(ssrc))
+                || repair && streams.values().any(|s| s.repair_ssrc() == Some(ssrc))
+        };
+        let mut plain = std::mem::take(&mut self.reports);
+        let read = direct.reports_read.read(keys, datagram, &mut plain, ours);
+        let epoch = direct.epoch;
+        if read == Verdict::Read {
+            self.stats.reports_read += 1;
+            subscriber_rtcp::for_each(&plain, |feedback| {
+                self.on_subscriber_feedback(now, key, epoch, feedback)
+            });
+            // A keyframe asked for drove the publisher's session.
+            self.process_events(now);
+        }
+        self.reports = plain;
+        read != Verdict::Pass
+    }
+
+    fn on_subscriber_feedback(
+        &mut self,
+        now: Instant,
+        key: ParticipantKey,
+        epoch: (Instant, SystemTime),
+        feedback: Feedback<'_>,
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        match feedback {
+            Feedback::Report(block) => {
+                let stream = p
+                    .subscriber
+                    .direct
+                    .as_deref_mut()
+                    .and_then(|d| d.streams.get_mut(&Ssrc::from(block.ssrc)));
+                // A block on a repair stream says nothing Relais keeps.
+                if let Some(stream) = stream {
+                    let downstream = &mut stream.downstream;
+                    downstream.packets_lost = u64::try_from(block.packets_lost).unwrap_or(0);
+                    downstream.jitter = block.jitter;
+                    let rtt = block.round_trip(egress::ntp_at(now, epoch));
+                    downstream.rtt = rtt.or(downstream.rtt);
+                }
+            }
+            Feedback::Nack { ssrc, entries } => {
+                let stream = p
+                    .subscriber
+                    .direct
+                    .as_deref_mut()
+                    .and_then(|d| d.streams.get_mut(&Ssrc::from(ssrc)));
+                if let Some(stream) = stream {
+                    stream.downstream.nacks += 1;
+                }
+                let lost = subscriber_rtcp::nack_entries(entries);
+                self.on_direct_nack(now, key, Ssrc::from(ssrc), lost);
+            }
+            Feedback::KeyframeRequest { ssrc, kind } => {
+                let sid = p
+                    .downtracks
+                    .values()
+                    .find(|d| d.ssrc == Some(Ssrc::from(ssrc)))
+                    .map(|d| d.track_sid.clone());
+                self.on_keyframe_request(now, kind, sid);
+            }
+            Feedback::ReferenceTime { ssrc, ntp } => {
+                let Some(direct) = p.subscriber.direct.as_deref() else {
+                    return;
+                };
+                // Answered as it arrives: held for no time at all. Sent by
+                // one of the streams the session's RTCP is about.
+                let (Some(keys), Some(route), Some(sender)) = (
+                    direct.keys.get(),
+                    direct.route,
+                    direct.streams.keys().next(),
+                ) else {
+                    return;
+                };
+                let mut answer = Vec::with_capacity(24 + 20);
+                write_delay_since_reference(**sender, ssrc, (ntp >> 16) as u32, 0, &mut answer);
+                keys.protect_rtcp(&mut answer);
+                self.outgoing.push(route.0, route.1, route.2, &answer);
+            }
+        }
     }
 
     /// A publisher's sender report, for the report blocks Relais writes on
@@ -191,7 +348,7 @@ impl Room {
             return;
         };
         // A stream Relais reads itself is sampled from its own register
-        // ([`Room::sample_ingress`]): str0m sees little of it.
+        // ([`Room::sample_streams`]): str0m sees little of it.
         let ssrc = track
             .layers
             .iter()
@@ -217,34 +374,57 @@ impl Room {
         self.record_stream(key, sample, nacks, packets, s.rtt);
     }
 
-    /// The statistics of the streams Relais reads itself, from their
-    /// registers, at str0m's interval for the others.
-    pub(super) fn sample_ingress(&mut self, now: Instant) {
+    /// The statistics of the streams Relais reads or sends itself, at
+    /// str0m's interval for the others: a publisher's from their registers,
+    /// a subscriber's from what it reported to Relais.
+    pub(super) fn sample_streams(&mut self, now: Instant) {
         let mut samples = Vec::new();
         for p in self.participants.values_mut() {
             let ingress = p
                 .publisher
                 .as_mut()
                 .and_then(|s| s.direct.as_deref_mut())
-                .and_then(|d| d.ingress.as_deref_mut());
-            let Some(ingress) = ingress.filter(|i| i.next_sample <= now) else {
-                continue;
-            };
-            ingress.next_sample = now + STATS_INTERVAL;
-            let rtt = ingress.rtt;
-            for (ssrc, stream) in &mut ingress.streams {
-                let Some(track) = p
-                    .ssrc_routes
-                    .get(&Ssrc::from(*ssrc))
-                    .and_then(|(sid, _)| self.tracks.get(&**sid))
-                else {
-                    continue;
-                };
-                let (packets, lost) = stream.register.take_counts();
-                let nacks = std::mem::take(&mut stream.nacked);
-                let jitter = stream.register.jitter();
-                let sample = stream_sample(track, StatsDirection::Incoming, jitter, rtt, lost);
-                samples.push((p.key, sample, nacks, packets, rtt));
+                .and_then(|d| d.ingress.as_deref_mut())
+                .filter(|i| i.next_sample <= now);
+            if let Some(ingress) = ingress {
+                ingress.next_sample = now + STATS_INTERVAL;
+                let rtt = ingress.rtt;
+                for (ssrc, stream) in &mut ingress.streams {
+                    let Some(track) = p
+                        .ssrc_routes
+                        .get(&Ssrc::from(*ssrc))
+                        .and_then(|(sid, _)| self.tracks.get(&**sid))
+                    else {
+                        continue;
+                    };
+                    let (packets, lost) = stream.register.take_counts();
+                    let nacks = std::mem::take(&mut stream.nacked);
+                    let jitter = stream.register.jitter();
+                    let sample = stream_sample(track, StatsDirection::Incoming, jitter, rtt, lost);
+                    samples.push((p.key, sample, nacks, packets, rtt));
+                }
+            }
+            let egress = p
+                .subscriber
+                .direct
+                .as_deref_mut()
+                .filter(|d| d.next_sample <= now);
+            if let Some(egress) = egress {
+                egress.next_sample = now + STATS_INTERVAL;
+                for (ssrc, stream) in &mut egress.streams {
+                    let Some(track) = p
+                        .downtracks
+                        .values()
+                        .find(|d| d.ssrc == Some(*ssrc))
+                        .and_then(|d| self.tracks.get(d.track_sid.as_str()))
+                    else {
+                        continue;
+                    };
+                    let (packets, lost, nacks) = stream.downstream.take_sample(stream.packets);
+                    let Downstream { jitter, rtt, .. } = stream.downstream;
+                    let sample = stream_sample(track, StatsDirection::Outgoing, jitter, rtt, lost);
+                    samples.push((p.key, sample, nacks, packets, rtt));
+                }
             }
         }
         for (key, sample, nacks, packets, rtt) in samples {
@@ -265,14 +445,17 @@ impl Room {
         else {
             return;
         };
-        // Packets Relais sent itself on this stream, which str0m's count lacks.
-        let direct = p.subscriber.direct.as_deref().and_then(|direct| {
-            let ssrc = p.downtracks.get(&s.mid)?.ssrc?;
-            direct.streams.get(&ssrc)
+        // A stream Relais sends itself is sampled from what the subscriber
+        // reported to Relais ([`Room::sample_streams`]).
+        let direct = p.subscriber.direct.as_deref().is_some_and(|direct| {
+            let ssrc = p.downtracks.get(&s.mid).and_then(|d| d.ssrc);
+            ssrc.is_some_and(|ssrc| direct.streams.contains_key(&ssrc))
         });
-        let sent = s.packets + direct.map_or(0, |d| u64::from(d.packets));
+        if direct {
+            return;
+        }
         let seen = p.subscriber.stats_seen.entry((s.mid, s.rid)).or_default();
-        let (nacks, packets) = seen.advance(s.nacks, sent);
+        let (nacks, packets) = seen.advance(s.nacks, s.packets);
         let (jitter, lost) = match &s.remote {
             Some(remote) => {
                 let lost = remote.packets_lost.saturating_sub(seen.lost);

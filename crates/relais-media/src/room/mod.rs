@@ -367,7 +367,8 @@ pub struct Room {
     /// buffer and gives another back ([`crate::payload`]).
     opened: Vec<u8>,
     /// Where a publisher's sender report is cut down for str0m
-    /// ([`crate::srtcp::SrtcpKeys::without_descriptions`]).
+    /// ([`crate::srtcp::SrtcpKeys::without_descriptions`]), and a
+    /// subscriber's report opened for Relais ([`crate::subscriber_rtcp`]).
     reports: Vec<u8>,
     /// `room{room, room_sid}`: entered around everything the room does, so
     /// every log line about it names it. Participants' spans are its children.
@@ -618,6 +619,7 @@ impl Room {
             } else {
                 KeyTaps {
                     srtp: Some(direct.keys.clone()),
+                    srtcp_in: Some(direct.report_keys.clone()),
                     ..KeyTaps::default()
                 }
             });

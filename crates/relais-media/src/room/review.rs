@@ -149,7 +149,7 @@ impl Room {
 
     /// Tell everyone whose connection quality changed (`ConnectionQualityUpdate`).
     pub(super) fn update_qualities(&mut self, now: Instant) {
-        self.sample_ingress(now);
+        self.sample_streams(now);
         let participants = &self.participants;
         let changes = self
             .qualities
