@@ -53,7 +53,8 @@ const REPORT_BLOCK_LEN: usize = 24;
 const REFERENCE_TIME_BLOCK_LEN: usize = 12;
 /// A FIR entry: SSRC, sequence number, three reserved bytes.
 const FIR_ENTRY_LEN: usize = 8;
-/// Senders whose indexes are tracked at once: libwebrtc uses one.
+/// Senders whose indexes are tracked at once (the Python SDK's subscriber
+/// used two).
 const MAX_SENDERS: usize = 4;
 
 /// Whether `datagram` is RTCP (or SRTCP) by its first two bytes, which are
