@@ -10,9 +10,14 @@
 //! with (AEAD AES-GCM, RFC 7714; a session that negotiated AES-CM keeps
 //! str0m's path) and hands them to the forwarding without str0m.
 //!
+//! Once str0m has also unwrapped a retransmission of the stream (RFC 4588,
+//! on its RTX SSRC), Relais reads that repair stream too: a packet it
+//! already has — libwebrtc probes its bandwidth by sending media again on
+//! the RTX stream, tens a second — is dropped once opened, without str0m;
+//! one it lacks is forwarded as the packet it repairs.
+//!
 //! What str0m did with those packets Relais now does, for every packet of
-//! the stream whichever path it came by (a retransmission on the RTX SSRC
-//! still goes through str0m, which unwraps it): the replay and duplicate
+//! the stream whichever path it came by: the replay and duplicate
 //! check, the extended sequence number (the rollover counter), losses and
 //! jitter ([`ReceiveRegister`]), the NACKs that ask the publisher for what
 //! was lost, and the receiver reports it reads its uplink's loss and round
@@ -112,6 +117,51 @@ impl SrtpReceiver {
     }
 }
 
+impl RepairStream {
+    /// Open a packet of this repair stream: RFC 4588 §4, the original
+    /// sequence number, then the original payload. A packet the repaired
+    /// stream already has (a bandwidth probe), or padding alone, is
+    /// consumed; one it lacks is opened as that stream's packet, its payload
+    /// in `payload`.
+    fn receive(
+        &mut self,
+        streams: &mut HashMap<u32, IngressStream>,
+        keys: &SrtpReceiver,
+        header: &RtpHeader,
+        now: Instant,
+        payload: &mut Vec<u8>,
+    ) -> Receipt {
+        let index = self.register.extend(header.seq());
+        if !self.register.is_new(index) {
+            return Receipt::Consumed;
+        }
+        if !keys.open(header, index, payload) {
+            return Receipt::Refused;
+        }
+        self.register.record(index, header.timestamp(), now);
+        let (Some(stream), &[high, low, ..]) = (streams.get_mut(&self.repaired), &payload[..])
+        else {
+            return Receipt::Consumed;
+        };
+        let seq = stream.register.extend(u16::from_be_bytes([high, low]));
+        if !stream.register.is_new(seq) {
+            return Receipt::Consumed;
+        }
+        stream.register.record(seq, header.timestamp(), now);
+        payload.drain(..2);
+        Receipt::Opened(Opened {
+            ssrc: self.repaired,
+            seq,
+            timestamp: header.timestamp(),
+            marker: header.marker(),
+            size: header.len() + payload.len(),
+            audio_level: None,
+            voice_activity: None,
+            video_orientation: stream.orientation(header),
+        })
+    }
+}
+
 /// One stream a publisher sends that Relais reads itself.
 pub(crate) struct IngressStream {
     pub register: ReceiveRegister,
@@ -123,6 +173,25 @@ pub(crate) struct IngressStream {
     pub last_sender_report: Option<(u32, Instant)>,
     /// Sequence numbers asked for again since the room last sampled it.
     pub nacked: u64,
+    /// Its repair stream is read by Relais too ([`Ingress::repairs`]).
+    pub repairs_read: bool,
+}
+
+/// A publisher's repair (RTX) stream that Relais reads.
+pub(crate) struct RepairStream {
+    /// The SSRC of the stream it repairs.
+    pub repaired: u32,
+    /// Its own numbers: the SRTP index and the replay check.
+    register: ReceiveRegister,
+}
+
+impl RepairStream {
+    pub(crate) fn new(repaired: u32) -> Self {
+        RepairStream {
+            repaired,
+            register: ReceiveRegister::new(90_000),
+        }
+    }
 }
 
 impl IngressStream {
@@ -137,7 +206,18 @@ impl IngressStream {
             orientation_id,
             last_sender_report: None,
             nacked: 0,
+            repairs_read: false,
         }
+    }
+
+    /// The video orientation a packet of the stream carries.
+    fn orientation(&self, header: &RtpHeader) -> Option<VideoOrientation> {
+        let value = self
+            .orientation_id
+            .and_then(|id| header.extension(id))
+            .and_then(|v| v.first().copied())?;
+        // RFC 7742 / 3GPP TS 26.114: the rotation in the low two bits.
+        Some(VideoOrientation::from(value & 3))
     }
 }
 
@@ -171,6 +251,8 @@ pub(crate) struct Ingress {
     pub keys: OpenSlot,
     /// By SSRC.
     pub streams: HashMap<u32, IngressStream>,
+    /// The repair streams of `streams` Relais reads, by their SSRC.
+    pub repairs: HashMap<u32, RepairStream>,
     /// The SSRC Relais's reports and NACKs on the session are sent from.
     sender_ssrc: u32,
     next_report: Instant,
@@ -190,6 +272,7 @@ impl Ingress {
         Ingress {
             keys: OpenSlot::default(),
             streams: HashMap::default(),
+            repairs: HashMap::default(),
             sender_ssrc: rand::random(),
             next_report: now + RECEIVER_REPORT_INTERVAL,
             next_sample: now + STATS_INTERVAL,
@@ -211,8 +294,14 @@ impl Ingress {
             return Receipt::NotDirect;
         };
         let ssrc = header.ssrc();
-        let (Some(stream), Some(keys)) = (self.streams.get_mut(&ssrc), self.keys.get()) else {
+        let Some(keys) = self.keys.get() else {
             return Receipt::NotDirect;
+        };
+        let Some(stream) = self.streams.get_mut(&ssrc) else {
+            return match self.repairs.get_mut(&ssrc) {
+                Some(repair) => repair.receive(&mut self.streams, keys, &header, now, payload),
+                None => Receipt::NotDirect,
+            };
         };
         let seq = stream.register.extend(header.seq());
         if !stream.register.is_new(seq) {
@@ -229,10 +318,6 @@ impl Ingress {
             .audio_level_id
             .and_then(|id| header.extension(id))
             .and_then(|v| v.first().copied());
-        let orientation = stream
-            .orientation_id
-            .and_then(|id| header.extension(id))
-            .and_then(|v| v.first().copied());
         Receipt::Opened(Opened {
             ssrc,
             seq,
@@ -242,8 +327,7 @@ impl Ingress {
             // As str0m reads them (RFC 6464: −dBov, and the V flag).
             audio_level: level.map(|v| -((v & 0x7f) as i8)),
             voice_activity: level.map(|v| v & 0x80 != 0),
-            // RFC 7742 / 3GPP TS 26.114: the rotation in the low two bits.
-            video_orientation: orientation.map(|v| VideoOrientation::from(v & 3)),
+            video_orientation: stream.orientation(&header),
         })
     }
 
@@ -473,6 +557,66 @@ mod tests {
         assert_eq!(&sent[0][8..12], &7u32.to_be_bytes(), "on stream 7");
         // Then, in the same compound, the reference time (one RR block: 32 bytes).
         assert_eq!((sent[0].len(), sent[0][33], sent[0][40]), (32 + 20, 207, 4));
+    }
+
+    #[test]
+    fn a_repair_stream_drops_what_it_repeats_and_forwards_what_was_missing() {
+        let (sender, receiver) = keys();
+        let now = Instant::now();
+        let mut ingress = Ingress::new(now, (now, SystemTime::now()));
+        let _ = ingress.keys.set(receiver);
+        ingress
+            .streams
+            .insert(7, IngressStream::new(90_000, None, None));
+        ingress.repairs.insert(9, RepairStream::new(7));
+        let mut payload = Vec::new();
+        let repair = |seq: u64, original: u16, body: &[u8]| {
+            let body = [&original.to_be_bytes()[..], body].concat();
+            let packet = RtpPacket::for_test(seq, 9, None, &body);
+            let mut buf = vec![0u8; packet.max_len()];
+            let len = sender.seal_rtp(&packet, &mut buf);
+            buf.truncate(len);
+            buf
+        };
+        for seq in [100, 101, 103] {
+            let got = ingress.receive(&sealed(&sender, seq, 7, None), now, &mut payload);
+            assert!(matches!(got, Receipt::Opened(_)), "{seq}");
+        }
+        // 100 sent again (a bandwidth probe): dropped, and its replay too.
+        let probe = repair(500, 100, b"frame");
+        for _ in 0..2 {
+            assert!(matches!(
+                ingress.receive(&probe, now, &mut payload),
+                Receipt::Consumed
+            ));
+        }
+        // 102, which was lost: forwarded as stream 7's packet 102, once.
+        let late = repair(501, 102, b"late");
+        let Receipt::Opened(opened) = ingress.receive(&late, now, &mut payload) else {
+            panic!("the repair of 102 opened");
+        };
+        assert_eq!((opened.ssrc, opened.seq), (7, 102));
+        assert_eq!(payload, b"late");
+        assert!(matches!(
+            ingress.receive(&repair(502, 102, b"late"), now, &mut payload),
+            Receipt::Consumed
+        ));
+        // Padding alone, and a forgery.
+        let empty = RtpPacket::for_test(503, 9, None, b"");
+        let mut buf = vec![0u8; empty.max_len()];
+        let len = sender.seal_rtp(&empty, &mut buf);
+        assert!(matches!(
+            ingress.receive(&buf[..len], now, &mut payload),
+            Receipt::Consumed
+        ));
+        let mut forged = repair(504, 104, b"x");
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert!(matches!(
+            ingress.receive(&forged, now, &mut payload),
+            Receipt::Refused
+        ));
+        assert!(ingress.streams[&7].register.is_new(104), "not counted");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::config::STATS_INTERVAL;
 use crate::dynacast::LayerDemand;
 use crate::egress::{self, Downstream, SourcePacket, TrackHistory};
 use crate::forward::{Forward, Incoming};
-use crate::ingress::{IngressStream, Opened};
+use crate::ingress::{IngressStream, Opened, RepairStream};
 use crate::participant::{DataKind, ForwardedCopy, ParticipantKey, PeerRole, PeerSession};
 use crate::payload::Payload;
 use crate::receive_register::write_delay_since_reference;
@@ -737,6 +737,7 @@ impl Room {
             }
             p.ssrc_routes.insert(ssrc, (sid.into(), layer));
         }
+        read_repairs_directly(publisher, ssrc);
         // With direct ingress the stream's register numbers every packet,
         // whichever path it came by (a retransmission repairs a loss it saw).
         let register = publisher
@@ -1103,6 +1104,33 @@ fn read_directly(publisher: &mut PeerSession, ssrc: Ssrc, mid: Mid, clock_rate: 
     if let Some(rx) = publisher.rtc.direct_api().stream_rx(&ssrc) {
         rx.suppress_nack(true);
     }
+}
+
+/// A packet of the stream `ssrc`, which Relais reads itself, came through
+/// str0m: a first packet, or one str0m unwrapped from the stream's repair
+/// (RTX) stream. Once str0m knows the repair stream, Relais reads it too
+/// ([`crate::ingress::RepairStream`]).
+fn read_repairs_directly(publisher: &mut PeerSession, ssrc: Ssrc) {
+    let ingress = publisher
+        .direct
+        .as_deref_mut()
+        .and_then(|d| d.ingress.as_deref_mut());
+    let Some(ingress) = ingress else {
+        return;
+    };
+    let Some(stream) = ingress.streams.get_mut(&*ssrc).filter(|s| !s.repairs_read) else {
+        return;
+    };
+    let Some(repair) = publisher
+        .rtc
+        .direct_api()
+        .stream_rx(&ssrc)
+        .and_then(|s| s.rtx())
+    else {
+        return;
+    };
+    stream.repairs_read = true;
+    ingress.repairs.insert(*repair, RepairStream::new(*ssrc));
 }
 
 /// A quality sample of one of `track`'s streams; `jitter` in RTP timestamp units.
