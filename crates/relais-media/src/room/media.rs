@@ -3,7 +3,7 @@
 //! to the subscribers of its track.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use relais_proto::livekit::{
     participant_info, signal_response, ConnectionQualityUpdate, SpeakersChanged, TrackSource,
@@ -62,23 +62,16 @@ impl Room {
                 // What str0m read of a subscriber's reports, when Relais
                 // did not ([`Room::read_subscriber_rtcp`]).
                 (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::ReceiverReport(report))) => {
-                    let epoch = self
-                        .participants
-                        .get(&key)
-                        .and_then(|p| p.subscriber.direct.as_deref())
-                        .map(|d| d.epoch);
-                    if let Some(epoch) = epoch {
-                        for block in report.reports.iter() {
-                            let block = ReportBlock {
-                                ssrc: *block.ssrc,
-                                // 24 bits, signed.
-                                packets_lost: ((block.packets_lost << 8) as i32) >> 8,
-                                jitter: block.jitter,
-                                last_sender_report: block.last_sr_time,
-                                delay_since_last_sender_report: block.last_sr_delay,
-                            };
-                            self.on_subscriber_feedback(now, key, epoch, Feedback::Report(block));
-                        }
+                    for block in report.reports.iter() {
+                        let block = ReportBlock {
+                            ssrc: *block.ssrc,
+                            // 24 bits, signed.
+                            packets_lost: ((block.packets_lost << 8) as i32) >> 8,
+                            jitter: block.jitter,
+                            last_sender_report: block.last_sr_time,
+                            delay_since_last_sender_report: block.last_sr_delay,
+                        };
+                        self.on_subscriber_feedback(now, key, Feedback::Report(block));
                     }
                 }
                 (PeerRole::Subscriber, RawPacket::RtcpRx(Rtcp::Nack(nack))) => {
@@ -235,11 +228,10 @@ impl Room {
         };
         let mut plain = std::mem::take(&mut self.reports);
         let read = direct.reports_read.read(keys, datagram, &mut plain, ours);
-        let epoch = direct.epoch;
         if read == Verdict::Read {
             self.stats.reports_read += 1;
             subscriber_rtcp::for_each(&plain, |feedback| {
-                self.on_subscriber_feedback(now, key, epoch, feedback)
+                self.on_subscriber_feedback(now, key, feedback)
             });
             // A keyframe asked for drove the publisher's session.
             self.process_events(now);
@@ -252,35 +244,28 @@ impl Room {
         &mut self,
         now: Instant,
         key: ParticipantKey,
-        epoch: (Instant, SystemTime),
         feedback: Feedback<'_>,
     ) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        let direct = p.subscriber.direct.as_deref_mut();
         match feedback {
             Feedback::Report(block) => {
-                let stream = p
-                    .subscriber
-                    .direct
-                    .as_deref_mut()
-                    .and_then(|d| d.streams.get_mut(&Ssrc::from(block.ssrc)));
+                let Some(direct) = direct else {
+                    return;
+                };
+                let ntp_now = egress::ntp_at(now, direct.epoch);
                 // A block on a repair stream says nothing Relais keeps.
-                if let Some(stream) = stream {
+                if let Some(stream) = direct.streams.get_mut(&Ssrc::from(block.ssrc)) {
                     let downstream = &mut stream.downstream;
                     downstream.packets_lost = u64::try_from(block.packets_lost).unwrap_or(0);
                     downstream.jitter = block.jitter;
-                    let rtt = block.round_trip(egress::ntp_at(now, epoch));
-                    downstream.rtt = rtt.or(downstream.rtt);
+                    downstream.rtt = block.round_trip(ntp_now).or(downstream.rtt);
                 }
             }
             Feedback::Nack { ssrc, entries } => {
-                let stream = p
-                    .subscriber
-                    .direct
-                    .as_deref_mut()
-                    .and_then(|d| d.streams.get_mut(&Ssrc::from(ssrc)));
-                if let Some(stream) = stream {
+                if let Some(stream) = direct.and_then(|d| d.streams.get_mut(&Ssrc::from(ssrc))) {
                     stream.downstream.nacks += 1;
                 }
                 let lost = subscriber_rtcp::nack_entries(entries);
@@ -295,7 +280,7 @@ impl Room {
                 self.on_keyframe_request(now, kind, sid);
             }
             Feedback::ReferenceTime { ssrc, ntp } => {
-                let Some(direct) = p.subscriber.direct.as_deref() else {
+                let Some(direct) = direct else {
                     return;
                 };
                 // Answered as it arrives: held for no time at all. Sent by
