@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 import uuid
 
@@ -401,6 +402,35 @@ async def test_empty_room_closes_after_empty_timeout(relais_factory, rooms):
     assert second_sid != first_sid, (
         "the empty room should have closed and a new one started"
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU the process has used (all threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def test_a_node_whose_rooms_closed_sleeps(relais_factory):
+    # Once a shard's last room closed, a stale timer of the room kept the shard
+    # waking at once, over and over, until another room came: an idle node at
+    # 100 % of its cores. Every shard that hosted a room must sleep again.
+    server = relais_factory({"room": {"empty_timeout": 1, "departure_timeout": 1}})
+    names = [room_name() for _ in range(4)]
+    for i, room in enumerate(names):
+        participant = await connect(server.url, make_token(f"p{i}", room))
+        await bounded(participant.sid, "room sid")
+        await participant.disconnect()
+    await wait_for(
+        lambda: server.log_text().count("room closed") >= len(names),
+        "the rooms to close",
+    )
+    await asyncio.sleep(0.5)
+    pid = server.proc.pid
+    before = cpu_seconds(pid)
+    await asyncio.sleep(2)
+    used = cpu_seconds(pid) - before
+    assert used < 0.5, f"the idle node used {used:.2f} s of CPU in 2 s"
 
 
 async def test_room_stays_while_occupied(relais_factory, rooms):

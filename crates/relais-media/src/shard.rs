@@ -21,7 +21,7 @@ use crate::room::{Addresses, JoinError, JoinParams, Room, RoomEvent, RoomOutput}
 use crate::room_table::{RoomId, RoomTable};
 use crate::stats::{DropReason, Kind, MediaStats, ShardGauges};
 use crate::stun;
-use crate::timers::{self, Queued, TimerQueue};
+use crate::timers::{self, Entry, Queued, TimerQueue};
 use crate::HashMap;
 
 #[derive(Debug, Clone)]
@@ -307,7 +307,7 @@ impl Shard {
                 go_on = more(self);
             }
             if self.rooms.get(id).is_some_and(|r| r.is_closed()) {
-                if let Some(mut room) = self.rooms.remove(id) {
+                if let Some(mut room) = self.drop_room(id) {
                     self.stats.merge(room.take_stats());
                     let _span = room.span().enter();
                     info!("room closed");
@@ -366,6 +366,18 @@ impl Shard {
     pub(crate) fn lend(&mut self, id: RoomId) -> Option<&mut Room> {
         let room = self.rooms.get_mut(id)?;
         lend_outgoing(&mut self.outgoing, room);
+        Some(room)
+    }
+
+    /// Drop room `id`. Its entries in the timer queues go stale, and one at
+    /// a queue's front would hold [`Shard::wake_by`] in the past: the caller
+    /// would wake at once, again and again, until another room moved the
+    /// queue — on a shard whose last room closed, never (it spun at 100 %
+    /// of its core). So the fronts are cleared now.
+    pub(crate) fn drop_room(&mut self, id: RoomId) -> Option<Room> {
+        let room = self.rooms.remove(id)?;
+        drop_stale_front(&mut self.timers, &mut self.rooms, |r| &mut r.queued);
+        drop_stale_front(&mut self.wakes, &mut self.rooms, |r| &mut r.wake_queued);
         Some(room)
     }
 
@@ -450,14 +462,32 @@ fn requeue(
         }
         queue.schedule(queued, &id, at);
     }
+    drop_stale_front(queue, rooms, slot);
     let live = rooms.len();
-    let mut current =
-        |entry, id: &RoomId| rooms.get_mut(*id).is_some_and(|r| *slot(r) == Some(entry));
+    queue.compact(live, |entry, id| is_current(rooms, slot, entry, id));
+}
+
+/// Take the entries that are no longer any room's current one off the front
+/// of `queue`: each would wake the shard for nothing.
+fn drop_stale_front(
+    queue: &mut TimerQueue<RoomId>,
+    rooms: &mut RoomTable,
+    slot: fn(&mut Room) -> &mut Queued,
+) {
     while queue
-        .pop_early_front(|entry, name| !current(entry, name))
+        .pop_early_front(|entry, id| !is_current(rooms, slot, entry, id))
         .is_some()
     {}
-    queue.compact(live, current);
+}
+
+/// Whether `entry` is what room `id` is queued under (`slot` keeps it).
+fn is_current(
+    rooms: &mut RoomTable,
+    slot: fn(&mut Room) -> &mut Queued,
+    entry: Entry,
+    id: &RoomId,
+) -> bool {
+    rooms.get_mut(*id).is_some_and(|r| *slot(r) == Some(entry))
 }
 
 /// Lend the shard's `outgoing` to `room` for a call: what the room sends is

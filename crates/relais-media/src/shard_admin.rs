@@ -62,7 +62,7 @@ impl Shard {
             return false;
         }
         if let Some(id) = self.rooms.id(name) {
-            self.rooms.remove(id);
+            self.drop_room(id);
             info!(room = %name, "room closed");
             self.outputs
                 .push_back(ShardOutput::RoomClosed(name.to_string()));

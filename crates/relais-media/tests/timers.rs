@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{gaps, rtp_info, server_addr, Sim, ROOM};
 use relais_media::{JoinParams, ParticipantKey, Shard};
-use relais_proto::livekit::ParticipantPermission;
+use relais_proto::livekit::{DisconnectReason, ParticipantPermission};
 use str0m::media::MediaKind;
 
 const IDLE: u64 = 300;
@@ -188,4 +188,38 @@ fn rooms_due_together_are_driven_as_the_caller_allows() {
     let later = now + Duration::from_secs(1);
     sim.shard.handle_timeout(later);
     assert!(sim.shard.poll_timeout().is_some_and(|t| t > later));
+}
+
+/// A room that closes leaves its shard nothing to wake for. Its entries in
+/// the shard's queues went stale, and one left at the front held the shard's
+/// `wake_by` in the past: the server's shard woke at once, again and again,
+/// until another room on it moved the queue — with no other room, never.
+#[test]
+fn a_closed_room_leaves_its_shard_nothing_to_wake_for() {
+    let mut sim = Sim::new();
+    let idle = |sim: &Sim| (sim.shard.wake_by(), sim.shard.poll_timeout());
+
+    join_idle_to(&mut sim, "deleted", 0..2);
+    assert!(sim.shard.wake_by().is_some());
+    assert!(sim
+        .shard
+        .close_room(sim.now, "deleted", DisconnectReason::RoomDeleted));
+    assert_eq!(idle(&sim), (None, None), "after the API closed the room");
+
+    join_idle_to(&mut sim, "emptied", 10..11);
+    sim.shard.remove_participant(
+        sim.now,
+        ParticipantKey(10_010),
+        DisconnectReason::ClientInitiated,
+    );
+    let mut now = sim.now;
+    while sim.shard.room("emptied").is_some() {
+        now = sim
+            .shard
+            .poll_timeout()
+            .expect("the room's timeout")
+            .max(now);
+        sim.shard.handle_timeout(now);
+    }
+    assert_eq!(idle(&sim), (None, None), "after the empty room timed out");
 }
