@@ -8,7 +8,7 @@
 //   - a client that opens /rtc, gets its join response and goes away without ever
 //     connecting media → participant_connection_aborted;
 //   - RoomService deleteRoom → room_finished;
-//   - a room auto-created by a join closes after empty_timeout → room_finished.
+//   - a room auto-created by a join closes after departure_timeout → room_finished.
 // A tampered body is refused by the same receiver (the check can fail).
 //
 // The binary is $RELAIS_BIN, default target/debug/relais under the repo root.
@@ -80,6 +80,7 @@ before(async () => {
   relais = await startRelais([
     'room:',
     '  empty_timeout: 1',
+    '  departure_timeout: 1',
     'webhook:',
     `  api_key: ${API_KEY}`,
     '  urls:',
@@ -186,7 +187,7 @@ test('room API and an aborted connection: ordered, verified events', async () =>
   assert.match(aborted.participant.sid, /^PA_/);
 });
 
-test('an auto-created room finishes after its empty timeout', async () => {
+test('an auto-created room finishes after its departure timeout', async () => {
   const name = unique('auto');
   await ghostJoin(name, 'visitor');
   await waitFor(() => namesOf(name).includes('room_finished'), 'room_finished', 20_000);

@@ -165,7 +165,7 @@ class RelaisServer:
                 },
                 "keys": {API_KEY: API_SECRET},
                 "logging": {"level": "debug"},
-                "room": {"empty_timeout": 5},
+                "room": {"empty_timeout": 5, "departure_timeout": 5},
             },
             deep_merge(forced, extra_config or {}),
         )

@@ -1,5 +1,5 @@
 """Signal-connection behaviour a raw client can observe, bad input included, and the room
-rules (duplicate identity, size limit, empty timeout).
+rules (duplicate identity, size limit, empty and departure timeouts).
 
 A raw WebSocket client (aiohttp) speaks the protocol with the real `livekit-protocol`
 messages, so each test controls exactly what is sent. An SDK participant in the same room
@@ -390,8 +390,10 @@ async def test_max_participants_is_enforced_with_a_clear_error(relais_factory, r
             assert "room is full" in await resp.text()
 
 
-async def test_empty_room_closes_after_empty_timeout(relais_factory, rooms):
-    server = relais_factory({"room": {"empty_timeout": 1}})
+async def test_a_room_its_participants_left_closes_after_the_departure_timeout(relais_factory, rooms):
+    # LiveKit: a room nobody joined closes after its empty timeout, one whose last
+    # participant left after its departure timeout — not the empty timeout.
+    server = relais_factory({"room": {"empty_timeout": 60, "departure_timeout": 1}})
     room = room_name()
     first = await connect(server.url, make_token("early", room))
     first_sid = await bounded(first.sid, "room sid")

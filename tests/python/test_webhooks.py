@@ -6,7 +6,7 @@ A local aiohttp server receives Relais' deliveries and verifies every one with
 check what LiveKit users rely on:
 
 - the exact ordered event sequence of a join / publish / leave cycle, ending with
-  `room_finished` after the room's empty timeout;
+  `room_finished` after the room's departure timeout (its last participant left);
 - unique `EV_` ids, sane `created_at`, one room sid throughout, LiveKit's payload
   shapes (track events carry only the participant's sid and identity);
 - a participant whose connection never became active: `participant_connection_aborted`;
@@ -133,10 +133,12 @@ async def sinks():
         await s.stop()
 
 
-def webhook_config(sink: Sink, empty_timeout: int = 1) -> dict:
+def webhook_config(sink: Sink, close_after: int = 1) -> dict:
+    """Rooms close `close_after` seconds after their last participant left (the
+    departure timeout) or, nobody joined, after their creation (the empty timeout)."""
     return {
         "webhook": {"api_key": API_KEY, "urls": [sink.url]},
-        "room": {"empty_timeout": empty_timeout},
+        "room": {"empty_timeout": close_after, "departure_timeout": close_after},
     }
 
 
@@ -300,7 +302,7 @@ async def test_slow_receiver_does_not_delay_the_call(relais_factory, sinks, room
     # The receiver holds every request until released: the room's events queue up.
     gate = asyncio.Event()
     sink = await sinks(gate=gate)
-    server = relais_factory(webhook_config(sink, empty_timeout=5))
+    server = relais_factory(webhook_config(sink, close_after=5))
     bob = await join(server, "bob", room_name)
     alice = await join(server, "alice", room_name)
     try:

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{gaps, rtp_info, server_addr, Sim, ROOM};
 use relais_media::{JoinParams, ParticipantKey, Shard};
-use relais_proto::livekit::{DisconnectReason, ParticipantPermission};
+use relais_proto::livekit::{CreateRoomRequest, DisconnectReason, ParticipantPermission};
 use str0m::media::MediaKind;
 
 const IDLE: u64 = 300;
@@ -222,4 +222,53 @@ fn a_closed_room_leaves_its_shard_nothing_to_wake_for() {
         sim.shard.handle_timeout(now);
     }
     assert_eq!(idle(&sim), (None, None), "after the empty room timed out");
+}
+
+/// LiveKit's rule for closing an empty room: one whose last participant left
+/// closes after the departure timeout (time to reconnect), one nobody joined
+/// after the empty timeout, counted from its creation.
+#[test]
+fn an_empty_room_closes_after_the_departure_or_the_empty_timeout() {
+    let mut sim = Sim::new();
+    sim.config.room_defaults.empty_timeout = Duration::from_secs(30);
+    sim.config.room_defaults.departure_timeout = Duration::from_secs(2);
+    sim.shard = Shard::new(0, sim.config.clone());
+    let start = sim.now;
+    // Drive the shard's timers until `room` is gone; when it went.
+    let closed = |sim: &mut Sim, room: &str| {
+        let mut now = sim.now;
+        while sim.shard.room(room).is_some() {
+            now = sim
+                .shard
+                .poll_timeout()
+                .expect("the room's timeout")
+                .max(now);
+            sim.shard.handle_timeout(now);
+        }
+        now
+    };
+
+    join_idle_to(&mut sim, "left", 0..1);
+    sim.now += Duration::from_secs(5);
+    sim.shard.remove_participant(
+        sim.now,
+        ParticipantKey(10_000),
+        DisconnectReason::ClientInitiated,
+    );
+    let after_leaving = closed(&mut sim, "left") - sim.now;
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(3)).contains(&after_leaving),
+        "closed {after_leaving:?} after its last participant left"
+    );
+
+    let request = CreateRoomRequest {
+        name: "unjoined".into(),
+        ..Default::default()
+    };
+    sim.shard.create_room(start, 0, &request);
+    let after_creation = closed(&mut sim, "unjoined") - start;
+    assert!(
+        (Duration::from_secs(30)..Duration::from_secs(31)).contains(&after_creation),
+        "closed {after_creation:?} after its creation"
+    );
 }

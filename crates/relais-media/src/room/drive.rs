@@ -219,12 +219,10 @@ impl Room {
             self.update_qualities(now);
             self.flush_listener_updates(now);
         }
-        if let Some(since) = self.empty_since {
-            if now.duration_since(since) >= Duration::from_secs(u64::from(self.info.empty_timeout))
-            {
-                self.span.in_scope(|| info!("closing empty room"));
-                self.finish();
-            }
+        if self.closes_at().is_some_and(|at| now >= at) {
+            let (timeout, _) = self.closing_timeout();
+            self.span.in_scope(|| info!(timeout, "closing empty room"));
+            self.finish();
         }
     }
 

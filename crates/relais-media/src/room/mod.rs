@@ -340,6 +340,10 @@ pub struct Room {
     pub(crate) wake_queued: Queued,
     /// When the room became empty (or was created empty).
     pub(crate) empty_since: Option<Instant>,
+    /// Whether it became empty by its last participant leaving: LiveKit then
+    /// closes it after the departure timeout (time for that participant to
+    /// come back), and one nobody joined after the empty timeout.
+    pub(crate) emptied_by_departure: bool,
     pub(crate) next_layer_check: Instant,
     /// Latest info of participants that publish nothing, for everyone at the
     /// next flush (see [`LISTENER_UPDATE_INTERVAL`]).
@@ -420,6 +424,7 @@ impl Room {
             queued: None,
             wake_queued: None,
             empty_since: Some(now),
+            emptied_by_departure: false,
             next_layer_check: now,
             listener_updates: BTreeMap::new(),
             next_listener_flush: now,
@@ -741,6 +746,7 @@ impl Room {
         self.info.num_participants = self.participants.len() as u32;
         if self.participants.is_empty() {
             self.empty_since = Some(now);
+            self.emptied_by_departure = true;
         }
     }
 
@@ -804,10 +810,7 @@ impl Room {
     /// review, an empty room's timeout).
     fn deadlines(&self) -> (Option<Instant>, Instant) {
         let sessions = self.timers.next();
-        let empty = self
-            .empty_since
-            .map(|s| s + Duration::from_secs(u64::from(self.info.empty_timeout)));
-        let periodic = [sessions, empty]
+        let periodic = [sessions, self.closes_at()]
             .into_iter()
             .flatten()
             .fold(self.next_layer_check, Instant::min);
@@ -818,6 +821,22 @@ impl Room {
             (a, b) => a.or(b),
         };
         (copies, periodic)
+    }
+
+    /// When the room closes unless someone joins first: its empty or its
+    /// departure timeout after it became empty ([`Room::emptied_by_departure`]).
+    pub(crate) fn closes_at(&self) -> Option<Instant> {
+        let (_, seconds) = self.closing_timeout();
+        Some(self.empty_since? + Duration::from_secs(u64::from(seconds)))
+    }
+
+    /// Which timeout closes the room once it is empty, and its seconds.
+    pub(crate) fn closing_timeout(&self) -> (&'static str, u32) {
+        if self.emptied_by_departure {
+            ("departure", self.info.departure_timeout)
+        } else {
+            ("empty", self.info.empty_timeout)
+        }
     }
 
     /// Next thing for the world to do, if any.
