@@ -194,3 +194,45 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
     rate = summary["relais_packets_per_cpu_second"]
     assert rate == relais["forwarded_packets_per_cpu_second"]
     assert summary["relais_times_floor"] == pytest.approx(floor / rate)
+
+
+@pytest.mark.parametrize("stay", [False, True], ids=["rooms_churn", "subscribers_churn"])
+def test_soak_script_finds_the_node_at_rest_after_every_round(tmp_path: Path, stay: bool):
+    """`soak.sh`, the churn benchmark, end to end: rounds of rooms that fill, carry media
+    and empty (or, with STAY=1, of subscribers joining rooms whose publishers stay), and
+    after each round the node's rooms, participants and threads read back at rest."""
+    needs_udp()
+    from conftest import REPO_ROOT, free_tcp_port
+
+    out = tmp_path / "soak"
+    env = dict(
+        os.environ,
+        BIN=str(relais_bin().parent),
+        OUT=str(out),
+        PORT=str(free_tcp_port()),
+        ROUNDS="2",
+        ROOMS="2",
+        SUBS="2",
+        RAMP="1",
+        DUR="1",
+        STAY="1" if stay else "0",
+    )
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/soak.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "soak.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    # At rest: nothing, or the two rooms and their two publishers each.
+    rest = (2, 4) if stay else (0, 0)
+    for row in rows:
+        assert (row["rooms"], row["participants"]) == rest, row
+        assert row["threads"] == rows[0]["threads"], row
+    for n in (1, 2):
+        joined = json.loads((out / f"round-{n}.json").read_text())["joins_ok"]
+        assert joined == (4 if stay else 8), f"round {n}: {joined} joined"

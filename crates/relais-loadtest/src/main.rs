@@ -117,6 +117,11 @@ struct Args {
     /// Room name prefix (LiveKit) / first room number (Janus).
     #[arg(long, default_value = "lt")]
     room_prefix: String,
+    /// Name the rooms `<prefix>-<n>`, without the run's random id, so that
+    /// load generators run one after another (or side by side) meet in the
+    /// same rooms: publishers that stay while rounds of subscribers come and go.
+    #[arg(long)]
+    shared_rooms: bool,
     #[arg(long, default_value_t = 5000)]
     janus_room_base: u64,
     /// Tokio worker threads.
@@ -284,7 +289,11 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
     // Publishers of every room first, then subscribers.
     for pass in 0..2 {
         for r in 0..args.rooms {
-            let room = format!("{}-{run_id:04x}-{r}", args.room_prefix);
+            let room = if args.shared_rooms {
+                format!("{}-{r}", args.room_prefix)
+            } else {
+                format!("{}-{run_id:04x}-{r}", args.room_prefix)
+            };
             let room_no = args.janus_room_base + r as u64;
             let mut push = |identity: String, video, audio, subscribe, decode| {
                 specs.push(Spec {
