@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{gaps, rtp_info, server_addr, Sim, ROOM};
 use relais_media::{JoinParams, ParticipantKey, Shard};
@@ -212,8 +212,14 @@ fn a_closed_room_leaves_its_shard_nothing_to_wake_for() {
         ParticipantKey(10_010),
         DisconnectReason::ClientInitiated,
     );
+    drive_until_closed(&mut sim, "emptied");
+    assert_eq!(idle(&sim), (None, None), "after the empty room timed out");
+}
+
+/// Drive the shard's timers until `room` is gone; when it went.
+fn drive_until_closed(sim: &mut Sim, room: &str) -> Instant {
     let mut now = sim.now;
-    while sim.shard.room("emptied").is_some() {
+    while sim.shard.room(room).is_some() {
         now = sim
             .shard
             .poll_timeout()
@@ -221,7 +227,7 @@ fn a_closed_room_leaves_its_shard_nothing_to_wake_for() {
             .max(now);
         sim.shard.handle_timeout(now);
     }
-    assert_eq!(idle(&sim), (None, None), "after the empty room timed out");
+    now
 }
 
 /// LiveKit's rule for closing an empty room: one whose last participant left
@@ -234,19 +240,6 @@ fn an_empty_room_closes_after_the_departure_or_the_empty_timeout() {
     sim.config.room_defaults.departure_timeout = Duration::from_secs(2);
     sim.shard = Shard::new(0, sim.config.clone());
     let start = sim.now;
-    // Drive the shard's timers until `room` is gone; when it went.
-    let closed = |sim: &mut Sim, room: &str| {
-        let mut now = sim.now;
-        while sim.shard.room(room).is_some() {
-            now = sim
-                .shard
-                .poll_timeout()
-                .expect("the room's timeout")
-                .max(now);
-            sim.shard.handle_timeout(now);
-        }
-        now
-    };
 
     join_idle_to(&mut sim, "left", 0..1);
     sim.now += Duration::from_secs(5);
@@ -255,7 +248,7 @@ fn an_empty_room_closes_after_the_departure_or_the_empty_timeout() {
         ParticipantKey(10_000),
         DisconnectReason::ClientInitiated,
     );
-    let after_leaving = closed(&mut sim, "left") - sim.now;
+    let after_leaving = drive_until_closed(&mut sim, "left") - sim.now;
     assert!(
         (Duration::from_secs(2)..Duration::from_secs(3)).contains(&after_leaving),
         "closed {after_leaving:?} after its last participant left"
@@ -266,7 +259,7 @@ fn an_empty_room_closes_after_the_departure_or_the_empty_timeout() {
         ..Default::default()
     };
     sim.shard.create_room(start, 0, &request);
-    let after_creation = closed(&mut sim, "unjoined") - start;
+    let after_creation = drive_until_closed(&mut sim, "unjoined") - start;
     assert!(
         (Duration::from_secs(30)..Duration::from_secs(31)).contains(&after_creation),
         "closed {after_creation:?} after its creation"
