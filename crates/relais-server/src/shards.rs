@@ -485,7 +485,7 @@ impl Shards {
     }
 
     fn receive_loop(&self, mut reader: SocketReader) {
-        let mut shard_of_addr: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut shard_of_addr = AddressRoutes::default();
         // Wake up now and then to hand over the counters even when idle.
         let _ = reader
             .socket
@@ -495,11 +495,7 @@ impl Shards {
         loop {
             reader.read(
                 || self.pool.buffer(),
-                |datagram, metrics| match self.route(
-                    &mut shard_of_addr,
-                    datagram.source,
-                    &datagram.data,
-                ) {
+                |datagram, metrics| match self.route(&mut shard_of_addr, &datagram) {
                     Some(shard) => batches[shard].push_back(datagram),
                     None => {
                         metrics.unroutable += 1;
@@ -507,6 +503,7 @@ impl Shards {
                     }
                 },
             );
+            shard_of_addr.forget_silent(Instant::now());
             for (shard, batch) in batches.iter_mut().enumerate() {
                 if batch.is_empty() {
                     continue;
@@ -527,21 +524,57 @@ impl Shards {
         }
     }
 
-    /// The shard of a datagram from `source`: named by the ufrag of a STUN
-    /// request, else the shard that `source` last sent STUN for.
-    fn route(
-        &self,
-        shard_of_addr: &mut HashMap<SocketAddr, usize>,
-        source: SocketAddr,
-        datagram: &[u8],
-    ) -> Option<usize> {
-        match self.shard_of_stun(datagram) {
+    /// The shard of `datagram`: named by the ufrag of a STUN request, else
+    /// the shard its source last sent STUN for.
+    fn route(&self, shard_of_addr: &mut AddressRoutes, datagram: &Datagram) -> Option<usize> {
+        match self.shard_of_stun(&datagram.data) {
             Some(shard) => {
-                shard_of_addr.insert(source, shard);
+                shard_of_addr.learn(datagram.source, shard, datagram.received);
                 Some(shard)
             }
-            None => shard_of_addr.get(&source).copied(),
+            None => shard_of_addr.shard_of(datagram.source),
         }
+    }
+}
+
+/// How long an address keeps its shard without a STUN request: a connected
+/// client checks consent every few seconds (RFC 7675), and a session silent
+/// for 30 s has timed out in its shard long before this.
+const ADDRESS_ROUTE_TTL: Duration = Duration::from_secs(60);
+
+/// The shard each remote address last sent STUN for, on the shared receive
+/// thread. Addresses silent for [`ADDRESS_ROUTE_TTL`] are forgotten: every
+/// peer connection brings a new one (a client's port), and the map grew by
+/// two entries a join for as long as the node ran (found by `soak.sh`).
+#[derive(Default)]
+struct AddressRoutes {
+    shards: HashMap<SocketAddr, (usize, Instant)>,
+    /// When silent addresses were last looked for.
+    swept: Option<Instant>,
+}
+
+impl AddressRoutes {
+    fn learn(&mut self, source: SocketAddr, shard: usize, at: Instant) {
+        self.shards.insert(source, (shard, at));
+    }
+
+    fn shard_of(&self, source: SocketAddr) -> Option<usize> {
+        self.shards.get(&source).map(|&(shard, _)| shard)
+    }
+
+    /// Drop the addresses no STUN came from for the TTL; a pass over the map
+    /// at most once a tenth of the TTL.
+    fn forget_silent(&mut self, now: Instant) {
+        let step = ADDRESS_ROUTE_TTL / 10;
+        if self
+            .swept
+            .is_some_and(|at| now.saturating_duration_since(at) < step)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.shards
+            .retain(|_, &mut (_, at)| now.saturating_duration_since(at) < ADDRESS_ROUTE_TTL);
     }
 }
 
@@ -1165,6 +1198,41 @@ mod tests {
             });
         }
         batch
+    }
+
+    #[test]
+    fn an_address_silent_for_its_ttl_loses_its_shard() {
+        let mut routes = AddressRoutes::default();
+        let (quiet, talking): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:5001".parse().unwrap(),
+            "127.0.0.1:5002".parse().unwrap(),
+        );
+        let start = Instant::now();
+        routes.learn(quiet, 1, start);
+        routes.learn(talking, 0, start);
+        routes.forget_silent(start);
+        assert_eq!(
+            (routes.shard_of(quiet), routes.shard_of(talking)),
+            (Some(1), Some(0))
+        );
+
+        // The talking one sends STUN again half-way; then the TTL runs out
+        // for the quiet one only.
+        let half = start + ADDRESS_ROUTE_TTL / 2;
+        routes.learn(talking, 0, half);
+        let later = start + ADDRESS_ROUTE_TTL;
+        routes.forget_silent(later);
+        assert_eq!(
+            (routes.shard_of(quiet), routes.shard_of(talking)),
+            (None, Some(0))
+        );
+
+        // Passes over the map are spaced: right after one, nothing goes.
+        routes.learn(quiet, 1, start);
+        routes.forget_silent(later + ADDRESS_ROUTE_TTL / 20);
+        assert_eq!(routes.shard_of(quiet), Some(1));
+        routes.forget_silent(later + ADDRESS_ROUTE_TTL / 10);
+        assert_eq!(routes.shard_of(quiet), None);
     }
 
     #[test]
