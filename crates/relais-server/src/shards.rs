@@ -538,14 +538,15 @@ impl Shards {
 }
 
 /// How long an address keeps its shard without a STUN request: a connected
-/// client checks consent every few seconds (RFC 7675), and a session silent
-/// for 30 s has timed out in its shard long before this.
+/// client checks consent with one every few seconds, and stops sending
+/// after 30 s without consent (RFC 7675), so an address silent for this long
+/// belongs to no live session.
 const ADDRESS_ROUTE_TTL: Duration = Duration::from_secs(60);
 
 /// The shard each remote address last sent STUN for, on the shared receive
 /// thread. Addresses silent for [`ADDRESS_ROUTE_TTL`] are forgotten: every
 /// peer connection brings a new one (a client's port), and the map grew by
-/// two entries a join for as long as the node ran (found by `soak.sh`).
+/// two entries a join for as long as the node ran (seen after a churn run).
 #[derive(Default)]
 struct AddressRoutes {
     shards: HashMap<SocketAddr, (usize, Instant)>,
