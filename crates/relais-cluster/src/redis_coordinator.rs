@@ -76,25 +76,54 @@ end
 "#;
 
 /// KEYS: node key, nodes zset, room keys to refresh…, room keys to release…
-/// ARGV: id, instance, json, node_ttl, room_ttl, n_refresh, node prefix, index ttl.
+/// ARGV: id, instance, json, node_ttl, room_ttl, n_refresh, index ttl, first ("1"
+/// on this process's first registration), http address.
 /// Returns { ok ("1" / "0" = another process holds this id), redis_now_ms,
-///           n_lost, (lost index, owner)…, node records… }.
+///           n_lost, replaced ids (comma-separated), (lost index, owner)…,
+///           node records… }.
+///
+/// On its first registration a process takes over from the records of nodes
+/// at its own HTTP address, its own id's included: it holds that address, so
+/// they are processes that died (a crash, a kill) and would otherwise be taken
+/// for alive — and sent rooms — until their records expire.
 const LUA_HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = ARGV[8] == '1' and ARGV[9] ~= ''
+local function at_my_address(rec)
+  return first and type(rec) == 'table' and rec['http_address'] == ARGV[9]
+end
 local cur = redis.pcall('GET', KEYS[1])
 if type(cur) == 'string' then
   local ok, rec = pcall(cjson.decode, cur)
   if ok and type(rec) == 'table' and type(rec['instance']) == 'string'
-     and rec['instance'] ~= ARGV[2] and redis.call('PTTL', KEYS[1]) > 0 then
+     and rec['instance'] ~= ARGV[2] and redis.call('PTTL', KEYS[1]) > 0
+     and not at_my_address(rec) then
     return {'0', tostring(now), '0'}
+  end
+end
+local replaced = {}
+if first then
+  local ids = redis.pcall('ZRANGE', KEYS[2], 0, -1)
+  if type(ids) == 'table' then
+    for _, id in ipairs(ids) do
+      local raw = id ~= ARGV[1] and alive(id)
+      if raw then
+        local ok, rec = pcall(cjson.decode, raw)
+        if ok and at_my_address(rec) then
+          redis.call('DEL', NODE_PREFIX .. id)
+          redis.pcall('ZREM', KEYS[2], id)
+          table.insert(replaced, id)
+        end
+      end
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[4]))
 redis.pcall('ZADD', KEYS[2], now, ARGV[1])
-redis.pcall('PEXPIRE', KEYS[2], ARGV[8])
-local out = {'1', tostring(now), '0'}
+redis.pcall('PEXPIRE', KEYS[2], ARGV[7])
+local out = {'1', tostring(now), '0', table.concat(replaced, ',')}
 local lost = 0
 local n = tonumber(ARGV[6])
 for i = 3, 2 + n do
@@ -137,7 +166,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {'2', ARGV[1], crec}
 "#;
 
-/// KEYS: node key, nodes zset, room keys. ARGV: id, instance.
+/// KEYS: node key, nodes zset, room keys. ARGV: id, instance. Returns {"1"}
+/// (every script answers a list: `run` reads one).
 const LUA_LEAVE: &str = r#"
 for i = 3, #KEYS do
   if redis.pcall('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
@@ -150,7 +180,7 @@ if type(cur) == 'string' then
     redis.pcall('ZREM', KEYS[2], ARGV[1])
   end
 end
-return 1
+return {'1'}
 "#;
 
 fn script(body: &str, prefix: &str) -> Script {
@@ -204,6 +234,9 @@ pub struct RedisCoordinator {
     conflicts: Mutex<HashSet<String>>,
     /// Live nodes as of the last heartbeat.
     nodes: Mutex<Vec<NodeInfo>>,
+    /// Whether a heartbeat of this process was accepted yet (the first one
+    /// takes over from dead processes at this node's address).
+    registered: AtomicBool,
     draining: AtomicBool,
     reachable: AtomicBool,
     duplicate: AtomicBool,
@@ -268,6 +301,7 @@ impl RedisCoordinator {
             held: Mutex::new(HashMap::new()),
             conflicts: Mutex::new(HashSet::new()),
             nodes: Mutex::new(Vec::new()),
+            registered: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
             duplicate: AtomicBool::new(false),
@@ -504,7 +538,11 @@ impl RedisCoordinator {
             serde_json::to_string(&*me)
                 .map_err(|e| ClusterError::Unavailable(format!("encoding node record: {e}")))?
         };
-        let instance = lock(&self.me).instance.clone();
+        let (instance, http_address) = {
+            let me = lock(&self.me);
+            (me.instance.clone(), me.http_address.clone())
+        };
+        let first = !self.registered.load(Ordering::SeqCst);
         let mut inv = self.heartbeat.key(self.node_key(&self.id));
         inv.key(self.nodes_key());
         for room in refresh.iter().chain(release.iter()) {
@@ -516,7 +554,9 @@ impl RedisCoordinator {
             .arg(self.config.node_ttl_ms)
             .arg(self.config.room_ttl_ms)
             .arg(refresh.len())
-            .arg(self.config.node_ttl_ms.saturating_mul(20));
+            .arg(self.config.node_ttl_ms.saturating_mul(20))
+            .arg(if first { "1" } else { "0" })
+            .arg(&http_address);
         let sent_at = unix_ms();
         let reply = self.run("heartbeat", inv).await?;
         let text = |i: usize| {
@@ -540,8 +580,16 @@ impl RedisCoordinator {
         if self.duplicate.swap(false, Ordering::SeqCst) {
             info!(node_id = %self.id, "node id is free again; registered");
         }
+        self.registered.store(true, Ordering::SeqCst);
+        let replaced = text(3).unwrap_or_default();
+        if !replaced.is_empty() {
+            info!(
+                %replaced, address = %http_address,
+                "took over from nodes registered at this address whose processes are gone"
+            );
+        }
         let lost_count: usize = text(2).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut index = 3;
+        let mut index = 4;
         let mut lost = Vec::new();
         for _ in 0..lost_count {
             let i: usize = text(index).and_then(|s| s.parse().ok()).unwrap_or(0);

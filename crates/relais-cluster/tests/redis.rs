@@ -102,7 +102,7 @@ fn node(id: &str, instance: &str) -> NodeInfo {
     NodeInfo {
         id: id.into(),
         instance: instance.into(),
-        http_address: format!("127.0.0.1:{}", id.len()),
+        http_address: format!("{}.test:7880", id.to_lowercase()),
         region: String::new(),
         state: Default::default(),
         started_at_ms: 0,
@@ -138,6 +138,9 @@ async fn registry_placement_claims_and_failover() {
     b.heartbeat(snapshot(&[])).await.unwrap();
     a.heartbeat(snapshot(&[])).await.unwrap();
     assert_eq!(a.nodes().await.unwrap().len(), 2);
+    // The set of nodes expires if every node stops (20 × node_ttl).
+    let index_ttl: i64 = redis.cli(&["pttl", "t1:nodes"]).trim().parse().unwrap();
+    assert!((1..=12_000).contains(&index_ttl), "{index_ttl}");
 
     // One room, placed from both sides at once: exactly one owner.
     let (pa, pb) = tokio::join!(a.place("r1", false), b.place("r1", false));
@@ -176,8 +179,12 @@ async fn registry_placement_claims_and_failover() {
     survivor.heartbeat(snapshot(&[])).await.unwrap();
     assert_eq!(redis.cli(&["exists", "t1:room:r1"]).trim(), "0");
 
-    // Leaving deletes the node record.
+    // Leaving deletes the node record, and its answer reads as one.
     survivor.leave().await;
+    assert!(
+        survivor.is_reachable(),
+        "leave's reply was taken for a Redis failure"
+    );
     assert_eq!(
         redis
             .cli(&["exists", &format!("t1:node:{}", survivor.node_id())])
@@ -235,8 +242,12 @@ async fn foreign_and_corrupt_values_are_contained() {
 async fn duplicate_node_id_never_takes_rooms() {
     let Some(redis) = Redis::start() else { return };
     let first = coordinator(&redis, "t3:", "SAME");
-    let second =
-        RedisCoordinator::new(&redis.settings(), config("t3:"), node("SAME", "other")).unwrap();
+    // Configured with the same id, on another machine.
+    let elsewhere = NodeInfo {
+        http_address: "other.test:7880".into(),
+        ..node("SAME", "other")
+    };
+    let second = RedisCoordinator::new(&redis.settings(), config("t3:"), elsewhere).unwrap();
     first.heartbeat(snapshot(&[])).await.unwrap();
     second.heartbeat(snapshot(&[])).await.unwrap();
     // The first registration stands.
@@ -318,4 +329,74 @@ async fn a_room_claimed_elsewhere_while_partitioned_is_reported_for_moving() {
     assert_eq!(redis.cli(&["get", "t6:room:r2"]).trim(), "A");
     // Once A has closed its copy, nothing is reported any more.
     assert!(a.heartbeat(snapshot(&["r2"])).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_process_restarted_at_a_dead_nodes_address_takes_its_place_at_once() {
+    let Some(redis) = Redis::start() else { return };
+    let ttl = |key: &str| redis.cli(&["pttl", key]).trim().parse::<i64>().unwrap();
+    // Two nodes; then both processes die (no leave), their records still live.
+    let a = coordinator(&redis, "t7:", "A");
+    let b = coordinator(&redis, "t7:", "B");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    b.heartbeat(snapshot(&["r-of-b"])).await.unwrap();
+    assert_eq!(redis.cli(&["get", "t7:room:r-of-b"]).trim(), "B");
+    drop((a, b));
+
+    // A comes back under its configured id, at its address: registered at
+    // once, not refused as a duplicate until the old record expires.
+    let a2 =
+        RedisCoordinator::new(&redis.settings(), config("t7:"), node("A", "restarted")).unwrap();
+    a2.heartbeat(snapshot(&[])).await.unwrap();
+    assert!(redis.cli(&["get", "t7:node:A"]).contains("restarted"));
+    // A room another node placed here is taken (a duplicate refuses it).
+    assert_eq!(a2.place("new", true).await.unwrap(), Placement::Local);
+
+    // B's process comes back with a new id (the default: random per process)
+    // at B's address: B's record goes at once, and with it B's claim on its room.
+    let b2 = RedisCoordinator::new(
+        &redis.settings(),
+        config("t7:"),
+        NodeInfo {
+            http_address: node("B", "").http_address,
+            ..node("B2", "b2")
+        },
+    )
+    .unwrap();
+    assert!(ttl("t7:node:B") > 0, "B's old record is still live before");
+    b2.heartbeat(snapshot(&[])).await.unwrap();
+    assert_eq!(redis.cli(&["exists", "t7:node:B"]).trim(), "0");
+    let live: Vec<String> = b2
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert!(!live.contains(&"B".to_string()), "{live:?}");
+    assert!(live.contains(&"A".to_string()) && live.contains(&"B2".to_string()));
+    // B's room is free for a live node (the selector picks A or B2).
+    let owner = match a2.place("r-of-b", false).await.unwrap() {
+        Placement::Local => "A".to_string(),
+        Placement::Remote(n) => n.id,
+    };
+    assert_eq!(redis.cli(&["get", "t7:room:r-of-b"]).trim(), owner);
+    assert!(owner == "A" || owner == "B2", "{owner}");
+
+    // Only a first registration takes over: two running nodes configured
+    // with one address do not evict each other at every heartbeat.
+    let c = RedisCoordinator::new(
+        &redis.settings(),
+        config("t7:"),
+        NodeInfo {
+            http_address: node("B", "").http_address,
+            ..node("C", "c")
+        },
+    )
+    .unwrap();
+    c.heartbeat(snapshot(&[])).await.unwrap();
+    b2.heartbeat(snapshot(&[])).await.unwrap();
+    c.heartbeat(snapshot(&[])).await.unwrap();
+    assert_eq!(redis.cli(&["exists", "t7:node:B2"]).trim(), "1");
+    assert_eq!(redis.cli(&["exists", "t7:node:C"]).trim(), "1");
 }
