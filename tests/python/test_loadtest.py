@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -196,12 +197,21 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
     assert summary["relais_times_floor"] == pytest.approx(floor / rate)
 
 
-@pytest.mark.parametrize("stay", [False, True], ids=["rooms_churn", "subscribers_churn"])
-def test_soak_script_finds_the_node_at_rest_after_every_round(tmp_path: Path, stay: bool):
+@pytest.mark.parametrize(
+    "stay,nodes",
+    [(False, 1), (True, 1), (False, 2)],
+    ids=["rooms_churn", "subscribers_churn", "cluster_rooms_churn"],
+)
+def test_soak_script_finds_the_node_at_rest_after_every_round(
+    tmp_path: Path, stay: bool, nodes: int
+):
     """`soak.sh`, the churn benchmark, end to end: rounds of rooms that fill, carry media
     and empty (or, with STAY=1, of subscribers joining rooms whose publishers stay), and
-    after each round the node's rooms, participants and threads read back at rest."""
+    after each round the node's rooms, participants and threads read back at rest; with
+    two nodes, Redis holds again only the nodes' records and their set."""
     needs_udp()
+    if nodes > 1 and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
     from conftest import REPO_ROOT, free_tcp_port
 
     out = tmp_path / "soak"
@@ -216,6 +226,7 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(tmp_path: Path, st
         RAMP="1",
         DUR="1",
         STAY="1" if stay else "0",
+        NODES=str(nodes),
     )
     done = subprocess.run(
         ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/soak.sh")],
@@ -227,12 +238,18 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(tmp_path: Path, st
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "soak.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [0, 1, 2]
-    # At rest: nothing, or the two rooms and their two publishers each.
+    assert [(r["round"], r["node"]) for r in rows] == [
+        (n, i) for n in (0, 1, 2) for i in range(nodes)
+    ]
+    # At rest: nothing, or the two rooms and their two publishers each (over the nodes).
     rest = (2, 4) if stay else (0, 0)
+    for n in (0, 1, 2):
+        mine = [r for r in rows if r["round"] == n]
+        assert (sum(r["rooms"] for r in mine), sum(r["participants"] for r in mine)) == rest, mine
+        # Each node's record, the set of nodes: no room claim left behind.
+        assert {r["redis_keys"] for r in mine} == ({nodes + 1} if nodes > 1 else {None}), mine
     for row in rows:
-        assert (row["rooms"], row["participants"]) == rest, row
-        assert row["threads"] == rows[0]["threads"], row
+        assert row["threads"] == rows[row["node"]]["threads"], row
     for n in (1, 2):
         joined = json.loads((out / f"round-{n}.json").read_text())["joins_ok"]
         assert joined == (4 if stay else 8), f"round {n}: {joined} joined"
