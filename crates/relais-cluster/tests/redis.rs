@@ -354,15 +354,15 @@ async fn a_process_restarted_at_a_dead_nodes_address_takes_its_place_at_once() {
 
     // B's process comes back with a new id (the default: random per process)
     // at B's address: B's record goes at once, and with it B's claim on its room.
-    let b2 = RedisCoordinator::new(
-        &redis.settings(),
-        config("t7:"),
-        NodeInfo {
+    // A process with this id, at B's address.
+    let at_b = |id: &str| {
+        let me = NodeInfo {
             http_address: node("B", "").http_address,
-            ..node("B2", "b2")
-        },
-    )
-    .unwrap();
+            ..node(id, &id.to_lowercase())
+        };
+        RedisCoordinator::new(&redis.settings(), config("t7:"), me).unwrap()
+    };
+    let b2 = at_b("B2");
     assert!(ttl("t7:node:B") > 0, "B's old record is still live before");
     b2.heartbeat(snapshot(&[])).await.unwrap();
     assert_eq!(redis.cli(&["exists", "t7:node:B"]).trim(), "0");
@@ -385,15 +385,7 @@ async fn a_process_restarted_at_a_dead_nodes_address_takes_its_place_at_once() {
 
     // Only a first registration takes over: two running nodes configured
     // with one address do not evict each other at every heartbeat.
-    let c = RedisCoordinator::new(
-        &redis.settings(),
-        config("t7:"),
-        NodeInfo {
-            http_address: node("B", "").http_address,
-            ..node("C", "c")
-        },
-    )
-    .unwrap();
+    let c = at_b("C");
     c.heartbeat(snapshot(&[])).await.unwrap();
     b2.heartbeat(snapshot(&[])).await.unwrap();
     c.heartbeat(snapshot(&[])).await.unwrap();
