@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,29 @@ def test_load_generator_counts_refused_joins(relais: RelaisServer):
     assert summary["joins_ok"] == 0
     assert summary["joins_failed"] == 3
     assert summary["failures"] == {"refused": 3}
+    assert relais.alive()
+
+
+def test_a_node_its_participants_left_gives_its_free_heap_back(relais: RelaisServer):
+    """Two rooms of 6 join and leave; once the node has had no new participant for 10 s it
+    returns malloc's free pages to the system (logged at debug, which the tests run at)."""
+    needs_udp()
+    trimmed = "free heap pages returned to the system"
+    before = relais.log_text().count(trimmed)
+    summary = load_test(
+        relais,
+        "--room-prefix", "heap",
+        "--rooms", "2",
+        "--video-publishers", "1",
+        "--audio-publishers", "1",
+        "--subscribers", "4",
+        "--ramp", "0.5", "--warmup", "0.5", "--duration", "1",
+    )
+    assert summary["joins_ok"] == 12, summary["failure_examples"]
+    deadline = time.monotonic() + 25
+    while relais.log_text().count(trimmed) == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert relais.log_text().count(trimmed) > before, "no trim within 25 s of the last leave"
     assert relais.alive()
 
 

@@ -14,6 +14,7 @@
 #   HEAP=1 BIN=... soak.sh                  # and the bytes malloc hands out
 #   NODES=2 RESTART=kill BIN=... soak.sh    # the last node killed and started
 #                                           # again between rounds (or =term)
+#   REST=12 BIN=... soak.sh                 # seconds at rest before each sample
 #
 # With STAY=1 the rooms live through the whole run, their publishers joined
 # once (a load generator of their own), and only the subscribers churn: what a
@@ -33,7 +34,9 @@
 # HEAP=1 each sample also attaches gdb to every node for a moment and has glibc
 # print its statistics (malloc_stats), whose "in use" total is what malloc has
 # not had back: the program's blocks and what malloc's per-thread caches keep.
-# A leak grows it; fragmentation grows only the RSS.
+# A leak grows it; fragmentation grows only the RSS. A node gives its heap's
+# free pages back once it has had no new participant for 10 s after losing
+# some: REST=12 samples after that.
 #
 # BIN holds a release build's relais and relais-loadtest. Node i listens on
 # loopback (HTTP on $PORT+20i, ICE-TCP +1, UDP +2, metrics +9; Redis on
@@ -48,6 +51,7 @@ STAY=${STAY:-0}
 NODES=${NODES:-1}
 HEAP=${HEAP:-0}
 RESTART=${RESTART:-}
+REST=${REST:-0}
 PORT=${PORT:-7940}
 OUT=${OUT:-$(mktemp -d /tmp/relais-soak.XXXXXX)}
 mkdir -p "$OUT"
@@ -226,6 +230,7 @@ for round in $(seq 1 "$ROUNDS"); do
     --subscribers "$SUBS" --duration "$DUR" --ramp "$RAMP" --warmup 1 \
     --json > "$OUT/round-$round.json" 2> "$OUT/round-$round.err" || true
   settle
+  sleep "$REST"
   sample "$round"
 done
 python3 - "$OUT" "$ROOMS" "$VPUB" "$APUB" "$SUBS" "$STAY" "$NODES" "$RESTART" <<'PY'

@@ -6,6 +6,7 @@ pub mod config;
 mod doorbell;
 mod events;
 pub mod fan_out;
+mod heap_trim;
 pub mod http;
 pub mod metrics;
 pub mod node;

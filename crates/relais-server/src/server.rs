@@ -11,7 +11,7 @@ use relais_control::webhook::{WebhookNotifier, WebhookSettings};
 use relais_media::{
     tcp_passive_candidate, udp_host_candidate, MediaConfig, RoomDefaults, SubscriptionLimits,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -317,9 +317,11 @@ async fn drain_on_signal(
     let _ = stop.send(true);
 }
 
-/// Once a second: readiness and draining gauges, forward latency.
+/// Once a second: readiness and draining gauges, forward latency; and the
+/// heap's free pages given back once the node has quieted down.
 async fn node_metrics(node: Arc<crate::node::NodeState>, cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(crate::metrics::FLUSH_INTERVAL);
+    let mut heap_trim = crate::heap_trim::HeapTrim::new(crate::metrics::FLUSH_INTERVAL);
     loop {
         tick.tick().await;
         if cluster.coordinator.is_draining() && node.start_draining() {
@@ -327,6 +329,15 @@ async fn node_metrics(node: Arc<crate::node::NodeState>, cluster: Arc<Cluster>) 
         }
         node.publish();
         crate::metrics::publish_forward_latency();
+        if heap_trim.observe(node.participants()) {
+            // The walk over the arenas takes milliseconds: off the runtime.
+            tokio::task::spawn_blocking(|| {
+                let started = std::time::Instant::now();
+                if crate::heap_trim::release_free_memory() {
+                    debug!(took = ?started.elapsed(), "free heap pages returned to the system");
+                }
+            });
+        }
     }
 }
 
