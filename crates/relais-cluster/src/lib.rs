@@ -105,6 +105,12 @@ pub trait Coordinator: Send + Sync + 'static {
         snapshot: LocalSnapshot,
     ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>>;
 
+    /// A signal relay from this node could not reach `node` (refused or no
+    /// answer): place no new room there from here while its record may still
+    /// outlive its process (one node TTL), unless another process takes its
+    /// id. Rooms already placed there are not moved.
+    fn report_unreachable(&self, _node: &NodeInfo) {}
+
     /// Stop taking new rooms (rooms already here keep running).
     fn set_draining(&self);
 

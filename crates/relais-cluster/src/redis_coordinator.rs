@@ -237,6 +237,9 @@ pub struct RedisCoordinator {
     /// Whether a heartbeat of this process was accepted yet (the first one
     /// takes over from dead processes at this node's address).
     registered: AtomicBool,
+    /// Nodes a relay from here could not reach: id → (that process's
+    /// instance, until when no new room is placed there).
+    unreachable: Mutex<HashMap<String, (String, Instant)>>,
     draining: AtomicBool,
     reachable: AtomicBool,
     duplicate: AtomicBool,
@@ -302,6 +305,7 @@ impl RedisCoordinator {
             conflicts: Mutex::new(HashSet::new()),
             nodes: Mutex::new(Vec::new()),
             registered: AtomicBool::new(false),
+            unreachable: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             reachable: AtomicBool::new(true),
             duplicate: AtomicBool::new(false),
@@ -473,9 +477,16 @@ impl RedisCoordinator {
         for _ in 0..3 {
             let candidate = {
                 let nodes = lock(&self.nodes);
+                let unreachable = lock(&self.unreachable);
+                let now = Instant::now();
+                let skipped = |n: &NodeInfo| {
+                    unreachable
+                        .get(&n.id)
+                        .is_some_and(|(instance, until)| *instance == n.instance && now < *until)
+                };
                 let remaining: Vec<NodeInfo> = nodes
                     .iter()
-                    .filter(|n| !tried.contains(&n.id))
+                    .filter(|n| !tried.contains(&n.id) && !skipped(n))
                     .cloned()
                     .collect();
                 select_node(&remaining, &region, &self.config.node_selector, exclude)
@@ -700,6 +711,14 @@ impl Coordinator for RedisCoordinator {
         snapshot: LocalSnapshot,
     ) -> BoxFuture<'_, Result<Vec<String>, ClusterError>> {
         Box::pin(self.heartbeat_inner(snapshot))
+    }
+
+    fn report_unreachable(&self, node: &NodeInfo) {
+        let now = Instant::now();
+        let until = now + Duration::from_millis(self.config.node_ttl_ms);
+        let mut unreachable = lock(&self.unreachable);
+        unreachable.retain(|_, (_, until)| now < *until);
+        unreachable.insert(node.id.clone(), (node.instance.clone(), until));
     }
 
     fn set_draining(&self) {

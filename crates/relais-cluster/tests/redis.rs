@@ -392,3 +392,47 @@ async fn a_process_restarted_at_a_dead_nodes_address_takes_its_place_at_once() {
     assert_eq!(redis.cli(&["exists", "t7:node:B2"]).trim(), "1");
     assert_eq!(redis.cli(&["exists", "t7:node:C"]).trim(), "1");
 }
+
+#[tokio::test]
+async fn a_node_a_relay_could_not_reach_gets_no_new_room_from_here() {
+    let Some(redis) = Redis::start() else { return };
+    let a = coordinator(&redis, "t8:", "A");
+    let b = coordinator(&redis, "t8:", "B");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    b.heartbeat(snapshot(&[])).await.unwrap();
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    let placed_on_b = |placements: &[Placement]| {
+        placements
+            .iter()
+            .filter(|p| matches!(p, Placement::Remote(n) if n.id == "B"))
+            .count()
+    };
+    let place_twenty = |round: &'static str| {
+        let a = &a;
+        async move {
+            let mut placements = Vec::new();
+            for i in 0..20 {
+                placements.push(a.place(&format!("{round}-{i}"), false).await.unwrap());
+            }
+            placements
+        }
+    };
+    // Both nodes take new rooms (the selector picks at random: 20 all on A
+    // has a chance of one in a million).
+    assert!(placed_on_b(&place_twenty("before").await) > 0);
+    // A relay to B failed: no new room from A goes there.
+    let b_record = a
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id == "B")
+        .unwrap();
+    a.report_unreachable(&b_record);
+    assert_eq!(placed_on_b(&place_twenty("after").await), 0);
+    // One node TTL later B, still heartbeating, is picked again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    b.heartbeat(snapshot(&[])).await.unwrap();
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    assert!(placed_on_b(&place_twenty("later").await) > 0);
+}

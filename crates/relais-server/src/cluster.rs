@@ -412,6 +412,7 @@ impl Cluster {
             }
             Ok(Err(e)) => {
                 warn!(node = %node.id, address = %node.http_address, error = %e, "cannot reach the room's node");
+                self.coordinator.report_unreachable(&node);
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the node hosting this room is unreachable; retry",
@@ -420,6 +421,7 @@ impl Cluster {
             }
             Err(_) => {
                 warn!(node = %node.id, address = %node.http_address, "relay connect timed out");
+                self.coordinator.report_unreachable(&node);
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the node hosting this room did not answer; retry",
