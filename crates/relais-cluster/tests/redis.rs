@@ -113,6 +113,16 @@ fn node(id: &str, instance: &str) -> NodeInfo {
     }
 }
 
+/// Nodes A and B, registered, each having seen the other.
+async fn two_nodes(redis: &Redis, prefix: &str) -> (RedisCoordinator, RedisCoordinator) {
+    let a = coordinator(redis, prefix, "A");
+    let b = coordinator(redis, prefix, "B");
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    b.heartbeat(snapshot(&[])).await.unwrap();
+    a.heartbeat(snapshot(&[])).await.unwrap();
+    (a, b)
+}
+
 fn snapshot(rooms: &[&str]) -> LocalSnapshot {
     LocalSnapshot {
         rooms: rooms.iter().map(|r| r.to_string()).collect(),
@@ -132,11 +142,7 @@ fn coordinator(redis: &Redis, prefix: &str, id: &str) -> RedisCoordinator {
 #[tokio::test]
 async fn registry_placement_claims_and_failover() {
     let Some(redis) = Redis::start() else { return };
-    let a = coordinator(&redis, "t1:", "A");
-    let b = coordinator(&redis, "t1:", "B");
-    a.heartbeat(snapshot(&[])).await.unwrap();
-    b.heartbeat(snapshot(&[])).await.unwrap();
-    a.heartbeat(snapshot(&[])).await.unwrap();
+    let (a, b) = two_nodes(&redis, "t1:").await;
     assert_eq!(a.nodes().await.unwrap().len(), 2);
     // The set of nodes expires if every node stops (20 × node_ttl).
     let index_ttl: i64 = redis.cli(&["pttl", "t1:nodes"]).trim().parse().unwrap();
@@ -396,11 +402,7 @@ async fn a_process_restarted_at_a_dead_nodes_address_takes_its_place_at_once() {
 #[tokio::test]
 async fn a_node_a_relay_could_not_reach_gets_no_new_room_from_here() {
     let Some(redis) = Redis::start() else { return };
-    let a = coordinator(&redis, "t8:", "A");
-    let b = coordinator(&redis, "t8:", "B");
-    a.heartbeat(snapshot(&[])).await.unwrap();
-    b.heartbeat(snapshot(&[])).await.unwrap();
-    a.heartbeat(snapshot(&[])).await.unwrap();
+    let (a, b) = two_nodes(&redis, "t8:").await;
     let placed_on_b = |placements: &[Placement]| {
         placements
             .iter()
