@@ -330,13 +330,20 @@ async fn node_metrics(node: Arc<crate::node::NodeState>, cluster: Arc<Cluster>) 
         node.publish();
         crate::metrics::publish_forward_latency();
         if heap_trim.observe(node.participants()) {
-            // The walk over the arenas takes milliseconds: off the runtime.
-            tokio::task::spawn_blocking(|| {
-                let started = std::time::Instant::now();
-                if crate::heap_trim::release_free_memory() {
-                    debug!(took = ?started.elapsed(), "free heap pages returned to the system");
-                }
-            });
+            // The walk over the arenas takes milliseconds: off the runtime, on
+            // a thread that ends with it (a blocking-pool thread would linger
+            // idle for 10 s).
+            let spawned = std::thread::Builder::new()
+                .name("heap-trim".into())
+                .spawn(|| {
+                    let started = std::time::Instant::now();
+                    if crate::heap_trim::release_free_memory() {
+                        debug!(took = ?started.elapsed(), "free heap pages returned to the system");
+                    }
+                });
+            if let Err(e) = spawned {
+                warn!(error = %e, "cannot start a thread to trim the heap");
+            }
         }
     }
 }
