@@ -56,6 +56,12 @@ def load_test(relais: RelaisServer, *args: str, secret: str = API_SECRET) -> dic
     )
 
 
+def script_env(out: Path, **variables: str) -> dict:
+    """The environment of a benchmark script: the binaries next to the server's, its
+    results in `out`, and its own `variables`."""
+    return dict(os.environ, BIN=str(relais_bin().parent), OUT=str(out), **variables)
+
+
 def needs_udp() -> None:
     if os.environ.get("RELAIS_TCP_ONLY") == "1":
         pytest.skip("the load generator's peers speak ICE over UDP only")
@@ -177,10 +183,8 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
     from conftest import REPO_ROOT
 
     out = tmp_path / "run"
-    env = dict(
-        os.environ,
-        BIN=str(relais_bin().parent),
-        OUT=str(out),
+    env = script_env(
+        out,
         SKIP_JANUS="1",
         SUBS="3",
         RAMP="1",
@@ -239,10 +243,8 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(
     from conftest import REPO_ROOT, free_tcp_port
 
     out = tmp_path / "soak"
-    env = dict(
-        os.environ,
-        BIN=str(relais_bin().parent),
-        OUT=str(out),
+    env = script_env(
+        out,
         PORT=str(free_tcp_port()),
         ROUNDS="2",
         ROOMS="2",
