@@ -173,10 +173,13 @@ def test_floor_forwards_and_reports_its_cost():
     assert result["forwarded_packets_per_cpu_second"] > 0
 
 
-def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
+@pytest.mark.parametrize("apart", [False, True], ids=["one_generator", "publishers_apart"])
+def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart: bool):
     """`compare.sh`, the three-way benchmark (Janus left out), end to end in its own
     network namespace: the strict floor before and after Relais, and the ratio
-    taken against their mean cost per packet."""
+    taken against their mean cost per packet. With `PUBLISHERS_APART=1` the
+    publishers join from a load generator of their own and the subscribers'
+    meets them in the same room."""
     needs_udp()
     if os.geteuid() != 0:
         pytest.skip("compare.sh creates a network namespace: needs root")
@@ -190,6 +193,7 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
         RAMP="1",
         WARMUP="1",
         DUR="3",
+        PUBLISHERS_APART="1" if apart else "0",
     )
     # A process group of its own: on a timeout the servers and the namespace's
     # holder go too, instead of keeping the output pipes open for hours.
@@ -211,17 +215,31 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path):
     assert "strict floor before / after the servers" in stdout, stdout
 
     relais = json.loads((out / "relais.json").read_text())
-    assert relais["joins_ok"] == 5, relais["failure_examples"]
+    # The subscribers got both publishers' media, wherever the publishers joined from.
     assert relais["per_subscriber_packets_min"] > 0
-
     summary = json.loads((out / "summary.json").read_text())
+    rate = summary["relais_packets_per_cpu_second"]
+    assert rate == relais["forwarded_packets_per_cpu_second"]
+    publishers = json.loads((out / "relais-publishers.json").read_text()) if apart else None
+    if publishers is not None:
+        assert publishers["joins_ok"] == 2, publishers["failure_examples"]
+        assert relais["joins_ok"] == 3, relais["failure_examples"]
+        assert relais["publishers_live"] == 0
+        # The table's joins count both generators' participants.
+        row = next(line for line in stdout.splitlines() if line.startswith("relais "))
+        assert "5/5" in row.split(), stdout
+    else:
+        assert relais["joins_ok"] == 5, relais["failure_examples"]
+    # The publishers' generator says how late its frames were made, so that a run
+    # whose load generator fell behind can be told from one whose server did.
+    sender = publishers or relais
+    assert 0 <= sender["publisher_frame_late_ms_p50"] <= sender["publisher_frame_late_ms_p99"]
+    assert "publishers' frames late" in stdout, stdout
     before, after = summary["floor_runs"]
     assert before > 0 and after > 0
     # The floor is the mean of the two runs' cost per packet, so it lies between them.
     floor = summary["floor_packets_per_cpu_second"]
     assert min(before, after) <= floor <= max(before, after)
-    rate = summary["relais_packets_per_cpu_second"]
-    assert rate == relais["forwarded_packets_per_cpu_second"]
     assert summary["relais_times_floor"] == pytest.approx(floor / rate)
 
 

@@ -35,7 +35,7 @@ export ROOMS=${ROOMS:-30} VPUB=${VPUB:-1} APUB=${APUB:-1} SUBS=${SUBS:-10}
 export DUR=${DUR:-15} RAMP=${RAMP:-5}
 export EXTRA=${EXTRA:---pacing-factor 2.5 --decoding-subscribers 2}
 
-printf '%-5s %-24s %10s %10s %7s %7s %9s %7s %9s %8s\n' round build "pkt/CPU-s" "floor" "×floor" "CPU %" "srv p99" "loss %" "KiB/part" "×placed"
+printf '%-5s %-24s %10s %10s %7s %7s %9s %7s %9s %8s %9s\n' round build "pkt/CPU-s" "floor" "×floor" "CPU %" "srv p99" "loss %" "KiB/part" "×placed" "late p99"
 for round in $(seq 1 "$ROUNDS"); do
   for dir in "$@"; do
     name=$(basename "$dir")
@@ -55,18 +55,21 @@ rate = get(relais, "forwarded_packets_per_cpu_second") or 0
 floor_rate = summary["floor_packets_per_cpu_second"] or 0
 # compare.sh prints the server's own latency (from its histogram) in its
 # table, and the ratio to the floor placed as the server (PIN=1) below it.
-p99, placed = "?", "-"
+# And how late the load generator made its publishers' frames (p99, ms).
+p99, placed, late = "?", "-", "-"
 for line in open(f"{out}.txt"):
     if line.startswith("relais ") and p99 == "?":
         p99 = line.split()[-3]
     elif line.startswith("relais × floor ⇄"):
         placed = line.split()[-1]
+    elif line.startswith("publishers' frames late"):
+        late = line.split()[-2]
 def fmt(v, digits):
     return "?" if v is None else f"{v:.{digits}f}"
 print(f"{round_:<5} {name:<24} {rate:>10.0f} {floor_rate:>10.0f} "
       f"{(floor_rate / rate if rate else 0):>7.2f} {fmt(get(relais, 'server_cpu_percent'), 1):>7} "
       f"{p99:>9} {fmt(get(relais, 'loss_percent'), 3):>7} "
-      f"{fmt(get(relais, 'server_rss_per_participant_kib'), 1):>9} {placed:>8}")
+      f"{fmt(get(relais, 'server_rss_per_participant_kib'), 1):>9} {placed:>8} {late:>9}")
 PY
   done
 done

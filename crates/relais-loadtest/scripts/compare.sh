@@ -17,6 +17,8 @@
 #   RTC_YAML=$'  fan_out_threads: 0' ...          # more keys of its rtc: section
 #   UDP_PORTS=7882 ...                                    # Relais with one UDP port
 #   PERF=1 ...                                            # perf record the server over the window
+#   PUBLISHERS_APART=1 ...                                # Relais's publishers in a load generator of
+#                                                         # their own, at a higher priority (below)
 #
 # Needs root (unshare/nsenter), iproute2, janus (apt-get install janus) and the
 # release binaries: cargo build --release -p relais-server -p relais-loadtest
@@ -141,6 +143,30 @@ nsenter -t "$NS" -n "${SERVER_CPU[@]}" "$BIN/relais" --config "$OUT/relais.yaml"
 RPID=$!
 PIDS+=("$RPID")
 wait_http "http://$SRV:7880/"
+# PUBLISHERS_APART=1: the publishers join first from a load generator of their own, on the same
+# core at a higher priority (nice -10), in rooms named so that the subscribers' generator
+# meets them. One generator whose core is full (near 80 % of the server's core it is: every
+# copy the server sends, it receives) runs its publishers' timers late and then catches up
+# with several frames at once, so the server would measure the generator's bursts; apart
+# and first in line, the publishers keep time as independent clients do. Relais only.
+LOAD_RELAIS=("${LOAD[@]}")
+if [ "${PUBLISHERS_APART:-0}" = 1 ]; then
+  ROOM_PREFIX="apart$$"
+  COMMON=(--rooms "$ROOMS" --video-bitrate "$VBR" --audio-bitrate "$ABR" --local-ip $CLI --json
+          --shared-rooms --room-prefix "$ROOM_PREFIX")
+  # shellcheck disable=SC2206
+  COMMON+=($EXTRA)
+  # They stay until the subscribers' window has ended: their own ramp, a second, then the
+  # subscribers' ramp, warm-up and window, and a margin.
+  in_ns "${CLIENT_CPU[@]}" nice -n -10 "$BIN/relais-loadtest" --url "ws://$SRV:7880" --label publishers \
+    "${COMMON[@]}" --video-publishers "$VPUB" --audio-publishers "$APUB" --subscribers 0 \
+    --ramp "$RAMP" --warmup 0 --duration $((RAMP + WARMUP + DUR + 4)) > "$OUT/relais-publishers.json" &
+  PUBLISHERS_PID=$!
+  PIDS+=("$PUBLISHERS_PID")
+  sleep $((RAMP + 1))
+  LOAD_RELAIS=("${COMMON[@]}" --video-publishers 0 --audio-publishers 0 --subscribers "$SUBS"
+               --duration "$DUR" --ramp "$RAMP" --warmup "$WARMUP")
+fi
 # The server's forward-latency histogram as the measured window starts (after
 # ramp and warm-up), so that its latency is taken over the same window.
 ( sleep $((RAMP + WARMUP)); in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true ) &
@@ -159,8 +185,9 @@ threads_snapshot() {
 if [ "${PERF:-0}" = 1 ]; then
   ( sleep $((RAMP + WARMUP)); perf record -F ${PERF_HZ:-1999} ${PERF_CALLGRAPH:--g} -p "$RPID" -o "$OUT/perf.data" -- sleep "$DUR" >/dev/null 2>&1 ) &
 fi
-in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD[@]}" \
+in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD_RELAIS[@]}" \
   > "$OUT/relais.json"
+if [ -n "${PUBLISHERS_PID:-}" ]; then wait "$PUBLISHERS_PID" || true; fi
 # The server's own counters (drops by reason, NACKs, keyframe requests) for the record.
 in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics.txt" 2>/dev/null || true
 threads_snapshot "$OUT/relais-threads-end.txt"
@@ -191,6 +218,12 @@ def load(n):
     p = os.path.join(out, n + ".json")
     return json.load(open(p)) if os.path.exists(p) else None
 floor, relais, janus = load("floor"), load("relais"), load("janus")
+# PUBLISHERS_APART=1: the publishers' generator (they receive nothing: the load generator's
+# publishers do not subscribe) counts in the joins.
+publishers = load("relais-publishers")
+if relais and publishers:
+    relais["joins_ok"] += publishers["joins_ok"]
+    relais["participants"] += publishers["participants"]
 split = load("floor-split")
 # The strict floor before and after the servers: its cost per packet is the two runs' mean.
 floors = [f["forwarded_packets_per_cpu_second"] for f in (floor, load("floor-after")) if f]
@@ -268,6 +301,11 @@ if t0 and t1:
         print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8} {slices:9}")
     if "steal" in t0 and "steal" in t1:
         print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
+# Whether the load generator kept time: a publisher's frame made late goes out with the next.
+sender = publishers or relais
+if sender and sender.get("publisher_frame_late_ms_p99") is not None:
+    print(f"publishers' frames late p50 / p99 (load generator): {sender['publisher_frame_late_ms_p50']:.2f} / "
+          f"{sender['publisher_frame_late_ms_p99']:.2f} ms")
 if split and relais and relais.get("forwarded_packets_per_cpu_second"):
     print(f"relais × floor ⇄ (placed as the server): {split['forwarded_packets_per_cpu_second'] / relais['forwarded_packets_per_cpu_second']:.2f}")
 if len(floors) == 2:

@@ -232,6 +232,9 @@ struct Summary {
     /// Latency of the packets ending a video frame: when a subscriber has the whole frame.
     frame_latency_ms_p50: Option<f64>,
     frame_latency_ms_p99: Option<f64>,
+    /// How late the publishers made their frames (see `Report::frame_late`).
+    publisher_frame_late_ms_p50: Option<f64>,
+    publisher_frame_late_ms_p99: Option<f64>,
     send_dropped: u64,
     server_pid: Option<u32>,
     server_cpu_seconds: Option<f64>,
@@ -534,6 +537,14 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         sum.frame_latency_ms_p50 = percentile(&frames, 50.0).map(ms);
         sum.frame_latency_ms_p99 = percentile(&frames, 99.0).map(ms);
     }
+    let mut late: Vec<u32> = reports
+        .iter()
+        .flat_map(|r| r.frame_late.values.iter().copied())
+        .collect();
+    late.sort_unstable();
+    let ms = |v: u32| f64::from(v) / 1e3;
+    sum.publisher_frame_late_ms_p50 = percentile(&late, 50.0).map(ms);
+    sum.publisher_frame_late_ms_p99 = percentile(&late, 99.0).map(ms);
     if let (Some(a), Some(b)) = (&s0.server, &s1.server) {
         let cpu = b.cpu_seconds_since(a);
         sum.server_cpu_seconds = Some(cpu);
@@ -664,6 +675,14 @@ fn print_table(s: &Summary) {
                 "{} / {} ms",
                 opt(s.frame_latency_ms_p50, 2),
                 opt(s.frame_latency_ms_p99, 2)
+            ),
+        ),
+        (
+            "publishers' frames late p50 / p99",
+            format!(
+                "{} / {} ms",
+                opt(s.publisher_frame_late_ms_p50, 2),
+                opt(s.publisher_frame_late_ms_p99, 2)
             ),
         ),
         (

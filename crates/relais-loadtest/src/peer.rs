@@ -313,8 +313,12 @@ impl Peer {
             };
             // Catch up at most a few frames if the loop fell behind; never burst more.
             let mut frames = 0;
+            let measuring = shared.measuring.load(std::sync::atomic::Ordering::Relaxed);
             while o.next <= now && frames < 3 {
                 frames += 1;
+                if measuring {
+                    report.frame_late.record((now - o.next).as_micros() as u64);
+                }
                 o.next += o.encoder.interval;
                 o.paced.extend(o.encoder.next_frame());
             }

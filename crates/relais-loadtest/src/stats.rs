@@ -89,6 +89,10 @@ pub struct Report {
     /// when a subscriber has the whole frame, the packets before it having
     /// left no later than it. µs, measurement window only.
     pub frame_latency: Samples,
+    /// A publisher's frames: how long after it was due each was made (its
+    /// timer's lateness; a load generator whose core is full sends late, then
+    /// several frames at once). µs, measurement window only.
+    pub frame_late: Samples,
 }
 
 const MAX_SAMPLES: usize = 20_000;
