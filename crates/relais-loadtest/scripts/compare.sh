@@ -179,6 +179,9 @@ threads_snapshot() {
       "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")"
   done 2>/dev/null > "$1" || true
   awk '/^cpu / {print "steal", $9}' /proc/stat >> "$1"
+  # Datagrams the namespace's sockets (the server's and the load generator's) dropped for a
+  # full receive buffer: loss that happened at a reader too slow, not on the way.
+  in_ns awk '/^Udp: [0-9]/ {print "udp_rcvbuf_errors", $6}' /proc/net/snmp >> "$1"
 }
 ( sleep $((RAMP + WARMUP)); threads_snapshot "$OUT/relais-threads-start.txt" ) &
 # PERF=1: a CPU profile of the server over the measured window ($OUT/perf.data).
@@ -287,8 +290,8 @@ def threads(name):
     got = {}
     for line in open(p) if os.path.exists(p) else ():
         f = line.split()
-        if f[0] == "steal":
-            got["steal"] = int(f[1])
+        if f[0] in ("steal", "udp_rcvbuf_errors"):
+            got[f[0]] = int(f[1])
         elif len(f) == 6:
             got[f[0]] = (f[1], int(f[2]), int(f[3]), int(f[5]), int(f[4]))
     return got
@@ -296,11 +299,14 @@ t0, t1 = threads("relais-threads-start.txt"), threads("relais-threads-end.txt")
 if t0 and t1:
     print("server threads over the window (CPU s, run delay s, involuntary switches, times on a CPU); busiest first:")
     rows = [(v[0], (v[1] - t0[k][1]) / 1e9, (v[2] - t0[k][2]) / 1e9, v[3] - t0[k][3], v[4] - t0[k][4])
-            for k, v in t1.items() if k != "steal" and k in t0]
+            for k, v in t1.items() if k not in ("steal", "udp_rcvbuf_errors") and k in t0]
     for comm, cpu, delay, inv, slices in sorted(rows, key=lambda r: -r[1])[:8]:
         print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8} {slices:9}")
     if "steal" in t0 and "steal" in t1:
         print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
+    if "udp_rcvbuf_errors" in t0 and "udp_rcvbuf_errors" in t1:
+        print(f"  datagrams dropped by full receive buffers (server's and load generator's sockets): "
+              f"{t1['udp_rcvbuf_errors'] - t0['udp_rcvbuf_errors']}")
 # Whether the load generator kept time: a publisher's frame made late goes out with the next.
 sender = publishers or relais
 if sender and sender.get("publisher_frame_late_ms_p99") is not None:
