@@ -174,7 +174,11 @@ fi
 # time runnable but waiting for a CPU (run delay: what other threads and the host took from
 # it) and its involuntary switches, to tell the server's own queueing from the machine's.
 threads_snapshot() {
-  for t in /proc/"$RPID"/task/*; do
+  # Pinned, the kernel's softirq thread of the server's CPU too: the network work the kernel
+  # defers there (datagram delivery past its budget) competes with the shard for the CPU.
+  local kernel=()
+  if [ "$PIN" = 1 ]; then kernel=(/proc/"$(pgrep -x ksoftirqd/1 | head -1)"/task/*); fi
+  for t in /proc/"$RPID"/task/* "${kernel[@]}"; do
     printf '%s %s %s %s\n' "${t##*/}" "$(tr -d ' ' < "$t/comm")" "$(cat "$t/schedstat")" \
       "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")"
   done 2>/dev/null > "$1" || true
