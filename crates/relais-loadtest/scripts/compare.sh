@@ -167,9 +167,6 @@ if [ "${PUBLISHERS_APART:-0}" = 1 ]; then
   LOAD_RELAIS=("${COMMON[@]}" --video-publishers 0 --audio-publishers 0 --subscribers "$SUBS"
                --duration "$DUR" --ramp "$RAMP" --warmup "$WARMUP")
 fi
-# The server's forward-latency histogram as the measured window starts (after
-# ramp and warm-up), so that its latency is taken over the same window.
-( sleep $((RAMP + WARMUP)); in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true ) &
 # Each server thread's scheduler figures at the window's start and end: its CPU time, its
 # time runnable but waiting for a CPU (run delay: what other threads and the host took from
 # it) and its involuntary switches, to tell the server's own queueing from the machine's.
@@ -187,7 +184,17 @@ threads_snapshot() {
   # full receive buffer: loss that happened at a reader too slow, not on the way.
   in_ns awk '/^Udp: [0-9]/ {print "udp_rcvbuf_errors", $6}' /proc/net/snmp >> "$1"
 }
-( sleep $((RAMP + WARMUP)); threads_snapshot "$OUT/relais-threads-start.txt" ) &
+# The server's forward-latency histogram and its threads as the measured window starts (after
+# ramp and warm-up) and as it ends, so that its latency is taken over the same window as the
+# load generator's figures — not over the load generator's leaving after it, when every
+# participant's departure is handled at once (and, PUBLISHERS_APART=1, media still flows).
+( sleep $((RAMP + WARMUP))
+  in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-start.txt" 2>/dev/null || true
+  threads_snapshot "$OUT/relais-threads-start.txt"
+  sleep "$DUR"
+  in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics-window-end.txt" 2>/dev/null || true
+  threads_snapshot "$OUT/relais-threads-end.txt" ) &
+WINDOW_SNAPSHOTS=$!
 # PERF=1: a CPU profile of the server over the measured window ($OUT/perf.data).
 if [ "${PERF:-0}" = 1 ]; then
   ( sleep $((RAMP + WARMUP)); perf record -F ${PERF_HZ:-1999} ${PERF_CALLGRAPH:--g} -p "$RPID" -o "$OUT/perf.data" -- sleep "$DUR" >/dev/null 2>&1 ) &
@@ -195,9 +202,9 @@ fi
 in_ns "${CLIENT_CPU[@]}" "$BIN/relais-loadtest" --url "ws://$SRV:7880" --server-pid "$RPID" --label relais "${LOAD_RELAIS[@]}" \
   > "$OUT/relais.json"
 if [ -n "${PUBLISHERS_PID:-}" ]; then wait "$PUBLISHERS_PID" || true; fi
+wait "$WINDOW_SNAPSHOTS" || true
 # The server's own counters (drops by reason, NACKs, keyframe requests) for the record.
 in_ns curl -fsS "http://$SRV:6789/metrics" > "$OUT/relais-metrics.txt" 2>/dev/null || true
-threads_snapshot "$OUT/relais-threads-end.txt"
 kill "$RPID" 2>/dev/null || true
 wait "$RPID" 2>/dev/null || true
 echo "== floor again" >&2
@@ -263,7 +270,7 @@ def quantile(q, cumulative):
     return None
 
 # The server's own view of forwarding latency over the measured window.
-end, start = buckets("relais-metrics.txt"), buckets("relais-metrics-start.txt")
+end, start = buckets("relais-metrics-window-end.txt"), buckets("relais-metrics-start.txt")
 window = {le: n - start.get(le, 0.0) for le, n in end.items()}
 if relais is not None:
     relais["server_latency_ms_p50"] = quantile(0.5, window)
