@@ -243,16 +243,17 @@ split = load("floor-split")
 floors = [f["forwarded_packets_per_cpu_second"] for f in (floor, load("floor-after")) if f]
 fl = len(floors) / sum(1 / r for r in floors) if floors else None
 
-def buckets(name):
-    # relais_forward_latency_ms_bucket{...,le="2"} 123  ->  {2.0: 123}
+def buckets(name, metric="relais_forward_latency_ms"):
+    # relais_forward_latency_ms_bucket{...,le="2"} 123  ->  {2.0: 123}, summed over series
     p = os.path.join(out, name)
     if not os.path.exists(p):
         return {}
     got = {}
     for line in open(p):
-        if line.startswith("relais_forward_latency_ms_bucket{"):
+        if line.startswith(metric + "_bucket{"):
             le = line.split('le="')[1].split('"')[0]
-            got[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
+            le = float("inf") if le == "+Inf" else float(le)
+            got[le] = got.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
     return got
 
 def quantile(q, cumulative):
@@ -318,6 +319,16 @@ if t0 and t1:
     if "udp_rcvbuf_errors" in t0 and "udp_rcvbuf_errors" in t1:
         print(f"  datagrams dropped by full receive buffers (server's and load generator's sockets): "
               f"{t1['udp_rcvbuf_errors'] - t0['udp_rcvbuf_errors']}")
+# How long the shards worked at a time over the window: a datagram that arrives during a
+# long round waits for the rest of it.
+r_end = buckets("relais-metrics-window-end.txt", "relais_shard_round_ms")
+r_start = buckets("relais-metrics-start.txt", "relais_shard_round_ms")
+rounds = {le: n - r_start.get(le, 0.0) for le, n in r_end.items()}
+if rounds.get(float("inf")):
+    total = rounds[float("inf")]
+    over = lambda ms: total - rounds.get(ms, total)
+    print(f"shard rounds in the window: {total:.0f}, over 1 / 2 / 5 ms: "
+          f"{over(1.0):.0f} / {over(2.0):.0f} / {over(5.0):.0f}")
 # Whether the load generator kept time: a publisher's frame made late goes out with the next.
 sender = publishers or relais
 if sender and sender.get("publisher_frame_late_ms_p99") is not None:

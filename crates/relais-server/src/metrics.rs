@@ -79,6 +79,12 @@ pub const TWIRP_REQUEST_STATUS: &str = "livekit_node_twirp_request_status";
 
 // ---------------------------------------------------------------- Relais's own
 
+/// Histogram `{shard}` (ms): how long a shard worked each time before it went
+/// back to its sockets — a round of datagrams, commands and timers, or its
+/// once-a-second housekeeping. A datagram that arrives meanwhile waits for
+/// the rest of it; rounds of several milliseconds make a forwarding latency
+/// tail.
+pub const SHARD_ROUND_MS: &str = "relais_shard_round_ms";
 /// Counter `{shard}` (µs): time a shard thread spent working (not waiting).
 /// `rate(...[1m]) / 1e6` is the thread's utilisation, 0 to 1.
 pub const SHARD_BUSY_MICROSECONDS: &str = "relais_shard_busy_microseconds_total";
@@ -175,6 +181,10 @@ const RTT_BUCKETS: &[f64] = &[
 const FORWARD_LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0, 1000.0,
 ];
+/// Fine from 50 µs (a light round) to the 5 ms of the latency target.
+const SHARD_ROUND_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0,
+];
 const JOIN_LATENCY_BUCKETS: &[f64] = &[
     10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
@@ -191,6 +201,7 @@ pub fn install(node_id: &str) -> anyhow::Result<PrometheusHandle> {
         (RTT_MS, RTT_BUCKETS),
         (SESSION_JOIN_LATENCY_MS, JOIN_LATENCY_BUCKETS),
         (FORWARD_LATENCY_MS, FORWARD_LATENCY_BUCKETS),
+        (SHARD_ROUND_MS, SHARD_ROUND_BUCKETS),
     ] {
         builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)?;
     }
@@ -257,6 +268,11 @@ fn describe() {
     describe_counter!(
         TWIRP_REQUEST_STATUS,
         "Twirp requests by service, method, status family and error code"
+    );
+    describe_histogram!(
+        SHARD_ROUND_MS,
+        Unit::Milliseconds,
+        "How long each shard worked each time before it went back to its sockets"
     );
     describe_counter!(
         SHARD_BUSY_MICROSECONDS,
@@ -597,7 +613,7 @@ pub struct ShardMetrics {
     last_flush: Instant,
     gauges: ShardGauges,
     /// Time spent working since the last flush.
-    pub busy: Duration,
+    busy: Duration,
     pub(crate) sent: Sent,
     fan_out_sessions: u64,
     fan_out_helper_chunks: u64,
@@ -607,13 +623,54 @@ pub struct ShardMetrics {
     /// Sum and count of forward latencies since the last flush (the gauge).
     pub(crate) latency_sum_ns: u64,
     pub(crate) latency_count: u64,
-    /// [`FORWARD_LATENCY_MS`], resolved once.
-    forward_latency: metrics::Histogram,
-    /// Forward latencies since the last flush by that histogram's bucket
-    /// (sum in ms, count), recorded at the flush: one record per packet into
-    /// the node's histogram, shared by every shard, was a contended cache
-    /// line per packet and most of the shard's metrics work at light load.
-    latency_buckets: [(f64, usize); FORWARD_LATENCY_BUCKETS.len() + 1],
+    /// [`FORWARD_LATENCY_MS`]: one record per packet into the node's
+    /// histogram, shared by every shard, was a contended cache line per packet
+    /// and most of the shard's metrics work at light load.
+    forward_latency: FlushedHistogram,
+    /// [`SHARD_ROUND_MS`].
+    rounds: FlushedHistogram,
+}
+
+/// A histogram a shard thread fills by bucket (sum in ms, count) and hands to
+/// the recorder at its flush, each bucket's values as their mean, as many
+/// times: the exposition is the one a record per value gave.
+struct FlushedHistogram {
+    bounds: &'static [f64],
+    /// One per bound, and one for the values above the last.
+    buckets: Vec<(f64, u64)>,
+    histogram: metrics::Histogram,
+}
+
+impl FlushedHistogram {
+    fn new(bounds: &'static [f64], histogram: metrics::Histogram) -> Self {
+        FlushedHistogram {
+            bounds,
+            buckets: vec![(0.0, 0); bounds.len() + 1],
+            histogram,
+        }
+    }
+
+    fn record(&mut self, ms: f64) {
+        // Prometheus's buckets hold the values up to their bound (`le`).
+        let bucket = self.bounds.partition_point(|&bound| bound < ms);
+        let (sum, count) = &mut self.buckets[bucket];
+        *sum += ms;
+        *count += 1;
+    }
+
+    fn flush(&mut self) {
+        for (i, (sum, count)) in self.buckets.iter_mut().enumerate() {
+            let (sum, count) = (std::mem::take(sum), std::mem::take(count));
+            if count == 0 {
+                continue;
+            }
+            let lower = i.checked_sub(1).map_or(f64::MIN, |j| self.bounds[j]);
+            let upper = self.bounds.get(i).copied().unwrap_or(f64::MAX);
+            // Rounding must not move the mean out of its bucket.
+            let mean = (sum / count as f64).clamp(lower.next_up(), upper);
+            self.histogram.record_many(mean, count as usize);
+        }
+    }
 }
 
 /// How often shard threads hand their counters to the recorder.
@@ -622,7 +679,6 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 impl ShardMetrics {
     pub fn new(shard: usize, now: Instant) -> Self {
         ShardMetrics {
-            shard: shard.to_string(),
             last_flush: now,
             gauges: ShardGauges::default(),
             busy: Duration::ZERO,
@@ -634,8 +690,15 @@ impl ShardMetrics {
             stale_media: 0,
             latency_sum_ns: 0,
             latency_count: 0,
-            forward_latency: metrics::histogram!(FORWARD_LATENCY_MS),
-            latency_buckets: [(0.0, 0); FORWARD_LATENCY_BUCKETS.len() + 1],
+            forward_latency: FlushedHistogram::new(
+                FORWARD_LATENCY_BUCKETS,
+                metrics::histogram!(FORWARD_LATENCY_MS),
+            ),
+            rounds: FlushedHistogram::new(
+                SHARD_ROUND_BUCKETS,
+                metrics::histogram!(SHARD_ROUND_MS, "shard" => shard.to_string()),
+            ),
+            shard: shard.to_string(),
         }
     }
 
@@ -656,30 +719,13 @@ impl ShardMetrics {
     pub fn forwarded(&mut self, latency: Duration) {
         self.latency_sum_ns += latency.as_nanos() as u64;
         self.latency_count += 1;
-        let ms = latency.as_secs_f64() * 1000.0;
-        // Prometheus's buckets hold the values up to their bound (`le`).
-        let bucket = FORWARD_LATENCY_BUCKETS.partition_point(|&bound| bound < ms);
-        let (sum, count) = &mut self.latency_buckets[bucket];
-        *sum += ms;
-        *count += 1;
+        self.forward_latency.record(latency.as_secs_f64() * 1000.0);
     }
 
-    /// Each bucket's latencies as their mean, as many times: the histogram's
-    /// buckets, count and sum are what one record per packet gave.
-    fn record_latencies(&mut self) {
-        for (i, (sum, count)) in self.latency_buckets.iter_mut().enumerate() {
-            let (sum, count) = (std::mem::take(sum), std::mem::take(count));
-            if count == 0 {
-                continue;
-            }
-            let lower = i
-                .checked_sub(1)
-                .map_or(f64::MIN, |j| FORWARD_LATENCY_BUCKETS[j]);
-            let upper = FORWARD_LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::MAX);
-            // Rounding must not move the mean out of its bucket.
-            let mean = (sum / count as f64).clamp(lower.next_up(), upper);
-            self.forward_latency.record_many(mean, count);
-        }
+    /// The shard worked for `work` before going back to its sockets.
+    pub fn worked(&mut self, work: Duration) {
+        self.busy += work;
+        self.rounds.record(work.as_secs_f64() * 1000.0);
     }
 
     /// The fraction of the time since the last flush the shard spent working.
@@ -728,7 +774,8 @@ impl ShardMetrics {
                 counter!(PACKETS_DROPPED, "reason" => reason).increment(n);
             }
         }
-        self.record_latencies();
+        self.forward_latency.flush();
+        self.rounds.flush();
         FORWARD_LATENCY_SUM_NS
             .fetch_add(std::mem::take(&mut self.latency_sum_ns), Ordering::Relaxed);
         FORWARD_LATENCY_COUNT.fetch_add(std::mem::take(&mut self.latency_count), Ordering::Relaxed);
@@ -906,19 +953,24 @@ mod tests {
         assert_eq!(twirp_code("made_up"), "other");
     }
 
-    /// Latencies go to the node's histogram at the flush, by bucket: the
-    /// exposition is the one a record per packet gave.
-    #[test]
-    fn forward_latencies_are_recorded_by_bucket_at_the_flush() {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(FORWARD_LATENCY_MS.to_string()),
-                FORWARD_LATENCY_BUCKETS,
-            )
-            .unwrap()
-            .build_recorder();
+    /// A recorder with the shard histograms' buckets, and a reader of one
+    /// series' value in its exposition.
+    fn shard_recorder() -> (
+        metrics_exporter_prometheus::PrometheusRecorder,
+        impl Fn(&str) -> f64,
+    ) {
+        let mut builder = PrometheusBuilder::new();
+        for (name, buckets) in [
+            (FORWARD_LATENCY_MS, FORWARD_LATENCY_BUCKETS),
+            (SHARD_ROUND_MS, SHARD_ROUND_BUCKETS),
+        ] {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+                .unwrap();
+        }
+        let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let value = |series: &str| -> f64 {
+        let value = move |series: &str| -> f64 {
             let text = handle.render();
             let line = text
                 .lines()
@@ -926,6 +978,14 @@ mod tests {
                 .unwrap_or_else(|| panic!("{series} in {text}"));
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
+        (recorder, value)
+    }
+
+    /// Latencies go to the node's histogram at the flush, by bucket: the
+    /// exposition is the one a record per packet gave.
+    #[test]
+    fn forward_latencies_are_recorded_by_bucket_at_the_flush() {
+        let (recorder, value) = shard_recorder();
         let latencies = [0.1, 0.2, 0.24, 0.3, 4.0, 4.5, 4.9, 2000.0];
         metrics::with_local_recorder(&recorder, || {
             let now = Instant::now();
@@ -950,6 +1010,36 @@ mod tests {
         assert_eq!(value("relais_forward_latency_ms_count"), 8.0);
         let sum: f64 = latencies.iter().sum();
         assert!((value("relais_forward_latency_ms_sum") - sum).abs() < 1e-6);
+    }
+
+    /// Each time a shard worked is a sample of its own round histogram at the
+    /// flush, and counts in its busy time.
+    #[test]
+    fn a_shards_rounds_are_recorded_under_its_label_at_the_flush() {
+        let (recorder, value) = shard_recorder();
+        let rounds = [0.03, 0.2, 0.9, 4.0, 7.5];
+        metrics::with_local_recorder(&recorder, || {
+            let now = Instant::now();
+            let mut shard = ShardMetrics::new(3, now);
+            for ms in rounds {
+                shard.worked(Duration::from_secs_f64(ms / 1000.0));
+            }
+            let busy = shard.busy_fraction(now + Duration::from_secs(1));
+            assert!((busy - rounds.iter().sum::<f64>() / 1000.0).abs() < 1e-6);
+            shard.flush(now, MediaStats::default(), ShardGauges::default());
+        });
+        let bucket = |le: &str| {
+            value(&format!(
+                "relais_shard_round_ms_bucket{{shard=\"3\",le=\"{le}\"}}"
+            ))
+        };
+        assert_eq!(bucket("0.05"), 1.0);
+        assert_eq!(bucket("1"), 3.0);
+        assert_eq!(bucket("5"), 4.0);
+        assert_eq!(bucket("10"), 5.0);
+        assert_eq!(value("relais_shard_round_ms_count{shard=\"3\"}"), 5.0);
+        let busy_us = value("relais_shard_busy_microseconds_total{shard=\"3\"}");
+        assert!((busy_us - 12_630.0).abs() <= 1.0, "{busy_us}");
     }
 
     #[test]

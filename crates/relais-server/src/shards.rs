@@ -1018,6 +1018,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
             outbox.forget_closed_tcp();
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
             context.node.set_load(index, &gauges);
+            metrics.worked(now.elapsed());
         }
         // Until the latest the timers allow: a datagram that comes first
         // takes the periodic work along (`poll_timeout` below). Timer work a
@@ -1094,7 +1095,7 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
         );
         // Nothing waits in the outbox while the shard sleeps.
         outbox.finish_round(shard.outgoing(), &mut metrics);
-        metrics.busy += busy_since.elapsed();
+        metrics.worked(busy_since.elapsed());
     }
 }
 
