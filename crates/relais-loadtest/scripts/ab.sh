@@ -12,8 +12,8 @@
 # relais-loadtest (cp target/release/{relais,relais-floor,relais-loadtest} DIR).
 # The shape defaults to the standing set's meetings, pinned; every variable of
 # compare.sh (ROOMS, VPUB, APUB, SUBS, DUR, RAMP, EXTRA, PIN, UDP_PORTS, ...)
-# passes through (PUBLISHERS_APART=1 for latency near 80 % of a core: "late p99" says
-# whether the load generator kept time). Results stay in OUT_DIR (one compare.sh directory per run).
+# passes through ("late p99": whether the load generator made its publishers' frames on
+# time). Results stay in OUT_DIR (one compare.sh directory per run).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 if [ $# -lt 1 ]; then

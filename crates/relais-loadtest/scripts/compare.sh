@@ -147,8 +147,9 @@ wait_http "http://$SRV:7880/"
 # core at a higher priority (nice -10), in rooms named so that the subscribers' generator
 # meets them. One generator whose core is full (near 80 % of the server's core it is: every
 # copy the server sends, it receives) runs its publishers' timers late and then catches up
-# with several frames at once, so the server would measure the generator's bursts; apart
-# and first in line, the publishers keep time as independent clients do. Relais only.
+# with several frames at once; apart and first in line, the publishers keep time as
+# independent clients do (on the Intel host of docs/benchmarks.md the server's p99 near 80 %
+# was no better for it, and the starved subscribers' generator joins late). Relais only.
 LOAD_RELAIS=("${LOAD[@]}")
 if [ "${PUBLISHERS_APART:-0}" = 1 ]; then
   ROOM_PREFIX="apart$$"
