@@ -173,6 +173,38 @@ def test_floor_forwards_and_reports_its_cost():
     assert result["forwarded_packets_per_cpu_second"] > 0
 
 
+def run_compare_script(env: dict, logs: Path, while_running=None) -> tuple[str, str]:
+    """Run `compare.sh` to its end (120 s at most), calling `while_running` every 0.1 s
+    meanwhile; its stdout and stderr. A process group of its own: on a timeout the
+    servers and the namespace's holder go too. Its output goes to files, which a
+    pipe nobody reads while it runs could not take."""
+    from conftest import REPO_ROOT
+
+    with open(logs / "stdout.txt", "w") as stdout, open(logs / "stderr.txt", "w") as stderr:
+        script = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/compare.sh")],
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while script.poll() is None:
+            if time.monotonic() > deadline:
+                os.killpg(script.pid, signal.SIGKILL)
+                script.wait()
+                pytest.fail(
+                    "compare.sh did not finish in 120 s:\n"
+                    + (logs / "stderr.txt").read_text()[-3000:]
+                )
+            if while_running is not None:
+                while_running()
+            time.sleep(0.1)
+    out, err = (logs / "stdout.txt").read_text(), (logs / "stderr.txt").read_text()
+    assert script.returncode == 0, err[-3000:]
+    return out, err
+
+
 @pytest.mark.parametrize("apart", [False, True], ids=["one_generator", "publishers_apart"])
 def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart: bool):
     """`compare.sh`, the three-way benchmark (Janus left out), end to end in its own
@@ -183,7 +215,6 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart
     needs_udp()
     if os.geteuid() != 0:
         pytest.skip("compare.sh creates a network namespace: needs root")
-    from conftest import REPO_ROOT
 
     out = tmp_path / "run"
     env = script_env(
@@ -195,23 +226,7 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart
         DUR="3",
         PUBLISHERS_APART="1" if apart else "0",
     )
-    # A process group of its own: on a timeout the servers and the namespace's
-    # holder go too, instead of keeping the output pipes open for hours.
-    script = subprocess.Popen(
-        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/compare.sh")],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = script.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(script.pid, signal.SIGKILL)
-        stdout, stderr = script.communicate()
-        pytest.fail(f"compare.sh did not finish in 120 s:\n{stderr[-3000:]}")
-    assert script.returncode == 0, stderr[-3000:]
+    stdout, stderr = run_compare_script(env, tmp_path)
     assert "strict floor before / after the servers" in stdout, stdout
 
     relais = json.loads((out / "relais.json").read_text())
@@ -241,6 +256,41 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart
     floor = summary["floor_packets_per_cpu_second"]
     assert min(before, after) <= floor <= max(before, after)
     assert summary["relais_times_floor"] == pytest.approx(floor / rate)
+
+
+def test_compare_script_pinned_gives_the_server_its_core_alone(tmp_path: Path):
+    """`PIN=1`: the server on CPU 1 and, for the run, every other thread that may run
+    there confined to the other CPUs (a guest agent's or a kernel thread's turns on
+    the server's core would sit in its latency tail); their CPUs given back at the
+    end."""
+    needs_udp()
+    if os.geteuid() != 0:
+        pytest.skip("compare.sh creates a network namespace: needs root")
+    if not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("needs CPUs 0 and 1")
+    # A bystander allowed on every CPU of the test's, as a machine's daemons are.
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        allowed = os.sched_getaffinity(bystander.pid)
+        seen: list[set[int]] = []
+        out = tmp_path / "run"
+        env = script_env(
+            out, SKIP_JANUS="1", PIN="1", SUBS="3", RAMP="1", WARMUP="1", DUR="3"
+        )
+        _, stderr = run_compare_script(
+            env, tmp_path, lambda: seen.append(os.sched_getaffinity(bystander.pid))
+        )
+        assert allowed - {1} in seen, seen
+        assert os.sched_getaffinity(bystander.pid) == allowed
+        moved = [line.split()[0] for line in (out / "quiet-core-moved.txt").read_text().splitlines()]
+        assert str(bystander.pid) in moved
+        assert f"{len(moved)} other threads moved off it" in stderr, stderr[-3000:]
+        relais = json.loads((out / "relais.json").read_text())
+        assert relais["joins_ok"] == 5, relais["failure_examples"]
+        assert relais["per_subscriber_packets_min"] > 0
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 @pytest.mark.parametrize(
