@@ -504,6 +504,8 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         .filter(|r| r.subscriber && r.join_ms.is_some())
         .collect();
     sum.subscribers_measured = subs.len();
+    // Latency samples are in microseconds.
+    let ms = |v: u32| f64::from(v) / 1e3;
     if !subs.is_empty() {
         let n = subs.len() as f64;
         sum.per_subscriber_packets_mean =
@@ -528,7 +530,6 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             all.sort_unstable();
             all
         };
-        let ms = |v: u32| f64::from(v) / 1e3;
         let lat = sorted(|r| &r.latency);
         sum.latency_ms_p50 = percentile(&lat, 50.0).map(ms);
         sum.latency_ms_p99 = percentile(&lat, 99.0).map(ms);
@@ -542,7 +543,6 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         .flat_map(|r| r.frame_late.values.iter().copied())
         .collect();
     late.sort_unstable();
-    let ms = |v: u32| f64::from(v) / 1e3;
     sum.publisher_frame_late_ms_p50 = percentile(&late, 50.0).map(ms);
     sum.publisher_frame_late_ms_p99 = percentile(&late, 99.0).map(ms);
     if let (Some(a), Some(b)) = (&s0.server, &s1.server) {
