@@ -265,6 +265,12 @@ async def test_metrics_move_during_a_call(relais_factory, rooms):
         assert m.value("relais_udp_receive_syscalls_total") > 0
         assert m.value("relais_shard_busy_microseconds_total") > 0
         assert m.value("relais_shard_round_ms_count") > 0
+        # How long the shards waited for their cores: exposed per shard (its value is
+        # the machine's business).
+        assert any(
+            n == "relais_shard_run_delay_microseconds_total" and "shard" in ls
+            for n, ls, _ in m.scrape()
+        )
         # Forward latency: one sample per forwarded packet (not per copy, not
         # per RTCP or STUN datagram), from its arrival to its copy's send.
         await m.wait(

@@ -88,6 +88,10 @@ pub const SHARD_ROUND_MS: &str = "relais_shard_round_ms";
 /// Counter `{shard}` (µs): time a shard thread spent working (not waiting).
 /// `rate(...[1m]) / 1e6` is the thread's utilisation, 0 to 1.
 pub const SHARD_BUSY_MICROSECONDS: &str = "relais_shard_busy_microseconds_total";
+/// Counter `{shard}` (µs): time a shard thread was ready to work but waited
+/// for its CPU, which another thread or process had: what other work on the
+/// node's cores takes from the media (a forwarding latency tail).
+pub const SHARD_RUN_DELAY_MICROSECONDS: &str = "relais_shard_run_delay_microseconds_total";
 /// Gauge `{shard}`: 1 while the shard sheds load (every subscriber gets the
 /// lowest simulcast layer, see `shedding.rs`), else 0.
 pub const SHARD_SHEDDING: &str = "relais_shard_shedding";
@@ -278,6 +282,11 @@ fn describe() {
         SHARD_BUSY_MICROSECONDS,
         Unit::Microseconds,
         "Time each shard thread spent working rather than waiting"
+    );
+    describe_counter!(
+        SHARD_RUN_DELAY_MICROSECONDS,
+        Unit::Microseconds,
+        "Time each shard thread was ready to work but waited for its CPU"
     );
     describe_gauge!(
         SHARD_SHEDDING,
@@ -629,6 +638,8 @@ pub struct ShardMetrics {
     forward_latency: FlushedHistogram,
     /// [`SHARD_ROUND_MS`].
     rounds: FlushedHistogram,
+    /// The thread's run delay as last read, for [`SHARD_RUN_DELAY_MICROSECONDS`].
+    run_delay: Duration,
 }
 
 /// A histogram a shard thread fills by bucket (sum in ms, count) and hands to
@@ -699,7 +710,17 @@ impl ShardMetrics {
                 metrics::histogram!(SHARD_ROUND_MS, "shard" => shard.to_string()),
             ),
             shard: shard.to_string(),
+            run_delay: Duration::ZERO,
         }
+    }
+
+    /// The shard thread's run delay since it started (`thread_class::run_delay`):
+    /// what grew since the last reading is counted.
+    pub fn waited_for_cpu(&mut self, since_start: Duration) {
+        let grown = since_start.saturating_sub(self.run_delay);
+        self.run_delay = self.run_delay.max(since_start);
+        counter!(SHARD_RUN_DELAY_MICROSECONDS, "shard" => self.shard.clone())
+            .increment(grown.as_micros() as u64);
     }
 
     /// What a `sendmmsg` (or several) did.
@@ -1040,6 +1061,20 @@ mod tests {
         assert_eq!(value("relais_shard_round_ms_count{shard=\"3\"}"), 5.0);
         let busy_us = value("relais_shard_busy_microseconds_total{shard=\"3\"}");
         assert!((busy_us - 12_630.0).abs() <= 1.0, "{busy_us}");
+    }
+
+    /// The run delay read each second counts what it grew by.
+    #[test]
+    fn a_shards_wait_for_its_cpu_is_counted_as_it_grows() {
+        let (recorder, value) = shard_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            let mut shard = ShardMetrics::new(2, Instant::now());
+            for ms in [4, 4, 10, 25] {
+                shard.waited_for_cpu(Duration::from_millis(ms));
+            }
+        });
+        let waited = value("relais_shard_run_delay_microseconds_total{shard=\"2\"}");
+        assert_eq!(waited, 25_000.0);
     }
 
     #[test]

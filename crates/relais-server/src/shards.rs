@@ -1016,6 +1016,9 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                     .set(f64::from(u8::from(accepting)));
             }
             outbox.forget_closed_tcp();
+            if let Some(waited) = crate::thread_class::run_delay() {
+                metrics.waited_for_cpu(waited);
+            }
             let gauges = metrics.flush(now, shard.take_stats(), shard.gauges());
             context.node.set_load(index, &gauges);
             metrics.worked(now.elapsed());

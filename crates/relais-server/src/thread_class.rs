@@ -26,6 +26,17 @@ pub fn media() {
     set_policy(Policy::Normal);
 }
 
+/// How long the calling thread has waited, since it started, ready to run
+/// while its CPU ran something else (the kernel's run delay, from
+/// `/proc/thread-self/schedstat`): what other threads and processes took from
+/// it. `None` where the kernel does not keep it.
+pub fn run_delay() -> Option<std::time::Duration> {
+    // "<time on a CPU> <time waiting for one> <times on a CPU>", nanoseconds.
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let waited = stat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(waited))
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Policy {
     Normal,
@@ -115,6 +126,52 @@ mod tests {
         .join()
         .unwrap();
         assert_eq!((control, media), (5, 5));
+    }
+
+    /// Pin the calling thread to `cpu`.
+    fn pin_to(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it;
+        // sched_setaffinity reads it for the calling thread (pid 0).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    fn spin(for_: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < for_ {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn a_thread_that_shares_its_cpu_with_a_busy_one_waits_for_it() {
+        // SAFETY: no pointers; the CPU the calling thread runs on.
+        let cpu = usize::try_from(unsafe { libc::sched_getcpu() }).unwrap();
+        let waited = std::thread::spawn(move || {
+            pin_to(cpu);
+            let before = run_delay().expect("the kernel keeps a run delay");
+            // Another thread busy on the same CPU for as long as this one.
+            let rival = std::thread::spawn(move || {
+                pin_to(cpu);
+                spin(std::time::Duration::from_millis(300));
+            });
+            spin(std::time::Duration::from_millis(300));
+            rival.join().unwrap();
+            run_delay().unwrap() - before
+        })
+        .join()
+        .unwrap();
+        // Two busy threads on one CPU: each waits about half the time.
+        assert!(
+            waited >= std::time::Duration::from_millis(50),
+            "waited {waited:?}"
+        );
     }
 
     fn current_policy() -> i32 {
