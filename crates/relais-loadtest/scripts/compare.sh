@@ -83,7 +83,7 @@ quiet_core() {
     allowed=
     while read -r line; do
       case "$line" in Cpus_allowed:*) allowed=${line##*[[:space:]]}; allowed=${allowed//,/}; break ;; esac
-    done < "$t/status" 2>/dev/null || continue
+    done 2>/dev/null < "$t/status" || continue
     # Allowed on CPU 1 and elsewhere: per-CPU kernel threads stay, and so do those the kernel
     # does not let move (taskset fails).
     [ -n "$allowed" ] && (( (0x$allowed & 2) && (0x$allowed & ~2) )) || continue
