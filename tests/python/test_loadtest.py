@@ -176,8 +176,9 @@ def test_floor_forwards_and_reports_its_cost():
 def run_compare_script(env: dict, logs: Path, while_running=None) -> tuple[str, str]:
     """Run `compare.sh` to its end (120 s at most), calling `while_running` every 0.1 s
     meanwhile; its stdout and stderr. A process group of its own: on a timeout the
-    servers and the namespace's holder go too. Its output goes to files, which a
-    pipe nobody reads while it runs could not take."""
+    servers and the namespace's holder go too, terminated first so that the script's
+    exit trap gives the threads it moved their CPUs back. Its output goes to files,
+    which a pipe nobody reads while it runs could not take."""
     from conftest import REPO_ROOT
 
     with open(logs / "stdout.txt", "w") as stdout, open(logs / "stderr.txt", "w") as stderr:
@@ -191,8 +192,12 @@ def run_compare_script(env: dict, logs: Path, while_running=None) -> tuple[str, 
         deadline = time.monotonic() + 120
         while script.poll() is None:
             if time.monotonic() > deadline:
-                os.killpg(script.pid, signal.SIGKILL)
-                script.wait()
+                os.killpg(script.pid, signal.SIGTERM)
+                try:
+                    script.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(script.pid, signal.SIGKILL)
+                    script.wait()
                 pytest.fail(
                     "compare.sh did not finish in 120 s:\n"
                     + (logs / "stderr.txt").read_text()[-3000:]
