@@ -116,6 +116,39 @@ def test_load_generator_publishes_simulcast_and_gets_the_top_layer(relais: Relai
     assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
 
 
+def test_subscribers_that_do_not_decrypt_connect_and_count_what_they_receive(
+    relais: RelaisServer,
+):
+    """`--decoding-subscribers 1`: three of the four subscribers leave their sockets
+    to the load generator's counting reader, which counts RTP from its clear header
+    and passes STUN, DTLS and RTCP on to the peer connection. They connect (their
+    handshakes went through it) and get counted as the decrypting one is."""
+    needs_udp()
+    summary = load_test(
+        relais,
+        "--room-prefix", "counting",
+        "--video-publishers", "1",
+        "--audio-publishers", "1",
+        "--subscribers", "4",
+        "--decoding-subscribers", "1",
+        *SHORT_RUN,
+    )
+    assert summary["joins_ok"] == 6, summary["failure_examples"]
+    assert summary["connected"] == 6
+    assert summary["decoding_subscribers_per_room"] == 1
+    assert summary["subscribers_measured"] == 4
+    # Each got both tracks (~30 frames of a few packets and 50 audio packets a
+    # second), the counted ones as many as the decrypting one.
+    assert summary["per_subscriber_packets_min"] > 100, summary
+    assert summary["per_subscriber_packets_min"] > 0.8 * summary["per_subscriber_packets_max"]
+    assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
+    # The window's count holds all four subscribers' packets.
+    assert summary["forwarded_pps"] > 4 * 100, summary
+    # Forwarding latency comes from the one that decrypts.
+    assert summary["latency_ms_p50"] is not None and summary["latency_ms_p50"] > 0
+    assert relais.alive()
+
+
 def test_load_generator_counts_refused_joins(relais: RelaisServer):
     """A wrong secret: every join is refused and counted, the run still ends."""
     summary = load_test(
@@ -255,6 +288,9 @@ def test_compare_script_brackets_the_server_with_the_floor(tmp_path: Path, apart
     sender = publishers or relais
     assert 0 <= sender["publisher_frame_late_ms_p50"] <= sender["publisher_frame_late_ms_p99"]
     assert "publishers' frames late" in stdout, stdout
+    # ... and how busy it was (a generator near a full core sends late, then in bursts).
+    assert "load generator's CPU over its window" in stdout, stdout
+    assert sender["loadgen_cpu_seconds"] > 0
     before, after = summary["floor_runs"]
     assert before > 0 and after > 0
     # The floor is the mean of the two runs' cost per packet, so it lies between them.

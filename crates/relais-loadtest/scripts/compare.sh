@@ -374,6 +374,13 @@ sender = publishers or relais
 if sender and sender.get("publisher_frame_late_ms_p99") is not None:
     print(f"publishers' frames late p50 / p99 (load generator): {sender['publisher_frame_late_ms_p50']:.2f} / "
           f"{sender['publisher_frame_late_ms_p99']:.2f} ms")
+# And how busy it was over its window: near a full core it runs its timers late and then
+# sends several frames at once, and the server's queue and latency show the generator's.
+busy = [f"{name} {100 * g['loadgen_cpu_seconds'] / g['window_s']:.1f} %"
+        for name, g in (("subscribers'" if publishers else "", relais), ("publishers'", publishers))
+        if g and g.get("window_s")]
+if busy:
+    print(f"load generator's CPU over its window (100 % = a core): {', '.join(b.strip() for b in busy)}")
 if split and relais and relais.get("forwarded_packets_per_cpu_second"):
     print(f"relais × floor ⇄ (placed as the server): {split['forwarded_packets_per_cpu_second'] / relais['forwarded_packets_per_cpu_second']:.2f}")
 if len(floors) == 2:

@@ -251,10 +251,9 @@ async fn run_inner(
         m
     };
     let now = Instant::now();
-    let mut peer = Peer::new(ctx.local_ip, now).map_err(|e| (Failure::Other, e.to_string()))?;
-    if spec.subscribe && !spec.decode {
-        peer.count_without_decrypting();
-    }
+    let counting = (spec.subscribe && !spec.decode).then_some(&ctx.counting);
+    let mut peer =
+        Peer::new(ctx.local_ip, now, counting).map_err(|e| (Failure::Other, e.to_string()))?;
     let mut out: Vec<Outgoing> = Vec::new();
     let publisher = spec.video || spec.audio;
     if publisher {
@@ -394,7 +393,14 @@ async fn run_inner(
         if let Some(t) = next_media {
             wake = wake.min(t);
         }
+        // Datagrams first, as in the LiveKit mode (livekit::run).
         tokio::select! {
+            biased;
+            _ = readable(peer_opt.as_ref()) => {
+                let p = peer_opt.as_mut().expect("peer");
+                p.receive_ready(&mut buf, shared).map_err(|e| (Failure::Other, e.to_string()))?;
+            }
+            _ = sleep_until(wake.into()) => {}
             ev = events.recv() => {
                 match ev {
                     None => return Err((Failure::Dropped, "event stream ended".into())),
@@ -404,11 +410,6 @@ async fn run_inner(
                     Some(_) => {}
                 }
             }
-            _ = readable(&peer_opt) => {
-                let p = peer_opt.as_mut().expect("peer");
-                p.receive_ready(&mut buf, shared).map_err(|e| (Failure::Other, e.to_string()))?;
-            }
-            _ = sleep_until(wake.into()) => {}
         }
         let p = peer_opt.as_mut().expect("peer");
         let now = Instant::now();

@@ -9,6 +9,7 @@
 //! Janus session), its str0m `Rtc`s and their UDP sockets, woken by socket
 //! readiness, signal messages or its own next deadline — never a busy poll.
 
+mod counting;
 mod janus;
 mod livekit;
 mod media;
@@ -25,6 +26,7 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use counting::CountingReader;
 use media::Encoder;
 use stats::{percentile, proc_sample, ProcSample, Report, Samples, Shared};
 
@@ -145,6 +147,8 @@ pub struct Ctx {
     pub connect_timeout: Duration,
     pub end: Instant,
     pub shared: Arc<Shared>,
+    /// Reads the sockets of the subscribers that do not decrypt.
+    pub counting: CountingReader,
     pub simulcast: bool,
     pub video_bitrate: u64,
     pub audio_bitrate: u64,
@@ -340,6 +344,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         end: window_end + Duration::from_millis(300),
         shared: shared.clone(),
+        counting: CountingReader::start(shared.clone())?,
         simulcast: args.simulcast,
         video_bitrate: args.video_bitrate,
         audio_bitrate: args.audio_bitrate,

@@ -2,7 +2,7 @@
 //! Driven by its owner's event loop: datagrams in, a timer at `deadline`, and
 //! after every mutation `drain` until str0m asks for time (str0m's contract).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,13 @@ use str0m::rtp::{RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
+use crate::counting::{Counted, CountingReader};
 use crate::media::{read_trailer, stamp_send_time, unix_micros, Encoder, Packet};
 use crate::stats::{Report, Shared};
 
 pub struct Peer {
     pub rtc: Rtc,
-    /// Receives (tokio wakes the participant's task when it is readable).
-    pub socket: UdpSocket,
+    incoming: Incoming,
     /// Sends: the same socket, used directly. tokio's `try_send_to` answers
     /// `WouldBlock` without trying until its reactor has seen the new socket
     /// writable, which lost the first connectivity check of many peers (they
@@ -30,55 +30,15 @@ pub struct Peer {
     pub deadline: Instant,
     pub connected: bool,
     pub events: Vec<Event>,
-    /// Counts incoming RTP from its header instead of decrypting it
-    /// ([`Peer::count_without_decrypting`]).
-    counting: Option<RtpCounter>,
 }
 
-/// Received RTP counted from the clear header: per SSRC the extended sequence
-/// number of the last packet, and what arrived since the report last took it.
-#[derive(Default)]
-struct RtpCounter {
-    extended: HashMap<u32, u32>,
-    /// (SSRC, extended sequence number, payload bytes).
-    arrived: Vec<(u32, u32, usize)>,
-}
-
-impl RtpCounter {
-    /// Count `buf` if it is RTP (not RTCP, RFC 5761); false otherwise.
-    fn count(&mut self, buf: &[u8]) -> bool {
-        let Some(header) = rtp_header(buf) else {
-            return false;
-        };
-        let (ssrc, seq, header_len) = header;
-        let extended = match self.extended.get(&ssrc) {
-            // The nearest extension of `seq` to the last one (wraps at 2^16).
-            Some(&last) => {
-                last.wrapping_add(i32::from(seq.wrapping_sub(last as u16) as i16) as u32)
-            }
-            None => u32::from(seq) + (1 << 16),
-        };
-        self.extended.insert(ssrc, extended);
-        // SRTP's authentication tag (16 bytes with AES-GCM) is not payload.
-        let payload = buf.len().saturating_sub(header_len + 16);
-        self.arrived.push((ssrc, extended, payload));
-        true
-    }
-}
-
-/// SSRC, sequence number and header length of an RTP packet (RFC 3550), or
-/// `None` for RTCP, STUN, DTLS or anything too short.
-fn rtp_header(buf: &[u8]) -> Option<(u32, u16, usize)> {
-    if buf.len() < 12 || !(128..=191).contains(&buf[0]) || (64..=95).contains(&(buf[1] & 0x7f)) {
-        return None;
-    }
-    let mut len = 12 + 4 * usize::from(buf[0] & 0x0f);
-    if buf[0] & 0x10 != 0 {
-        let words = buf.get(len + 2..len + 4)?;
-        len += 4 + 4 * usize::from(u16::from_be_bytes([words[0], words[1]]));
-    }
-    let ssrc = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    Some((ssrc, u16::from_be_bytes([buf[2], buf[3]]), len))
+/// Who reads the peer's socket.
+enum Incoming {
+    /// The participant's task (tokio wakes it when the socket is readable).
+    Socket(UdpSocket),
+    /// The counting reader, which counts RTP from its header instead of
+    /// decrypting it and passes the rest on ([`crate::counting`]).
+    Counted(Counted),
 }
 
 /// A published stream: encoder, where it goes, when its next frame is due.
@@ -119,12 +79,22 @@ impl Outgoing {
 }
 
 impl Peer {
-    pub fn new(ip: IpAddr, now: Instant) -> std::io::Result<Self> {
+    /// A peer on a new socket of `ip`; with `counting`, a subscriber whose
+    /// media that reader counts instead of decrypting it (RTCP, STUN and
+    /// DTLS still reach str0m).
+    pub fn new(
+        ip: IpAddr,
+        now: Instant,
+        counting: Option<&CountingReader>,
+    ) -> std::io::Result<Self> {
         let std_sock = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         std_sock.set_nonblocking(true)?;
         let local = std_sock.local_addr()?;
         let sender = std_sock.try_clone()?;
-        let socket = UdpSocket::from_std(std_sock)?;
+        let incoming = match counting {
+            Some(reader) => Incoming::Counted(reader.register(std_sock)?),
+            None => Incoming::Socket(UdpSocket::from_std(std_sock)?),
+        };
         let mut rtc = Rtc::builder()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -137,20 +107,13 @@ impl Peer {
         rtc.add_local_candidate(cand);
         Ok(Peer {
             rtc,
-            socket,
+            incoming,
             sender,
             local,
             deadline: now,
             connected: false,
             events: Vec::new(),
-            counting: None,
         })
-    }
-
-    /// From now on, count received RTP from its header instead of handing it
-    /// to str0m to decrypt (RTCP, STUN and DTLS still go to str0m).
-    pub fn count_without_decrypting(&mut self) {
-        self.counting = Some(RtpCounter::default());
     }
 
     /// Poll str0m until it asks for time; send what it transmits, keep its events.
@@ -183,11 +146,6 @@ impl Peer {
         buf: &[u8],
         shared: &Shared,
     ) -> Result<(), str0m::RtcError> {
-        if let Some(counter) = self.counting.as_mut() {
-            if counter.count(buf) {
-                return Ok(());
-            }
-        }
         let Ok(r) = Receive::new(Protocol::Udp, from, self.local, buf) else {
             return Ok(());
         };
@@ -203,20 +161,28 @@ impl Peer {
         Ok(())
     }
 
-    /// Receive every datagram already queued on the socket (non-blocking).
+    /// Receive every datagram already queued on the socket (non-blocking),
+    /// or, counted, those the counting reader passed on.
     pub fn receive_ready(
         &mut self,
         buf: &mut [u8],
         shared: &Shared,
     ) -> Result<(), str0m::RtcError> {
-        for _ in 0..64 {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, from)) => {
-                    let now = Instant::now();
-                    self.receive(now, from, &buf[..n], shared)?;
-                }
-                Err(_) => break,
+        if let Incoming::Counted(counted) = &self.incoming {
+            let others = std::mem::take(&mut counted.inbox.received().others);
+            for (from, datagram) in others {
+                self.receive(Instant::now(), from, &datagram, shared)?;
             }
+            return Ok(());
+        }
+        for _ in 0..64 {
+            let Incoming::Socket(socket) = &self.incoming else {
+                break;
+            };
+            let Ok((n, from)) = socket.try_recv_from(buf) else {
+                break;
+            };
+            self.receive(Instant::now(), from, &buf[..n], shared)?;
         }
         Ok(())
     }
@@ -361,6 +327,9 @@ impl Peer {
             next = Some(next.map_or(wake, |n: Instant| n.min(wake)));
         }
         if wrote {
+            // str0m lets written media out at its next timeout: given now, the
+            // packets leave in this turn instead of a turn of the task later.
+            self.rtc.handle_input(Input::Timeout(now))?;
             self.drain(shared)?;
         }
         Ok(next)
@@ -370,10 +339,9 @@ impl Peer {
     pub fn take_events(&mut self, shared: &Shared, report: &mut Report) -> Vec<Mid> {
         let mut keyframe_mids = Vec::new();
         let measuring = shared.measuring.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(counter) = self.counting.as_mut() {
-            for (ssrc, seq, len) in counter.arrived.drain(..) {
-                Shared::add(&shared.packets_received, 1);
-                Shared::add(&shared.bytes_received, len as u64);
+        // Counted: the reader added them to `shared` as it read them.
+        if let Incoming::Counted(counted) = &self.incoming {
+            for (ssrc, seq, len) in counted.inbox.received().counter.arrived.drain(..) {
                 report.record_rx(ssrc, 0, seq, len);
             }
         }
@@ -411,67 +379,14 @@ fn find_pt(rtc: &Rtc, codec: Codec) -> Option<Pt> {
         .map(|p| p.pt())
 }
 
-/// A socket receive as a future for `select!`: waits until readable.
-pub async fn readable(p: &Option<Peer>) -> bool {
-    match p {
-        Some(p) => p.socket.readable().await.is_ok(),
+/// A receive as a future for `select!`: until the peer's socket is readable
+/// or, counted, the counting reader passed datagrams on (never without a peer).
+pub async fn readable(p: Option<&Peer>) {
+    match p.map(|p| &p.incoming) {
+        Some(Incoming::Socket(socket)) => {
+            let _ = socket.readable().await;
+        }
+        Some(Incoming::Counted(counted)) => counted.inbox.others_ready().await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rtp(
-        ssrc: u32,
-        seq: u16,
-        csrcs: u8,
-        extension_words: Option<u16>,
-        payload: usize,
-    ) -> Vec<u8> {
-        let mut b = vec![0x80 | csrcs, 96];
-        if extension_words.is_some() {
-            b[0] |= 0x10;
-        }
-        b.extend_from_slice(&seq.to_be_bytes());
-        b.extend_from_slice(&[0; 4]);
-        b.extend_from_slice(&ssrc.to_be_bytes());
-        b.extend(std::iter::repeat_n(0, 4 * usize::from(csrcs)));
-        if let Some(words) = extension_words {
-            b.extend_from_slice(&[0xbe, 0xde]);
-            b.extend_from_slice(&words.to_be_bytes());
-            b.extend(std::iter::repeat_n(0, 4 * usize::from(words)));
-        }
-        b.extend(std::iter::repeat_n(7, payload + 16));
-        b
-    }
-
-    #[test]
-    fn rtp_is_counted_from_its_header_across_a_sequence_wrap() {
-        let mut counter = RtpCounter::default();
-        for seq in [65534u16, 65535, 0, 2, 1] {
-            assert!(counter.count(&rtp(7, seq, 0, Some(2), 100)));
-        }
-        let seqs: Vec<u32> = counter.arrived.iter().map(|a| a.1).collect();
-        // Continuous across the wrap, and a late packet keeps its place.
-        assert_eq!(seqs, [131070, 131071, 131072, 131074, 131073]);
-        assert!(counter.arrived.iter().all(|a| a.0 == 7 && a.2 == 100));
-        assert!(counter.count(&rtp(9, 10, 2, None, 40)));
-        assert_eq!(counter.arrived.last(), Some(&(9, 65546, 40)));
-    }
-
-    #[test]
-    fn rtcp_stun_and_dtls_are_left_to_str0m() {
-        let mut counter = RtpCounter::default();
-        let mut sender_report = rtp(7, 1, 0, None, 20);
-        sender_report[1] = 200;
-        let stun = [0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 0, 0, 0, 0, 0, 0, 0, 0];
-        let mut dtls = vec![22u8, 0xfe, 0xfd];
-        dtls.resize(40, 0);
-        for buf in [&sender_report[..], &stun, &dtls, &[0x80, 96, 0, 1]] {
-            assert!(!counter.count(buf));
-        }
-        assert!(counter.arrived.is_empty());
     }
 }

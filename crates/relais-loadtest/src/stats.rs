@@ -1,7 +1,6 @@
 //! Counters shared by all simulated participants, per-participant reports, and
 //! the server process's CPU and memory from /proc.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Live counters, read by the progress bar and at the measurement window's edges.
@@ -81,8 +80,8 @@ pub struct Report {
     pub packets_received: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
-    /// By subscriber SSRC.
-    pub streams: HashMap<u32, StreamRx>,
+    /// By subscriber SSRC (a few per subscriber: a list, searched).
+    pub streams: Vec<(u32, StreamRx)>,
     /// Forwarding latency of every packet, µs (measurement window only).
     pub latency: Samples,
     /// Forwarding latency of the packets that end a video frame (RTP marker):
@@ -125,13 +124,21 @@ impl Report {
     pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize) {
         self.packets_received += 1;
         self.bytes_received += bytes as u64;
-        let s = self.streams.entry(ssrc).or_insert(StreamRx {
-            tag,
-            first: seq,
-            last: seq,
-            count: 0,
-            done: (0, 0),
-        });
+        let at = match self.streams.iter().position(|(s, _)| *s == ssrc) {
+            Some(at) => at,
+            None => {
+                let new = StreamRx {
+                    tag,
+                    first: seq,
+                    last: seq,
+                    count: 0,
+                    done: (0, 0),
+                };
+                self.streams.push((ssrc, new));
+                self.streams.len() - 1
+            }
+        };
+        let s = &mut self.streams[at].1;
         if s.tag != tag {
             let (expected, received) = s.run();
             s.done = (s.done.0 + expected, s.done.1 + received);
@@ -160,7 +167,7 @@ impl Report {
     /// (expected, received) over every stream: in each run, from the first to
     /// the last source seq seen.
     pub fn expected_received(&self) -> (u64, u64) {
-        self.streams.values().fold((0, 0), |(e, r), s| {
+        self.streams.iter().fold((0, 0), |(e, r), (_, s)| {
             let (expected, received) = s.run();
             (e + s.done.0 + expected, r + s.done.1 + received)
         })

@@ -1,5 +1,5 @@
 //! `relais-floor`: the least work an SFU must do per forwarded packet on this
-//! machine, measured — receive SRTP packets (`recvmmsg`), decrypt each once,
+//! machine, measured — receive SRTP packets (`recv`, one a call), decrypt each once,
 //! re-encrypt it per subscriber with that subscriber's key (new SSRC/seq), and
 //! send the copies with `sendmmsg` — to one sink on loopback, or to one sink
 //! per subscriber (`--sink-per-subscriber`) on any address (`--sink-ip`: a
