@@ -88,6 +88,7 @@ def test_load_generator_joins_publishes_and_measures_the_server(relais: RelaisSe
     assert summary["subscribers_measured"] == 3
     assert summary["per_subscriber_packets_min"] > 100, summary
     assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
+    assert summary["loss_percent_run"] is not None and summary["loss_percent_run"] < 5
     assert summary["latency_ms_p50"] is not None and summary["latency_ms_p50"] > 0
     assert summary["frame_latency_ms_p50"] is not None
     # What the server spent, read from /proc while the run lasted.

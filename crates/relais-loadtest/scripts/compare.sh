@@ -369,6 +369,11 @@ if rounds.get(float("inf")):
     over = lambda ms: total - rounds.get(ms, total)
     print(f"shard rounds in the window: {total:.0f}, over 1 / 2 / 5 ms: "
           f"{over(1.0):.0f} / {over(2.0):.0f} / {over(5.0):.0f}")
+# Loss in the table is the window's; while hundreds join, the server may lose what it does not
+# in the steady state.
+if relais and None not in (relais.get("loss_percent"), relais.get("loss_percent_run")):
+    print(f"relais loss over the window / the whole run (joins included): "
+          f"{relais['loss_percent']:.3f} / {relais['loss_percent_run']:.3f} %")
 # Whether the load generator kept time: a publisher's frame made late goes out with the next.
 sender = publishers or relais
 if sender and sender.get("publisher_frame_late_ms_p99") is not None:

@@ -212,6 +212,7 @@ impl Inner {
                 continue; // interrupted
             };
             let (mut packets, mut bytes) = (0, 0);
+            let measuring = shared.measuring.load(Ordering::Relaxed);
             let slots = self.slots();
             for event in &ready[..n] {
                 // An event for a socket taken out since is skipped (or, its
@@ -224,7 +225,7 @@ impl Inner {
                 let others_before = received.others.len();
                 for i in 0..count {
                     let datagram = reads.datagram(i);
-                    if let Some(payload) = received.counter.count(datagram) {
+                    if let Some(payload) = received.counter.count(datagram, measuring) {
                         packets += 1;
                         bytes += payload as u64;
                     } else if let Some(from) = reads.source(i) {
@@ -331,14 +332,15 @@ pub struct RtpCounter {
     /// (SSRC, extended sequence number): a subscriber receives a few streams,
     /// and a short list is searched faster than a map is hashed.
     extended: Vec<(u32, u32)>,
-    /// (SSRC, extended sequence number, payload bytes).
-    pub arrived: Vec<(u32, u32, usize)>,
+    /// (SSRC, extended sequence number, payload bytes, in the measurement
+    /// window as it arrived).
+    pub arrived: Vec<(u32, u32, usize, bool)>,
 }
 
 impl RtpCounter {
     /// Count `buf` if it is RTP (not RTCP, RFC 5761): its payload's bytes;
-    /// `None` otherwise.
-    pub fn count(&mut self, buf: &[u8]) -> Option<usize> {
+    /// `None` otherwise. `measuring`: it arrived in the measurement window.
+    pub fn count(&mut self, buf: &[u8], measuring: bool) -> Option<usize> {
         let (ssrc, seq, header_len) = rtp_header(buf)?;
         let extended = match self.extended.iter_mut().find(|(s, _)| *s == ssrc) {
             // The nearest extension of `seq` to the last one (wraps at 2^16).
@@ -354,7 +356,7 @@ impl RtpCounter {
         };
         // SRTP's authentication tag (16 bytes with AES-GCM) is not payload.
         let payload = buf.len().saturating_sub(header_len + 16);
-        self.arrived.push((ssrc, extended, payload));
+        self.arrived.push((ssrc, extended, payload, measuring));
         Some(payload)
     }
 }
@@ -406,14 +408,17 @@ mod tests {
     fn rtp_is_counted_from_its_header_across_a_sequence_wrap() {
         let mut counter = RtpCounter::default();
         for seq in [65534u16, 65535, 0, 2, 1] {
-            assert_eq!(counter.count(&rtp(7, seq, 0, Some(2), 100)), Some(100));
+            assert_eq!(
+                counter.count(&rtp(7, seq, 0, Some(2), 100), false),
+                Some(100)
+            );
         }
         let seqs: Vec<u32> = counter.arrived.iter().map(|a| a.1).collect();
         // Continuous across the wrap, and a late packet keeps its place.
         assert_eq!(seqs, [131070, 131071, 131072, 131074, 131073]);
         assert!(counter.arrived.iter().all(|a| a.0 == 7 && a.2 == 100));
-        assert_eq!(counter.count(&rtp(9, 10, 2, None, 40)), Some(40));
-        assert_eq!(counter.arrived.last(), Some(&(9, 65546, 40)));
+        assert_eq!(counter.count(&rtp(9, 10, 2, None, 40), true), Some(40));
+        assert_eq!(counter.arrived.last(), Some(&(9, 65546, 40, true)));
     }
 
     #[tokio::test]
@@ -466,7 +471,7 @@ mod tests {
         let mut dtls = vec![22u8, 0xfe, 0xfd];
         dtls.resize(40, 0);
         for buf in [&sender_report[..], &stun, &dtls, &[0x80, 96, 0, 1]] {
-            assert_eq!(counter.count(buf), None);
+            assert_eq!(counter.count(buf, true), None);
         }
         assert!(counter.arrived.is_empty());
     }

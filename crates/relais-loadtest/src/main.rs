@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use counting::CountingReader;
 use media::Encoder;
-use stats::{percentile, proc_sample, ProcSample, Report, Samples, Shared};
+use stats::{percentile, proc_sample, ProcSample, Report, Samples, Shared, Streams};
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -74,8 +74,9 @@ struct Args {
     /// latency, loss by the publisher's sequence numbers). The others count
     /// packets, bytes and loss from the RTP header, in clear in SRTP, without
     /// decrypting: the load generator then costs far less than the server it
-    /// measures. Their loss is what got lost after the server (its outgoing
-    /// sequence numbers have no gap for what it skipped). Default: all.
+    /// measures. Their loss is read from the server's outgoing sequence
+    /// numbers (no gap for what it skips on purpose): what was lost on either
+    /// side of it and not repaired — they ask for no resends. Default: all.
     #[arg(long)]
     decoding_subscribers: Option<usize>,
     /// Measurement window in seconds (after the ramp and the warm-up).
@@ -229,7 +230,10 @@ struct Summary {
     per_subscriber_packets_max: u64,
     per_subscriber_bytes_mean: f64,
     per_subscriber_pps: f64,
+    /// Over the measurement window.
     loss_percent: Option<f64>,
+    /// Over the whole run, the joins included.
+    loss_percent_run: Option<f64>,
     latency_ms_p50: Option<f64>,
     latency_ms_p99: Option<f64>,
     latency_ms_max: Option<f64>,
@@ -520,13 +524,15 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         sum.per_subscriber_bytes_mean =
             subs.iter().map(|r| r.bytes_received).sum::<u64>() as f64 / n;
         sum.per_subscriber_pps = sum.forwarded_pps / n;
-        let (e, got) = subs.iter().fold((0, 0), |(e, g), r| {
-            let (e2, g2) = r.expected_received();
-            (e + e2, g + g2)
-        });
-        if e > 0 {
-            sum.loss_percent = Some(100.0 * (e - got) as f64 / e as f64);
-        }
+        let loss = |streams: fn(&Report) -> &Streams| {
+            let (e, got) = subs.iter().fold((0, 0), |(e, g), r| {
+                let (e2, g2) = streams(r).expected_received();
+                (e + e2, g + g2)
+            });
+            (e > 0).then(|| 100.0 * (e - got) as f64 / e as f64)
+        };
+        sum.loss_percent = loss(|r| &r.window_streams);
+        sum.loss_percent_run = loss(|r| &r.streams);
         let sorted = |samples: fn(&Report) -> &Samples| {
             let mut all: Vec<u32> = subs
                 .iter()
@@ -664,7 +670,14 @@ fn print_table(s: &Summary) {
                 s.per_subscriber_pps
             ),
         ),
-        ("loss", format!("{} %", opt(s.loss_percent, 3))),
+        (
+            "loss in window / whole run",
+            format!(
+                "{} / {} %",
+                opt(s.loss_percent, 3),
+                opt(s.loss_percent_run, 3)
+            ),
+        ),
         (
             "latency p50 / p99 / max",
             format!(

@@ -341,8 +341,9 @@ impl Peer {
         let measuring = shared.measuring.load(std::sync::atomic::Ordering::Relaxed);
         // Counted: the reader added them to `shared` as it read them.
         if let Incoming::Counted(counted) = &self.incoming {
-            for (ssrc, seq, len) in counted.inbox.received().counter.arrived.drain(..) {
-                report.record_rx(ssrc, 0, seq, len);
+            let arrived = &mut counted.inbox.received().counter.arrived;
+            for (ssrc, seq, len, in_window) in arrived.drain(..) {
+                report.record_rx(ssrc, 0, seq, len, in_window);
             }
         }
         for e in self.events.drain(..) {
@@ -352,7 +353,7 @@ impl Peer {
                     Shared::add(&shared.packets_received, 1);
                     Shared::add(&shared.bytes_received, len as u64);
                     if let Some((tag, seq, sent_us)) = read_trailer(&pkt.payload) {
-                        report.record_rx(*pkt.header.ssrc, tag, seq, len);
+                        report.record_rx(*pkt.header.ssrc, tag, seq, len, measuring);
                         if measuring {
                             // Only video sets the marker here (audio::next_frame never does).
                             report.record_latency(

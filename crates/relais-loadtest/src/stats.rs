@@ -67,6 +67,52 @@ impl StreamRx {
     }
 }
 
+/// A subscriber's received streams by its SSRC (a few: a list, searched).
+#[derive(Debug, Default)]
+pub struct Streams(Vec<(u32, StreamRx)>);
+
+impl Streams {
+    fn record(&mut self, ssrc: u32, tag: u16, seq: u32) {
+        let at = match self.0.iter().position(|(s, _)| *s == ssrc) {
+            Some(at) => at,
+            None => {
+                let new = StreamRx {
+                    tag,
+                    first: seq,
+                    last: seq,
+                    count: 0,
+                    done: (0, 0),
+                };
+                self.0.push((ssrc, new));
+                self.0.len() - 1
+            }
+        };
+        let s = &mut self.0[at].1;
+        if s.tag != tag {
+            let (expected, received) = s.run();
+            *s = StreamRx {
+                tag,
+                first: seq,
+                last: seq,
+                count: 0,
+                done: (s.done.0 + expected, s.done.1 + received),
+            };
+        }
+        s.first = s.first.min(seq);
+        s.last = s.last.max(seq);
+        s.count += 1;
+    }
+
+    /// (expected, received) over every stream: in each run, from the first to
+    /// the last source seq seen.
+    pub fn expected_received(&self) -> (u64, u64) {
+        self.0.iter().fold((0, 0), |(e, r), (_, s)| {
+            let (expected, received) = s.run();
+            (e + s.done.0 + expected, r + s.done.1 + received)
+        })
+    }
+}
+
 /// What one participant saw.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -80,8 +126,11 @@ pub struct Report {
     pub packets_received: u64,
     pub bytes_received: u64,
     pub packets_sent: u64,
-    /// By subscriber SSRC (a few per subscriber: a list, searched).
-    pub streams: Vec<(u32, StreamRx)>,
+    /// What arrived over the whole run, joins included, for its loss.
+    pub streams: Streams,
+    /// What arrived in the measurement window, for its loss: the steady
+    /// state, without what the server lost while hundreds joined.
+    pub window_streams: Streams,
     /// Forwarding latency of every packet, µs (measurement window only).
     pub latency: Samples,
     /// Forwarding latency of the packets that end a video frame (RTP marker):
@@ -121,38 +170,15 @@ impl Samples {
 }
 
 impl Report {
-    pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize) {
+    /// A received packet: `tag` names its source stream (0 when unknown),
+    /// `seq` its extended sequence number.
+    pub fn record_rx(&mut self, ssrc: u32, tag: u16, seq: u32, bytes: usize, measuring: bool) {
         self.packets_received += 1;
         self.bytes_received += bytes as u64;
-        let at = match self.streams.iter().position(|(s, _)| *s == ssrc) {
-            Some(at) => at,
-            None => {
-                let new = StreamRx {
-                    tag,
-                    first: seq,
-                    last: seq,
-                    count: 0,
-                    done: (0, 0),
-                };
-                self.streams.push((ssrc, new));
-                self.streams.len() - 1
-            }
-        };
-        let s = &mut self.streams[at].1;
-        if s.tag != tag {
-            let (expected, received) = s.run();
-            s.done = (s.done.0 + expected, s.done.1 + received);
-            *s = StreamRx {
-                tag,
-                first: seq,
-                last: seq,
-                count: 0,
-                done: s.done,
-            };
+        self.streams.record(ssrc, tag, seq);
+        if measuring {
+            self.window_streams.record(ssrc, tag, seq);
         }
-        s.first = s.first.min(seq);
-        s.last = s.last.max(seq);
-        s.count += 1;
     }
 
     /// A received packet's forwarding latency; `ends_frame`: it carries the
@@ -162,15 +188,6 @@ impl Report {
         if ends_frame {
             self.frame_latency.record(us);
         }
-    }
-
-    /// (expected, received) over every stream: in each run, from the first to
-    /// the last source seq seen.
-    pub fn expected_received(&self) -> (u64, u64) {
-        self.streams.iter().fold((0, 0), |(e, r), (_, s)| {
-            let (expected, received) = s.run();
-            (e + s.done.0 + expected, r + s.done.1 + received)
-        })
     }
 }
 
@@ -382,9 +399,30 @@ mod tests {
     fn loss_from_streams() {
         let mut r = Report::default();
         for seq in [10, 11, 13, 14] {
-            r.record_rx(1, 1, seq, 100);
+            r.record_rx(1, 1, seq, 100, false);
         }
-        assert_eq!(r.expected_received(), (5, 4));
+        assert_eq!(r.streams.expected_received(), (5, 4));
+    }
+
+    #[test]
+    fn the_window_counts_its_own_loss_apart_from_the_run() {
+        let mut r = Report::default();
+        // 12 and 13 lost before the window, 17 in it.
+        for (seq, measuring) in [
+            (10, false),
+            (11, false),
+            (14, false),
+            (15, true),
+            (16, true),
+        ] {
+            r.record_rx(1, 1, seq, 100, measuring);
+        }
+        for seq in [18, 19] {
+            r.record_rx(1, 1, seq, 100, true);
+        }
+        assert_eq!(r.streams.expected_received(), (10, 7));
+        assert_eq!(r.window_streams.expected_received(), (5, 4));
+        assert_eq!(r.packets_received, 7);
     }
 
     #[test]
@@ -394,14 +432,14 @@ mod tests {
         // with 52 lost, then tag 3 again much later (its seqs in between were
         // not sent to this subscriber).
         for (tag, seq) in [(3, 100), (3, 101), (3, 102), (3, 103), (3, 104)] {
-            r.record_rx(9, tag, seq, 100);
+            r.record_rx(9, tag, seq, 100, false);
         }
         for seq in [50, 51, 53] {
-            r.record_rx(9, 1, seq, 100);
+            r.record_rx(9, 1, seq, 100, false);
         }
         for seq in [400, 401] {
-            r.record_rx(9, 3, seq, 100);
+            r.record_rx(9, 3, seq, 100, false);
         }
-        assert_eq!(r.expected_received(), (5 + 4 + 2, 5 + 3 + 2));
+        assert_eq!(r.streams.expected_received(), (5 + 4 + 2, 5 + 3 + 2));
     }
 }
