@@ -220,9 +220,11 @@ threads_snapshot() {
       "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")"
   done 2>/dev/null > "$1" || true
   awk '/^cpu / {print "steal", $9}' /proc/stat >> "$1"
-  # Datagrams the namespace's sockets (the server's and the load generator's) dropped for a
-  # full receive buffer: loss that happened at a reader too slow, not on the way.
-  in_ns awk '/^Udp: [0-9]/ {print "udp_rcvbuf_errors", $6}' /proc/net/snmp >> "$1"
+  # Datagrams the namespace's sockets dropped for a full receive buffer: loss that happened at a
+  # reader too slow, not on the way; the load generator's sockets (bound to its address,
+  # 10.77.0.2, "02004D0A" in /proc/net/udp) apart from the server's.
+  in_ns awk 'NR > 1 { if (substr($2, 1, 8) == "02004D0A") c += $NF; else s += $NF }
+    END { print "udp_drops_server", s + 0; print "udp_drops_loadgen", c + 0 }' /proc/net/udp >> "$1"
 }
 # The server's forward-latency histogram and its threads as the measured window starts (after
 # ramp and warm-up) and as it ends, so that its latency is taken over the same window as the
@@ -336,13 +338,14 @@ for name, r in (("relais", relais), ("janus", janus)):
           f"{f('server_latency_ms_p50',2):>8} {f('server_latency_ms_p99',2):>8} "
           f"{f('frame_latency_ms_p50',2):>8} {f('frame_latency_ms_p99',2):>8}")
 
+COUNTERS = ("steal", "udp_drops_server", "udp_drops_loadgen")
 def threads(name):
     # "tid comm cpu_ns run_delay_ns timeslices involuntary" per thread, "steal ticks" last
     p = os.path.join(out, name)
     got = {}
     for line in open(p) if os.path.exists(p) else ():
         f = line.split()
-        if f[0] in ("steal", "udp_rcvbuf_errors"):
+        if f[0] in COUNTERS:
             got[f[0]] = int(f[1])
         elif len(f) == 6:
             got[f[0]] = (f[1], int(f[2]), int(f[3]), int(f[5]), int(f[4]))
@@ -351,14 +354,15 @@ t0, t1 = threads("relais-threads-start.txt"), threads("relais-threads-end.txt")
 if t0 and t1:
     print("server threads over the window (CPU s, run delay s, involuntary switches, times on a CPU); busiest first:")
     rows = [(v[0], (v[1] - t0[k][1]) / 1e9, (v[2] - t0[k][2]) / 1e9, v[3] - t0[k][3], v[4] - t0[k][4])
-            for k, v in t1.items() if k not in ("steal", "udp_rcvbuf_errors") and k in t0]
+            for k, v in t1.items() if k not in COUNTERS and k in t0]
     for comm, cpu, delay, inv, slices in sorted(rows, key=lambda r: -r[1])[:8]:
         print(f"  {comm:<16} {cpu:8.2f} {delay:8.3f} {inv:8} {slices:9}")
     if "steal" in t0 and "steal" in t1:
         print(f"  machine steal over the window: {(t1['steal'] - t0['steal']) / 100:.2f} s")
-    if "udp_rcvbuf_errors" in t0 and "udp_rcvbuf_errors" in t1:
-        print(f"  datagrams dropped by full receive buffers (server's and load generator's sockets): "
-              f"{t1['udp_rcvbuf_errors'] - t0['udp_rcvbuf_errors']}")
+    if all(k in t0 and k in t1 for k in ("udp_drops_server", "udp_drops_loadgen")):
+        drops = lambda k: t1[k] - t0[k]
+        print(f"  datagrams dropped by full receive buffers: server's sockets {drops('udp_drops_server')}, "
+              f"load generator's {drops('udp_drops_loadgen')}")
 # How long the shards worked at a time over the window: a datagram that arrives during a
 # long round waits for the rest of it.
 r_end = buckets("relais-metrics-window-end.txt", "relais_shard_round_ms")

@@ -252,8 +252,8 @@ async fn run_inner(
     };
     let now = Instant::now();
     let counting = (spec.subscribe && !spec.decode).then_some(&ctx.counting);
-    let mut peer =
-        Peer::new(ctx.local_ip, now, counting).map_err(|e| (Failure::Other, e.to_string()))?;
+    let mut peer = Peer::new(ctx.local_ip, ctx.receive_buffer, now, counting)
+        .map_err(|e| (Failure::Other, e.to_string()))?;
     let mut out: Vec<Outgoing> = Vec::new();
     let publisher = spec.video || spec.audio;
     if publisher {

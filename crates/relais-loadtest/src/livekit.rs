@@ -177,7 +177,7 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
 
     let now = Instant::now();
     let counting = (spec.subscribe && !spec.decode).then_some(&ctx.counting);
-    let mut sub = match Peer::new(ctx.local_ip, now, counting) {
+    let mut sub = match Peer::new(ctx.local_ip, ctx.receive_buffer, now, counting) {
         Ok(p) => Some(p),
         Err(e) => {
             fail(&mut report, Failure::Other, format!("socket: {e}"));
@@ -186,7 +186,7 @@ pub async fn run(ctx: Arc<Ctx>, spec: Spec) -> Report {
     };
     let mut publishing = None;
     if spec.video || spec.audio {
-        match Peer::new(ctx.local_ip, now, None) {
+        match Peer::new(ctx.local_ip, ctx.receive_buffer, now, None) {
             Ok(peer) => {
                 let mut tracks = Vec::new();
                 if spec.video {
@@ -535,7 +535,7 @@ mod tests {
     #[tokio::test]
     async fn dynacast_stops_and_restarts_simulcast_layers() {
         let now = Instant::now();
-        let peer = Peer::new("127.0.0.1".parse().unwrap(), now, None).unwrap();
+        let peer = Peer::new("127.0.0.1".parse().unwrap(), None, now, None).unwrap();
         let mid = Mid::from("v0");
         let out = SIMULCAST_RIDS
             .iter()

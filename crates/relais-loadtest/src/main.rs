@@ -111,6 +111,12 @@ struct Args {
     /// Local IP for the clients' UDP sockets.
     #[arg(long, default_value = "127.0.0.1")]
     local_ip: IpAddr,
+    /// Receive buffer each client socket asks for, KiB (the kernel caps it at
+    /// net.core.rmem_max; 0: the system's default). A generator that falls
+    /// behind for a moment — as it does while hundreds join — must not be
+    /// where packets are lost.
+    #[arg(long, default_value_t = 1024)]
+    receive_buffer_kib: usize,
     /// Limit for each join step (connect, JoinResponse, Janus requests), seconds.
     #[arg(long, default_value_t = 10.0)]
     join_timeout: f64,
@@ -144,6 +150,8 @@ pub struct Ctx {
     pub api_key: String,
     pub api_secret: String,
     pub local_ip: IpAddr,
+    /// Bytes of receive buffer each client socket asks for (`None`: the default).
+    pub receive_buffer: Option<usize>,
     pub join_timeout: Duration,
     pub connect_timeout: Duration,
     pub end: Instant,
@@ -206,6 +214,8 @@ struct Summary {
     video_bitrate: u64,
     audio_bitrate: u64,
     pacing_factor: f64,
+    /// What each client socket asked for (the kernel may have given less).
+    receive_buffer_kib: usize,
     window_s: f64,
     joins_ok: u64,
     joins_failed: u64,
@@ -344,6 +354,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         api_key: args.api_key.clone(),
         api_secret: args.api_secret.clone(),
         local_ip: args.local_ip,
+        receive_buffer: (args.receive_buffer_kib > 0).then_some(args.receive_buffer_kib << 10),
         join_timeout: Duration::from_secs_f64(args.join_timeout),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         end: window_end + Duration::from_millis(300),
@@ -463,6 +474,7 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         participants: total,
         simulcast: args.simulcast,
         pacing_factor: args.pacing_factor.max(0.0),
+        receive_buffer_kib: args.receive_buffer_kib,
         video_bitrate: args.video_bitrate,
         audio_bitrate: args.audio_bitrate,
         window_s: secs,

@@ -79,16 +79,20 @@ impl Outgoing {
 }
 
 impl Peer {
-    /// A peer on a new socket of `ip`; with `counting`, a subscriber whose
-    /// media that reader counts instead of decrypting it (RTCP, STUN and
-    /// DTLS still reach str0m).
+    /// A peer on a new socket of `ip` (asking for `receive_buffer` bytes of
+    /// receive buffer); with `counting`, a subscriber whose media that reader
+    /// counts instead of decrypting it (RTCP, STUN and DTLS still reach str0m).
     pub fn new(
         ip: IpAddr,
+        receive_buffer: Option<usize>,
         now: Instant,
         counting: Option<&CountingReader>,
     ) -> std::io::Result<Self> {
         let std_sock = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         std_sock.set_nonblocking(true)?;
+        if let Some(bytes) = receive_buffer {
+            socket2::SockRef::from(&std_sock).set_recv_buffer_size(bytes)?;
+        }
         let local = std_sock.local_addr()?;
         let sender = std_sock.try_clone()?;
         let incoming = match counting {
@@ -389,5 +393,27 @@ pub async fn readable(p: Option<&Peer>) {
         }
         Some(Incoming::Counted(counted)) => counted.inbox.others_ready().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_socket_asks_for_the_receive_buffer_it_is_given() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let buffer = |p: &Peer| {
+            socket2::SockRef::from(&p.sender)
+                .recv_buffer_size()
+                .unwrap()
+        };
+        let default = buffer(&Peer::new(ip, None, Instant::now(), None).unwrap());
+        // Smaller than any system's default, so that the test tells; Linux
+        // reports twice the size asked (it counts its bookkeeping).
+        let asked = 100_000;
+        assert_ne!(2 * asked, default);
+        let peer = Peer::new(ip, Some(asked), Instant::now(), None).unwrap();
+        assert_eq!(buffer(&peer), 2 * asked);
     }
 }
