@@ -60,6 +60,17 @@ pub struct StreamRx {
 }
 
 impl StreamRx {
+    /// A run of source stream `tag` from `seq`, after runs that made `done`.
+    fn start(tag: u16, seq: u32, done: (u64, u64)) -> Self {
+        StreamRx {
+            tag,
+            first: seq,
+            last: seq,
+            count: 0,
+            done,
+        }
+    }
+
     /// (expected, received) of the current run.
     fn run(&self) -> (u64, u64) {
         let expected = u64::from(self.last - self.first) + 1;
@@ -76,27 +87,14 @@ impl Streams {
         let at = match self.0.iter().position(|(s, _)| *s == ssrc) {
             Some(at) => at,
             None => {
-                let new = StreamRx {
-                    tag,
-                    first: seq,
-                    last: seq,
-                    count: 0,
-                    done: (0, 0),
-                };
-                self.0.push((ssrc, new));
+                self.0.push((ssrc, StreamRx::start(tag, seq, (0, 0))));
                 self.0.len() - 1
             }
         };
         let s = &mut self.0[at].1;
         if s.tag != tag {
             let (expected, received) = s.run();
-            *s = StreamRx {
-                tag,
-                first: seq,
-                last: seq,
-                count: 0,
-                done: (s.done.0 + expected, s.done.1 + received),
-            };
+            *s = StreamRx::start(tag, seq, (s.done.0 + expected, s.done.1 + received));
         }
         s.first = s.first.min(seq);
         s.last = s.last.max(seq);
