@@ -13,6 +13,7 @@ mod counting;
 mod janus;
 mod livekit;
 mod media;
+mod pacer;
 mod peer;
 mod stats;
 

@@ -2,9 +2,8 @@
 //! Driven by its owner's event loop: datagrams in, a timer at `deadline`, and
 //! after every mutation `drain` until str0m asks for time (str0m's contract).
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -15,7 +14,8 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
 use crate::counting::{Counted, CountingReader};
-use crate::media::{read_trailer, stamp_send_time, unix_micros, Encoder, Packet};
+use crate::media::{read_trailer, stamp_send_time, unix_micros, Encoder};
+use crate::pacer::Pacer;
 use crate::stats::{Report, Shared};
 
 pub struct Peer {
@@ -52,28 +52,21 @@ pub struct Outgoing {
     pub pt: Option<Pt>,
     pub next: Instant,
     seq: u64,
-    /// Encoded, not yet let out by the pacer.
-    paced: VecDeque<Packet>,
-    /// When the pacer lets the next packet out.
-    send_at: Instant,
+    pacer: Pacer,
 }
-
-/// How far a pacer that was idle may send ahead at once (libwebrtc works in 5 ms steps).
-const PACER_BURST: Duration = Duration::from_millis(5);
 
 impl Outgoing {
     pub fn new(mid: Mid, rid: Option<&str>, encoder: Encoder, now: Instant) -> Self {
         Outgoing {
             mid,
             rid: rid.map(Rid::from),
-            encoder,
             enabled: true,
             ssrc: None,
             pt: None,
             next: now,
             seq: u64::from(crate::media::rand_u32() & 0x3fff),
-            paced: VecDeque::new(),
-            send_at: now,
+            pacer: Pacer::new(encoder.pacing_rate, now),
+            encoder,
         }
     }
 }
@@ -278,7 +271,7 @@ impl Peer {
         let mut next: Option<Instant> = None;
         for o in out.iter_mut() {
             let (Some(ssrc), Some(pt), true) = (o.ssrc, o.pt, o.enabled) else {
-                o.paced.clear();
+                o.pacer.clear();
                 continue;
             };
             // Catch up at most a few frames if the loop fell behind; never burst more.
@@ -290,23 +283,17 @@ impl Peer {
                     report.frame_late.record((now - o.next).as_micros() as u64);
                 }
                 o.next += o.encoder.interval;
-                o.paced.extend(o.encoder.next_frame());
+                o.pacer.push(now, o.encoder.next_frame());
             }
             if o.next <= now {
                 o.next = now + o.encoder.interval;
             }
             let mut api = self.rtc.direct_api();
             let Some(tx) = api.stream_tx(&ssrc) else {
-                o.paced.clear();
+                o.pacer.clear();
                 continue;
             };
-            // The pacer: packets leave at the encoder's pacing rate (all at once
-            // without one), with at most PACER_BURST of credit saved while idle.
-            o.send_at = o.send_at.max(now.checked_sub(PACER_BURST).unwrap_or(now));
-            while o.send_at <= now {
-                let Some(mut p) = o.paced.pop_front() else {
-                    break;
-                };
+            while let Some(mut p) = o.pacer.pop_due(now) {
                 let len = p.payload.len();
                 stamp_send_time(&mut p.payload);
                 Shared::add(&shared.packets_sent, 1);
@@ -319,15 +306,8 @@ impl Peer {
                 );
                 o.seq += 1;
                 wrote = true;
-                if let Some(rate) = o.encoder.pacing_rate {
-                    o.send_at += Duration::from_secs_f64(len as f64 / rate);
-                }
             }
-            let wake = if o.paced.is_empty() {
-                o.next
-            } else {
-                o.next.min(o.send_at)
-            };
+            let wake = o.pacer.next_due().map_or(o.next, |t| o.next.min(t));
             next = Some(next.map_or(wake, |n: Instant| n.min(wake)));
         }
         if wrote {
