@@ -117,6 +117,26 @@ def test_load_generator_publishes_simulcast_and_gets_the_top_layer(relais: Relai
     assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
 
 
+def test_paced_video_reaches_the_subscribers_at_its_rate(relais: RelaisServer):
+    """With a pacer (`--pacing-factor`, as a WebRTC sender spreads a frame),
+    1 Mbit/s of video still arrives at ~110 packets a second: the pacer holds
+    no packet back for good and adds none."""
+    needs_udp()
+    summary = load_test(
+        relais,
+        "--room-prefix", "paced",
+        "--video-publishers", "1",
+        "--audio-publishers", "0",
+        "--video-bitrate", "1000000",
+        "--pacing-factor", "2.5",
+        "--subscribers", "2",
+        *SHORT_RUN,
+    )
+    assert summary["joins_ok"] == 3, summary["failure_examples"]
+    assert 80 < summary["per_subscriber_pps"] < 160, summary
+    assert summary["loss_percent"] is not None and summary["loss_percent"] < 5
+
+
 def test_subscribers_that_do_not_decrypt_connect_and_count_what_they_receive(
     relais: RelaisServer,
 ):
