@@ -409,3 +409,50 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(
     for n in (1, 2):
         joined = json.loads((out / f"round-{n}.json").read_text())["joins_ok"]
         assert joined == (4 if stay else 8), f"round {n}: {joined} joined"
+
+
+def test_beside_script_reports_each_phase_of_a_large_room_beside_meetings(tmp_path: Path):
+    """`beside.sh` end to end, small: meetings carry on while a larger room fills and
+    empties; every phase is reported with the meetings' forward latency from the
+    server's histogram, and every participant joined."""
+    needs_udp()
+    from conftest import REPO_ROOT, free_tcp_port
+
+    out = tmp_path / "beside"
+    env = script_env(
+        out,
+        PORT=str(free_tcp_port()),
+        MEETINGS="2",
+        BIG="8",
+        BEFORE="2",
+        BIG_RAMP="1",
+        BIG_STAY="2",
+        AFTER="3",
+    )
+    done = subprocess.run(
+        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/beside.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meetings_joins_ok"] == 24
+    assert summary["big_joins_ok"] == 10
+    phases = {p["phase"]: p for p in summary["phases"]}
+    assert list(phases) == [
+        "meetings alone",
+        "big room joining",
+        "big room there",
+        "big room leaving",
+        "meetings alone after",
+    ]
+    for name, phase in phases.items():
+        # Media flowed through every phase and its latency was read.
+        assert phase["packets"] > 0, (name, phase)
+        assert phase["over_5ms_percent"] is not None and phase["p99_le_ms"] is not None
+        assert phase["shard_busy_percent"] > 0, (name, phase)
+    assert "big room there" in done.stdout
+

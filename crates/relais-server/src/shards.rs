@@ -119,8 +119,8 @@ const TIMER_BUDGET: Duration = Duration::from_micros(250);
 /// queues them by the dozen (19–30 joins, answers and offers back to back,
 /// 8–11 ms, with 150 meetings joining over 5 s) and a large room's departure
 /// by the hundred (256 leaves, 20–32 ms), and every other room's media on the
-/// shard waited behind them. With turns, 60 meetings' packets waiting over
-/// 5 ms while 400 joined a room beside them: 1.3–5.1 % against 2.5–9.7 %.
+/// shard waited behind them. A turn bounds that wait; a single long command
+/// (one leave of a room of 400 took 10 ms) is not cut.
 const COMMAND_TURN: Duration = Duration::from_micros(500);
 /// How long the copies a round forwarded may wait behind its timer work
 /// before they are sent on their own: short timer work (most rounds) goes
