@@ -34,12 +34,17 @@ def tool(name: str) -> Path:
     return path
 
 
-def run_json(args: list[str]) -> dict:
+def run_ok(args: list[str], env: dict | None = None, timeout: int = TOOL_TIMEOUT_S) -> str:
+    """Run `args` to its end; it must succeed. Its stdout."""
     done = subprocess.run(
-        args, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        args, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    assert done.returncode == 0, f"{args[0]} exited {done.returncode}:\n{done.stderr[-3000:]}"
-    return json.loads(done.stdout)
+    assert done.returncode == 0, f"{' '.join(args[:2])} exited {done.returncode}:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def run_json(args: list[str]) -> dict:
+    return json.loads(run_ok(args))
 
 
 def load_test(relais: RelaisServer, *args: str, secret: str = API_SECRET) -> dict:
@@ -60,6 +65,15 @@ def script_env(out: Path, **variables: str) -> dict:
     """The environment of a benchmark script: the binaries next to the server's, its
     results in `out`, and its own `variables`."""
     return dict(os.environ, BIN=str(relais_bin().parent), OUT=str(out), **variables)
+
+
+def run_script(name: str, env: dict) -> str:
+    """Run a benchmark script of `crates/relais-loadtest/scripts` to its end (120 s at
+    most); it must succeed. Its stdout."""
+    from conftest import REPO_ROOT
+
+    script = REPO_ROOT / "crates/relais-loadtest/scripts" / name
+    return run_ok(["bash", str(script)], env=env, timeout=120)
 
 
 def needs_udp() -> None:
@@ -370,7 +384,7 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(
     needs_udp()
     if nodes > 1 and shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    from conftest import REPO_ROOT, free_tcp_port
+    from conftest import free_tcp_port
 
     out = tmp_path / "soak"
     env = script_env(
@@ -384,15 +398,7 @@ def test_soak_script_finds_the_node_at_rest_after_every_round(
         STAY="1" if stay else "0",
         NODES=str(nodes),
     )
-    done = subprocess.run(
-        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/soak.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout = run_script("soak.sh", env)
     rows = [json.loads(line) for line in (out / "soak.jsonl").read_text().splitlines()]
     assert [(r["round"], r["node"]) for r in rows] == [
         (n, i) for n in (0, 1, 2) for i in range(nodes)
@@ -416,7 +422,7 @@ def test_beside_script_reports_each_phase_of_a_large_room_beside_meetings(tmp_pa
     empties; every phase is reported with the meetings' forward latency from the
     server's histogram, and every participant joined."""
     needs_udp()
-    from conftest import REPO_ROOT, free_tcp_port
+    from conftest import free_tcp_port
 
     out = tmp_path / "beside"
     env = script_env(
@@ -429,15 +435,7 @@ def test_beside_script_reports_each_phase_of_a_large_room_beside_meetings(tmp_pa
         BIG_STAY="2",
         AFTER="3",
     )
-    done = subprocess.run(
-        ["bash", str(REPO_ROOT / "crates/relais-loadtest/scripts/beside.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    stdout = run_script("beside.sh", env)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["meetings_joins_ok"] == 24
     assert summary["big_joins_ok"] == 10
@@ -454,5 +452,5 @@ def test_beside_script_reports_each_phase_of_a_large_room_beside_meetings(tmp_pa
         assert phase["packets"] > 0, (name, phase)
         assert phase["over_5ms_percent"] is not None and phase["p99_le_ms"] is not None
         assert phase["shard_busy_percent"] > 0, (name, phase)
-    assert "big room there" in done.stdout
+    assert "big room there" in stdout
 
