@@ -53,6 +53,14 @@ pub struct MediaConfig {
     /// them to the shard's session driver in chunks ([`crate::fan_out`]);
     /// fewer are driven in place, where handing out would cost more than it saves.
     pub fan_out_min_sessions: usize,
+    /// A room driving its due sessions on the shard's own thread stops once
+    /// they have written this many datagrams in one call, and the rest wait
+    /// for its next turn ([`crate::Room::handle_timeout`]): a large room's
+    /// frame — a keyframe to 400 subscribers is thousands of copies — then
+    /// holds the shard a turn at a time, and the datagrams and rooms that
+    /// queued meanwhile go between its turns. Zero drives them all at once.
+    /// Default 256 (a few hundred microseconds of copies).
+    pub drive_turn_datagrams: usize,
     /// Send forwarded audio without str0m (`crate::egress`): Relais protects
     /// and sends the copies and their sender reports itself.
     pub direct_audio: bool,
@@ -130,6 +138,7 @@ impl MediaConfig {
             ping_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(5),
             fan_out_min_sessions: 128,
+            drive_turn_datagrams: 256,
             direct_audio: true,
             direct_video: true,
             direct_ingress: true,

@@ -53,7 +53,8 @@ pub use config::{
 pub use participant::{ParticipantKey, PeerRole};
 pub use room::{Addresses, JoinError, JoinParams, Room, RoomEvent, RoomOutput};
 pub use room::{AdminError, RpcFailure, RpcReply};
-pub use shard::{Shard, ShardOutput};
+pub use room_table::RoomId;
+pub use shard::{Forwarded, Shard, ShardOutput};
 pub use stats::{MediaStats, ShardGauges};
 
 /// Errors building the media core.

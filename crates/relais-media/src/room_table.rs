@@ -11,7 +11,7 @@ use crate::HashMap;
 /// A room of one shard, as long as it lives: an id is never taken to mean
 /// a later room in the same slot (the slot's generation differs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) struct RoomId {
+pub struct RoomId {
     slot: u32,
     generation: u32,
 }

@@ -42,6 +42,18 @@ pub enum ShardOutput {
     RoomClosed(String),
 }
 
+/// What [`Shard::handle_datagram`] did with a datagram's media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Copies written to subscribers, to leave with the next
+    /// [`Shard::handle_timeout`] (0 for anything that is not forwarded media,
+    /// and for a video packet whose copies wait for the end of their frame).
+    pub copies: u64,
+    /// The room they were written in: while it is among
+    /// [`Shard::rooms_cut`], some of them have not been written out yet.
+    pub room: Option<RoomId>,
+}
+
 /// The rooms of one core. Sans-IO: see [`Room`].
 pub struct Shard {
     pub(crate) index: u8,
@@ -64,6 +76,10 @@ pub struct Shard {
     wakes: TimerQueue<RoomId>,
     /// Scratch list of the rooms due in [`Shard::handle_timeout`].
     due: Vec<RoomId>,
+    /// Scratch list of the due rooms whose last turn was cut, to go last.
+    resumed: Vec<RoomId>,
+    /// The rooms whose last turn was cut ([`Shard::rooms_cut`]).
+    cut: Vec<RoomId>,
     /// Counters of the shard itself and of rooms already dropped.
     stats: MediaStats,
     /// Whether joins are taken ([`Shard::set_accepting_joins`]).
@@ -87,6 +103,8 @@ impl Shard {
             timers: TimerQueue::default(),
             wakes: TimerQueue::default(),
             due: Vec::new(),
+            resumed: Vec::new(),
+            cut: Vec::new(),
             stats: MediaStats::default(),
             accepting_joins: true,
             driver: Box::new(InPlace),
@@ -222,10 +240,8 @@ impl Shard {
         true
     }
 
-    /// One datagram from the network. Returns how many copies of its media
-    /// were written to subscribers to leave with the next
-    /// [`Shard::handle_timeout`] (0 for anything that is not forwarded media,
-    /// and for a video packet whose copies wait for the end of their frame).
+    /// One datagram from the network; returns the copies of its media it
+    /// made and the room they are in.
     pub fn handle_datagram(
         &mut self,
         now: Instant,
@@ -233,14 +249,14 @@ impl Shard {
         source: SocketAddr,
         destination: SocketAddr,
         buf: &[u8],
-    ) -> u64 {
+    ) -> Forwarded {
         // Copied out, not cloned: a datagram counts no reference.
         let (room, participant, role) = match self.by_addr.get(&(proto, source)) {
             Some(r) => (r.room, r.participant, r.role),
             None => {
                 let Some(route) = stun::local_ufrag(buf).and_then(|u| self.by_ufrag.get(u)) else {
                     self.stats.drop_packet(DropReason::UnknownSession);
-                    return 0;
+                    return Forwarded::default();
                 };
                 let route = route.clone();
                 if let Some(room) = self.rooms.get(route.room) {
@@ -265,10 +281,14 @@ impl Shard {
             r.handle_receive(now, participant, role, buf, addresses)
         });
         self.collect(room);
-        copies
+        Forwarded {
+            copies,
+            room: Some(room),
+        }
     }
 
-    /// Drive every room whose timer is due, and drop closed rooms.
+    /// Drive every room whose timer is due, and drop closed rooms. A room
+    /// whose turn was cut ([`Room::turn_cut`]) is due again at once.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_timeout_while(now, |_| true);
     }
@@ -281,21 +301,31 @@ impl Shard {
     /// round's timer work this way, so that input waiting behind it is not
     /// held up when many rooms come due together; and rooms driven in
     /// different rounds are handed different `now`s, which keeps their timers
-    /// from lining up.
+    /// from lining up. A room whose last turn was cut goes after the others,
+    /// so that one large room's frame does not hold every other room's
+    /// copies until it is all sent, and gets its turn even once `more` said
+    /// no, so that it is not starved.
     pub fn handle_timeout_while(&mut self, now: Instant, mut more: impl FnMut(&mut Shard) -> bool) {
         let mut due = std::mem::take(&mut self.due);
+        let mut resumed = std::mem::take(&mut self.resumed);
         while let Some((entry, id)) = self.timers.pop_due(now) {
             if let Some(room) = self.rooms.get_mut(id) {
                 if timers::fire(&mut room.queued, entry) {
-                    due.push(id);
+                    if room.turn_cut() {
+                        resumed.push(id);
+                    } else {
+                        due.push(id);
+                    }
                 }
             }
         }
+        due.append(&mut resumed);
+        self.resumed = resumed;
         let mut go_on = true;
         for id in due.drain(..) {
             let driven = match self.rooms.get_mut(id) {
                 // Queued before its deadline moved later: `collect` re-queues it.
-                Some(room) if go_on && room.poll_timeout() <= now => {
+                Some(room) if (go_on || room.turn_cut()) && room.poll_timeout() <= now => {
                     lend_outgoing(&mut self.outgoing, room);
                     room.handle_timeout(now, &*self.driver);
                     true
@@ -304,6 +334,7 @@ impl Shard {
             };
             self.collect(id);
             if driven {
+                self.note_turn(id);
                 go_on = more(self);
             }
             if self.rooms.get(id).is_some_and(|r| r.is_closed()) {
@@ -317,6 +348,30 @@ impl Shard {
             }
         }
         self.due = due;
+    }
+
+    /// The id of the room of that name, as [`Forwarded::room`] names it.
+    pub fn room_id(&self, name: &str) -> Option<RoomId> {
+        self.rooms.id(name)
+    }
+
+    /// The rooms whose last turn was cut: some of the copies written in them
+    /// are still to be written out ([`Forwarded::room`]). Few: only a large
+    /// room's fan-out fills a turn.
+    pub fn rooms_cut(&self) -> &[RoomId] {
+        &self.cut
+    }
+
+    /// Keep [`Shard::rooms_cut`] in step with a room just driven.
+    fn note_turn(&mut self, id: RoomId) {
+        let cut = self.rooms.get(id).is_some_and(Room::turn_cut);
+        match (cut, self.cut.iter().position(|&r| r == id)) {
+            (true, None) => self.cut.push(id),
+            (false, Some(i)) => {
+                self.cut.swap_remove(i);
+            }
+            _ => {}
+        }
     }
 
     /// Take joins, or refuse them ([`JoinError::Overloaded`]) while the
@@ -376,6 +431,7 @@ impl Shard {
     /// of its core). So the fronts are cleared now.
     pub(crate) fn drop_room(&mut self, id: RoomId) -> Option<Room> {
         let room = self.rooms.remove(id)?;
+        self.cut.retain(|&r| r != id);
         drop_stale_front(&mut self.timers, &mut self.rooms, |r| &mut r.queued);
         drop_stale_front(&mut self.wakes, &mut self.rooms, |r| &mut r.wake_queued);
         Some(room)

@@ -271,6 +271,11 @@ pub struct RtcConfig {
     /// Relais: how many sessions must be due at once in a room for its shard
     /// to hand them to the helpers. Default 128.
     pub fan_out_min_sessions: usize,
+    /// Relais: datagrams a room may write in one turn of its shard's timer
+    /// round before the datagrams and rooms waiting meanwhile go next (a
+    /// large room's frame, driven on its shard's thread, is cut into turns).
+    /// Default 256; 0 never cuts.
+    pub drive_turn_datagrams: usize,
     /// Relais: send forwarded audio without str0m's per-session drive
     /// (Relais protects the packets and writes their sender reports). Default
     /// true.
@@ -301,6 +306,7 @@ impl Default for RtcConfig {
             node_ip: None,
             fan_out_threads: None,
             fan_out_min_sessions: 128,
+            drive_turn_datagrams: 256,
             direct_audio: true,
             direct_video: true,
             direct_ingress: true,

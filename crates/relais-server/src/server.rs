@@ -132,6 +132,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_participants: config.room.max_participants,
     };
     media.fan_out_min_sessions = config.rtc.fan_out_min_sessions.max(1);
+    media.drive_turn_datagrams = config.rtc.drive_turn_datagrams;
     media.timer_slack = Duration::from_millis(config.rtc.timer_slack_ms);
     media.direct_audio = config.rtc.direct_audio;
     media.direct_video = config.rtc.direct_video;

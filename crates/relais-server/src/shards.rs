@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ::metrics::gauge;
 use relais_media::outgoing::Outgoing;
-use relais_media::{JoinError, JoinParams, MediaConfig, ParticipantKey, Shard, ShardOutput};
+use relais_media::{
+    JoinError, JoinParams, MediaConfig, ParticipantKey, RoomId, Shard, ShardOutput,
+};
 use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
 use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
@@ -332,6 +334,7 @@ impl Shards {
                         sender: udp::Sender::new(),
                         tcp: HashMap::new(),
                         waiting: Vec::with_capacity(MAX_BATCH),
+                        rooms_cut: Vec::new(),
                         fan_out: fan_out_counts,
                     };
                     run_shard(shard, inbox, outbox, context)
@@ -928,10 +931,13 @@ struct Outbox {
     sender: udp::Sender,
     /// The write queues of this shard's ICE-TCP connections, by remote address.
     tcp: HashMap<SocketAddr, TcpLink>,
-    /// When the media packets whose copies are queued were received: their
-    /// forward latency is taken when the queue is next handed to the kernel
-    /// ([`Outbox::send`]).
-    waiting: Vec<Instant>,
+    /// When the media packets whose copies are queued were received, and
+    /// the room of each: their forward latency is taken when the queue is
+    /// next handed to the kernel ([`Outbox::send`]) — for a room whose turn
+    /// was cut, once its last turn is.
+    waiting: Vec<(Instant, RoomId)>,
+    /// The shard's rooms whose turn was cut, as of the last [`flush`].
+    rooms_cut: Vec<RoomId>,
     /// What the shard's session driver sent on its threads, if it has helpers.
     fan_out: Option<Arc<Mutex<FanOutCounts>>>,
 }
@@ -968,8 +974,8 @@ impl Outbox {
     /// subscribers that leave in this round (those of a video packet that
     /// does not end its frame wait for the frame's last packet, whose own
     /// sample covers them).
-    fn forwarded(&mut self, received: Instant) {
-        self.waiting.push(received);
+    fn forwarded(&mut self, received: Instant, room: RoomId) {
+        self.waiting.push((received, room));
     }
 
     /// Timer work that began at `started` has gone on until `now`: the
@@ -990,7 +996,8 @@ impl Outbox {
 
     /// Hand the queued datagrams to the kernel. The media packets waiting
     /// had all their copies queued (the session driver's threads send theirs
-    /// before the round goes on), so they have left now: their latency is taken.
+    /// before the round goes on) unless their room's turn was cut, so the
+    /// others have left now: their latency is taken.
     fn send(&mut self, out: &mut Outgoing, metrics: &mut ShardMetrics) {
         if !out.is_empty() {
             if out.has_tcp() {
@@ -1005,9 +1012,14 @@ impl Outbox {
         }
         if !self.waiting.is_empty() {
             let now = Instant::now();
-            for received in self.waiting.drain(..) {
-                metrics.forwarded(now.saturating_duration_since(received));
-            }
+            let rooms_cut = &self.rooms_cut;
+            self.waiting.retain(|&(received, room)| {
+                let left = !rooms_cut.contains(&room);
+                if left {
+                    metrics.forwarded(now.saturating_duration_since(received));
+                }
+                !left
+            });
         }
     }
 
@@ -1109,10 +1121,10 @@ fn run_shard(mut shard: Shard, mut inbox: Inbox, mut outbox: Outbox, context: Sh
                     if stale {
                         metrics.stale_media += 1;
                     } else {
-                        let copies =
+                        let forwarded =
                             shard.handle_datagram(now, d.proto, d.source, d.destination, &d.data);
-                        if copies > 0 {
-                            outbox.forwarded(d.received);
+                        if let Some(room) = forwarded.room.filter(|_| forwarded.copies > 0) {
+                            outbox.forwarded(d.received, room);
                         }
                     }
                     inbox.recycle(d.data);
@@ -1212,6 +1224,8 @@ fn flush(
     context: &ShardContext,
     metrics: &mut ShardMetrics,
 ) {
+    outbox.rooms_cut.clear();
+    outbox.rooms_cut.extend_from_slice(shard.rooms_cut());
     outbox.send_if_full(shard.outgoing(), metrics);
     while let Some(out) = shard.poll_output() {
         match out {
@@ -1554,6 +1568,7 @@ mod tests {
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
             waiting: Vec::new(),
+            rooms_cut: Vec::new(),
             fan_out: None,
         };
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1602,6 +1617,7 @@ mod tests {
             sender: udp::Sender::new(),
             tcp: HashMap::new(),
             waiting: Vec::new(),
+            rooms_cut: Vec::new(),
             fan_out: None,
         };
         let queue =
@@ -1609,8 +1625,23 @@ mod tests {
         (outbox, queue, sink)
     }
 
+    /// Two rooms' ids, from a shard that holds them.
+    fn two_rooms() -> [RoomId; 2] {
+        let config = MediaConfig::new(Vec::new(), "test".into()).unwrap();
+        let mut shard = Shard::new(0, config);
+        ["one", "two"].map(|name| {
+            let req = relais_proto::livekit::CreateRoomRequest {
+                name: name.into(),
+                ..Default::default()
+            };
+            shard.create_room(Instant::now(), 0, &req);
+            shard.room_id(name).unwrap()
+        })
+    }
+
     #[test]
     fn forward_latency_is_taken_when_the_last_copy_is_handed_to_the_kernel() {
+        let [room, _] = two_rooms();
         let (mut outbox, queue, _sink) = udp_outbox();
         let mut out = Outgoing::default();
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1619,7 +1650,7 @@ mod tests {
             queue(&mut out);
         }
         outbox.send_if_full(&mut out, &mut metrics);
-        outbox.forwarded(Instant::now());
+        outbox.forwarded(Instant::now(), room);
         assert_eq!(metrics.sent.datagrams, 0);
         std::thread::sleep(Duration::from_millis(5));
         // The next packet's first copy fills the batch: the first packet's
@@ -1635,7 +1666,7 @@ mod tests {
         );
         queue(&mut out);
         outbox.send_if_full(&mut out, &mut metrics);
-        outbox.forwarded(Instant::now());
+        outbox.forwarded(Instant::now(), room);
         assert_eq!(
             metrics.latency_count, 1,
             "sampled before its last copy left"
@@ -1648,7 +1679,35 @@ mod tests {
     }
 
     #[test]
+    fn a_room_cut_mid_frame_is_timed_when_its_last_turn_has_left() {
+        let [large, small] = two_rooms();
+        let (mut outbox, queue, _sink) = udp_outbox();
+        let mut out = Outgoing::default();
+        let mut metrics = ShardMetrics::new(0, Instant::now());
+        // Both rooms' packets forwarded; the large room's turn is cut with
+        // copies still to write: only the small room's packet has left.
+        outbox.forwarded(Instant::now(), large);
+        outbox.forwarded(Instant::now(), small);
+        outbox.rooms_cut.push(large);
+        queue(&mut out);
+        outbox.finish_round(&mut out, &mut metrics);
+        assert_eq!(metrics.latency_count, 1);
+        std::thread::sleep(Duration::from_millis(5));
+        // Its last turn: the large room's packet is timed, from when it came.
+        outbox.rooms_cut.clear();
+        queue(&mut out);
+        outbox.finish_round(&mut out, &mut metrics);
+        assert_eq!(metrics.latency_count, 2);
+        assert!(
+            metrics.latency_sum_ns >= 5_000_000,
+            "{}",
+            metrics.latency_sum_ns
+        );
+    }
+
+    #[test]
     fn forwarded_copies_wait_for_short_timer_work_only() {
+        let [room, _] = two_rooms();
         let (mut outbox, copy, _sink) = udp_outbox();
         let mut out = Outgoing::default();
         let mut metrics = ShardMetrics::new(0, Instant::now());
@@ -1664,7 +1723,7 @@ mod tests {
         assert_eq!(metrics.sent.datagrams, 0);
         // A forwarded packet's copies wait while the timer work is short...
         copy(&mut out);
-        outbox.forwarded(started);
+        outbox.forwarded(started, room);
         outbox.timer_work_went_on(
             started,
             started + TIMER_HOLDS_COPIES / 2,

@@ -121,7 +121,10 @@ impl Room {
 
     /// Drive the sessions whose deadline has passed; check room timers. With
     /// many sessions due (a large room's fan-out), `driver` drives them, on
-    /// as many threads as it has (see [`crate::fan_out`]).
+    /// as many threads as it has (see [`crate::fan_out`]). Driven on the
+    /// caller's thread, they stop once they have written
+    /// [`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams):
+    /// the rest stay due, first in line, and [`Room::turn_cut`] says so.
     pub fn handle_timeout(&mut self, now: Instant, driver: &dyn SessionDriver) {
         // The room's span is entered only around what may log (str0m's work,
         // the room's reviews): a round that only sends copies Relais writes
@@ -174,10 +177,27 @@ impl Room {
                 }
             }
         }
-        if in_chunks {
+        let driven = if in_chunks {
             self.drive_in_chunks(now, &due, driver);
+            due.len()
         } else {
-            self.drive_in_place(now, &due);
+            self.drive_in_place(now, &due)
+        };
+        // The rest wait for the room's next turn, ahead of any copies
+        // forwarded meanwhile, and stay listed (`due_now` was emptied above).
+        self.turn_cut = driven < due.len();
+        if self.turn_cut {
+            for &(key, role) in &due[driven..] {
+                if let Some(session) = self
+                    .participants
+                    .get_mut(&key)
+                    .and_then(|p| p.session_mut(role))
+                {
+                    session.listed = true;
+                }
+            }
+            self.due_now_since = now;
+            self.due_now.extend(due.drain(driven..));
         }
         self.process_events(now);
 
@@ -257,9 +277,15 @@ impl Room {
         }
     }
 
-    /// Drive each due session on the caller's thread.
-    fn drive_in_place(&mut self, now: Instant, due: &[(ParticipantKey, PeerRole)]) {
-        for &(key, role) in due {
+    /// Drive the due sessions on the caller's thread, in order, until they
+    /// have written a turn's datagrams; returns how many were driven.
+    fn drive_in_place(&mut self, now: Instant, due: &[(ParticipantKey, PeerRole)]) -> usize {
+        let turn = self.config.drive_turn_datagrams;
+        let written_before = self.outgoing.len();
+        for (driven, &(key, role)) in due.iter().enumerate() {
+            if turn > 0 && self.outgoing.len().saturating_sub(written_before) >= turn {
+                return driven;
+            }
             let Some(session) =
                 ready_session(&mut self.participants, &mut self.timers, now, key, role)
             else {
@@ -276,6 +302,7 @@ impl Room {
             give_time(session, key, role, now);
             self.drain(now, key, role);
         }
+        due.len()
     }
 
     /// Hand the due sessions to `driver` in chunks of about an equal share

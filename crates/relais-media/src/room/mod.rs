@@ -327,6 +327,9 @@ pub struct Room {
     /// heap and pop it again — O(log N) cache misses per copy.
     due_now: Vec<(ParticipantKey, PeerRole)>,
     due_now_since: Instant,
+    /// The last [`Room::handle_timeout`] stopped at its turn's datagrams with
+    /// sessions still due (at the front of `due_now`).
+    turn_cut: bool,
     /// Subscriber sessions holding the copies of an unfinished video frame
     /// ([`FRAME_WAIT`]), by when they leave anyway. In order, as every wait
     /// is equally long: a queue, not the timer heap, which a frame that ends
@@ -420,6 +423,7 @@ impl Room {
             due: Vec::new(),
             due_now: Vec::new(),
             due_now_since: now,
+            turn_cut: false,
             frame_waits: VecDeque::new(),
             queued: None,
             wake_queued: None,
@@ -788,6 +792,13 @@ impl Room {
             .push_back(RoomOutput::Event(Box::new(RoomEvent::RoomFinished(
                 self.info.clone(),
             ))));
+    }
+
+    /// Whether the last [`Room::handle_timeout`] left sessions due at the
+    /// end of its turn ([`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams)):
+    /// a caller driving several rooms lets the others go first.
+    pub fn turn_cut(&self) -> bool {
+        self.turn_cut
     }
 
     /// The earliest time the room needs [`Room::handle_timeout`].

@@ -534,6 +534,12 @@ pub struct Sim {
     pub steps: u64,
     /// Copies of media the shard said it wrote, summed over its datagrams.
     pub copies_written: u64,
+    /// The most datagrams one timeout call of the shard wrote.
+    pub most_written_in_a_timeout: usize,
+    /// With `Some`, each timeout call of the shard is logged: whether a
+    /// room's turn had been cut before it, and where its datagrams went, in
+    /// the order written.
+    pub timeout_log: Option<Vec<(bool, Vec<SocketAddr>)>>,
     /// When the shard was given the time (its timeout came due).
     pub shard_timeouts: Vec<Instant>,
     /// When RTP reached the shard.
@@ -592,6 +598,8 @@ impl Sim {
             next_key: 1,
             steps: 0,
             copies_written: 0,
+            most_written_in_a_timeout: 0,
+            timeout_log: None,
             shard_scope: |_| {},
         }
     }
@@ -609,6 +617,15 @@ impl Sim {
     /// Join like [`Sim::join`], but a refusal is the caller's to look at (and
     /// leaves no client behind).
     pub fn try_join(&mut self, identity: &str) -> Result<usize, JoinError> {
+        self.try_join_to(ROOM, identity)
+    }
+
+    /// Join a participant to `room` (created if new); returns its index.
+    pub fn join_to(&mut self, room: &str, identity: &str) -> usize {
+        self.try_join_to(room, identity).expect("join")
+    }
+
+    fn try_join_to(&mut self, room: &str, identity: &str) -> Result<usize, JoinError> {
         let key = ParticipantKey(self.next_key);
         self.next_key += 1;
         let index = self.clients.len();
@@ -632,7 +649,7 @@ impl Sim {
             protocol: 16,
             client_info: None,
         };
-        let joined = self.shard.join(self.now, 0, ROOM, true, params);
+        let joined = self.shard.join(self.now, 0, room, true, params);
         self.collect_shard();
         match joined {
             Ok(_) => Ok(index),
@@ -873,9 +890,18 @@ impl Sim {
                 self.timer_wakes += 1;
             }
             self.shard_timeouts.push(now);
+            let cut_before = !self.shard.rooms_cut().is_empty();
             (self.shard_scope)(true);
             self.shard.handle_timeout(now);
             (self.shard_scope)(false);
+            let outgoing = self.shard.outgoing();
+            self.most_written_in_a_timeout = self.most_written_in_a_timeout.max(outgoing.len());
+            if let Some(log) = self.timeout_log.as_mut() {
+                log.push((
+                    cut_before,
+                    outgoing.iter().map(|(d, _)| d.destination).collect(),
+                ));
+            }
             self.collect_shard();
         }
         for index in 0..self.clients.len() {
@@ -906,13 +932,10 @@ impl Sim {
             }
             self.inputs += 1;
             (self.shard_scope)(true);
-            self.copies_written += self.shard.handle_datagram(
-                now,
-                Protocol::Udp,
-                d.source,
-                d.destination,
-                &d.contents,
-            );
+            self.copies_written += self
+                .shard
+                .handle_datagram(now, Protocol::Udp, d.source, d.destination, &d.contents)
+                .copies;
             (self.shard_scope)(false);
             self.collect_shard();
             return;
