@@ -327,6 +327,8 @@ pub(crate) struct Negotiation {
     pub pending: Option<SdpPendingOffer>,
     /// Changes were made while an offer was in flight: offer again after the answer.
     pub again: bool,
+    /// On the room's queue of offers to make (`Room::offers_due`).
+    pub queued: bool,
     pub last_offer_id: u32,
 }
 

@@ -1,7 +1,8 @@
 //! A room's due sessions driven on the shard's own thread a turn at a time
 //! (`MediaConfig::drive_turn_datagrams`): a large room's frame is written in
 //! several turns, every copy still reaches every subscriber, and another
-//! room's copies that come due meanwhile do not wait for its last turn.
+//! room's copies that come due meanwhile do not wait for its last turn. So
+//! are the offers a track unpublished in a large room makes due.
 
 mod common;
 
@@ -104,4 +105,32 @@ fn copies_due_in_another_room_go_before_a_cut_rooms_next_turn() {
         overlapping >= 3,
         "bob's copies came due during the large room's turns {overlapping} times"
     );
+}
+
+/// The presenter's camera unpublished: every viewer's subscriber session
+/// needs an offer, made 16 a turn, and every viewer gets one.
+#[test]
+fn a_track_gone_from_a_large_room_is_offered_away_a_turn_at_a_time() {
+    for (turn, most) in [(256, 16), (0, VIEWERS)] {
+        let (mut sim, presenter, _) = rooms_beside(turn);
+        let viewers = presenter + 1..=presenter + VIEWERS;
+        let before: Vec<usize> = viewers
+            .clone()
+            .map(|i| sim.client(i).sub_offers.len())
+            .collect();
+        sim.most_offers_in_a_timeout = 0;
+        sim.unpublish(presenter, "cam");
+        sim.run_for(Duration::from_millis(500));
+        for (i, before) in viewers.zip(before) {
+            assert_eq!(
+                sim.client(i).sub_offers.len(),
+                before + 1,
+                "viewer {i}: one offer for the track gone"
+            );
+        }
+        assert_eq!(
+            sim.most_offers_in_a_timeout, most,
+            "offers in one call with turns of {turn}"
+        );
+    }
 }

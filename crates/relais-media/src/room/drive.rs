@@ -23,6 +23,11 @@ use crate::HashMap;
 
 use super::{Addresses, PendingEvent, Room, SessionTimers, LAYER_CHECK_INTERVAL};
 
+/// Due sessions unlisted and warmed together, then driven on the caller's
+/// thread: enough for their reads to overlap, few enough that a turn cut
+/// short has read little it does not drive.
+const DRIVE_WINDOW: usize = 32;
+
 impl Room {
     /// Datagram for one of this room's sessions (the shard found which).
     /// Returns how many copies of its media were written to subscribers to be
@@ -124,7 +129,8 @@ impl Room {
     /// as many threads as it has (see [`crate::fan_out`]). Driven on the
     /// caller's thread, they stop once they have written
     /// [`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams):
-    /// the rest stay due, first in line, and [`Room::turn_cut`] says so.
+    /// the rest stay due, first in line, as do the queued offers past a
+    /// turn's (`Room::send_queued_offers`), and [`Room::turn_cut`] says so.
     pub fn handle_timeout(&mut self, now: Instant, driver: &dyn SessionDriver) {
         // The room's span is entered only around what may log (str0m's work,
         // the room's reviews): a round that only sends copies Relais writes
@@ -162,40 +168,21 @@ impl Room {
                 due.push((key, role));
             }
         }
+        let offers_left = self.send_queued_offers(now);
         let in_chunks = driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions;
-        // Copies forwarded while these are driven list their sessions anew.
-        for &(key, role) in &due {
-            if let Some(session) = self
-                .participants
-                .get_mut(&key)
-                .and_then(|p| p.session_mut(role))
-            {
-                session.listed = false;
-                // Driven here: warmed here (a chunk warms its own, where it is driven).
-                if !in_chunks {
-                    egress::warm(session);
-                }
-            }
-        }
         let driven = if in_chunks {
+            // Copies forwarded while these are driven list their sessions
+            // anew (a chunk warms its own, where it is driven).
+            self.set_listed(&due, false, false);
             self.drive_in_chunks(now, &due, driver);
             due.len()
         } else {
             self.drive_in_place(now, &due)
         };
         // The rest wait for the room's next turn, ahead of any copies
-        // forwarded meanwhile, and stay listed (`due_now` was emptied above).
-        self.turn_cut = driven < due.len();
-        if self.turn_cut {
-            for &(key, role) in &due[driven..] {
-                if let Some(session) = self
-                    .participants
-                    .get_mut(&key)
-                    .and_then(|p| p.session_mut(role))
-                {
-                    session.listed = true;
-                }
-            }
+        // forwarded meanwhile (`due_now` was emptied above).
+        self.turn_cut = driven < due.len() || offers_left;
+        if driven < due.len() {
             self.due_now_since = now;
             self.due_now.extend(due.drain(driven..));
         }
@@ -278,31 +265,59 @@ impl Room {
     }
 
     /// Drive the due sessions on the caller's thread, in order, until they
-    /// have written a turn's datagrams; returns how many were driven.
+    /// have written a turn's datagrams; returns how many were driven. They
+    /// are taken a window at a time, unlisted (copies forwarded while they
+    /// are driven list them anew) and warmed together before any is driven;
+    /// those after the turn are left listed and unread.
     fn drive_in_place(&mut self, now: Instant, due: &[(ParticipantKey, PeerRole)]) -> usize {
         let turn = self.config.drive_turn_datagrams;
         let written_before = self.outgoing.len();
-        for (driven, &(key, role)) in due.iter().enumerate() {
-            if turn > 0 && self.outgoing.len().saturating_sub(written_before) >= turn {
-                return driven;
+        for (start, window) in (0..).step_by(DRIVE_WINDOW).zip(due.chunks(DRIVE_WINDOW)) {
+            self.set_listed(window, false, true);
+            for (i, &(key, role)) in window.iter().enumerate() {
+                if turn > 0 && self.outgoing.len().saturating_sub(written_before) >= turn {
+                    self.set_listed(&window[i..], true, false);
+                    return start + i;
+                }
+                self.drive_one(now, key, role);
             }
-            let Some(session) =
-                ready_session(&mut self.participants, &mut self.timers, now, key, role)
-            else {
-                continue;
-            };
-            if egress::send_direct_only(session, now, &mut self.outgoing) {
-                let wake_at = session.deadline;
-                self.timers
-                    .schedule(&mut session.queued, &(key, role), wake_at);
-                continue;
-            }
-            let room_span = self.span.clone();
-            let _room = room_span.enter();
-            give_time(session, key, role, now);
-            self.drain(now, key, role);
         }
         due.len()
+    }
+
+    /// Mark sessions as on a list of due sessions, or off; with `warm`, read
+    /// ahead what sending their copies reads first ([`egress::warm`]).
+    fn set_listed(&mut self, sessions: &[(ParticipantKey, PeerRole)], listed: bool, warm: bool) {
+        for &(key, role) in sessions {
+            if let Some(session) = self
+                .participants
+                .get_mut(&key)
+                .and_then(|p| p.session_mut(role))
+            {
+                session.listed = listed;
+                if warm {
+                    egress::warm(session);
+                }
+            }
+        }
+    }
+
+    /// Drive one due session: its direct copies, and str0m if it has work.
+    fn drive_one(&mut self, now: Instant, key: ParticipantKey, role: PeerRole) {
+        let Some(session) = ready_session(&mut self.participants, &mut self.timers, now, key, role)
+        else {
+            return;
+        };
+        if egress::send_direct_only(session, now, &mut self.outgoing) {
+            let wake_at = session.deadline;
+            self.timers
+                .schedule(&mut session.queued, &(key, role), wake_at);
+            return;
+        }
+        let room_span = self.span.clone();
+        let _room = room_span.enter();
+        give_time(session, key, role, now);
+        self.drain(now, key, role);
     }
 
     /// Hand the due sessions to `driver` in chunks of about an equal share

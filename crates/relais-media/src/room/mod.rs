@@ -327,9 +327,14 @@ pub struct Room {
     /// heap and pop it again — O(log N) cache misses per copy.
     due_now: Vec<(ParticipantKey, PeerRole)>,
     due_now_since: Instant,
-    /// The last [`Room::handle_timeout`] stopped at its turn's datagrams with
-    /// sessions still due (at the front of `due_now`).
+    /// The last [`Room::handle_timeout`] stopped at its turn with sessions
+    /// still due (at the front of `due_now`) or offers still to make.
     turn_cut: bool,
+    /// Subscribers to send a new offer to, and since when the first waits:
+    /// a track unpublished in a large room changes every subscriber's
+    /// session at once, and the offers go out a turn at a time.
+    offers_due: VecDeque<ParticipantKey>,
+    offers_due_since: Instant,
     /// Subscriber sessions holding the copies of an unfinished video frame
     /// ([`FRAME_WAIT`]), by when they leave anyway. In order, as every wait
     /// is equally long: a queue, not the timer heap, which a frame that ends
@@ -424,6 +429,8 @@ impl Room {
             due_now: Vec::new(),
             due_now_since: now,
             turn_cut: false,
+            offers_due: VecDeque::new(),
+            offers_due_since: now,
             frame_waits: VecDeque::new(),
             queued: None,
             wake_queued: None,
@@ -771,7 +778,7 @@ impl Room {
         for key in renegotiate {
             // The slot it held goes to a track the subscriber waits for.
             self.subscribe_waiting(key);
-            self.negotiate_subscriber(now, key);
+            self.queue_offer(now, key);
         }
         self.outputs
             .push_back(RoomOutput::Event(Box::new(RoomEvent::TrackUnpublished(
@@ -794,8 +801,9 @@ impl Room {
             ))));
     }
 
-    /// Whether the last [`Room::handle_timeout`] left sessions due at the
-    /// end of its turn ([`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams)):
+    /// Whether the last [`Room::handle_timeout`] left sessions due, or
+    /// offers to make, at the end of its turn
+    /// ([`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams)):
     /// a caller driving several rooms lets the others go first.
     pub fn turn_cut(&self) -> bool {
         self.turn_cut
@@ -817,7 +825,7 @@ impl Room {
     }
 
     /// The room's next deadlines: copies to send (due now, or a frame's wait
-    /// ending), and the earliest periodic work (sessions' timers, the layer
+    /// ending) and offers to make, and the earliest periodic work (sessions' timers, the layer
     /// review, an empty room's timeout).
     fn deadlines(&self) -> (Option<Instant>, Instant) {
         let sessions = self.timers.next();
@@ -826,11 +834,9 @@ impl Room {
             .flatten()
             .fold(self.next_layer_check, Instant::min);
         let due_now = (!self.due_now.is_empty()).then_some(self.due_now_since);
+        let offers = (!self.offers_due.is_empty()).then_some(self.offers_due_since);
         let frame_wait = self.frame_waits.front().map(|&(until, _)| until);
-        let copies = match (due_now, frame_wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let copies = [due_now, offers, frame_wait].into_iter().flatten().min();
         (copies, periodic)
     }
 

@@ -536,6 +536,10 @@ pub struct Sim {
     pub copies_written: u64,
     /// The most datagrams one timeout call of the shard wrote.
     pub most_written_in_a_timeout: usize,
+    /// Offers the shard signalled to subscribers, and the most in one of its
+    /// timeout calls.
+    pub offers_signalled: usize,
+    pub most_offers_in_a_timeout: usize,
     /// With `Some`, each timeout call of the shard is logged: whether a
     /// room's turn had been cut before it, and where its datagrams went, in
     /// the order written.
@@ -599,6 +603,8 @@ impl Sim {
             steps: 0,
             copies_written: 0,
             most_written_in_a_timeout: 0,
+            offers_signalled: 0,
+            most_offers_in_a_timeout: 0,
             timeout_log: None,
             shard_scope: |_| {},
         }
@@ -902,7 +908,11 @@ impl Sim {
                     outgoing.iter().map(|(d, _)| d.destination).collect(),
                 ));
             }
+            let offers = self.offers_signalled;
             self.collect_shard();
+            self.most_offers_in_a_timeout = self
+                .most_offers_in_a_timeout
+                .max(self.offers_signalled - offers);
         }
         for index in 0..self.clients.len() {
             if self.clients[index].disconnected {
@@ -994,6 +1004,9 @@ impl Sim {
         while let Some(out) = self.shard.poll_output() {
             match out {
                 ShardOutput::Signal(key, msg) => {
+                    if matches!(msg.message, Some(signal_response::Message::Offer(_))) {
+                        self.offers_signalled += 1;
+                    }
                     let at = self.now + self.signal_latency_of(key);
                     insert_by_time(
                         &mut self.to_clients,
