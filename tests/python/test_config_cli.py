@@ -150,6 +150,7 @@ region: eu-1
         "node_ip": "192.0.2.10",
         "fan_out_threads": 3,
         "fan_out_min_sessions": 128,
+        "drive_turn_datagrams": 256,
         "direct_audio": True,
         "direct_video": True,
         "direct_ingress": True,

@@ -1,7 +1,7 @@
 """A room's fan-out on helper threads (`rtc.fan_out_threads`, `rtc.fan_out_min_sessions`).
 
 A shard hands the sessions due in a round to the node's helper threads once at least
-`fan_out_min_sessions` are due (64 by default: a large room). With the threshold at 1,
+`fan_out_min_sessions` are due (128 by default: a large room). With the threshold at 1,
 every round of the real SDK's call below goes through the helpers, so its subscriber and
 publisher sessions are driven there, off the shard thread, their datagrams sent by the
 helper that drove them — or, over ICE-TCP, handed back to the shard thread, which owns
