@@ -825,8 +825,8 @@ impl Room {
     }
 
     /// The room's next deadlines: copies to send (due now, or a frame's wait
-    /// ending) and offers to make, and the earliest periodic work (sessions' timers, the layer
-    /// review, an empty room's timeout).
+    /// ending) and offers to make, and the earliest periodic work (sessions'
+    /// timers, the layer review, an empty room's timeout).
     fn deadlines(&self) -> (Option<Instant>, Instant) {
         let sessions = self.timers.next();
         let periodic = [sessions, self.closes_at()]

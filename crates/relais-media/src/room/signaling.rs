@@ -579,8 +579,6 @@ impl Room {
         }
     }
 
-    /// Offer the subscriber PC's pending changes, or remember to once the
-    /// answer to the offer in flight arrives.
     /// Offer `key`'s subscriber session its changes at the room's next
     /// timeout, a turn at a time with the others queued
     /// ([`Room::send_queued_offers`]).
@@ -618,6 +616,8 @@ impl Room {
         !self.offers_due.is_empty()
     }
 
+    /// Offer the subscriber PC's pending changes, or remember to once the
+    /// answer to the offer in flight arrives.
     pub(super) fn negotiate_subscriber(&mut self, now: Instant, key: ParticipantKey) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
