@@ -329,14 +329,7 @@ impl Shards {
                         OwnSocket::new(socket.clone(), local, doorbell, &shard_pool)
                     });
                     let inbox = Inbox::new(rx, datagram_rx, shard_queued, shard_pool, own_socket);
-                    let outbox = Outbox {
-                        socket,
-                        sender: udp::Sender::new(),
-                        tcp: HashMap::new(),
-                        waiting: Vec::with_capacity(MAX_BATCH),
-                        rooms_cut: Vec::new(),
-                        fan_out: fan_out_counts,
-                    };
+                    let outbox = Outbox::new(socket, fan_out_counts);
                     run_shard(shard, inbox, outbox, context)
                 })?;
             senders.push(CommandQueue {
@@ -943,6 +936,18 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// An outbox on the shard's socket, with no TCP connection yet.
+    fn new(socket: Arc<UdpSocket>, fan_out: Option<Arc<Mutex<FanOutCounts>>>) -> Self {
+        Outbox {
+            socket,
+            sender: udp::Sender::new(),
+            tcp: HashMap::new(),
+            waiting: Vec::with_capacity(MAX_BATCH),
+            rooms_cut: Vec::new(),
+            fan_out,
+        }
+    }
+
     /// Send what is queued once it makes a batch.
     fn send_if_full(&mut self, out: &mut Outgoing, metrics: &mut ShardMetrics) {
         if out.len() >= udp::BATCH {
@@ -1563,14 +1568,7 @@ mod tests {
     #[test]
     fn tcp_packets_go_to_their_connection_and_a_full_queue_drops() {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        let mut outbox = Outbox {
-            socket,
-            sender: udp::Sender::new(),
-            tcp: HashMap::new(),
-            waiting: Vec::new(),
-            rooms_cut: Vec::new(),
-            fan_out: None,
-        };
+        let mut outbox = Outbox::new(socket, None);
         let mut metrics = ShardMetrics::new(0, Instant::now());
         let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
         let mut out = Outgoing::default();
@@ -1612,14 +1610,7 @@ mod tests {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (source, destination) = (socket.local_addr().unwrap(), sink.local_addr().unwrap());
-        let outbox = Outbox {
-            socket,
-            sender: udp::Sender::new(),
-            tcp: HashMap::new(),
-            waiting: Vec::new(),
-            rooms_cut: Vec::new(),
-            fan_out: None,
-        };
+        let outbox = Outbox::new(socket, None);
         let queue =
             move |out: &mut Outgoing| out.push(Protocol::Udp, source, destination, &[0x80; 100]);
         (outbox, queue, sink)
