@@ -37,8 +37,13 @@ struct Route {
 #[derive(Debug)]
 pub enum ShardOutput {
     Signal(ParticipantKey, Arc<SignalResponse>),
+    /// A `SignalResponse` already encoded in protobuf (a join response).
+    EncodedSignal(ParticipantKey, Vec<u8>),
     Disconnect(ParticipantKey, Option<LeaveRequest>),
-    Event { room: String, event: Box<RoomEvent> },
+    Event {
+        room: String,
+        event: Box<RoomEvent>,
+    },
     RoomClosed(String),
 }
 
@@ -461,6 +466,9 @@ impl Shard {
         while let Some(out) = room.poll_output() {
             match out {
                 RoomOutput::Signal(k, m) => self.outputs.push_back(ShardOutput::Signal(k, m)),
+                RoomOutput::EncodedSignal(k, m) => {
+                    self.outputs.push_back(ShardOutput::EncodedSignal(k, m))
+                }
                 RoomOutput::Disconnect(k, leave) => {
                     self.room_of.remove(&k);
                     self.outputs.push_back(ShardOutput::Disconnect(k, leave));

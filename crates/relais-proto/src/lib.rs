@@ -12,6 +12,8 @@
 //! * [`ids`] — LiveKit-style identifiers (`RM_`, `PA_`, `TR_…`).
 //! * [`limits`] — LiveKit's limits on names, metadata and attributes.
 //! * [`for_each_message!`] — a registry of every message type by full name.
+//! * [`encode_join_response`] — a newcomer's `JoinResponse`, its other
+//!   participants encoded from where the room keeps them.
 //!
 //! Map fields are `BTreeMap`s, so encoding is deterministic (sorted keys).
 //!
@@ -48,7 +50,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/livekit_descriptor.bin"));
 
 pub mod ids;
+mod join_response;
 pub mod limits;
+
+pub use join_response::encode_join_response;
 
 #[cfg(test)]
 mod tests;

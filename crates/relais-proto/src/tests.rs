@@ -169,3 +169,52 @@ fn registry_covers_messages() {
     assert!(names.contains(&"livekit.DataStream.Header"));
     assert!(names.len() > 140, "{}", names.len());
 }
+
+/// A join response written with its other participants encoded in place is
+/// byte for byte the one prost writes for the whole message.
+#[test]
+fn join_response_encoded_in_place_is_the_whole_message() {
+    let others: Vec<ParticipantInfo> = (0..3)
+        .map(|i| ParticipantInfo {
+            sid: format!("PA_other{i}"),
+            identity: format!("other-{i}"),
+            ..participant()
+        })
+        .collect();
+    let join = JoinResponse {
+        room: Some(Room {
+            sid: "RM_abc".into(),
+            name: "lobby".into(),
+            num_participants: 4,
+            ..Default::default()
+        }),
+        participant: Some(participant()),
+        server_version: "1.9.0".into(),
+        subscriber_primary: true,
+        ping_timeout: 15,
+        ping_interval: 5,
+        server_info: Some(ServerInfo {
+            version: "1.9.0".into(),
+            protocol: 16,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let bytes = crate::encode_join_response(join.clone(), others.iter());
+    let whole = SignalResponse {
+        message: Some(signal_response::Message::Join(JoinResponse {
+            other_participants: others.clone(),
+            ..join.clone()
+        })),
+    };
+    assert_eq!(bytes, whole.encode_to_vec());
+    assert_eq!(SignalResponse::decode(bytes.as_slice()).unwrap(), whole);
+    // Nobody else in the room: the same.
+    let alone = SignalResponse {
+        message: Some(signal_response::Message::Join(join.clone())),
+    };
+    assert_eq!(
+        crate::encode_join_response(join, std::iter::empty()),
+        alone.encode_to_vec()
+    );
+}

@@ -31,7 +31,7 @@ use relais_media::outgoing::Outgoing;
 use relais_media::{
     JoinError, JoinParams, MediaConfig, ParticipantKey, RoomId, Shard, ShardOutput,
 };
-use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest, SignalResponse};
+use relais_proto::livekit::{DisconnectReason, LeaveRequest, SignalRequest};
 use str0m::net::Protocol;
 use tokio::sync::{mpsc as tokio_mpsc, oneshot};
 use tracing::{debug, error, info, warn, Span};
@@ -43,13 +43,14 @@ use crate::metrics::{self, ReceiveMetrics, ShardMetrics};
 use crate::node::NodeState;
 use crate::room_directory::RoomDirectory;
 use crate::shedding::{Admission, LoadShedding};
+use crate::signal::OutgoingSignal;
 use crate::tcp::TcpLink;
 use crate::udp;
 
 /// What a shard sends to a participant's WebSocket task.
 #[derive(Debug)]
 pub enum ToSignal {
-    Message(Arc<SignalResponse>),
+    Message(Arc<OutgoingSignal>),
     /// Send the leave (if any) and close. Boxed: the channel's slots are all
     /// the size of the largest message, and each connection keeps a block of 32.
     Close(Option<Box<LeaveRequest>>),
@@ -1232,11 +1233,19 @@ fn flush(
     outbox.rooms_cut.clear();
     outbox.rooms_cut.extend_from_slice(shard.rooms_cut());
     outbox.send_if_full(shard.outgoing(), metrics);
+    let mut broadcast = None;
     while let Some(out) = shard.poll_output() {
         match out {
             ShardOutput::Signal(key, message) => {
                 if let Some(tx) = signals.get(&key) {
-                    let _ = tx.send(ToSignal::Message(message));
+                    let outgoing = OutgoingSignal::share(&mut broadcast, message);
+                    let _ = tx.send(ToSignal::Message(outgoing));
+                }
+            }
+            ShardOutput::EncodedSignal(key, message) => {
+                if let Some(tx) = signals.get(&key) {
+                    let outgoing = Arc::new(OutgoingSignal::encoded(message));
+                    let _ = tx.send(ToSignal::Message(outgoing));
                 }
             }
             ShardOutput::Disconnect(key, leave) => {

@@ -2,6 +2,7 @@
 //! answers pings itself (they never reach the room), and writes the room's
 //! `SignalResponse`s in the encoding of the last frame the client sent.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{Sink, Stream, StreamExt};
@@ -15,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tracing::{debug, warn};
 
 use crate::shards::{ShardHandle, ToSignal};
@@ -41,6 +42,66 @@ fn encode(response: &SignalResponse, encoding: Encoding) -> Message {
             Ok(text) => Message::Text(text.into()),
             Err(_) => Message::Binary(response.encode_to_vec().into()),
         },
+    }
+}
+
+/// A room's message on its way to a participant's connection. A broadcast
+/// (a batch of participant updates, the active speakers) goes to every
+/// participant of the room as one `SignalResponse`; its protobuf encoding is
+/// made once, by the first connection to write it, and the others send the
+/// same bytes: a room of 700 encodes each update once, not 700 times.
+#[derive(Debug)]
+pub struct OutgoingSignal {
+    /// The message, unless the room handed it over encoded.
+    response: Option<Arc<SignalResponse>>,
+    protobuf: OnceLock<Bytes>,
+}
+
+impl OutgoingSignal {
+    /// `response` for its next recipient: the `last` one made if it carries
+    /// the same message (the room lists a broadcast's recipients one after
+    /// another), else a new one, which becomes the last.
+    pub fn share(last: &mut Option<Arc<Self>>, response: Arc<SignalResponse>) -> Arc<Self> {
+        match last {
+            Some(shared) if shared.carries(&response) => Arc::clone(shared),
+            _ => Arc::clone(last.insert(Arc::new(Self {
+                response: Some(response),
+                protobuf: OnceLock::new(),
+            }))),
+        }
+    }
+
+    /// A message the room encoded itself (a join response).
+    pub fn encoded(protobuf: Vec<u8>) -> Self {
+        Self {
+            response: None,
+            protobuf: OnceLock::from(Bytes::from(protobuf)),
+        }
+    }
+
+    fn carries(&self, response: &Arc<SignalResponse>) -> bool {
+        self.response
+            .as_ref()
+            .is_some_and(|own| Arc::ptr_eq(own, response))
+    }
+
+    fn protobuf(&self) -> Bytes {
+        let encode = || match &self.response {
+            Some(response) => response.encode_to_vec().into(),
+            None => Bytes::new(), // never: made with its encoding
+        };
+        self.protobuf.get_or_init(encode).clone()
+    }
+
+    fn encode(&self, encoding: Encoding) -> Message {
+        match (encoding, &self.response) {
+            (Encoding::Protobuf, _) => Message::Binary(self.protobuf()),
+            (Encoding::Json, Some(response)) => encode(response, encoding),
+            (Encoding::Json, None) => match SignalResponse::decode(self.protobuf()) {
+                Ok(response) => encode(&response, encoding),
+                Err(_) => Message::Binary(self.protobuf()),
+            },
+        }
     }
 }
 
@@ -143,7 +204,7 @@ impl Connection {
 
     fn outgoing(&self, outgoing: Option<ToSignal>) -> Step {
         match outgoing {
-            Some(ToSignal::Message(response)) => Step::Send(encode(&response, self.encoding)),
+            Some(ToSignal::Message(outgoing)) => Step::Send(outgoing.encode(self.encoding)),
             Some(ToSignal::Close(leave_request)) => Step::End {
                 messages: [
                     leave_request.map(|leave_request| {
@@ -286,6 +347,58 @@ mod tests {
     use tokio_tungstenite::WebSocketStream;
 
     const TIMEOUT: Duration = Duration::from_secs(15);
+
+    fn update(identity: &str) -> Arc<SignalResponse> {
+        Arc::new(SignalResponse {
+            message: Some(signal_response::Message::Update(
+                relais_proto::livekit::ParticipantUpdate {
+                    participants: vec![relais_proto::livekit::ParticipantInfo {
+                        identity: identity.into(),
+                        ..Default::default()
+                    }],
+                },
+            )),
+        })
+    }
+
+    fn payload(message: Message) -> Bytes {
+        match message {
+            Message::Binary(bytes) => bytes,
+            other => panic!("not binary: {other:?}"),
+        }
+    }
+
+    /// A broadcast's recipients share one encoding; the next message gets
+    /// its own, and a JSON connection still gets text.
+    #[test]
+    fn a_broadcast_is_encoded_once_for_all_its_recipients() {
+        let (broadcast, next) = (update("alice"), update("bob"));
+        let mut last = None;
+        let first = OutgoingSignal::share(&mut last, Arc::clone(&broadcast));
+        let second = OutgoingSignal::share(&mut last, Arc::clone(&broadcast));
+        assert!(Arc::ptr_eq(&first, &second));
+        let (a, b) = (
+            payload(first.encode(Encoding::Protobuf)),
+            payload(second.encode(Encoding::Protobuf)),
+        );
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "the same bytes, not a second encoding"
+        );
+        assert_eq!(SignalResponse::decode(a).unwrap(), *broadcast);
+
+        let other = OutgoingSignal::share(&mut last, Arc::clone(&next));
+        assert!(!Arc::ptr_eq(&other, &first));
+        assert_eq!(
+            SignalResponse::decode(payload(other.encode(Encoding::Protobuf))).unwrap(),
+            *next
+        );
+        match first.encode(Encoding::Json) {
+            Message::Text(text) => assert!(text.as_str().contains("alice")),
+            other => panic!("not text: {other:?}"),
+        }
+    }
 
     fn ping(at: i64) -> Message {
         let request = SignalRequest {

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use relais_proto::ids;
 use relais_proto::livekit::{
-    self, leave_request, participant_info, signal_response, ClientInfo, DisconnectReason,
-    JoinResponse, LeaveRequest, ParticipantInfo, ParticipantPermission, ServerInfo, SignalResponse,
-    TrackInfo, UpdateTrackSettings, VideoQuality,
+    self, leave_request, participant_info, ClientInfo, DisconnectReason, JoinResponse,
+    LeaveRequest, ParticipantInfo, ParticipantPermission, ServerInfo, SignalResponse, TrackInfo,
+    UpdateTrackSettings, VideoQuality,
 };
 use str0m::format::PayloadParams;
 use str0m::ice::IceCreds;
@@ -91,6 +91,9 @@ pub enum RoomOutput {
     /// A signal message for one participant's WebSocket; a broadcast shares
     /// one message among its recipients.
     Signal(ParticipantKey, Arc<SignalResponse>),
+    /// A `SignalResponse` for one participant, already encoded in protobuf:
+    /// its join response (see [`relais_proto::encode_join_response`]).
+    EncodedSignal(ParticipantKey, Vec<u8>),
     /// The participant is gone: send `leave` if given, then close its WebSocket.
     Disconnect(ParticipantKey, Option<LeaveRequest>),
     /// A peer connection was created; datagrams to this ufrag belong to it.
@@ -575,7 +578,7 @@ impl Room {
         self.info.num_participants = self.participants.len() as u32;
 
         let join = self.join_response(key);
-        self.signal(key, signal_response::Message::Join(join));
+        self.outputs.push_back(RoomOutput::EncodedSignal(key, join));
         if let Some(p) = self.participants.get_mut(&key) {
             p.info.state = participant_info::State::Joined as i32;
             p.touch();
@@ -661,18 +664,19 @@ impl Room {
         session
     }
 
-    fn join_response(&self, key: ParticipantKey) -> JoinResponse {
+    /// `key`'s join response, encoded: everyone else's info is written from
+    /// here, not cloned into the message (a room of N would clone N infos
+    /// for each newcomer).
+    fn join_response(&self, key: ParticipantKey) -> Vec<u8> {
         let p = &self.participants[&key];
         let others = self
             .participants
             .values()
             .filter(|o| o.key != key && !o.is_hidden())
-            .map(|o| o.info.clone())
-            .collect();
-        JoinResponse {
+            .map(|o| &o.info);
+        let join = JoinResponse {
             room: Some(self.info.clone()),
             participant: Some(p.info.clone()),
-            other_participants: others,
             server_version: self.config.server_version.clone(),
             subscriber_primary: p.subscriber_primary(),
             ping_timeout: self.config.ping_timeout.as_secs() as i32,
@@ -689,7 +693,8 @@ impl Room {
             server_region: self.config.region.clone(),
             enabled_publish_codecs: enabled_codecs(),
             ..Default::default()
-        }
+        };
+        relais_proto::encode_join_response(join, others)
     }
 
     /// Remove a participant: close its PCs, unpublish its tracks, tell the others.

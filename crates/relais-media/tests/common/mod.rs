@@ -1014,6 +1014,12 @@ impl Sim {
                         |e| e.0,
                     );
                 }
+                ShardOutput::EncodedSignal(key, bytes) => {
+                    let msg = SignalResponse::decode(bytes.as_slice())
+                        .expect("an encoded signal decodes");
+                    let at = self.now + self.signal_latency_of(key);
+                    insert_by_time(&mut self.to_clients, (at, key, msg), |e| e.0);
+                }
                 ShardOutput::Disconnect(key, leave) => {
                     if let Some(c) = self.clients.iter_mut().find(|c| c.key == key) {
                         c.disconnected = true;
