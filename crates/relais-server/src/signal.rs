@@ -49,7 +49,8 @@ fn encode(response: &SignalResponse, encoding: Encoding) -> Message {
 /// (a batch of participant updates, the active speakers) goes to every
 /// participant of the room as one `SignalResponse`; its protobuf encoding is
 /// made once, by the first connection to write it, and the others send the
-/// same bytes: a room of 700 encodes each update once, not 700 times.
+/// same bytes: a room of 700 encodes each update once, not 700 times. A
+/// join response comes encoded by the room ([`OutgoingSignal::encoded`]).
 #[derive(Debug)]
 pub struct OutgoingSignal {
     /// The message, unless the room handed it over encoded.
@@ -396,6 +397,19 @@ mod tests {
         );
         match first.encode(Encoding::Json) {
             Message::Text(text) => assert!(text.as_str().contains("alice")),
+            other => panic!("not text: {other:?}"),
+        }
+    }
+
+    /// A message the room encoded goes out as its bytes, and as JSON to a
+    /// client that speaks JSON.
+    #[test]
+    fn an_encoded_message_is_sent_as_is_or_as_json() {
+        let bytes = update("carol").encode_to_vec();
+        let outgoing = OutgoingSignal::encoded(bytes.clone());
+        assert_eq!(payload(outgoing.encode(Encoding::Protobuf)), bytes);
+        match outgoing.encode(Encoding::Json) {
+            Message::Text(text) => assert!(text.as_str().contains("carol")),
             other => panic!("not text: {other:?}"),
         }
     }
