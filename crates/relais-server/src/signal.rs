@@ -52,10 +52,17 @@ fn encode(response: &SignalResponse, encoding: Encoding) -> Message {
 /// same bytes: a room of 700 encodes each update once, not 700 times. A
 /// join response comes encoded by the room ([`OutgoingSignal::encoded`]).
 #[derive(Debug)]
-pub struct OutgoingSignal {
-    /// The message, unless the room handed it over encoded.
-    response: Option<Arc<SignalResponse>>,
-    protobuf: OnceLock<Bytes>,
+pub struct OutgoingSignal(Form);
+
+#[derive(Debug)]
+enum Form {
+    /// A message, encoded in protobuf by the first connection to write it.
+    Message {
+        response: Arc<SignalResponse>,
+        protobuf: OnceLock<Bytes>,
+    },
+    /// A message the room handed over encoded.
+    Encoded(Bytes),
 }
 
 impl OutgoingSignal {
@@ -65,42 +72,34 @@ impl OutgoingSignal {
     pub fn share(last: &mut Option<Arc<Self>>, response: Arc<SignalResponse>) -> Arc<Self> {
         match last {
             Some(shared) if shared.carries(&response) => Arc::clone(shared),
-            _ => Arc::clone(last.insert(Arc::new(Self {
-                response: Some(response),
+            _ => Arc::clone(last.insert(Arc::new(Self(Form::Message {
+                response,
                 protobuf: OnceLock::new(),
-            }))),
+            })))),
         }
     }
 
     /// A message the room encoded itself (a join response).
     pub fn encoded(protobuf: Vec<u8>) -> Self {
-        Self {
-            response: None,
-            protobuf: OnceLock::from(Bytes::from(protobuf)),
-        }
+        Self(Form::Encoded(protobuf.into()))
     }
 
     fn carries(&self, response: &Arc<SignalResponse>) -> bool {
-        self.response
-            .as_ref()
-            .is_some_and(|own| Arc::ptr_eq(own, response))
-    }
-
-    fn protobuf(&self) -> Bytes {
-        let encode = || match &self.response {
-            Some(response) => response.encode_to_vec().into(),
-            None => Bytes::new(), // never: made with its encoding
-        };
-        self.protobuf.get_or_init(encode).clone()
+        matches!(&self.0, Form::Message { response: own, .. } if Arc::ptr_eq(own, response))
     }
 
     fn encode(&self, encoding: Encoding) -> Message {
-        match (encoding, &self.response) {
-            (Encoding::Protobuf, _) => Message::Binary(self.protobuf()),
-            (Encoding::Json, Some(response)) => encode(response, encoding),
-            (Encoding::Json, None) => match SignalResponse::decode(self.protobuf()) {
+        match (&self.0, encoding) {
+            (Form::Message { response, protobuf }, Encoding::Protobuf) => Message::Binary(
+                protobuf
+                    .get_or_init(|| response.encode_to_vec().into())
+                    .clone(),
+            ),
+            (Form::Message { response, .. }, Encoding::Json) => encode(response, encoding),
+            (Form::Encoded(bytes), Encoding::Protobuf) => Message::Binary(bytes.clone()),
+            (Form::Encoded(bytes), Encoding::Json) => match SignalResponse::decode(bytes.clone()) {
                 Ok(response) => encode(&response, encoding),
-                Err(_) => Message::Binary(self.protobuf()),
+                Err(_) => Message::Binary(bytes.clone()),
             },
         }
     }
