@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use relais_proto::livekit::{ParticipantInfo, ParticipantPermission, TrackInfo};
+use relais_proto::livekit::{participant_info, ParticipantInfo, ParticipantPermission, TrackInfo};
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
@@ -471,11 +471,22 @@ impl Participant {
 
     /// True if `track_sid` is received or about to be (queued for the next offer).
     pub fn receives(&self, track_sid: &str) -> bool {
-        self.downtracks.values().any(|d| d.track_sid == track_sid)
-            || self
-                .subscriber_changes
-                .iter()
-                .any(|c| matches!(c, SubscriberChange::AddTrack { sid, .. } if sid == track_sid))
+        self.received_tracks().any(|sid| sid == track_sid)
+    }
+
+    /// The sids of the tracks it receives: negotiated, or queued to be.
+    pub fn received_tracks(&self) -> impl Iterator<Item = &str> {
+        let negotiated = self.downtracks.values().map(|d| d.track_sid.as_str());
+        let queued = self.subscriber_changes.iter().filter_map(|c| match c {
+            SubscriberChange::AddTrack { sid, .. } => Some(sid.as_str()),
+            _ => None,
+        });
+        negotiated.chain(queued)
+    }
+
+    /// Connected (ACTIVE): what it is told arrives after its join is done.
+    pub fn is_active(&self) -> bool {
+        self.info.state == participant_info::State::Active as i32
     }
 
     /// Stop receiving `track_sid`: drop a queued add, or queue the m-line's stop.

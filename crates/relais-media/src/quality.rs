@@ -7,8 +7,9 @@
 //! directions together) and worst round-trip time give a MOS-like score from
 //! 1 to 5, and the score a quality: EXCELLENT, GOOD or POOR. A participant
 //! that moved no media in the interval keeps its last quality (EXCELLENT to
-//! begin with): silence is not a bad connection. Only changes are sent; a
-//! newcomer gets everyone's current quality once connected.
+//! begin with): silence is not a bad connection. Only changes are sent, and
+//! only to those who follow them, as LiveKit sends them: the participant
+//! itself and the subscribers of its tracks (`room/announce.rs`).
 
 use std::hash::Hash;
 use std::time::{Duration, Instant};

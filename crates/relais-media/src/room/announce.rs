@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use relais_proto::livekit::{
-    signal_response, ConnectionQualityUpdate, ParticipantInfo, ParticipantUpdate, SignalResponse,
+    signal_response, ConnectionQualityInfo, ConnectionQualityUpdate, ParticipantInfo,
+    ParticipantUpdate, SignalResponse,
 };
 
 use crate::participant::{Participant, ParticipantKey};
+use crate::quality::QualityChange;
+use crate::HashMap;
 
 use super::{Room, RoomOutput, LISTENER_UPDATE_INTERVAL};
 
@@ -47,16 +50,11 @@ impl Room {
         immediate: bool,
     ) {
         if immediate || info.is_publisher {
-            let was_queued = self.listener_updates.remove(&key).is_some();
+            self.listener_updates.remove(&key);
             self.signal_each(
                 |k, _| k != key || include_self,
                 participant_update(vec![info]),
             );
-            if was_queued {
-                // Those who did not know `key` did not keep its quality
-                // either; `key` has its own from when it connected.
-                self.announce_qualities(std::iter::once(key), Some(key));
-            }
             return;
         }
         if include_self {
@@ -73,27 +71,136 @@ impl Room {
         }
         self.next_listener_flush = now + LISTENER_UPDATE_INTERVAL;
         let infos = std::mem::take(&mut self.listener_updates);
-        let keys: Vec<ParticipantKey> = infos.keys().copied().collect();
         self.signal_each(
             |_, _| true,
             participant_update(infos.into_values().collect()),
         );
-        self.announce_qualities(keys.into_iter(), None);
     }
 
-    /// Everyone but `except` learns the connection quality of `who` (present
-    /// and visible).
-    pub(super) fn announce_qualities(
+    /// Tell each connected participant the qualities among `changes` that
+    /// it follows: its own and those of the publishers it receives (whom
+    /// LiveKit tells, not the whole room). Those told the same share one
+    /// message.
+    pub(super) fn tell_qualities(&mut self, changes: &[QualityChange<ParticipantKey>]) {
+        let mut told: HashMap<ParticipantKey, Vec<usize>> = HashMap::default();
+        for (index, change) in changes.iter().enumerate() {
+            for to in self.quality_followers(change.who) {
+                let indices = told.entry(to).or_default();
+                // A subscriber of several of its tracks comes up once each.
+                if indices.last() != Some(&index) {
+                    indices.push(index);
+                }
+            }
+        }
+        let mut groups: HashMap<Vec<usize>, Vec<ParticipantKey>> = HashMap::default();
+        for (to, indices) in told {
+            if self.is_active(to) {
+                groups.entry(indices).or_default().push(to);
+            }
+        }
+        for (indices, recipients) in groups {
+            let picked: Vec<_> = indices.iter().map(|&i| changes[i]).collect();
+            if let Some(message) = self.quality_update(&picked) {
+                self.signal_all(recipients, &message);
+            }
+        }
+    }
+
+    /// `key` just connected: it learns its own quality and those of the
+    /// connected publishers it receives, and the connected subscribers of its
+    /// tracks learn its. (An SDK drops qualities until its join is done.)
+    pub(super) fn tell_qualities_on_connect(&mut self, key: ParticipantKey) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let mut followed = vec![key];
+        for sid in p.received_tracks() {
+            let publisher = self.tracks.get(sid).map(|t| t.publisher);
+            if let Some(publisher) = publisher.filter(|&k| self.is_active(k)) {
+                if !followed.contains(&publisher) {
+                    followed.push(publisher);
+                }
+            }
+        }
+        if let Some(message) = self.quality_update(&self.qualities.current(followed.into_iter())) {
+            self.signal_all([key], &message);
+        }
+        let mut followers: Vec<ParticipantKey> = self
+            .quality_followers(key)
+            .filter(|&to| to != key && self.is_active(to))
+            .collect();
+        followers.sort_unstable();
+        followers.dedup();
+        if let Some(message) = self.quality_update(&self.qualities.current(std::iter::once(key))) {
+            self.signal_all(followers, &message);
+        }
+    }
+
+    /// `key`, connected, now receives a track of `publisher`, connected too,
+    /// and no other yet: it learns `publisher`'s quality.
+    pub(super) fn tell_quality_on_subscribe(
         &mut self,
-        who: impl Iterator<Item = ParticipantKey>,
-        except: Option<ParticipantKey>,
+        key: ParticipantKey,
+        publisher: ParticipantKey,
     ) {
-        let updates = self.quality_infos(&self.qualities.current(who));
-        if !updates.is_empty() {
-            self.signal_each(
-                |k, _| Some(k) != except,
-                signal_response::Message::ConnectionQuality(ConnectionQualityUpdate { updates }),
-            );
+        let current = self.qualities.current(std::iter::once(publisher));
+        if let Some(message) = self.quality_update(&current) {
+            self.signal_all([key], &message);
+        }
+    }
+
+    /// Who follows `who`'s quality: itself and the subscribers of its tracks
+    /// (a subscriber of several once for each).
+    fn quality_followers(&self, who: ParticipantKey) -> impl Iterator<Item = ParticipantKey> + '_ {
+        let subscribers = self
+            .tracks
+            .values()
+            .filter(move |t| t.publisher == who)
+            .flat_map(|t| t.subscribers.iter().map(|s| s.subscriber));
+        std::iter::once(who).chain(subscribers)
+    }
+
+    /// The `ConnectionQualityUpdate` of `changes` that may be shown (hidden
+    /// participants' are not), if any.
+    fn quality_update(
+        &self,
+        changes: &[QualityChange<ParticipantKey>],
+    ) -> Option<Arc<SignalResponse>> {
+        let updates: Vec<ConnectionQualityInfo> = changes
+            .iter()
+            .filter_map(|c| {
+                let p = self.participants.get(&c.who).filter(|p| !p.is_hidden())?;
+                Some(ConnectionQualityInfo {
+                    participant_sid: p.info.sid.clone(),
+                    quality: c.quality as i32,
+                    score: c.score,
+                })
+            })
+            .collect();
+        (!updates.is_empty()).then(|| {
+            Arc::new(SignalResponse {
+                message: Some(signal_response::Message::ConnectionQuality(
+                    ConnectionQualityUpdate { updates },
+                )),
+            })
+        })
+    }
+
+    fn is_active(&self, key: ParticipantKey) -> bool {
+        self.participants
+            .get(&key)
+            .is_some_and(Participant::is_active)
+    }
+
+    /// Send one message to each of `recipients`, shared.
+    fn signal_all(
+        &mut self,
+        recipients: impl IntoIterator<Item = ParticipantKey>,
+        message: &Arc<SignalResponse>,
+    ) {
+        for to in recipients {
+            self.outputs
+                .push_back(RoomOutput::Signal(to, Arc::clone(message)));
         }
     }
 

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relais_proto::livekit::{
-    participant_info, signal_response, ConnectionQualityUpdate, SpeakersChanged, TrackSource,
-    TrackType,
+    participant_info, signal_response, SpeakersChanged, TrackSource, TrackType,
 };
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid, SenderFeedback};
@@ -486,23 +485,7 @@ impl Room {
                     info,
                 ))));
             self.broadcast_participant(key, false, false);
-            // Qualities too: a newcomer learns everyone's once connected, and
-            // everyone learns the newcomer's when they learn of the newcomer
-            // (SDKs drop the quality of a participant they do not know).
-            let all =
-                self.quality_infos(&self.qualities.current(self.participants.keys().copied()));
-            if !all.is_empty() {
-                self.signal(
-                    key,
-                    signal_response::Message::ConnectionQuality(ConnectionQualityUpdate {
-                        updates: all,
-                    }),
-                );
-            }
-            if !self.listener_updates.contains_key(&key) {
-                // The newcomer has its own already, in `all`.
-                self.announce_qualities(std::iter::once(key), Some(key));
-            }
+            self.tell_qualities_on_connect(key);
             // Speakers are sent as changes: a newcomer learns who speaks now once
             // it is connected (SDKs drop updates that come before their join is done).
             let speaking = self.speaker_infos(&self.speakers.current());

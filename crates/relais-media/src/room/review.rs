@@ -7,14 +7,13 @@
 use std::time::Instant;
 
 use relais_proto::livekit::{
-    signal_response, ConnectionQualityInfo, ConnectionQualityUpdate, SpeakerInfo, SpeakersChanged,
-    SubscribedCodec, SubscribedQuality, SubscribedQualityUpdate,
+    signal_response, SpeakerInfo, SpeakersChanged, SubscribedCodec, SubscribedQuality,
+    SubscribedQualityUpdate,
 };
 use tracing::debug;
 
 use crate::dynacast;
 use crate::participant::ParticipantKey;
-use crate::quality::QualityChange;
 use crate::speakers::SpeakerChange;
 
 use super::{layer_qualities, Room, LAYER_STALE_AFTER};
@@ -147,38 +146,17 @@ impl Room {
         }
     }
 
-    /// Tell everyone whose connection quality changed (`ConnectionQualityUpdate`).
+    /// Tell those who follow a participant's connection quality that it
+    /// changed (`ConnectionQualityUpdate`).
     pub(super) fn update_qualities(&mut self, now: Instant) {
         self.sample_streams(now);
         let participants = &self.participants;
         let changes = self
             .qualities
             .update(now, |key| participants.contains_key(key));
-        let updates = self.quality_infos(&changes);
-        if updates.is_empty() {
-            return;
+        if !changes.is_empty() {
+            self.tell_qualities(&changes);
         }
-        self.signal_each(
-            |_, _| true,
-            signal_response::Message::ConnectionQuality(ConnectionQualityUpdate { updates }),
-        );
-    }
-
-    pub(super) fn quality_infos(
-        &self,
-        changes: &[QualityChange<ParticipantKey>],
-    ) -> Vec<ConnectionQualityInfo> {
-        changes
-            .iter()
-            .filter_map(|c| {
-                let p = self.participants.get(&c.who).filter(|p| !p.is_hidden())?;
-                Some(ConnectionQualityInfo {
-                    participant_sid: p.info.sid.clone(),
-                    quality: c.quality as i32,
-                    score: c.score,
-                })
-            })
-            .collect()
     }
 
     pub(super) fn speaker_infos(

@@ -504,10 +504,11 @@ impl Room {
     /// Add a downtrack for `sid` to `key`'s subscriber PC (negotiated by the
     /// caller). Past `key`'s subscription limit, `sid` waits instead.
     pub(super) fn subscribe(&mut self, key: ParticipantKey, sid: &str, explicit: bool) -> bool {
-        let Some(kind) = self.tracks.get(sid).map(|t| t.kind) else {
+        let Some((kind, publisher)) = self.tracks.get(sid).map(|t| (t.kind, t.publisher)) else {
             return false;
         };
         let has_room = self.has_subscription_room(key, kind);
+        let learns_quality = self.learns_quality_now(key, publisher);
         let Some(track) = self.tracks.get_mut(sid) else {
             return false;
         };
@@ -548,7 +549,28 @@ impl Room {
             out_ssrc: None,
         });
         debug!(participant = %p.info.identity, track = %sid, explicit, "subscribed");
+        if learns_quality {
+            self.tell_quality_on_subscribe(key, publisher);
+        }
         true
+    }
+
+    /// Whether a new subscription of `key` to a track of `publisher` is its
+    /// first to `publisher` since both connected — what tells it
+    /// `publisher`'s quality. (A newcomer learns the qualities it follows
+    /// once connected.)
+    fn learns_quality_now(&self, key: ParticipantKey, publisher: ParticipantKey) -> bool {
+        let (Some(p), Some(publisher_p)) = (
+            self.participants.get(&key),
+            self.participants.get(&publisher),
+        ) else {
+            return false;
+        };
+        p.is_active()
+            && publisher_p.is_active()
+            && !p
+                .received_tracks()
+                .any(|s| self.tracks.get(s).is_some_and(|t| t.publisher == publisher))
     }
 
     fn unsubscribe(&mut self, key: ParticipantKey, sid: &str) -> bool {
