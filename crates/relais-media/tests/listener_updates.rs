@@ -101,20 +101,21 @@ fn a_listener_who_sends_data_is_announced_first() {
 #[test]
 fn a_publishing_newcomer_learns_its_own_quality_once() {
     let mut sim = Sim::new();
-    sim.join("host");
+    let host = sim.join("host");
     sim.run_until_connected(Duration::from_secs(2));
     let speaker = sim.join("speaker");
-    // Its track is added before its connection is up, so the others learn of
-    // it (and its quality) at once, before it has its own in the newcomer's
-    // first quality message.
+    // Its track is added before its connection is up: the host subscribes to
+    // it at once and learns its quality once it connects; each is told it once.
     sim.publish(speaker, MediaKind::Audio, "mic");
     sim.run_until_connected(Duration::from_secs(2));
     sim.run_for(Duration::from_millis(500));
 
     let own = sim.client(speaker).sid.clone();
-    let about_itself = sim.client(speaker).signals_matching(|m| {
-        matches!(m, Message::ConnectionQuality(q)
-            if q.updates.iter().any(|u| u.participant_sid == own))
-    });
-    assert_eq!(about_itself.len(), 1, "{about_itself:?}");
+    for (who, client) in [("speaker", speaker), ("host", host)] {
+        let told = sim.client(client).signals_matching(|m| {
+            matches!(m, Message::ConnectionQuality(q)
+                if q.updates.iter().any(|u| u.participant_sid == own))
+        });
+        assert_eq!(told.len(), 1, "{who}: {told:?}");
+    }
 }
