@@ -120,3 +120,66 @@ fn a_change_reaches_the_publisher_and_its_subscribers_only() {
         "one who does not receive it does not"
     );
 }
+
+#[test]
+fn changes_told_together_come_in_one_message() {
+    let mut sim = Sim::new();
+    let alice = sim.join("alice");
+    let bob = sim.join("bob");
+    let carol = sim.join("carol");
+    for who in [alice, bob] {
+        sim.publish(who, MediaKind::Audio, "mic");
+    }
+    sim.run_until_connected(Duration::from_secs(2));
+    sim.run_for(Duration::from_secs(1));
+    let before = |sim: &Sim, who: usize| {
+        sim.client(who)
+            .signals_matching(|m| matches!(m, Message::ConnectionQuality(_)))
+            .len()
+    };
+    let counts: Vec<usize> = [alice, bob, carol].map(|w| before(&sim, w)).to_vec();
+
+    // Half of alice's and of bob's audio lost on its way in, together.
+    let senders = [sim.client(alice).pub_addr, sim.client(bob).pub_addr];
+    let mut seen = [0u32; 2];
+    sim.drop_filter = Some(Box::new(move |d| {
+        let Some(from) = senders.iter().position(|&a| a == d.source) else {
+            return false;
+        };
+        if common::rtp_info(&d.contents).is_none() {
+            return false;
+        }
+        seen[from] += 1;
+        seen[from].is_multiple_of(2)
+    }));
+    sim.run_for(Duration::from_secs(11));
+    sim.drop_filter = None;
+
+    let poor = ConnectionQuality::Poor as i32;
+    let sids = [&sim.client(alice).sid, &sim.client(bob).sid];
+    for (who, index) in [("alice", alice), ("bob", bob), ("carol", carol)] {
+        let told = sim
+            .client(index)
+            .signals_matching(|m| matches!(m, Message::ConnectionQuality(_)));
+        // Each follows both (its own or the other's, and the other's): the
+        // first message that tells it of either tells it of both.
+        let first = told[counts[index]..]
+            .iter()
+            .find_map(|m| match m {
+                Message::ConnectionQuality(q) if q.updates.iter().any(|u| u.quality == poor) => {
+                    Some(q)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{who} is told of a poor connection"));
+        for sid in sids {
+            assert!(
+                first
+                    .updates
+                    .iter()
+                    .any(|u| &u.participant_sid == sid && u.quality == poor),
+                "{who}: {first:?}"
+            );
+        }
+    }
+}

@@ -80,28 +80,30 @@ impl Room {
     /// Tell each connected participant the qualities among `changes` that
     /// it follows: its own and those of the publishers it receives (whom
     /// LiveKit tells, not the whole room). Those told the same share one
-    /// message.
+    /// message; more than 64 changes at once go in a message per 64.
     pub(super) fn tell_qualities(&mut self, changes: &[QualityChange<ParticipantKey>]) {
-        let mut told: HashMap<ParticipantKey, Vec<usize>> = HashMap::default();
-        for (index, change) in changes.iter().enumerate() {
-            for to in self.quality_followers(change.who) {
-                let indices = told.entry(to).or_default();
-                // A subscriber of several of its tracks comes up once each.
-                if indices.last() != Some(&index) {
-                    indices.push(index);
+        for changes in changes.chunks(64) {
+            // Which of these changes each participant follows, one bit each.
+            let mut told: HashMap<ParticipantKey, u64> = HashMap::default();
+            for (bit, change) in changes.iter().enumerate() {
+                for to in self.quality_followers(change.who) {
+                    *told.entry(to).or_default() |= 1 << bit;
                 }
             }
-        }
-        let mut groups: HashMap<Vec<usize>, Vec<ParticipantKey>> = HashMap::default();
-        for (to, indices) in told {
-            if self.is_active(to) {
-                groups.entry(indices).or_default().push(to);
+            let mut groups: HashMap<u64, Vec<ParticipantKey>> = HashMap::default();
+            for (to, mask) in told {
+                if self.is_active(to) {
+                    groups.entry(mask).or_default().push(to);
+                }
             }
-        }
-        for (indices, recipients) in groups {
-            let picked: Vec<_> = indices.iter().map(|&i| changes[i]).collect();
-            if let Some(message) = self.quality_update(&picked) {
-                self.signal_all(recipients, &message);
+            for (mask, recipients) in groups {
+                let picked: Vec<_> = (0..changes.len())
+                    .filter(|bit| mask & (1 << bit) != 0)
+                    .map(|bit| changes[bit])
+                    .collect();
+                if let Some(message) = self.quality_update(&picked) {
+                    self.signal_all(recipients, &message);
+                }
             }
         }
     }
