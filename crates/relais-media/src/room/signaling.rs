@@ -508,14 +508,10 @@ impl Room {
             return false;
         };
         let has_room = self.has_subscription_room(key, kind);
-        let learns_quality = self.learns_quality_now(key, publisher);
-        let Some(track) = self.tracks.get_mut(sid) else {
-            return false;
-        };
         let Some(p) = self.participants.get_mut(&key) else {
             return false;
         };
-        if track.publisher == key || !p.permission.can_subscribe || p.receives(sid) {
+        if publisher == key || !p.permission.can_subscribe || p.receives(sid) {
             return false;
         }
         if !has_room {
@@ -526,6 +522,10 @@ impl Room {
             return false;
         }
         p.waiting_subscriptions.retain(|w| w != sid);
+        let learns_quality = self.learns_quality_now(key, publisher);
+        let Some(track) = self.tracks.get_mut(sid) else {
+            return false;
+        };
         let Some(publisher_sid) = self
             .participants
             .get(&track.publisher)
