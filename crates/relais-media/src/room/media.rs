@@ -474,7 +474,7 @@ impl Room {
         if let Some(session) = p.session_mut(role) {
             session.connected = true;
         }
-        if role == p.primary() && p.info.state != participant_info::State::Active as i32 {
+        if role == p.primary() && !p.is_active() {
             p.info.state = participant_info::State::Active as i32;
             p.touch();
             info!("participant active");

@@ -744,7 +744,7 @@ impl Room {
             }),
         };
         self.outputs.push_back(RoomOutput::Disconnect(key, leave));
-        let was_active = p.info.state == participant_info::State::Active as i32;
+        let was_active = p.is_active();
         p.info.state = participant_info::State::Disconnected as i32;
         p.info.disconnect_reason = reason as i32;
         p.info.tracks.clear();
