@@ -1,10 +1,12 @@
 //! A participant's two peer connections and what it publishes and receives.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use relais_proto::livekit::{participant_info, ParticipantInfo, ParticipantPermission, TrackInfo};
+use relais_proto::Message;
 use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::media::{MediaKind, Mid, Pt, Rid};
@@ -35,6 +37,54 @@ pub enum PeerRole {
     Publisher,
     /// We offer; carries everyone else's media and data to the participant.
     Subscriber,
+}
+
+/// A participant's info, with its protobuf encoding kept until it changes.
+///
+/// Every newcomer's join response lists everyone else's info: a wave of N
+/// joins writes N² infos, each spread over several heap blocks (its
+/// strings, its tracks). Encoded once per change, an info is one block to
+/// copy. Reading goes through [`Deref`]; any mutable access
+/// ([`DerefMut`]) drops the encoding, so it cannot go stale.
+#[derive(Debug)]
+pub(crate) struct CachedInfo {
+    info: ParticipantInfo,
+    encoded: Option<Box<[u8]>>,
+}
+
+impl CachedInfo {
+    pub fn new(info: ParticipantInfo) -> Self {
+        Self {
+            info,
+            encoded: None,
+        }
+    }
+
+    pub fn into_inner(self) -> ParticipantInfo {
+        self.info
+    }
+
+    /// The info in protobuf, encoded now if it changed since last asked.
+    pub fn encoded(&mut self) -> &[u8] {
+        let info = &self.info;
+        self.encoded
+            .get_or_insert_with(|| info.encode_to_vec().into_boxed_slice())
+    }
+}
+
+impl Deref for CachedInfo {
+    type Target = ParticipantInfo;
+
+    fn deref(&self) -> &ParticipantInfo {
+        &self.info
+    }
+}
+
+impl DerefMut for CachedInfo {
+    fn deref_mut(&mut self) -> &mut ParticipantInfo {
+        self.encoded = None;
+        &mut self.info
+    }
 }
 
 /// One str0m peer connection and when it next wants time.
@@ -370,7 +420,7 @@ pub(crate) struct Participant {
     pub key: ParticipantKey,
     /// `participant{participant, participant_sid}`, a child of the room's span.
     pub span: SharedSpan,
-    pub info: ParticipantInfo,
+    pub info: CachedInfo,
     pub permission: ParticipantPermission,
     pub protocol: i32,
     pub auto_subscribe: bool,

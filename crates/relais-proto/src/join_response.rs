@@ -2,10 +2,11 @@
 //!
 //! A newcomer's `JoinResponse` lists every other participant of the room. Built
 //! as a message, each of their infos is cloned into it (strings, tracks,
-//! attributes) and then encoded: a wave of N joins clones ~N²/2 infos. Encoded
-//! here, each info is written straight from where the room keeps it.
+//! attributes) and then encoded: a wave of N joins clones ~N²/2 infos. Here
+//! each info comes already encoded (the room keeps it so until it changes)
+//! and is copied in whole.
 
-use crate::livekit::{JoinResponse, ParticipantInfo};
+use crate::livekit::JoinResponse;
 use crate::Message;
 
 /// A length-delimited field's key: its number, then wire type 2.
@@ -13,10 +14,11 @@ const fn key(field: u8) -> u8 {
     field << 3 | 2
 }
 
-/// `SignalResponse { join }` in protobuf, its `other_participants` written
-/// from `others` (`join`'s own must be empty). The bytes are those prost writes
-/// for the whole message: the fields in order of their numbers, `others` as
-/// field 3 between `participant` (2) and `server_version` (4).
+/// `SignalResponse { join }` in protobuf, its `other_participants` the
+/// encoded `ParticipantInfo`s of `others` (`join`'s own must be empty). The
+/// bytes are those prost writes for the whole message: the fields in order
+/// of their numbers, `others` as field 3 between `participant` (2) and
+/// `server_version` (4).
 ///
 /// ```
 /// use relais_proto::livekit::{signal_response, JoinResponse, ParticipantInfo, SignalResponse};
@@ -24,14 +26,14 @@ const fn key(field: u8) -> u8 {
 ///
 /// let others = [ParticipantInfo { identity: "bob".into(), ..Default::default() }];
 /// let join = JoinResponse { server_version: "1.9.0".into(), ..Default::default() };
-/// let bytes = encode_join_response(join.clone(), others.iter());
+/// let bytes = encode_join_response(join.clone(), others.iter().map(Message::encode_to_vec));
 /// let whole = JoinResponse { other_participants: others.to_vec(), ..join };
 /// let message = SignalResponse { message: Some(signal_response::Message::Join(whole)) };
 /// assert_eq!(bytes, message.encode_to_vec());
 /// ```
-pub fn encode_join_response<'a>(
+pub fn encode_join_response(
     mut join: JoinResponse,
-    others: impl Iterator<Item = &'a ParticipantInfo>,
+    others: impl Iterator<Item = impl AsRef<[u8]>>,
 ) -> Vec<u8> {
     debug_assert!(join.other_participants.is_empty());
     let mut body = Vec::new();
@@ -42,7 +44,10 @@ pub fn encode_join_response<'a>(
         field(key(2), &participant, &mut body);
     }
     for other in others {
-        field(key(3), other, &mut body);
+        let other = other.as_ref();
+        body.push(key(3));
+        prost::encode_length_delimiter(other.len(), &mut body).expect("a Vec grows as needed");
+        body.extend_from_slice(other);
     }
     // Fields 1 to 3 are empty now: the rest, in their order.
     body.extend_from_slice(&join.encode_to_vec());

@@ -13,7 +13,7 @@
 //! * [`limits`] — LiveKit's limits on names, metadata and attributes.
 //! * [`for_each_message!`] — a registry of every message type by full name.
 //! * [`encode_join_response`] — a newcomer's `JoinResponse`, its other
-//!   participants encoded from where the room keeps them.
+//!   participants copied in as the room keeps them encoded.
 //!
 //! Map fields are `BTreeMap`s, so encoding is deterministic (sorted keys).
 //!

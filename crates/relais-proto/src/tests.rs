@@ -200,7 +200,8 @@ fn join_response_encoded_in_place_is_the_whole_message() {
         }),
         ..Default::default()
     };
-    let bytes = crate::encode_join_response(join.clone(), others.iter());
+    let bytes =
+        crate::encode_join_response(join.clone(), others.iter().map(Message::encode_to_vec));
     let whole = SignalResponse {
         message: Some(signal_response::Message::Join(JoinResponse {
             other_participants: others.clone(),
@@ -214,7 +215,7 @@ fn join_response_encoded_in_place_is_the_whole_message() {
         message: Some(signal_response::Message::Join(join.clone())),
     };
     assert_eq!(
-        crate::encode_join_response(join, std::iter::empty()),
+        crate::encode_join_response(join, std::iter::empty::<&[u8]>()),
         alone.encode_to_vec()
     );
 }

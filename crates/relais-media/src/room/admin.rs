@@ -104,7 +104,7 @@ impl Room {
     pub fn participant_by_identity(&self, identity: &str) -> Option<&ParticipantInfo> {
         self.participant_key(identity)
             .and_then(|k| self.participants.get(&k))
-            .map(|p| &p.info)
+            .map(|p| &*p.info)
     }
 
     /// Disconnect everyone with `leave{reason}` and close the room:

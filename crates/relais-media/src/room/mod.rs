@@ -54,8 +54,8 @@ use crate::forward::TrackForwarder;
 use crate::ingress::Ingress;
 use crate::outgoing::Outgoing;
 use crate::participant::{
-    DirectEgress, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession, SharedSpan,
-    SubscriberChange,
+    CachedInfo, DirectEgress, Negotiation, Participant, ParticipantKey, PeerRole, PeerSession,
+    SharedSpan, SubscriberChange,
 };
 use crate::quality::ConnectionQualities;
 use crate::speakers::{ActiveSpeakers, AudioLevelMeter};
@@ -475,7 +475,7 @@ impl Room {
 
     /// A participant's info, by key.
     pub fn participant_info(&self, key: ParticipantKey) -> Option<&ParticipantInfo> {
-        self.participants.get(&key).map(|p| &p.info)
+        self.participants.get(&key).map(|p| &*p.info)
     }
 
     pub fn info(&self) -> &livekit::Room {
@@ -552,7 +552,7 @@ impl Room {
         let participant = Participant {
             key,
             span,
-            info,
+            info: CachedInfo::new(info),
             permission: params.permission,
             protocol: params.protocol,
             auto_subscribe: params.auto_subscribe,
@@ -664,21 +664,23 @@ impl Room {
         session
     }
 
-    /// `key`'s join response, encoded: everyone else's info is written from
-    /// here, not cloned into the message (a room of N would clone N infos
-    /// for each newcomer).
-    fn join_response(&self, key: ParticipantKey) -> Vec<u8> {
+    /// `key`'s join response, encoded: everyone else's info is copied in
+    /// as each keeps it encoded ([`CachedInfo`]), not cloned into the
+    /// message nor encoded again for each newcomer.
+    fn join_response(&mut self, key: ParticipantKey) -> Vec<u8> {
         let p = &self.participants[&key];
+        let participant = Some(ParticipantInfo::clone(&p.info));
+        let subscriber_primary = p.subscriber_primary();
         let others = self
             .participants
-            .values()
+            .values_mut()
             .filter(|o| o.key != key && !o.is_hidden())
-            .map(|o| &o.info);
+            .map(|o| o.info.encoded());
         let join = JoinResponse {
             room: Some(self.info.clone()),
-            participant: Some(p.info.clone()),
+            participant,
             server_version: self.config.server_version.clone(),
-            subscriber_primary: p.subscriber_primary(),
+            subscriber_primary,
             ping_timeout: self.config.ping_timeout.as_secs() as i32,
             ping_interval: self.config.ping_interval.as_secs() as i32,
             server_info: Some(ServerInfo {
@@ -754,9 +756,9 @@ impl Room {
         }
         // LiveKit: a participant that never became ACTIVE "aborted" its connection.
         let event = if was_active {
-            RoomEvent::ParticipantLeft(p.info)
+            RoomEvent::ParticipantLeft(p.info.into_inner())
         } else {
-            RoomEvent::ParticipantConnectionAborted(p.info)
+            RoomEvent::ParticipantConnectionAborted(p.info.into_inner())
         };
         self.outputs.push_back(RoomOutput::Event(Box::new(event)));
         self.info.num_participants = self.participants.len() as u32;
