@@ -26,37 +26,53 @@ const fn key(field: u8) -> u8 {
 ///
 /// let others = [ParticipantInfo { identity: "bob".into(), ..Default::default() }];
 /// let join = JoinResponse { server_version: "1.9.0".into(), ..Default::default() };
-/// let bytes = encode_join_response(join.clone(), others.iter().map(Message::encode_to_vec));
+/// let encoded: Vec<Vec<u8>> = others.iter().map(Message::encode_to_vec).collect();
+/// let bytes = encode_join_response(join.clone(), &encoded);
 /// let whole = JoinResponse { other_participants: others.to_vec(), ..join };
 /// let message = SignalResponse { message: Some(signal_response::Message::Join(whole)) };
 /// assert_eq!(bytes, message.encode_to_vec());
 /// ```
-pub fn encode_join_response(
-    mut join: JoinResponse,
-    others: impl Iterator<Item = impl AsRef<[u8]>>,
-) -> Vec<u8> {
+pub fn encode_join_response(mut join: JoinResponse, others: &[impl AsRef<[u8]>]) -> Vec<u8> {
     debug_assert!(join.other_participants.is_empty());
-    let mut body = Vec::new();
-    if let Some(room) = join.room.take() {
-        field(key(1), &room, &mut body);
+    let room = join.room.take();
+    let participant = join.participant.take();
+    // Sized first and written once: in a large room the message is hundreds
+    // of KiB, and a buffer grown by doubling (then copied behind a length
+    // prefix) would write it about three times over.
+    let body_len = room.as_ref().map_or(0, |m| field_len(m.encoded_len()))
+        + participant
+            .as_ref()
+            .map_or(0, |m| field_len(m.encoded_len()))
+        + others
+            .iter()
+            .map(|o| field_len(o.as_ref().len()))
+            .sum::<usize>()
+        + join.encoded_len();
+    let mut signal = Vec::with_capacity(field_len(body_len));
+    // `SignalResponse.join` is field 1 (of its `message` oneof).
+    signal.push(key(1));
+    prost::encode_length_delimiter(body_len, &mut signal).expect("a Vec grows as needed");
+    if let Some(room) = room {
+        field(key(1), &room, &mut signal);
     }
-    if let Some(participant) = join.participant.take() {
-        field(key(2), &participant, &mut body);
+    if let Some(participant) = participant {
+        field(key(2), &participant, &mut signal);
     }
     for other in others {
         let other = other.as_ref();
-        body.push(key(3));
-        prost::encode_length_delimiter(other.len(), &mut body).expect("a Vec grows as needed");
-        body.extend_from_slice(other);
+        signal.push(key(3));
+        prost::encode_length_delimiter(other.len(), &mut signal).expect("a Vec grows as needed");
+        signal.extend_from_slice(other);
     }
     // Fields 1 to 3 are empty now: the rest, in their order.
-    body.extend_from_slice(&join.encode_to_vec());
-    // `SignalResponse.join` is field 1 (of its `message` oneof).
-    let mut signal = Vec::with_capacity(body.len() + 6);
-    signal.push(key(1));
-    prost::encode_length_delimiter(body.len(), &mut signal).expect("a Vec grows as needed");
-    signal.extend_from_slice(&body);
+    join.encode(&mut signal).expect("a Vec grows as needed");
+    debug_assert_eq!(signal.len(), field_len(body_len));
     signal
+}
+
+/// The bytes a length-delimited field of `len` bytes takes: key, length, value.
+fn field_len(len: usize) -> usize {
+    1 + prost::length_delimiter_len(len) + len
 }
 
 fn field(key: u8, message: &impl Message, buf: &mut Vec<u8>) {

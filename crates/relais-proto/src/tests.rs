@@ -200,8 +200,13 @@ fn join_response_encoded_in_place_is_the_whole_message() {
         }),
         ..Default::default()
     };
-    let bytes =
-        crate::encode_join_response(join.clone(), others.iter().map(Message::encode_to_vec));
+    let bytes = crate::encode_join_response(
+        join.clone(),
+        &others
+            .iter()
+            .map(Message::encode_to_vec)
+            .collect::<Vec<_>>(),
+    );
     let whole = SignalResponse {
         message: Some(signal_response::Message::Join(JoinResponse {
             other_participants: others.clone(),
@@ -215,7 +220,7 @@ fn join_response_encoded_in_place_is_the_whole_message() {
         message: Some(signal_response::Message::Join(join.clone())),
     };
     assert_eq!(
-        crate::encode_join_response(join, std::iter::empty::<&[u8]>()),
+        crate::encode_join_response(join, &[] as &[&[u8]]),
         alone.encode_to_vec()
     );
 }

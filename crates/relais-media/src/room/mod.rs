@@ -671,11 +671,12 @@ impl Room {
         let p = &self.participants[&key];
         let participant = Some(ParticipantInfo::clone(&p.info));
         let subscriber_primary = p.subscriber_primary();
-        let others = self
+        let others: Vec<&[u8]> = self
             .participants
             .values_mut()
             .filter(|o| o.key != key && !o.is_hidden())
-            .map(|o| o.info.encoded());
+            .map(|o| o.info.encoded())
+            .collect();
         let join = JoinResponse {
             room: Some(self.info.clone()),
             participant,
@@ -696,7 +697,7 @@ impl Room {
             enabled_publish_codecs: enabled_codecs(),
             ..Default::default()
         };
-        relais_proto::encode_join_response(join, others)
+        relais_proto::encode_join_response(join, &others)
     }
 
     /// Remove a participant: close its PCs, unpublish its tracks, tell the others.
