@@ -319,7 +319,7 @@ if relais is not None:
     relais["server_latency_ms_p50"] = quantile(0.5, window)
     relais["server_latency_ms_p99"] = quantile(0.99, window)
 print(f"results in {out}")
-print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9} {'srv p50':>8} {'srv p99':>8} {'frm p50':>8} {'frm p99':>8}")
+print(f"{'':<10} {'fwd pkt/s':>10} {'CPU %':>7} {'pkt/CPU-s':>10} {'× floor':>8} {'loss %':>7} {'lat p50':>8} {'lat p99':>8} {'join p99':>8} {'joins':>9} {'KiB/part':>9} {'srv p50':>8} {'srv p99':>8} {'frm p50':>8} {'frm p99':>8} {'aud p99':>8}")
 if floor:
     print(f"{'floor':<10} {'':>10} {floor['forwarder_cpu_percent']:>7.1f} {fl:>10.0f} {1.0:>8.2f}")
 if floor and split:
@@ -336,7 +336,7 @@ for name, r in (("relais", relais), ("janus", janus)):
           f"{f('loss_percent',3):>7} {f('latency_ms_p50',2):>8} {f('latency_ms_p99',2):>8} {f('join_ms_p99',1):>8} "
           f"{r['joins_ok']:>4}/{r['participants']:<4} {f('server_rss_per_participant_kib',1):>9} "
           f"{f('server_latency_ms_p50',2):>8} {f('server_latency_ms_p99',2):>8} "
-          f"{f('frame_latency_ms_p50',2):>8} {f('frame_latency_ms_p99',2):>8}")
+          f"{f('frame_latency_ms_p50',2):>8} {f('frame_latency_ms_p99',2):>8} {f('audio_latency_ms_p99',2):>8}")
 
 COUNTERS = ("steal", "udp_drops_server", "udp_drops_loadgen")
 def threads(name):

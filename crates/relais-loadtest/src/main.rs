@@ -251,6 +251,9 @@ struct Summary {
     /// Latency of the packets ending a video frame: when a subscriber has the whole frame.
     frame_latency_ms_p50: Option<f64>,
     frame_latency_ms_p99: Option<f64>,
+    /// Latency of the audio packets alone.
+    audio_latency_ms_p50: Option<f64>,
+    audio_latency_ms_p99: Option<f64>,
     /// How late the publishers made their frames (see `Report::frame_late`).
     publisher_frame_late_ms_p50: Option<f64>,
     publisher_frame_late_ms_p99: Option<f64>,
@@ -561,6 +564,9 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
         let frames = sorted(|r| &r.frame_latency);
         sum.frame_latency_ms_p50 = percentile(&frames, 50.0).map(ms);
         sum.frame_latency_ms_p99 = percentile(&frames, 99.0).map(ms);
+        let audio = sorted(|r| &r.audio_latency);
+        sum.audio_latency_ms_p50 = percentile(&audio, 50.0).map(ms);
+        sum.audio_latency_ms_p99 = percentile(&audio, 99.0).map(ms);
     }
     let mut late: Vec<u32> = reports
         .iter()
@@ -706,6 +712,14 @@ fn print_table(s: &Summary) {
                 "{} / {} ms",
                 opt(s.frame_latency_ms_p50, 2),
                 opt(s.frame_latency_ms_p99, 2)
+            ),
+        ),
+        (
+            "audio latency p50 / p99",
+            format!(
+                "{} / {} ms",
+                opt(s.audio_latency_ms_p50, 2),
+                opt(s.audio_latency_ms_p99, 2)
             ),
         ),
         (

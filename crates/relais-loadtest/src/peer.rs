@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use crate::counting::{Counted, CountingReader};
 use crate::media::{read_trailer, stamp_send_time, unix_micros, Encoder};
 use crate::pacer::Pacer;
-use crate::stats::{Report, Shared};
+use crate::stats::{Received, Report, Shared};
 
 pub struct Peer {
     pub rtc: Rtc,
@@ -330,6 +330,7 @@ impl Peer {
                 report.record_rx(ssrc, 0, seq, len, in_window);
             }
         }
+        let opus = find_pt(&self.rtc, Codec::Opus);
         for e in self.events.drain(..) {
             match e {
                 Event::RtpPacket(pkt) => {
@@ -339,11 +340,14 @@ impl Peer {
                     if let Some((tag, seq, sent_us)) = read_trailer(&pkt.payload) {
                         report.record_rx(*pkt.header.ssrc, tag, seq, len, measuring);
                         if measuring {
-                            // Only video sets the marker here (audio::next_frame never does).
-                            report.record_latency(
-                                unix_micros().saturating_sub(sent_us),
-                                pkt.header.marker,
-                            );
+                            let received = if Some(pkt.header.payload_type) == opus {
+                                Received::Audio
+                            } else if pkt.header.marker {
+                                Received::FrameEnd
+                            } else {
+                                Received::Video
+                            };
+                            report.record_latency(unix_micros().saturating_sub(sent_us), received);
                         }
                     } else {
                         report.packets_received += 1;

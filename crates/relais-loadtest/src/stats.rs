@@ -135,10 +135,24 @@ pub struct Report {
     /// when a subscriber has the whole frame, the packets before it having
     /// left no later than it. µs, measurement window only.
     pub frame_latency: Samples,
+    /// Forwarding latency of audio packets alone: in a large room they share
+    /// the server's rounds with a video frame's many copies, and each is
+    /// heard as it comes. µs, measurement window only.
+    pub audio_latency: Samples,
     /// A publisher's frames: how long after it was due each was made (its
     /// timer's lateness; a load generator whose core is full sends late, then
     /// several frames at once). µs, measurement window only.
     pub frame_late: Samples,
+}
+
+/// What a received media packet is, for the latencies kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    Audio,
+    /// A video packet carrying its frame's RTP marker.
+    FrameEnd,
+    /// Any other video packet.
+    Video,
 }
 
 const MAX_SAMPLES: usize = 20_000;
@@ -179,12 +193,13 @@ impl Report {
         }
     }
 
-    /// A received packet's forwarding latency; `ends_frame`: it carries the
-    /// RTP marker of a video frame.
-    pub fn record_latency(&mut self, us: u64, ends_frame: bool) {
+    /// A received packet's forwarding latency.
+    pub fn record_latency(&mut self, us: u64, packet: Received) {
         self.latency.record(us);
-        if ends_frame {
-            self.frame_latency.record(us);
+        match packet {
+            Received::Audio => self.audio_latency.record(us),
+            Received::FrameEnd => self.frame_latency.record(us),
+            Received::Video => {}
         }
     }
 }
@@ -372,13 +387,15 @@ mod tests {
     }
 
     #[test]
-    fn frame_latency_counts_only_the_packets_ending_a_frame() {
+    fn frame_and_audio_latencies_count_only_their_packets() {
         let mut r = Report::default();
-        r.record_latency(900, false);
-        r.record_latency(1_200, true);
-        r.record_latency(300, false);
-        assert_eq!(r.latency.values, [900, 1_200, 300]);
+        r.record_latency(900, Received::Video);
+        r.record_latency(1_200, Received::FrameEnd);
+        r.record_latency(300, Received::Audio);
+        r.record_latency(700, Received::Video);
+        assert_eq!(r.latency.values, [900, 1_200, 300, 700]);
         assert_eq!(r.frame_latency.values, [1_200]);
+        assert_eq!(r.audio_latency.values, [300]);
     }
 
     #[test]
