@@ -60,7 +60,7 @@ floor_rate = summary["floor_packets_per_cpu_second"] or 0
 p99, placed, late = "?", "-", "-"
 for line in open(f"{out}.txt"):
     if line.startswith("relais ") and p99 == "?":
-        p99 = line.split()[-3]
+        p99 = line.split()[-4]  # then frm p50, frm p99, aud p99
     elif line.startswith("relais × floor ⇄"):
         placed = line.split()[-1]
     elif line.startswith("publishers' frames late"):

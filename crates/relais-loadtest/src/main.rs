@@ -77,7 +77,11 @@ struct Args {
     /// decrypting: the load generator then costs far less than the server it
     /// measures. Their loss is read from the server's outgoing sequence
     /// numbers (no gap for what it skips on purpose): what was lost on either
-    /// side of it and not repaired — they ask for no resends. Default: all.
+    /// side of it and not repaired — they ask for no resends. They are spread
+    /// evenly over the room's join order, the last to join among them: a
+    /// server that sends a packet's copies in the order its subscribers
+    /// joined is measured at its last copy too, not only at its first.
+    /// Default: all.
     #[arg(long)]
     decoding_subscribers: Option<usize>,
     /// Measurement window in seconds (after the ramp and the warm-up).
@@ -341,7 +345,8 @@ async fn run(args: Args) -> anyhow::Result<Summary> {
             } else {
                 let decoding = args.decoding_subscribers.unwrap_or(args.subscribers);
                 for i in 0..args.subscribers {
-                    push(format!("sub-{r}-{i}"), false, false, true, i < decoding);
+                    let decode = spread_evenly(i, decoding, args.subscribers);
+                    push(format!("sub-{r}-{i}"), false, false, true, decode);
                 }
             }
         }
@@ -605,6 +610,12 @@ struct Snap {
     server: Option<ProcSample>,
 }
 
+/// Whether the `i`th of `of` subscribers is one of the `chosen` spread
+/// evenly among them, the last one included (all of them if `chosen >= of`).
+fn spread_evenly(i: usize, chosen: usize, of: usize) -> bool {
+    (i + 1) * chosen % of < chosen
+}
+
 fn snapshot(shared: &Shared, pid: Option<u32>) -> Snap {
     Snap {
         at: Instant::now(),
@@ -774,6 +785,22 @@ fn print_table(s: &Summary) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn decoding_subscribers_are_spread_over_the_join_order() {
+        let chosen = |n, of| {
+            (0..of)
+                .filter(|&i| spread_evenly(i, n, of))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(chosen(5, 1000), [199, 399, 599, 799, 999]);
+        assert_eq!(chosen(2, 10), [4, 9]);
+        assert_eq!(chosen(1, 10), [9]);
+        assert_eq!(chosen(3, 3), [0, 1, 2]);
+        assert_eq!(chosen(7, 3), [0, 1, 2]);
+        assert_eq!(chosen(0, 10), Vec::<usize>::new());
+        assert_eq!(chosen(3, 1000).len(), 3);
+    }
+
     use super::*;
 
     #[test]
