@@ -58,10 +58,8 @@ pub struct MediaConfig {
     /// for its next turn ([`crate::Room::handle_timeout`]): a large room's
     /// frame — a keyframe to 400 subscribers is thousands of copies — then
     /// holds the shard a turn at a time, and the datagrams and rooms that
-    /// queued meanwhile go between its turns. Driven in chunks (on the
-    /// shard's helpers), a turn is this many for each chunk, two chunks a
-    /// thread. Zero drives them all at once. Default 256 (a few hundred
-    /// microseconds of copies).
+    /// queued meanwhile go between its turns. Zero drives them all at once.
+    /// Default 256 (a few hundred microseconds of copies).
     pub drive_turn_datagrams: usize,
     /// Send forwarded audio without str0m (`crate::egress`): Relais protects
     /// and sends the copies and their sender reports itself.

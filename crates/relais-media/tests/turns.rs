@@ -2,15 +2,13 @@
 //! (`MediaConfig::drive_turn_datagrams`): a large room's frame is written in
 //! several turns, every copy still reaches every subscriber, and another
 //! room's copies that come due meanwhile do not wait for its last turn. So
-//! are the frames of a room whose due sessions are driven in chunks, and the
-//! offers a track unpublished in a large room makes due.
+//! are the offers a track unpublished in a large room makes due.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{assert_whole_and_in_order, Sim};
-use relais_media::fan_out::{DriveChunk, SessionDriver};
 use relais_media::Shard;
 use str0m::media::MediaKind;
 
@@ -18,46 +16,15 @@ const VIEWERS: usize = 24;
 /// Each of the presenter's frames: 240 copies to the large room's viewers.
 const PACKETS_PER_FRAME: u32 = 10;
 
-/// How [`rooms_beside`] sets the shard and the presenter up.
-#[derive(Clone, Copy, Default)]
-struct Beside {
-    /// Datagrams a turn (`MediaConfig::drive_turn_datagrams`; 0: no turns).
-    turn: usize,
-    /// Due sessions handed to a session driver of two threads in chunks.
-    in_chunks: bool,
-}
-
-/// Drives a room's chunks one after the other on the caller's thread, as a
-/// driver of `threads` would in parallel.
-struct Sequential;
-
-impl SessionDriver for Sequential {
-    fn threads(&self) -> usize {
-        2
-    }
-
-    fn drive(&self, chunks: &mut [DriveChunk<'_>]) {
-        for chunk in chunks {
-            chunk.drive();
-        }
-    }
-}
-
-/// A presenter's video to [`VIEWERS`] in one room and, beside
-/// it on the same shard, a call of two (alice's audio and video to bob), for
-/// two seconds. Returns the simulation and the indices of the presenter and
-/// of alice.
-fn rooms_beside(shape: Beside) -> (Sim, usize, usize) {
+/// A presenter's video to [`VIEWERS`] in one room and, beside it on the
+/// same shard, a call of two (alice's audio and video to bob), for two
+/// seconds, on a shard whose turns are `turn` datagrams. Returns the
+/// simulation and the indices of the presenter and of alice.
+fn rooms_beside(turn: usize) -> (Sim, usize, usize) {
     let mut sim = Sim::new();
     let mut config = sim.config.clone();
-    config.drive_turn_datagrams = shape.turn;
-    if shape.in_chunks {
-        config.fan_out_min_sessions = 2;
-    }
+    config.drive_turn_datagrams = turn;
     sim.shard = Shard::new(0, config);
-    if shape.in_chunks {
-        sim.shard.set_session_driver(Box::new(Sequential));
-    }
     let presenter = sim.join_to("large", "presenter");
     for i in 0..VIEWERS {
         sim.join_to("large", &format!("viewer-{i}"));
@@ -93,10 +60,7 @@ fn assert_everyone_received_everything(sim: &Sim, presenter: usize, alice: usize
 
 #[test]
 fn a_large_rooms_frame_is_written_a_turn_at_a_time_and_reaches_everyone() {
-    let (sim, presenter, alice) = rooms_beside(Beside {
-        turn: 16,
-        ..Default::default()
-    });
+    let (sim, presenter, alice) = rooms_beside(16);
     assert_everyone_received_everything(&sim, presenter, alice);
     // A turn stops at the first session past 16 datagrams: at most one
     // session's frame (10 copies, and what str0m adds) over it.
@@ -107,36 +71,7 @@ fn a_large_rooms_frame_is_written_a_turn_at_a_time_and_reaches_everyone() {
     );
 
     // Without turns a frame leaves in one call: 240 copies and more.
-    let (sim, presenter, alice) = rooms_beside(Beside::default());
-    assert_everyone_received_everything(&sim, presenter, alice);
-    assert!(
-        sim.most_written_in_a_timeout >= VIEWERS * PACKETS_PER_FRAME as usize,
-        "{} datagrams in one call",
-        sim.most_written_in_a_timeout
-    );
-}
-
-/// Driven in chunks (on a shard's helpers), a turn is as many datagrams for
-/// each chunk, two chunks a thread: a large room's frame still leaves a turn
-/// at a time, so that what comes meanwhile is read between its turns.
-#[test]
-fn a_large_rooms_frame_driven_in_chunks_is_written_a_turn_at_a_time() {
-    let shape = Beside {
-        turn: 16,
-        in_chunks: true,
-    };
-    let (sim, presenter, alice) = rooms_beside(shape);
-    assert_everyone_received_everything(&sim, presenter, alice);
-    // 16 datagrams for each of 4 chunks, and at most a session's frame over
-    // in each.
-    let most = 4 * (16 + 2 * PACKETS_PER_FRAME as usize);
-    assert!(
-        sim.most_written_in_a_timeout <= most,
-        "{} datagrams in one call",
-        sim.most_written_in_a_timeout
-    );
-
-    let (sim, presenter, alice) = rooms_beside(Beside { turn: 0, ..shape });
+    let (sim, presenter, alice) = rooms_beside(0);
     assert_everyone_received_everything(&sim, presenter, alice);
     assert!(
         sim.most_written_in_a_timeout >= VIEWERS * PACKETS_PER_FRAME as usize,
@@ -149,10 +84,7 @@ fn a_large_rooms_frame_driven_in_chunks_is_written_a_turn_at_a_time() {
 /// in the next call, ahead of the large room's next turn.
 #[test]
 fn copies_due_in_another_room_go_before_a_cut_rooms_next_turn() {
-    let (sim, presenter, alice) = rooms_beside(Beside {
-        turn: 1,
-        ..Default::default()
-    });
+    let (sim, presenter, alice) = rooms_beside(1);
     let bob = sim.client(alice + 1).sub_addr;
     let viewers: Vec<_> = (presenter + 1..=presenter + VIEWERS)
         .map(|i| sim.client(i).sub_addr)
@@ -180,10 +112,7 @@ fn copies_due_in_another_room_go_before_a_cut_rooms_next_turn() {
 #[test]
 fn a_track_gone_from_a_large_room_is_offered_away_a_turn_at_a_time() {
     for (turn, most) in [(256, 16), (0, VIEWERS)] {
-        let (mut sim, presenter, _) = rooms_beside(Beside {
-            turn,
-            ..Default::default()
-        });
+        let (mut sim, presenter, _) = rooms_beside(turn);
         let viewers = presenter + 1..=presenter + VIEWERS;
         let before: Vec<usize> = viewers
             .clone()

@@ -126,14 +126,11 @@ impl Room {
 
     /// Drive the sessions whose deadline has passed; check room timers. With
     /// many sessions due (a large room's fan-out), `driver` drives them, on
-    /// as many threads as it has (see [`crate::fan_out`]). Either way a call
-    /// is one turn: driven on the caller's thread, they stop once they have
-    /// written
-    /// [`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams),
-    /// in chunks the first of them whose copies make a turn's datagrams for
-    /// each chunk are driven; the rest stay due, first in line, as do the
-    /// queued offers past a turn's (`Room::send_queued_offers`), and
-    /// [`Room::turn_cut`] says so.
+    /// as many threads as it has (see [`crate::fan_out`]). Driven on the
+    /// caller's thread, they stop once they have written
+    /// [`MediaConfig::drive_turn_datagrams`](crate::MediaConfig::drive_turn_datagrams):
+    /// the rest stay due, first in line, as do the queued offers past a
+    /// turn's (`Room::send_queued_offers`), and [`Room::turn_cut`] says so.
     pub fn handle_timeout(&mut self, now: Instant, driver: &dyn SessionDriver) {
         // The room's span is entered only around what may log (str0m's work,
         // the room's reviews): a round that only sends copies Relais writes
@@ -174,12 +171,11 @@ impl Room {
         let offers_left = self.send_queued_offers(now);
         let in_chunks = driver.threads() > 1 && due.len() >= self.config.fan_out_min_sessions;
         let driven = if in_chunks {
-            let turn = self.chunk_turn(&due, driver.threads());
             // Copies forwarded while these are driven list their sessions
             // anew (a chunk warms its own, where it is driven).
-            self.set_listed(&due[..turn], false, false);
-            self.drive_in_chunks(now, &due[..turn], driver);
-            turn
+            self.set_listed(&due, false, false);
+            self.drive_in_chunks(now, &due, driver);
+            due.len()
         } else {
             self.drive_in_place(now, &due)
         };
@@ -285,31 +281,6 @@ impl Room {
                 }
                 self.drive_one(now, key, role);
             }
-        }
-        due.len()
-    }
-
-    /// How many of the due sessions, from the first, one turn drives in
-    /// chunks: until their unsent copies reach a turn's datagrams for each
-    /// chunk ([`DriveChunk`]s are two per thread), so that a keyframe to a
-    /// thousand subscribers leaves in turns of a few milliseconds, with the
-    /// datagrams that came meanwhile (a voice, another room's copies) between
-    /// them. At least one.
-    fn chunk_turn(&self, due: &[(ParticipantKey, PeerRole)], threads: usize) -> usize {
-        let budget = self.config.drive_turn_datagrams * 2 * threads;
-        if budget == 0 {
-            return due.len();
-        }
-        let mut copies = 0;
-        for (i, &(key, role)) in due.iter().enumerate() {
-            if copies >= budget {
-                return i;
-            }
-            copies += self
-                .participants
-                .get(&key)
-                .and_then(|p| p.session(role))
-                .map_or(0, |s| s.unwritten.len());
         }
         due.len()
     }
