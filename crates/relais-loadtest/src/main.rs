@@ -785,6 +785,8 @@ fn print_table(s: &Summary) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn decoding_subscribers_are_spread_over_the_join_order() {
         let chosen = |n, of| {
@@ -800,8 +802,6 @@ mod tests {
         assert_eq!(chosen(0, 10), Vec::<usize>::new());
         assert_eq!(chosen(3, 1000).len(), 3);
     }
-
-    use super::*;
 
     #[test]
     fn cli_parses() {
